@@ -1,0 +1,49 @@
+# Keel. The two targets that matter: `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.PHONY: install run test test-unit test-integration test-compat lint bench studio clean db-stop fmt
+
+$(STAMP): requirements.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Keel needs Python 3.11 or newer")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install Keel with pinned dependencies
+
+run: $(STAMP) ## embedded Postgres + sample corpus + server on $(HOST):$(PORT)
+	$(BIN)/keel ingest docs --namespace default
+	$(BIN)/keel serve --host $(HOST) --port $(PORT)
+
+test: $(STAMP) lint ## the whole suite (unit, integration, e2e, compat)
+	$(BIN)/python -m pytest -q tests
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check agent memory tools server tests
+	$(BIN)/lint-imports
+
+fmt: $(STAMP)
+	$(BIN)/ruff check --fix agent memory tools server tests
+	$(BIN)/ruff format agent memory tools server tests
+
+bench: $(STAMP) ## benchmarks; figures go to docs/benchmarks.md
+	$(BIN)/python -m tests.benchmarks.run
+
+studio: $(STAMP) ## LangGraph Studio against `langgraph dev` (offline, in-memory)
+	LANGGRAPH_NO_VERSION_CHECK=true LANGGRAPH_CLI_NO_ANALYTICS=1 \
+	$(BIN)/langgraph dev --no-browser --no-reload --host 127.0.0.1 --port 2124
+
+db-stop: $(STAMP)
+	$(BIN)/keel db stop
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .langgraph_api build *.egg-info

@@ -1,0 +1,31 @@
+"""Run-scoped settings, read by nodes through `Runtime[Context]`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Context:
+    """Everything a run may tune without changing the graph."""
+
+    user_id: str = "local"
+    """The authenticated caller; memories and policies are scoped to it."""
+    model: str | None = None
+    """provider:model for the answering model; None = the offline engine."""
+    critic_model: str | None = None
+    """provider:model for the critic; None = same as `model`."""
+    namespace: str = "default"
+    """Document corpus to retrieve from."""
+    retrieve_k: int = 4
+    """How many passages to retrieve per query."""
+    critic_threshold: float = 0.7
+    """Drafts scoring below this are revised while revisions remain."""
+    max_revisions: int = 2
+    """Quality retries (critique -> retrieve) per turn."""
+    max_steps: int = 24
+    """Node executions per turn."""
+    max_tool_calls: int = 8
+    """Tool executions per turn."""
+    tools: list[str] | None = field(default=None)
+    """Tool allowlist; None = every registered tool."""

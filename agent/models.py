@@ -1,0 +1,61 @@
+"""The one seam through which the graph gets its chat models.
+
+`KEEL_MODEL=provider:model` (resolved by the server into `Context.model`) goes through LangChain's
+`init_chat_model`; no model means the offline engine. Tests register scripted models under a name and
+select them through the same `Context.model` field, so no call site is ever patched.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Literal
+
+from langchain_core.language_models import BaseChatModel
+
+from agent.context import Context
+from agent.offline import OfflineChatModel
+
+OFFLINE = "keel:offline"
+
+_registry: dict[str, BaseChatModel] = {}
+_cache: dict[str, BaseChatModel] = {}
+_lock = threading.Lock()
+
+
+def register_model(name: str, model: BaseChatModel) -> None:
+    """Make `model` available as `Context.model = name` (tests, embedding applications)."""
+    with _lock:
+        _registry[name] = model
+
+
+def unregister_model(name: str) -> None:
+    """Forget a registered model."""
+    with _lock:
+        _registry.pop(name, None)
+
+
+def resolve_model(name: str | None) -> BaseChatModel:
+    """A chat model for `name`: registered, offline, or `init_chat_model("provider:model")`."""
+    if not name or name == OFFLINE:
+        return OfflineChatModel()
+    with _lock:
+        if name in _registry:
+            return _registry[name]
+        if name in _cache:
+            return _cache[name]
+    from langchain.chat_models import init_chat_model
+
+    try:
+        model = init_chat_model(name)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the model name users configured
+        raise ValueError(f"cannot initialise chat model {name!r}: {exc}") from exc
+    with _lock:
+        _cache[name] = model
+    return model
+
+
+def get_chat_model(role: Literal["answer", "critic"], ctx: Context) -> BaseChatModel:
+    """The model for a role in this run."""
+    if role == "critic":
+        return resolve_model(ctx.critic_model or ctx.model)
+    return resolve_model(ctx.model)

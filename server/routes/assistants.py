@@ -1,0 +1,74 @@
+"""Assistants: one default per graph, searchable, with graph topology and schemas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from server.auth import CurrentUser
+from server.deps import Service
+from server.schemas import AssistantSearch
+
+router = APIRouter(prefix="/assistants", tags=["assistants"])
+
+
+def _matches(a: dict[str, Any], q: AssistantSearch) -> bool:
+    if q.graph_id and a["graph_id"] != q.graph_id:
+        return False
+    if q.name and q.name not in a["name"]:
+        return False
+    return all(a["metadata"].get(k) == v for k, v in (q.metadata or {}).items())
+
+
+@router.post("/search")
+async def search(body: AssistantSearch, svc: Service, user: CurrentUser, response: Response) -> list[dict]:
+    """Assistants matching metadata / graph_id / name."""
+    found = [a for a in svc.assistants.all() if _matches(a, body)]
+    response.headers["x-pagination-total"] = str(len(found))
+    page = found[body.offset: body.offset + body.limit]
+    if body.select:
+        page = [{k: a[k] for k in body.select if k in a} for a in page]
+    return page
+
+
+@router.post("/count")
+async def count(body: AssistantSearch, svc: Service, user: CurrentUser) -> int:
+    """How many assistants match."""
+    return len([a for a in svc.assistants.all() if _matches(a, body)])
+
+
+@router.get("/{assistant_id}")
+async def get(assistant_id: str, svc: Service, user: CurrentUser) -> dict:
+    """One assistant, by id or graph name."""
+    return svc.assistants.resolve(assistant_id)
+
+
+@router.get("/{assistant_id}/graph")
+async def graph(assistant_id: str, svc: Service, user: CurrentUser, xray: str = "false") -> dict:
+    """Nodes and edges, including __start__ and __end__."""
+    svc.assistants.resolve(assistant_id)
+    x: bool | int = xray.lower() in ("true", "1") if not xray.isdigit() or xray in ("0", "1") else int(xray)
+    return svc.graph.get_graph(xray=x).to_json()
+
+
+@router.get("/{assistant_id}/subgraphs")
+async def subgraphs(assistant_id: str, svc: Service, user: CurrentUser) -> dict:
+    """Schemas of subgraphs (this graph has none)."""
+    svc.assistants.resolve(assistant_id)
+    return {}
+
+
+@router.get("/{assistant_id}/schemas")
+async def schemas(assistant_id: str, svc: Service, user: CurrentUser) -> dict:
+    """JSON Schemas of input, output, state, config and context."""
+    a = svc.assistants.resolve(assistant_id)
+    g = svc.graph
+    return {
+        "graph_id": a["graph_id"],
+        "input_schema": g.get_input_jsonschema(),
+        "output_schema": g.get_output_jsonschema(),
+        "state_schema": svc.state_jsonschema(),
+        "config_schema": g.get_config_jsonschema(),
+        "context_schema": g.get_context_jsonschema(),
+    }

@@ -1,0 +1,304 @@
+"""Runs: background, wait and stream, on a thread or stateless; join, cancel, list, delete."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+
+from server.auth import CurrentUser, User
+from server.deps import Service
+from server.errors import ApiError, not_found, parse_uuid
+from server.routes.threads import owned_thread
+from server.runs.broker import Event
+from server.runs.manager import RUN_COLUMNS, run_json
+from server.schemas import RunCreate
+from server.serde import dumps
+from server.service import KeelService
+
+router = APIRouter(tags=["runs"])
+
+KEEPALIVE_S = 5.0
+SSE_HEADERS = {"cache-control": "no-store", "x-accel-buffering": "no"}
+ALWAYS = {"metadata", "error", "end"}
+
+
+def sse(event: Event, with_id: bool) -> bytes:
+    """One SSE event: event, data and (for resumable runs) id lines, CRLF-terminated."""
+    name = event.event.replace("\r", "").replace("\n", "")
+    out = b"event: " + name.encode() + b"\r\ndata: " + dumps(event.data) + b"\r\n"
+    if with_id:
+        out += f"id: {event.seq + 1}\r\n".encode()
+    return out + b"\r\n"
+
+
+def _wanted(event: str, modes: list[str]) -> bool:
+    base = event.split("|", 1)[0]
+    if base in ALWAYS:
+        return True
+    if base == "messages":
+        return "messages-tuple" in modes
+    if base.startswith("messages/"):
+        return "messages" in modes
+    return base in modes
+
+
+async def _pump(svc: KeelService, run_id: str, after: int) -> tuple[asyncio.Queue, asyncio.Task]:
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump() -> None:
+        try:
+            async for ev in svc.runs.broker.subscribe(run_id, after):
+                await queue.put(ev)
+        finally:
+            await queue.put(None)
+
+    return queue, asyncio.create_task(pump())
+
+
+async def _events_with_keepalive(svc: KeelService, run_id: str, after: int) -> AsyncIterator[Event | None]:
+    """The run's events; None every KEEPALIVE_S seconds of silence."""
+    queue, task = await _pump(svc, run_id, after)
+    try:
+        while True:
+            try:
+                ev = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+            except TimeoutError:
+                yield None
+                continue
+            if ev is None:
+                return
+            yield ev
+    finally:
+        task.cancel()
+
+
+def _stream_response(svc: KeelService, run: dict[str, Any], *, modes: list[str] | None = None, after: int = -1,
+                     cancel_on_disconnect: bool = False, location: str, content_location: str) -> StreamingResponse:
+    rid = str(run["run_id"])
+    kwargs = run["kwargs"] or {}
+    modes = modes or kwargs.get("stream_mode") or ["values"]
+    with_id = bool(kwargs.get("resumable"))
+
+    async def body() -> AsyncIterator[bytes]:
+        finished = False
+        try:
+            if not svc.runs.broker.known(rid):
+                # The run is not in this process's event log (already gone): report its outcome.
+                yield sse(Event(0, "metadata", {"run_id": rid, "attempt": 1}), False)
+                yield sse(Event(1, "end", None), False)
+                finished = True
+                return
+            async for ev in _events_with_keepalive(svc, rid, after):
+                if ev is None:
+                    yield b": heartbeat\r\n\r\n"
+                elif _wanted(ev.event, modes):
+                    yield sse(ev, with_id)
+            finished = True
+        finally:
+            if not finished and cancel_on_disconnect:
+                await svc.runs.cancel(rid)
+
+    headers = {**SSE_HEADERS, "location": location, "content-location": content_location}
+    return StreamingResponse(body(), media_type="text/event-stream; charset=utf-8", headers=headers)
+
+
+async def _result(svc: KeelService, run: dict[str, Any]) -> Any:
+    """What wait/join return: the last values, with __interrupt__, or {"__error__": ...}."""
+    rid, tid = str(run["run_id"]), str(run["thread_id"])
+    last_values: Any = None
+    error: Any = None
+    if svc.runs.broker.known(rid):
+        async for ev in svc.runs.broker.subscribe(rid):
+            if ev.event == "values":
+                last_values = ev.data
+            elif ev.event == "error":
+                error = ev.data
+    async with svc.db.pool.connection() as conn:
+        cur = await conn.execute(f"SELECT {RUN_COLUMNS} FROM keel_runs WHERE run_id = %s", (rid,))
+        row = await cur.fetchone()
+    if error is None and row is not None and row["status"] == "error":
+        error = row["error"] or {"error": "RunError", "message": "the run failed"}
+    if error is not None:
+        return {"__error__": error}
+    if last_values is None:
+        snap = await svc.graph.aget_state({"configurable": {"thread_id": tid}})
+        last_values = dict(snap.values or {})
+    return last_values
+
+
+def _wait_response(svc: KeelService, run: dict[str, Any], *, cancel_on_disconnect: bool,
+                   headers: dict[str, str]) -> StreamingResponse:
+    """JSON result, preceded by a newline every few seconds so proxies and clients keep the connection."""
+
+    async def body() -> AsyncIterator[bytes]:
+        finished = False
+        task = asyncio.create_task(_result(svc, run))
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=KEEPALIVE_S)
+                if done:
+                    break
+                yield b"\n"
+            finished = True
+            yield dumps(task.result())
+        finally:
+            if not task.done():
+                task.cancel()
+            if not finished and cancel_on_disconnect:
+                await svc.runs.cancel(str(run["run_id"]))
+
+    return StreamingResponse(body(), media_type="application/json", headers=headers)
+
+
+def _urls(run: dict[str, Any], stateless: bool) -> tuple[str, str]:
+    rid, tid = run["run_id"], run["thread_id"]
+    base = f"/threads/{tid}/runs/{rid}"
+    return base, base
+
+
+# -------------------------------------------------------------------------------------------- thread runs
+
+
+@router.post("/threads/{thread_id}/runs")
+async def create_run(thread_id: str, body: RunCreate, svc: Service, user: CurrentUser, response: Response) -> dict:
+    """Start a run in the background."""
+    run = await svc.runs.create(user, parse_uuid(thread_id, "thread"), body)
+    response.headers["content-location"] = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
+    return run_json(run)
+
+
+@router.post("/threads/{thread_id}/runs/wait")
+async def wait_run(thread_id: str, body: RunCreate, svc: Service, user: CurrentUser):
+    """Start a run and answer with its final values."""
+    run = await svc.runs.create(user, parse_uuid(thread_id, "thread"), body)
+    base = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
+    return _wait_response(svc, run, cancel_on_disconnect=body.on_disconnect == "cancel",
+                          headers={"location": base + "/join", "content-location": base})
+
+
+@router.post("/threads/{thread_id}/runs/stream")
+async def stream_run(thread_id: str, body: RunCreate, svc: Service, user: CurrentUser):
+    """Start a run and stream its events as SSE."""
+    run = await svc.runs.create(user, parse_uuid(thread_id, "thread"), body)
+    base = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
+    return _stream_response(svc, run, cancel_on_disconnect=body.on_disconnect == "cancel",
+                            location=base + "/stream", content_location=base)
+
+
+async def owned_run(svc: KeelService, user: User, thread_id: str, run_id: str) -> dict[str, Any]:
+    await owned_thread(svc, user, thread_id)
+    rid = parse_uuid(run_id, "run")
+    async with svc.db.pool.connection() as conn:
+        cur = await conn.execute(f"SELECT {RUN_COLUMNS} FROM keel_runs WHERE run_id = %s AND thread_id = %s",
+                                 (rid, parse_uuid(thread_id, "thread")))
+        row = await cur.fetchone()
+    if row is None:
+        raise not_found("Run", rid)
+    return row
+
+
+@router.get("/threads/{thread_id}/runs")
+async def list_runs(thread_id: str, svc: Service, user: CurrentUser, limit: int = Query(10, ge=1, le=1000),
+                    offset: int = Query(0, ge=0), status: str | None = None) -> list[dict]:
+    """The thread's runs, newest first."""
+    row = await owned_thread(svc, user, thread_id)
+    where, params = "thread_id = %s", [row["thread_id"]]
+    if status:
+        where += " AND status = %s"
+        params.append(status)
+    async with svc.db.pool.connection() as conn:
+        cur = await conn.execute(
+            f"SELECT {RUN_COLUMNS} FROM keel_runs WHERE {where} ORDER BY created_at DESC LIMIT %s OFFSET %s",
+            [*params, limit, offset])
+        return [run_json(r) for r in await cur.fetchall()]
+
+
+@router.get("/threads/{thread_id}/runs/{run_id}")
+async def get_run(thread_id: str, run_id: str, svc: Service, user: CurrentUser) -> dict:
+    """One run."""
+    return run_json(await owned_run(svc, user, thread_id, run_id))
+
+
+@router.get("/threads/{thread_id}/runs/{run_id}/join")
+async def join_run(thread_id: str, run_id: str, svc: Service, user: CurrentUser):
+    """Wait for a run and answer with its final values."""
+    run = await owned_run(svc, user, thread_id, run_id)
+    return _wait_response(svc, run, cancel_on_disconnect=False, headers={})
+
+
+@router.get("/threads/{thread_id}/runs/{run_id}/stream")
+async def join_stream(thread_id: str, run_id: str, svc: Service, user: CurrentUser,
+                      stream_mode: list[str] | None = Query(None), cancel_on_disconnect: bool = False,
+                      last_event_id: str | None = Header(None)):
+    """Stream a run's events; with Last-Event-ID, only the events after it."""
+    run = await owned_run(svc, user, thread_id, run_id)
+    modes = [m for m in (stream_mode or []) if m] or None
+    after = -1
+    if last_event_id not in (None, ""):
+        try:
+            after = max(-1, int(last_event_id) - 1)
+        except ValueError:
+            raise ApiError(422, "Last-Event-ID must be an event id from this run's stream") from None
+    base = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
+    return _stream_response(svc, run, modes=modes, after=after, cancel_on_disconnect=cancel_on_disconnect,
+                            location=base + "/stream", content_location=base)
+
+
+@router.post("/threads/{thread_id}/runs/{run_id}/cancel")
+async def cancel_run(thread_id: str, run_id: str, svc: Service, user: CurrentUser, wait: bool = False,
+                     action: str = "interrupt") -> dict:
+    """Cancel a pending or running run."""
+    if action not in ("interrupt", "rollback"):
+        raise ApiError(422, "action must be 'interrupt' or 'rollback'")
+    run = await owned_run(svc, user, thread_id, run_id)
+    if run["status"] not in ("pending", "running"):
+        raise ApiError(409, f"Run {run['run_id']} is already {run['status']}")
+    await svc.runs.cancel(str(run["run_id"]), action=action, wait=wait)
+    return {}
+
+
+@router.delete("/threads/{thread_id}/runs/{run_id}", status_code=204)
+async def delete_run(thread_id: str, run_id: str, svc: Service, user: CurrentUser) -> Response:
+    """Delete a finished run's record."""
+    run = await owned_run(svc, user, thread_id, run_id)
+    if run["status"] in ("pending", "running"):
+        raise ApiError(409, "Cancel the run before deleting it")
+    async with svc.db.pool.connection() as conn:
+        await conn.execute("DELETE FROM keel_runs WHERE run_id = %s", (run["run_id"],))
+    return Response(status_code=204)
+
+
+# -------------------------------------------------------------------------------------------- stateless
+
+
+@router.post("/runs")
+async def create_stateless(body: RunCreate, svc: Service, user: CurrentUser, response: Response) -> dict:
+    """Start a run on a temporary thread, in the background."""
+    run = await svc.runs.create(user, None, body)
+    response.headers["content-location"] = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
+    return run_json(run)
+
+
+@router.post("/runs/wait")
+async def wait_stateless(body: RunCreate, svc: Service, user: CurrentUser):
+    """Run on a temporary thread and answer with its final values."""
+    run = await svc.runs.create(user, None, body)
+    return _wait_response(svc, run, cancel_on_disconnect=body.on_disconnect == "cancel", headers={})
+
+
+@router.post("/runs/stream")
+async def stream_stateless(body: RunCreate, svc: Service, user: CurrentUser):
+    """Run on a temporary thread and stream its events."""
+    run = await svc.runs.create(user, None, body)
+    base = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
+    # No Location: the temporary thread may be gone when a reconnect arrives.
+    resp = _stream_response(svc, run, cancel_on_disconnect=body.on_disconnect == "cancel",
+                            location=base + "/stream", content_location=base)
+    with contextlib.suppress(KeyError):
+        del resp.headers["location"]
+    return resp

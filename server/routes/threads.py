@@ -1,0 +1,255 @@
+"""Threads: create, read, search, update, delete; state and history from the checkpointer."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Query, Response
+from psycopg.types.json import Jsonb
+
+from server.auth import CurrentUser, User
+from server.deps import Service
+from server.errors import ApiError, not_found, parse_uuid
+from server.schemas import CheckpointQuery, HistoryQuery, StateUpdate, ThreadCreate, ThreadPatch, ThreadSearch
+from server.serde import jsonable
+from server.service import KeelService
+from server.threadstate import snapshot_json
+
+router = APIRouter(prefix="/threads", tags=["threads"])
+
+THREAD_COLUMNS = ('thread_id, user_id, metadata, status, config, "values", interrupts, error, created_at, '
+                  "updated_at, state_updated_at")
+
+
+def thread_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A keel_threads row as the API's Thread object."""
+    return {
+        "thread_id": str(row["thread_id"]),
+        "created_at": row["created_at"].isoformat(),
+        "updated_at": row["updated_at"].isoformat(),
+        "state_updated_at": row["state_updated_at"].isoformat(),
+        "metadata": row["metadata"] or {},
+        "status": row["status"],
+        "config": row["config"] or {},
+        "values": row["values"],
+        "interrupts": row["interrupts"] or {},
+        "error": row["error"],
+    }
+
+
+async def owned_thread(svc: KeelService, user: User, thread_id: str) -> dict[str, Any]:
+    """The caller's thread, or 404 (another user's thread is indistinguishable from a missing one)."""
+    tid = parse_uuid(thread_id, "thread")
+    async with svc.db.pool.connection() as conn:
+        cur = await conn.execute(f"SELECT {THREAD_COLUMNS} FROM keel_threads WHERE thread_id = %s", (tid,))
+        row = await cur.fetchone()
+    if row is None or row["user_id"] != user.id:
+        raise not_found("Thread", tid)
+    return row
+
+
+def thread_config(thread_id: str, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
+    configurable: dict[str, Any] = {"thread_id": thread_id, "checkpoint_ns": ""}
+    if checkpoint and checkpoint.get("checkpoint_id"):
+        configurable["checkpoint_id"] = checkpoint["checkpoint_id"]
+        configurable["checkpoint_ns"] = checkpoint.get("checkpoint_ns") or ""
+    return {"configurable": configurable}
+
+
+@router.post("")
+async def create(body: ThreadCreate, svc: Service, user: CurrentUser) -> dict:
+    """Create a thread (409 if the id exists, unless if_exists=do_nothing)."""
+    tid = parse_uuid(body.thread_id, "thread") if body.thread_id else str(uuid.uuid4())
+    metadata = jsonable(body.metadata or {})
+    async with svc.db.pool.connection() as conn:
+        cur = await conn.execute(
+            f"INSERT INTO keel_threads (thread_id, user_id, metadata) VALUES (%s, %s, %s) "
+            f"ON CONFLICT (thread_id) DO NOTHING RETURNING {THREAD_COLUMNS}", (tid, user.id, Jsonb(metadata)))
+        row = await cur.fetchone()
+    if row is None:
+        if body.if_exists == "do_nothing":
+            return thread_json(await owned_thread(svc, user, tid))
+        raise ApiError(409, f"Thread with ID {tid} already exists")
+    return thread_json(row)
+
+
+@router.post("/search")
+async def search(body: ThreadSearch, svc: Service, user: CurrentUser, response: Response) -> list[dict]:
+    """The caller's threads filtered by metadata, values, ids and status."""
+    where, params = ["user_id = %s"], [user.id]
+    if body.metadata:
+        where.append("metadata @> %s")
+        params.append(Jsonb(jsonable(body.metadata)))
+    if body.values:
+        where.append('"values" @> %s')
+        params.append(Jsonb(jsonable(body.values)))
+    if body.ids:
+        where.append("thread_id = ANY(%s)")
+        params.append([parse_uuid(i, "thread") for i in body.ids])
+    if body.status:
+        where.append("status = %s")
+        params.append(body.status)
+    order = f"{body.sort_by or 'updated_at'} {(body.sort_order or 'desc').upper()}"
+    sql_where = " AND ".join(where)
+    async with svc.db.pool.connection() as conn:
+        cur = await conn.execute(f"SELECT count(*) AS n FROM keel_threads WHERE {sql_where}", params)
+        total = (await cur.fetchone())["n"]
+        cur = await conn.execute(
+            f"SELECT {THREAD_COLUMNS} FROM keel_threads WHERE {sql_where} ORDER BY {order}, thread_id "
+            f"LIMIT %s OFFSET %s", [*params, body.limit, body.offset])
+        rows = await cur.fetchall()
+    response.headers["x-pagination-total"] = str(total)
+    out = [thread_json(r) for r in rows]
+    if body.select:
+        out = [{k: t[k] for k in body.select if k in t} for t in out]
+    return out
+
+
+@router.post("/count")
+async def count(body: ThreadSearch, svc: Service, user: CurrentUser) -> int:
+    """How many of the caller's threads match."""
+    where, params = ["user_id = %s"], [user.id]
+    if body.metadata:
+        where.append("metadata @> %s")
+        params.append(Jsonb(jsonable(body.metadata)))
+    if body.status:
+        where.append("status = %s")
+        params.append(body.status)
+    async with svc.db.pool.connection() as conn:
+        cur = await conn.execute(f"SELECT count(*) AS n FROM keel_threads WHERE {' AND '.join(where)}", params)
+        return (await cur.fetchone())["n"]
+
+
+@router.get("/{thread_id}")
+async def get(thread_id: str, svc: Service, user: CurrentUser) -> dict:
+    """One thread."""
+    return thread_json(await owned_thread(svc, user, thread_id))
+
+
+@router.patch("/{thread_id}")
+async def patch(thread_id: str, body: ThreadPatch, svc: Service, user: CurrentUser) -> dict:
+    """Merge metadata into a thread."""
+    row = await owned_thread(svc, user, thread_id)
+    async with svc.db.pool.connection() as conn:
+        cur = await conn.execute(
+            f"UPDATE keel_threads SET metadata = metadata || %s, updated_at = now() WHERE thread_id = %s "
+            f"RETURNING {THREAD_COLUMNS}", (Jsonb(jsonable(body.metadata or {})), row["thread_id"]))
+        return thread_json(await cur.fetchone())
+
+
+@router.delete("/{thread_id}", status_code=204)
+async def delete(thread_id: str, svc: Service, user: CurrentUser) -> Response:
+    """Delete a thread, its runs and its checkpoints."""
+    row = await owned_thread(svc, user, thread_id)
+    tid = str(row["thread_id"])
+    async with svc.db.pool.connection() as conn:
+        cur = await conn.execute("SELECT run_id FROM keel_runs WHERE thread_id = %s AND status = ANY(%s)",
+                                 (tid, ["pending", "running"]))
+        active = [str(r["run_id"]) for r in await cur.fetchall()]
+    for rid in active:
+        await svc.runs.cancel(rid, wait=True)
+    async with svc.db.pool.connection() as conn, conn.transaction():
+        await conn.execute("DELETE FROM keel_runs WHERE thread_id = %s", (tid,))
+        await conn.execute("DELETE FROM keel_threads WHERE thread_id = %s", (tid,))
+    await svc.db.checkpointer.adelete_thread(tid)
+    return Response(status_code=204)
+
+
+@router.get("/{thread_id}/state")
+async def get_state(thread_id: str, svc: Service, user: CurrentUser, subgraphs: bool = False,
+                    select: list[str] | None = Query(None)) -> dict:
+    """The thread's latest state."""
+    row = await owned_thread(svc, user, thread_id)
+    snap = await svc.graph.aget_state(thread_config(str(row["thread_id"])), subgraphs=subgraphs)
+    return snapshot_json(snap, select=select)
+
+
+@router.get("/{thread_id}/state/{checkpoint_id}")
+async def get_state_at(thread_id: str, checkpoint_id: str, svc: Service, user: CurrentUser,
+                       subgraphs: bool = False) -> dict:
+    """The thread's state at one checkpoint."""
+    row = await owned_thread(svc, user, thread_id)
+    return await _state_at(svc, str(row["thread_id"]), {"checkpoint_id": checkpoint_id}, subgraphs)
+
+
+@router.post("/{thread_id}/state/checkpoint")
+async def post_state_at(thread_id: str, body: CheckpointQuery, svc: Service, user: CurrentUser) -> dict:
+    """The thread's state at the checkpoint in the body."""
+    row = await owned_thread(svc, user, thread_id)
+    return await _state_at(svc, str(row["thread_id"]), body.checkpoint, body.subgraphs, body.select)
+
+
+async def _state_at(svc: KeelService, tid: str, checkpoint: dict[str, Any], subgraphs: bool,
+                    select: list[str] | None = None) -> dict:
+    if not checkpoint.get("checkpoint_id"):
+        raise ApiError(422, "checkpoint.checkpoint_id is required")
+    config = thread_config(tid, checkpoint)
+    if await svc.db.checkpointer.aget_tuple(config) is None:
+        raise not_found("Checkpoint", checkpoint["checkpoint_id"])
+    return snapshot_json(await svc.graph.aget_state(config, subgraphs=subgraphs), select=select)
+
+
+@router.post("/{thread_id}/state")
+async def update_state(thread_id: str, body: StateUpdate, svc: Service, user: CurrentUser) -> dict:
+    """Write values as if a node produced them (or fork a checkpoint with as_node="__copy__")."""
+    row = await owned_thread(svc, user, thread_id)
+    tid = str(row["thread_id"])
+    if row["status"] == "busy":
+        raise ApiError(409, "Thread is busy; wait for its run to finish before updating state")
+    checkpoint = dict(body.checkpoint or {})
+    if body.checkpoint_id:
+        checkpoint["checkpoint_id"] = body.checkpoint_id
+    config = thread_config(tid, checkpoint)
+    if body.as_node and body.as_node not in svc.node_names and body.as_node not in ("__copy__", "__start__"):
+        raise ApiError(422, f"as_node: unknown node {body.as_node!r}")
+    try:
+        new_config = await svc.graph.aupdate_state(config, body.values, as_node=body.as_node)
+    except Exception as exc:  # noqa: BLE001 - LangGraph raises InvalidUpdateError etc. for bad input
+        raise ApiError(400, f"Could not update state: {exc}") from exc
+    snap = await svc.graph.aget_state(thread_config(tid))
+    async with svc.db.pool.connection() as conn:
+        await conn.execute(
+            'UPDATE keel_threads SET "values" = %s, status = %s, state_updated_at = now(), updated_at = now() '
+            "WHERE thread_id = %s",
+            (Jsonb(jsonable(snap.values)), "interrupted" if snap.next else "idle", tid))
+    c = new_config["configurable"]
+    checkpoint_out = {"thread_id": tid, "checkpoint_ns": c.get("checkpoint_ns", ""), "checkpoint_id": c["checkpoint_id"]}
+    return {"checkpoint": checkpoint_out, "configurable": checkpoint_out, "checkpoint_id": c["checkpoint_id"]}
+
+
+def _before(value: str | dict[str, Any] | None) -> dict[str, Any] | None:
+    """`before` arrives as an id string, a Checkpoint dict or a Config dict; accept all three."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return {"configurable": {"checkpoint_id": value}}
+    if "configurable" in value:
+        return {"configurable": dict(value["configurable"])}
+    if value.get("checkpoint_id"):
+        return {"configurable": {"checkpoint_id": value["checkpoint_id"]}}
+    raise ApiError(422, "before must be a checkpoint id, a checkpoint or a config")
+
+
+async def _history(svc: KeelService, tid: str, q: HistoryQuery) -> list[dict]:
+    config = thread_config(tid, q.checkpoint)
+    out = []
+    async for snap in svc.graph.aget_state_history(config, limit=q.limit, before=_before(q.before),
+                                                   filter=q.metadata or None):
+        out.append(snapshot_json(snap, select=q.select))
+    return out
+
+
+@router.post("/{thread_id}/history")
+async def history(thread_id: str, body: HistoryQuery, svc: Service, user: CurrentUser) -> list[dict]:
+    """Past states, newest first."""
+    row = await owned_thread(svc, user, thread_id)
+    return await _history(svc, str(row["thread_id"]), body)
+
+
+@router.get("/{thread_id}/history")
+async def history_get(thread_id: str, svc: Service, user: CurrentUser, limit: int = Query(10, ge=1, le=1000),
+                      before: str | None = None) -> list[dict]:
+    """Past states, newest first (query-string form)."""
+    row = await owned_thread(svc, user, thread_id)
+    return await _history(svc, str(row["thread_id"]), HistoryQuery(limit=limit, before=before))

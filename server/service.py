@@ -1,0 +1,180 @@
+"""The running Keel: settings, database, compiled graph, assistants and runs, wired once at start-up."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from agent.context import Context
+from agent.graph import builder, recursion_limit
+from memory.embeddings import EMBED_DIMS, get_embeddings
+from server.auth import User
+from server.db import Database, DatabaseUnavailable, embedded_server, open_database
+from server.errors import ApiError
+from server.runs.manager import RunManager
+from server.schemas import RunCreate
+from server.settings import Settings
+
+log = logging.getLogger("keel")
+
+# langgraph-api derives default assistant ids this way, so ids match the official server's.
+NAMESPACE_GRAPH = uuid.UUID("6ba7b821-9dad-11d1-80b4-00c04fd430c8")
+GRAPH_ID = "agent"
+_STARTED = datetime.now(UTC).isoformat()
+
+# Run settings a request may change through `context`; identity and models come from the server only.
+REQUEST_CONTEXT_FIELDS = {"namespace", "retrieve_k", "critic_threshold", "max_revisions", "max_steps",
+                          "max_tool_calls", "tools"}
+
+
+class Assistants:
+    """One default assistant per graph; the graph id works wherever an assistant id does."""
+
+    def __init__(self, graph_ids: list[str]) -> None:
+        self._by_id = {}
+        for gid in graph_ids:
+            aid = str(uuid.uuid5(NAMESPACE_GRAPH, gid))
+            self._by_id[aid] = {
+                "assistant_id": aid, "graph_id": gid, "config": {}, "context": {},
+                "metadata": {"created_by": "system"}, "name": gid, "description": None, "version": 1,
+                "created_at": _STARTED, "updated_at": _STARTED,
+            }
+
+    def all(self) -> list[dict[str, Any]]:
+        return list(self._by_id.values())
+
+    def find(self, ident: str) -> dict[str, Any] | None:
+        if ident in self._by_id:
+            return self._by_id[ident]
+        for a in self._by_id.values():
+            if a["graph_id"] == ident:
+                return a
+        try:
+            return self._by_id.get(str(uuid.UUID(ident)))
+        except ValueError:
+            return None
+
+    def resolve(self, ident: str, *, for_run: bool = False) -> dict[str, Any]:
+        found = self.find(ident)
+        if found is None:
+            if for_run:
+                raise ApiError(422, f"Invalid assistant: '{ident}'. Use a graph name ({GRAPH_ID}) or an assistant ID.")
+            raise ApiError(404, f"Assistant with ID {ident} not found")
+        return found
+
+
+async def open_db(settings: Settings) -> Database:
+    """The database from configuration: DATABASE_URL, or the embedded Postgres under KEEL_HOME."""
+    server = None
+    url = settings.database_url
+    if not url:
+        server = embedded_server(settings.keel_home)
+        url = server.get_uri()
+        log.info("using the embedded Postgres in %s", settings.keel_home.resolve() / "pgdata")
+    embeddings = get_embeddings(settings.keel_embeddings)
+    dims = settings.keel_embed_dims or (EMBED_DIMS if not settings.keel_embeddings else None)
+    if dims is None:
+        raise DatabaseUnavailable("KEEL_EMBED_DIMS must be set together with KEEL_EMBEDDINGS")
+    return await open_database(url, embeddings=embeddings, dims=dims, pool_min=settings.keel_pool_min,
+                               pool_max=settings.keel_pool_max, max_idle=settings.keel_pool_max_idle,
+                               max_lifetime=settings.keel_pool_max_lifetime, server=server)
+
+
+class KeelService:
+    """Everything a request handler needs, created by the app's lifespan."""
+
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.settings = settings
+        self.db = db
+        self.graph = builder.compile(checkpointer=db.checkpointer, store=db.store, name=GRAPH_ID)
+        self.node_names = set(self.graph.nodes) - {"__start__"}
+        self.assistants = Assistants([GRAPH_ID])
+        self.runs = RunManager(self)
+
+    @classmethod
+    async def start(cls, settings: Settings) -> KeelService:
+        """Connect (starting the embedded Postgres when DATABASE_URL is unset), migrate, compile."""
+        return cls(settings, await open_db(settings))
+
+    async def close(self) -> None:
+        await self.runs.shutdown()
+        await self.db.close()
+
+    def default_context(self, user_id: str) -> Context:
+        """Run settings from configuration, for `user_id`."""
+        s = self.settings
+        return Context(user_id=user_id, model=s.keel_model, critic_model=s.keel_critic_model,
+                       namespace=s.keel_namespace, retrieve_k=s.keel_retrieve_k,
+                       critic_threshold=s.keel_critic_threshold, max_revisions=s.keel_max_revisions,
+                       max_steps=s.keel_max_steps, max_tool_calls=s.keel_max_tool_calls)
+
+    def build_context(self, user: User, overrides: dict[str, Any] | None) -> Context:
+        """The run's Context: configuration defaults plus the request's allowed overrides."""
+        ctx = self.default_context(user.id)
+        if not overrides:
+            return ctx
+        unknown = sorted(set(overrides) - REQUEST_CONTEXT_FIELDS)
+        if unknown:
+            raise ApiError(422, f"context.{unknown[0]} cannot be set by a request; allowed: "
+                                f"{', '.join(sorted(REQUEST_CONTEXT_FIELDS))}")
+        types = {f.name: f.type for f in dataclasses.fields(Context)}
+        clean: dict[str, Any] = {}
+        for key, value in overrides.items():
+            if key == "tools":
+                if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                    raise ApiError(422, "context.tools must be a list of tool names or null")
+            elif key == "namespace":
+                if not isinstance(value, str) or not value or "." in value:
+                    raise ApiError(422, "context.namespace must be a non-empty string without dots")
+            elif key == "critic_threshold":
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                    raise ApiError(422, "context.critic_threshold must be a number between 0 and 1")
+            elif isinstance(value, bool) or not isinstance(value, int) or value < 0 or value > 1000:
+                raise ApiError(422, f"context.{key} must be an integer between 0 and 1000 ({types[key]})")
+            clean[key] = value
+        return dataclasses.replace(ctx, **clean)
+
+    def run_config(self, body: RunCreate, *, thread_id: str, run_id: str, user: User, assistant: dict[str, Any],
+                   run_metadata: dict[str, Any]) -> dict[str, Any]:
+        """LangGraph config: thread, checkpoint, limits, and trace metadata (thread_id, run_id, user)."""
+        cfg = body.config or {}
+        configurable = {k: v for k, v in (cfg.get("configurable") or {}).items()
+                        if k not in ("thread_id", "checkpoint_id", "checkpoint_ns", "checkpoint_map")}
+        configurable["thread_id"] = thread_id
+        checkpoint = dict(body.checkpoint or {})
+        if body.checkpoint_id:
+            checkpoint["checkpoint_id"] = body.checkpoint_id
+        if checkpoint.get("checkpoint_id"):
+            configurable["checkpoint_id"] = checkpoint["checkpoint_id"]
+            configurable["checkpoint_ns"] = checkpoint.get("checkpoint_ns", "")
+        max_steps = self.default_context(user.id).max_steps
+        if body.context and isinstance(body.context.get("max_steps"), int):
+            max_steps = body.context["max_steps"]
+        limit = cfg.get("recursion_limit")
+        metadata = {**run_metadata, **(cfg.get("metadata") or {}), "thread_id": thread_id, "run_id": run_id,
+                    "user_id": user.id, "assistant_id": assistant["assistant_id"], "graph_id": assistant["graph_id"]}
+        return {
+            "configurable": configurable,
+            "run_id": uuid.UUID(run_id),
+            "recursion_limit": limit if isinstance(limit, int) and limit > 0 else recursion_limit(max_steps),
+            "tags": list(cfg.get("tags") or []),
+            "metadata": metadata,
+        }
+
+
+def _state_schema() -> dict[str, Any]:
+    """JSON Schema of the full graph state (a one-node graph whose input is the whole State)."""
+    from langgraph.graph import START, StateGraph
+
+    from agent.state import State
+
+    sg = StateGraph(State)
+    sg.add_node("noop", lambda s: {})
+    sg.add_edge(START, "noop")
+    return sg.compile().get_input_jsonschema()
+
+
+KeelService.state_jsonschema = staticmethod(_state_schema)  # type: ignore[attr-defined]

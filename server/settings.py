@@ -1,0 +1,72 @@
+"""Keel's configuration: every environment variable Keel reads, validated once at start-up.
+
+Only the server layer reads the environment. Everything below it receives explicit arguments.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Validated settings. Field names map to upper-case environment variables (see README)."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+    database_url: str | None = Field(default=None, description="Postgres URL; unset = embedded Postgres")
+    keel_home: Path = Field(default=Path(".keel"), description="embedded Postgres data and local state")
+    keel_model: str | None = Field(default=None, description="provider:model for init_chat_model; unset = offline engine")
+    keel_critic_model: str | None = Field(default=None, description="model for the critic; defaults to KEEL_MODEL")
+    keel_embeddings: str | None = Field(default=None, description="provider:model for init_embeddings; unset = offline MiniLM")
+    keel_embed_dims: int | None = Field(default=None, description="vector size when KEEL_EMBEDDINGS is set")
+    keel_api_keys: str = Field(default="", description="comma-separated key:user_id pairs; empty = single local user")
+    keel_namespace: str = Field(default="default", description="document corpus the agent retrieves from")
+    keel_log_level: str = "INFO"
+    keel_log_json: bool = False
+    keel_max_body_bytes: int = 1_000_000
+    keel_pool_min: int = 1
+    keel_pool_max: int = 10
+    keel_pool_max_idle: float = 60.0
+    keel_pool_max_lifetime: float = 1800.0
+    keel_critic_threshold: float = 0.7
+    keel_max_revisions: int = 2
+    keel_max_steps: int = 24
+    keel_max_tool_calls: int = 8
+    keel_durability: Literal["sync", "async", "exit"] = "sync"
+    keel_retrieve_k: int = 4
+
+    @field_validator("keel_critic_threshold")
+    @classmethod
+    def _threshold_range(cls, v: float) -> float:
+        if not 0.0 <= v <= 1.0:
+            raise ValueError("KEEL_CRITIC_THRESHOLD must be between 0 and 1")
+        return v
+
+    @field_validator("keel_api_keys")
+    @classmethod
+    def _keys_shape(cls, v: str) -> str:
+        for pair in filter(None, (p.strip() for p in v.split(","))):
+            key, sep, user = pair.partition(":")
+            if not sep or not key or not user:
+                raise ValueError("KEEL_API_KEYS must look like 'key1:alice,key2:bob'")
+        return v
+
+    @property
+    def api_keys(self) -> dict[str, str]:
+        """Map of API key to user id."""
+        out: dict[str, str] = {}
+        for pair in filter(None, (p.strip() for p in self.keel_api_keys.split(","))):
+            key, _, user = pair.partition(":")
+            out[key.strip()] = user.strip()
+        return out
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings from the environment, read once per process."""
+    return Settings()
