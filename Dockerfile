@@ -1,0 +1,15 @@
+# Keel API / worker image. Build: docker build -t keel .
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 KEEL_HOME=/data
+WORKDIR /app
+COPY requirements.lock pyproject.toml README.md ./
+RUN pip install --no-cache-dir -r requirements.lock
+COPY agent ./agent
+COPY memory ./memory
+COPY tools ./tools
+COPY server ./server
+COPY docs ./docs
+RUN pip install --no-cache-dir --no-deps . && useradd --create-home keel && mkdir -p /data && chown keel /data
+USER keel
+EXPOSE 8000
+CMD ["keel", "serve", "--host", "0.0.0.0", "--port", "8000"]

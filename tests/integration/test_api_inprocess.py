@@ -1,0 +1,214 @@
+"""The HTTP API in-process over the real database: ownership, status, bad input, double texting."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httpx
+import pytest
+from langchain_core.messages import AIMessage
+
+from agent.models import register_model, unregister_model
+from server.app import create_app
+from server.service import KeelService
+from server.settings import Settings
+from tests.support.scripted import ScriptedChatModel
+
+ALICE, BOB = {"x-api-key": "ka"}, {"authorization": "Bearer kb"}
+Q = {"messages": [{"role": "user", "content": "How do workers scale out?"}]}
+
+
+@pytest.fixture(scope="module")
+async def svc(db):
+    settings = Settings(keel_api_keys="ka:alice,kb:bob", keel_max_body_bytes=50_000)
+    service = KeelService(settings, db)
+    yield service
+    await service.runs.shutdown()
+
+
+@pytest.fixture(scope="module")
+async def client(svc):
+    app = create_app(svc.settings, svc)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://keel") as c:
+        yield c
+
+
+async def thread(client, headers=ALICE, **body) -> str:
+    r = await client.post("/threads", json=body, headers=headers)
+    assert r.status_code == 200, r.text
+    return r.json()["thread_id"]
+
+
+async def row_counts(db) -> tuple[int, int]:
+    async with db.pool.connection() as conn:
+        t = await (await conn.execute("SELECT count(*) AS n FROM keel_threads")).fetchone()
+        r = await (await conn.execute("SELECT count(*) AS n FROM keel_runs")).fetchone()
+    return t["n"], r["n"]
+
+
+async def test_auth_required_and_threads_are_private(client):
+    assert (await client.post("/threads", json={})).status_code == 401
+    tid = await thread(client, metadata={"topic": "x"})
+    assert (await client.get(f"/threads/{tid}", headers=ALICE)).json()["metadata"] == {"topic": "x"}
+    r = await client.get(f"/threads/{tid}", headers=BOB)
+    assert r.status_code == 404 and r.json() == {"detail": f"Thread with ID {tid} not found"}
+    r = await client.post(f"/threads/{tid}/runs/wait", json={"assistant_id": "agent", "input": Q}, headers=BOB)
+    assert r.status_code == 404
+    found = (await client.post("/threads/search", json={"metadata": {"topic": "x"}}, headers=BOB)).json()
+    assert found == []
+    assert (await client.delete(f"/threads/{tid}", headers=BOB)).status_code == 404
+    assert (await client.get(f"/threads/{tid}", headers=ALICE)).status_code == 200
+
+
+@pytest.mark.parametrize("method,path,body,status", [
+    ("get", "/threads/not-a-uuid", None, 422),
+    ("get", f"/threads/{uuid.uuid4()}", None, 404),
+    ("get", f"/threads/{uuid.uuid4()}/state", None, 404),
+    ("post", "/threads/search", {"limit": "ten"}, 422),
+    ("post", "/threads/search", {"limit": -1}, 422),
+    ("post", "/threads", {"thread_id": "nope"}, 422),
+    ("post", "/threads", {"metadata": "not a dict"}, 422),
+    ("get", "/assistants/nope", None, 404),
+    ("post", "/runs/wait", {"assistant_id": "nope", "input": Q}, 422),
+    ("post", "/runs/wait", {"input": Q}, 422),
+    ("post", "/runs/wait", {"assistant_id": "agent", "input": Q, "stream_mode": "bogus"}, 422),
+    ("post", "/runs/wait", {"assistant_id": "agent", "input": Q, "interrupt_before": ["nope"]}, 422),
+    ("post", "/runs/wait", {"assistant_id": "agent", "input": Q, "context": {"user_id": "mallory"}}, 422),
+    ("post", "/runs/wait", {"assistant_id": "agent", "input": Q, "context": {"max_steps": "many"}}, 422),
+    ("post", "/runs/wait", {"assistant_id": "agent", "command": {}}, 422),
+])
+async def test_bad_input_gets_4xx_detail(client, db, method, path, body, status):
+    before = await row_counts(db)
+    r = await getattr(client, method)(path, headers=ALICE, **({"json": body} if body is not None else {}))
+    assert r.status_code == status, r.text
+    assert isinstance(r.json()["detail"], str) and r.json()["detail"]
+    assert await row_counts(db) == before, "a rejected request must write nothing"
+
+
+async def test_malformed_json_and_oversized_bodies(client, db):
+    before = await row_counts(db)
+    r = await client.post("/threads", content=b'{"metadata": {', headers={**ALICE, "content-type": "application/json"})
+    assert r.status_code == 400 and "Malformed JSON" in r.json()["detail"]
+    big = {"metadata": {"blob": "x" * 60_000}}
+    r = await client.post("/threads", json=big, headers=ALICE)
+    assert r.status_code == 413 and "too large" in r.json()["detail"]
+    assert await row_counts(db) == before
+
+
+async def test_text_plain_json_is_accepted(client):
+    r = await client.post("/threads", content=b"{}", headers={**ALICE, "content-type": "text/plain;charset=UTF-8"})
+    assert r.status_code == 200
+
+
+async def test_if_not_exists_create_is_all_or_nothing(client, db):
+    tid = str(uuid.uuid4())
+    r = await client.post(f"/threads/{tid}/runs/wait", headers=ALICE,
+                          json={"assistant_id": "missing", "input": Q, "if_not_exists": "create"})
+    assert r.status_code == 422
+    assert (await client.get(f"/threads/{tid}", headers=ALICE)).status_code == 404
+    r = await client.post(f"/threads/{tid}/runs/wait", headers=ALICE,
+                          json={"assistant_id": "agent", "input": Q, "if_not_exists": "create"})
+    assert r.status_code == 200 and r.json()["status"] in ("done", "budget_exhausted:max_revisions")
+
+
+async def test_failed_run_reports_error_and_thread_status(client, svc):
+    name = f"test:boom-{uuid.uuid4()}"
+    register_model(name, ScriptedChatModel([ValueError("kaboom")]))
+    try:
+        svc.settings.keel_model = name
+        tid = await thread(client)
+        r = await client.post(f"/threads/{tid}/runs/wait", json={"assistant_id": "agent", "input": Q}, headers=ALICE)
+        assert r.status_code == 200
+        assert r.json() == {"__error__": {"error": "ValueError", "message": "kaboom"}}
+        t = (await client.get(f"/threads/{tid}", headers=ALICE)).json()
+        assert t["status"] == "error" and t["error"]["message"] == "kaboom"
+        runs = (await client.get(f"/threads/{tid}/runs", headers=ALICE)).json()
+        assert runs[0]["status"] == "error"
+        r = await client.post(f"/threads/{tid}/runs/stream", json={"assistant_id": "agent", "input": Q},
+                              headers=ALICE)
+        # The script is used up now, so this run fails too, and the stream says so before closing.
+        assert "event: error" in r.text and "event: end" not in r.text
+    finally:
+        svc.settings.keel_model = None
+        unregister_model(name)
+
+
+async def test_reject_strategy_gives_409_while_busy(client, svc):
+    gate = asyncio.Event()
+
+    async def slow(messages):
+        await asyncio.sleep(0)
+        return AIMessage(content="slow answer")
+
+    class Gated(ScriptedChatModel):
+        async def _agenerate(self, messages, stop=None, run_manager=None, **kw):
+            await gate.wait()
+            return self._generate(messages, stop=stop, **kw)
+
+    name = f"test:gated-{uuid.uuid4()}"
+    register_model(name, Gated(["slow answer", {"score": 0.9, "reasons": [], "revised_query": ""}]))
+    svc.settings.keel_model = name
+    try:
+        tid = await thread(client)
+        r = await client.post(f"/threads/{tid}/runs", json={"assistant_id": "agent", "input": Q}, headers=ALICE)
+        assert r.status_code == 200 and r.json()["status"] == "pending"
+        assert r.headers["content-location"].endswith(r.json()["run_id"])
+        rid = r.json()["run_id"]
+        for _ in range(100):
+            if (await client.get(f"/threads/{tid}", headers=ALICE)).json()["status"] == "busy":
+                break
+            await asyncio.sleep(0.02)
+        r = await client.post(f"/threads/{tid}/runs/wait", headers=ALICE,
+                              json={"assistant_id": "agent", "input": Q, "multitask_strategy": "reject"})
+        assert r.status_code == 409 and "already running" in r.json()["detail"]
+        gate.set()
+        r = await client.get(f"/threads/{tid}/runs/{rid}/join", headers=ALICE)
+        assert r.json()["answer"] == "slow answer"
+        assert (await client.get(f"/threads/{tid}", headers=ALICE)).json()["status"] == "idle"
+        assert (await client.get(f"/threads/{tid}/runs/{rid}", headers=ALICE)).json()["status"] == "success"
+    finally:
+        gate.set()
+        svc.settings.keel_model = None
+        unregister_model(name)
+
+
+async def test_interrupt_status_and_resume_with_null_input(client):
+    tid = await thread(client)
+    r = await client.post(f"/threads/{tid}/runs/wait", headers=ALICE,
+                          json={"assistant_id": "agent", "input": Q, "interrupt_before": ["critique"]})
+    assert r.status_code == 200
+    t = (await client.get(f"/threads/{tid}", headers=ALICE)).json()
+    assert t["status"] == "interrupted"
+    state = (await client.get(f"/threads/{tid}/state", headers=ALICE)).json()
+    assert state["next"] == ["critique"] and state["checkpoint"]["checkpoint_id"]
+    r = await client.post(f"/threads/{tid}/runs/wait", headers=ALICE, json={"assistant_id": "agent", "input": None})
+    assert r.json()["status"] in ("done", "budget_exhausted:max_revisions")
+    assert (await client.get(f"/threads/{tid}", headers=ALICE)).json()["status"] == "idle"
+    hist = (await client.post(f"/threads/{tid}/history", json={"limit": 50}, headers=ALICE)).json()
+    assert hist[0]["next"] == [] and hist[-1]["parent_checkpoint"] is None
+    # The three `before` forms all work.
+    cid = hist[1]["checkpoint"]["checkpoint_id"]
+    for before in (cid, {"checkpoint_id": cid}, {"configurable": {"checkpoint_id": cid}}):
+        page = (await client.post(f"/threads/{tid}/history", json={"before": before, "limit": 2}, headers=ALICE)).json()
+        assert page[0]["checkpoint"]["checkpoint_id"] == hist[2]["checkpoint"]["checkpoint_id"]
+
+
+async def test_delete_thread_removes_runs_and_checkpoints(client, db):
+    tid = await thread(client)
+    await client.post(f"/threads/{tid}/runs/wait", json={"assistant_id": "agent", "input": Q}, headers=ALICE)
+    assert (await client.delete(f"/threads/{tid}", headers=ALICE)).status_code == 204
+    async with db.pool.connection() as conn:
+        for table in ("keel_runs", "checkpoints", "checkpoint_blobs", "checkpoint_writes"):
+            row = await (await conn.execute(f"SELECT count(*) AS n FROM {table} WHERE thread_id::text = %s",
+                                            (tid,))).fetchone()
+            assert row["n"] == 0, table
+
+
+async def test_stateless_run_leaves_no_thread(client, db):
+    before = await row_counts(db)
+    r = await client.post("/runs/wait", json={"assistant_id": "agent", "input": Q}, headers=ALICE)
+    assert r.status_code == 200 and r.json()["messages"][-1]["type"] == "ai"
+    await asyncio.sleep(0.1)
+    after = await row_counts(db)
+    assert after[0] == before[0], "the temporary thread is deleted (on_completion=delete)"

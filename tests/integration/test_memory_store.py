@@ -1,0 +1,220 @@
+"""Ingest and search against the real AsyncPostgresStore (embedded Postgres + pgvector)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+import pytest
+from langgraph.store.base import PutOp
+from langgraph.store.postgres.aio import AsyncPostgresStore
+from psycopg.rows import dict_row
+
+from memory.embeddings import EMBED_DIMS, embedding_index_config
+from memory.ingest import IngestReport, ingest_paths
+from memory.search import docs_namespace, search_docs
+
+OPS = """# Operations
+
+## Scaling out
+
+To handle more load, scale out by starting additional worker processes. Each worker claims pending runs
+from the queue in Postgres with SELECT ... FOR UPDATE SKIP LOCKED, so workers never run the same run twice.
+Add workers on other machines by pointing them at the same DATABASE_URL. A worker drains its current runs
+before exiting when it receives SIGTERM, which makes rolling deploys safe.
+
+## Connection pools
+
+Every process keeps a small pool of Postgres connections. Size the pool to the number of concurrent runs
+plus two, and keep the total across all processes below max_connections.
+"""
+
+BACKUPS = """# Backups
+
+Back up the database nightly with pg_dump, and test restores regularly. Point-in-time recovery needs WAL
+archiving. Keep at least seven daily dumps and four weekly ones, in another region.
+"""
+
+COOKING = """Pasta night
+
+Boil salted water, cook the spaghetti for nine minutes, and toss it with tomato sauce, garlic and basil.
+Serve with grated parmesan.
+"""
+
+
+def write_corpus(root: Path) -> Path:
+    docs = root / "docs"
+    (docs / "guide").mkdir(parents=True)
+    (docs / "guide" / "ops.md").write_text(OPS)
+    (docs / "backups.md").write_text(BACKUPS)
+    (docs / "cooking.txt").write_text(COOKING)
+    (docs / "ignored.rst").write_text("not included by the default globs")
+    (docs / ".hidden").mkdir()
+    (docs / ".hidden" / "secret.md").write_text("# Secret\nhidden folders are skipped")
+    return docs
+
+
+async def rows(db, corpus: str) -> dict:
+    """Row counts and newest timestamps of everything a corpus owns (chunks, vectors, manifest)."""
+    async with db.pool.connection() as conn:
+        cur = await conn.execute(
+            """SELECT (SELECT count(*) FROM store WHERE prefix = %(d)s) AS chunks,
+                      (SELECT count(*) FROM store WHERE prefix = %(m)s) AS manifest,
+                      (SELECT count(*) FROM store_vectors WHERE prefix = %(d)s) AS vectors,
+                      (SELECT count(*) FROM store_vectors WHERE prefix = %(m)s) AS manifest_vectors,
+                      (SELECT max(updated_at) FROM store WHERE prefix IN (%(d)s, %(m)s)) AS store_updated,
+                      (SELECT max(updated_at) FROM store_vectors WHERE prefix = %(d)s) AS vectors_updated""",
+            {"d": f"docs.{corpus}", "m": f"docs_meta.{corpus}"},
+        )
+        return dict(await cur.fetchone())
+
+
+async def test_ingest_then_search_finds_the_right_source(db, tmp_path):
+    docs = write_corpus(tmp_path)
+    report = await ingest_paths(db.store, [docs], namespace="main", max_tokens=64, overlap=16, root=tmp_path)
+    assert isinstance(report, IngestReport)
+    assert (report.files, report.skipped, report.removed) == (3, 0, 0)
+    r = await rows(db, "main")
+    assert r["chunks"] == report.chunks == r["vectors"]
+    assert r["manifest"] == 3 and r["manifest_vectors"] == 0  # the manifest is stored with index=False
+
+    hits = await search_docs(db.store, "how do I scale out workers?", namespace="main", k=3)
+    assert hits[0]["source"] == "docs/guide/ops.md"
+    assert hits[0]["heading"] == "Operations > Scaling out"
+    assert hits[0]["title"] == "Operations"
+    assert set(hits[0]) == {"key", "text", "source", "heading", "title", "chunk_index", "score"}
+    assert hits[0]["key"] == f"docs/guide/ops.md#{hits[0]['chunk_index']}"
+    assert hits[0]["score"] == round(hits[0]["score"], 4) and hits[0]["score"] > hits[-1]["score"]
+    assert "worker" in hits[0]["text"]
+
+    assert (await search_docs(db.store, "nightly database dumps", namespace="main", k=1))[0]["source"] == "docs/backups.md"
+    assert (await search_docs(db.store, "spaghetti recipe", namespace="main", k=1))[0]["source"] == "docs/cooking.txt"
+    assert await search_docs(db.store, "   ", namespace="main") == []
+    filtered = await search_docs(db.store, "workers", namespace="main", k=10, filter={"source": "docs/backups.md"})
+    assert filtered and {h["source"] for h in filtered} == {"docs/backups.md"}
+
+
+async def test_reingest_unchanged_writes_nothing(db, tmp_path):
+    docs = write_corpus(tmp_path)
+    first = await ingest_paths(db.store, [docs], namespace="idem", root=tmp_path)
+    before = await rows(db, "idem")
+    again = await ingest_paths(db.store, [docs], namespace="idem", root=tmp_path)
+    assert again.skipped == again.files == 3 and again.chunks == 0 and again.removed == 0
+    assert await rows(db, "idem") == before
+    assert first.chunks == before["chunks"]
+
+    # Different chunking parameters are a change, even with identical files.
+    rechunked = await ingest_paths(db.store, [docs], namespace="idem", root=tmp_path, max_tokens=32, overlap=8)
+    assert rechunked.skipped == 0 and rechunked.chunks > first.chunks
+    assert (await rows(db, "idem"))["chunks"] == rechunked.chunks
+
+
+async def test_changed_file_replaces_its_chunks(db, tmp_path):
+    docs = write_corpus(tmp_path)
+    first = await ingest_paths(db.store, [docs], namespace="chg", max_tokens=40, overlap=8, root=tmp_path)
+    ops_before = await db.store.asearch(docs_namespace("chg"), filter={"source": "docs/guide/ops.md"}, limit=100)
+    assert len(ops_before) >= 3
+
+    (docs / "guide" / "ops.md").write_text("# Operations\n\nKeel runs on a single Raspberry Pi in the garden shed.\n")
+    report = await ingest_paths(db.store, [docs], namespace="chg", max_tokens=40, overlap=8, root=tmp_path)
+    assert (report.files, report.skipped, report.chunks) == (3, 2, 1)
+
+    ops_after = await db.store.asearch(docs_namespace("chg"), filter={"source": "docs/guide/ops.md"}, limit=100)
+    assert [i.key for i in ops_after] == ["docs/guide/ops.md#0"]
+    assert "Raspberry Pi" in ops_after[0].value["text"]
+    r = await rows(db, "chg")
+    assert r["chunks"] == r["vectors"] == first.chunks - len(ops_before) + 1
+    manifest = await db.store.aget(("docs_meta", "chg"), "docs/guide/ops.md")
+    assert manifest.value["chunks"] == 1
+
+    hits = await search_docs(db.store, "SKIP LOCKED queue workers", namespace="chg", k=10)
+    assert all("SKIP LOCKED" not in h["text"] for h in hits)
+    assert (await search_docs(db.store, "raspberry pi shed", namespace="chg", k=1))[0]["source"] == "docs/guide/ops.md"
+
+
+async def test_removed_file_is_dropped(db, tmp_path):
+    docs = write_corpus(tmp_path)
+    await ingest_paths(db.store, [docs], namespace="rm", root=tmp_path)
+    (docs / "cooking.txt").unlink()
+    report = await ingest_paths(db.store, [docs], namespace="rm", root=tmp_path)
+    assert (report.files, report.skipped, report.removed) == (2, 2, 1)
+    assert await db.store.asearch(docs_namespace("rm"), filter={"source": "docs/cooking.txt"}) == []
+    assert await db.store.aget(("docs_meta", "rm"), "docs/cooking.txt") is None
+
+
+async def test_direct_files_and_sources(db, tmp_path, capsys):
+    docs = write_corpus(tmp_path)
+    other = tmp_path.parent / f"{tmp_path.name}-outside.md"
+    other.write_text("# Outside\nA file outside the root is recorded by its absolute path.")
+    try:
+        report = await ingest_paths(db.store, [docs / "backups.md", other, docs / "ignored.rst"],
+                                    namespace="direct", root=tmp_path, progress=True)
+    finally:
+        other.unlink()
+    assert report.files == 2
+    sources = {i.value["source"] for i in await db.store.asearch(("docs_meta", "direct"), limit=10)}
+    assert sources == {"docs/backups.md", other.resolve().as_posix()}
+    assert "ingest direct" in capsys.readouterr().err  # the tqdm bar goes to stderr
+    with pytest.raises(FileNotFoundError):
+        await ingest_paths(db.store, [tmp_path / "nope.md"], namespace="direct", root=tmp_path)
+
+
+async def test_namespace_isolation(db, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "ops.md").write_text(OPS)
+    (b / "cooking.txt").write_text(COOKING)
+    await ingest_paths(db.store, [a], namespace="a", root=tmp_path)
+    await ingest_paths(db.store, [b], namespace="b", root=tmp_path)
+    # Also a corpus whose name extends "a": prefix matching must not leak it into "a".
+    await ingest_paths(db.store, [b], namespace="ab", root=tmp_path)
+    for query in ("scale out workers", "spaghetti", "postgres connection pool"):
+        assert {h["source"] for h in await search_docs(db.store, query, namespace="b", k=20)} == {"b/cooking.txt"}
+        assert {h["source"] for h in await search_docs(db.store, query, namespace="a", k=20)} == {"a/ops.md"}
+
+
+def test_namespace_validation():
+    assert docs_namespace("team-1") == ("docs", "team-1")
+    for bad in ("", " ", "a.b", "x\x00y"):
+        with pytest.raises(ValueError):
+            docs_namespace(bad)
+
+
+async def test_search_requires_namespace_and_valid_k(db):
+    with pytest.raises(TypeError):
+        await search_docs(db.store, "q")  # type: ignore[call-arg]
+    with pytest.raises(ValueError):
+        await search_docs(db.store, "q", namespace="main", k=0)
+
+
+async def fill_big_and_small(db) -> None:
+    """300 chunks close to the query in a big corpus, 10 far from it in a small one."""
+    big = [PutOp(docs_namespace("big"), f"b{i}", {"text": f"How to scale out worker processes, variant {i}"})
+           for i in range(300)]
+    small = [PutOp(docs_namespace("small"), f"s{i}", {"text": f"Recipe {i}: pasta with tomato sauce"})
+             for i in range(10)]
+    for i in range(0, len(big), 32):
+        await db.store.abatch(big[i:i + 32])
+    await db.store.abatch(small)
+
+
+async def test_selective_namespace_returns_full_k(db, embeddings):
+    await fill_big_and_small(db)
+    hits = await search_docs(db.store, "scale out workers", namespace="small", k=8)
+    assert len(hits) == 8 and all(h["key"].startswith("s") for h in hits)
+
+    # At this size the planner uses the prefix index and an exact sort, which can't come up short. At
+    # scale it picks the HNSW index, whose ef_search (40) candidates may all belong to another corpus.
+    # Force that plan on a dedicated connection: Keel's pool setting (iterative scan) must still give k.
+    async def forced_hnsw(iterative: str) -> int:
+        async with await psycopg.AsyncConnection.connect(db.url, autocommit=True, row_factory=dict_row,
+                                                         prepare_threshold=None) as conn:
+            for sql in (f"SET hnsw.iterative_scan = '{iterative}'", "SET enable_seqscan = off",
+                        "SET enable_bitmapscan = off", "SET enable_sort = off"):
+                await conn.execute(sql)
+            store = AsyncPostgresStore(conn, index=embedding_index_config(embeddings, EMBED_DIMS))
+            return len(await search_docs(store, "scale out workers", namespace="small", k=8))
+
+    assert await forced_hnsw("relaxed_order") == 8
+    assert await forced_hnsw("off") < 8  # proves the forced plan really is the filtered-HNSW failure mode
