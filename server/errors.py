@@ -89,7 +89,7 @@ class BodyGuard:
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _TooLarge()
+                    raise _TooLarge(self.max_bytes)
             return msg
 
         try:
@@ -104,5 +104,12 @@ class BodyGuard:
         await send({"type": "http.response.body", "body": body})
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(StarletteHTTPException):
+    """Raised from `receive` when a streamed body passes the limit.
+
+    An HTTPException, so FastAPI's body parsing re-raises it (any other exception becomes a 400
+    "error parsing the body") and the handler above answers 413 `{"detail"}`.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"Request body too large (limit {max_bytes} bytes)")

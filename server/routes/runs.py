@@ -155,12 +155,6 @@ def _wait_response(svc: KeelService, run: dict[str, Any], *, cancel_on_disconnec
     return StreamingResponse(body(), media_type="application/json", headers=headers)
 
 
-def _urls(run: dict[str, Any], stateless: bool) -> tuple[str, str]:
-    rid, tid = run["run_id"], run["thread_id"]
-    base = f"/threads/{tid}/runs/{rid}"
-    return base, base
-
-
 # -------------------------------------------------------------------------------------------- thread runs
 
 
@@ -288,7 +282,8 @@ async def create_stateless(body: RunCreate, svc: Service, user: CurrentUser, res
 async def wait_stateless(body: RunCreate, svc: Service, user: CurrentUser):
     """Run on a temporary thread and answer with its final values."""
     run = await svc.runs.create(user, None, body)
-    return _wait_response(svc, run, cancel_on_disconnect=body.on_disconnect == "cancel", headers={})
+    return _wait_response(svc, run, cancel_on_disconnect=body.on_disconnect == "cancel",
+                          headers={"content-location": f"/threads/{run['thread_id']}/runs/{run['run_id']}"})
 
 
 @router.post("/runs/stream")

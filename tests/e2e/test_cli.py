@@ -1,0 +1,98 @@
+"""The `keel` command line against a real database: ingest, ask, search, db."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.support.live import KEEL, ingest, keel_env, write_corpus
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cli_env(database_url):
+    """Environment for `keel` subprocesses on this module's database, with the test corpus ingested."""
+    tmp = Path(tempfile.mkdtemp(prefix="keel-cli-"))
+    try:
+        corpus = write_corpus(tmp / "corpus")
+        first = ingest(database_url, corpus, keel_home=tmp / "home")
+        assert "3 files" in first.stdout, first.stdout
+        yield {"env": keel_env(database_url, tmp / "home"), "corpus": corpus, "tmp": tmp}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def keel(cli_env, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+    return subprocess.run([KEEL, *args], env=cli_env["env"], capture_output=True, text=True, timeout=timeout)
+
+
+def test_ingest_again_skips_unchanged_files(cli_env):
+    r = keel(cli_env, "ingest", str(cli_env["corpus"]), "--namespace", "default", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "0 chunks written" in r.stdout and "3 unchanged files skipped" in r.stdout, r.stdout
+
+
+def test_ask_prints_cited_answer_and_progress(cli_env):
+    r = keel(cli_env, "ask", "How do I scale out workers?")
+    assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    out = r.stdout
+    assert "worker" in out.lower()
+    assert "[1]" in out, out
+    sources = [line for line in out.splitlines() if line.strip().startswith("Sources:")]
+    assert sources, out
+    after = out.split("Sources:", 1)[1]
+    assert "scaling.md" in after, out
+
+    progress = [line for line in r.stderr.splitlines() if line.startswith("· ")]
+    nodes = [line[2:].split(":", 1)[0] for line in progress]
+    assert nodes[:3] == ["retrieve", "summarize", "critique"], r.stderr
+    assert "passages" in progress[0]
+    assert "status: done" in r.stderr, r.stderr
+
+
+def test_ask_continues_a_thread(cli_env):
+    import uuid
+
+    tid = str(uuid.uuid4())
+    first = keel(cli_env, "ask", "How do I scale out workers?", "--thread", tid)
+    assert first.returncode == 0, first.stderr
+    second = keel(cli_env, "ask", "What happens after a worker crash?", "--thread", tid)
+    assert second.returncode == 0, second.stderr
+    assert f"thread: {tid}" in second.stderr
+    assert "recovery.md" in second.stdout, second.stdout
+
+
+def test_search_json(cli_env):
+    r = keel(cli_env, "search", "recovery after a crash", "--json", "--k", "2")
+    assert r.returncode == 0, r.stderr
+    hits = json.loads(r.stdout)
+    assert isinstance(hits, list) and len(hits) == 2
+    for h in hits:
+        assert {"score", "text", "source"} <= set(h)
+        assert isinstance(h["score"], float) and isinstance(h["text"], str) and h["text"]
+    assert hits[0]["source"].endswith("recovery.md"), hits
+    assert hits[0]["score"] >= hits[1]["score"]
+
+    text = keel(cli_env, "search", "scaling out workers")
+    assert text.returncode == 0 and text.stdout.startswith("[1]") and "scaling.md" in text.stdout, text.stdout
+
+
+def test_db_commands_with_database_url(cli_env, database_url):
+    url = keel(cli_env, "db", "url")
+    assert url.returncode == 0, url.stderr
+    assert url.stdout.strip() == database_url
+
+    for action in ("status", "start", "stop"):
+        r = keel(cli_env, "db", action)
+        assert r.returncode == 1, (action, r.stdout, r.stderr)
+        assert r.stderr.startswith("keel: error: DATABASE_URL is set"), r.stderr
+        assert "embedded Postgres" in r.stderr
+        assert "password" not in r.stderr.lower()
+        assert r.stdout == ""
+
