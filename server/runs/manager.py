@@ -225,7 +225,7 @@ class RunManager:
         internal = set(prep.modes) | {"values", "updates"}
         lg_modes = sorted({"messages" if m in ("messages", "messages-tuple") else m for m in internal})
         subgraphs = bool(body.stream_subgraphs)
-        messages_seen: set[str] = set()
+        partial: dict[str, Any] = {}  # message id -> the message so far ("messages" mode sends it whole)
         async for item in graph.astream(
             prep.graph_input, config, context=prep.context, stream_mode=lg_modes, subgraphs=subgraphs,
             interrupt_before=body.interrupt_before, interrupt_after=body.interrupt_after,
@@ -239,10 +239,15 @@ class RunManager:
                     await self.broker.publish(rid, "messages" + suffix, jsonable([msg, meta]))
                 if "messages" in prep.modes:
                     mid = getattr(msg, "id", None) or ""
-                    if mid not in messages_seen:
-                        messages_seen.add(mid)
+                    if mid not in partial:
+                        partial[mid] = msg
                         await self.broker.publish(rid, "messages/metadata" + suffix, {mid: {"metadata": jsonable(meta)}})
-                    await self.broker.publish(rid, "messages/partial" + suffix, [jsonable(msg)])
+                    else:
+                        try:
+                            partial[mid] = partial[mid] + msg
+                        except TypeError:  # not a chunk (a whole message): it replaces what we had
+                            partial[mid] = msg
+                    await self.broker.publish(rid, "messages/partial" + suffix, [jsonable(partial[mid])])
             else:
                 await self.broker.publish(rid, mode + suffix, jsonable(chunk))
         snapshot = await graph.aget_state({"configurable": {"thread_id": tid}})

