@@ -13,14 +13,20 @@ from server.service import KeelService
 from server.settings import Settings, get_settings
 
 
-def create_app(settings: Settings | None = None, service: KeelService | None = None) -> FastAPI:
-    """Build the app. With `service`, reuse it (tests); otherwise start one in the lifespan."""
+def create_app(settings: Settings | None = None, service: KeelService | None = None,
+               workers: int | None = None) -> FastAPI:
+    """Build the app. With `service`, reuse it (tests); otherwise start one, with `workers` run slots."""
     settings = settings or get_settings()
+    workers = settings.keel_workers if workers is None else workers
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         svc = service or await KeelService.start(settings)
         app.state.keel = svc
+        if service is None:
+            await svc.start_feed()
+            if workers:
+                await svc.start_worker(workers)
         try:
             yield
         finally:

@@ -21,7 +21,7 @@ def _fail(msg: str) -> int:
     return 1
 
 
-def banner(host: str, port: int, settings: Settings) -> str:
+def banner(host: str, port: int, settings: Settings, workers: int = 0) -> str:
     url = f"http://{host}:{port}"
     model = settings.keel_model or "offline engine (no LLM; extractive answers, see docs/offline.md)"
     auth = ("API keys required (KEEL_API_KEYS)" if settings.api_keys
@@ -30,6 +30,7 @@ def banner(host: str, port: int, settings: Settings) -> str:
 Keel is listening on {url}
   model: {model}
   auth:  {auth}
+  runs:  {f"{workers} in-process worker slot(s)" if workers else "no in-process workers (start `keel worker` processes)"}
 Try it:
   curl -s {url}/ok
   curl -s -X POST {url}/runs/wait -H 'content-type: application/json' \\
@@ -47,7 +48,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from server.logs import configure_logging
 
     configure_logging(settings.keel_log_level, settings.keel_log_json)
-    app = create_app(settings)
+    workers = settings.keel_workers if args.workers is None else args.workers
+    app = create_app(settings, workers=workers)
     orig = app.router.lifespan_context
 
     from contextlib import asynccontextmanager
@@ -55,12 +57,40 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     @asynccontextmanager
     async def lifespan_with_banner(a):
         async with orig(a) as state:
-            print(banner(args.host, args.port, settings), file=sys.stderr, flush=True)
+            print(banner(args.host, args.port, settings, workers), file=sys.stderr, flush=True)
             yield state
 
     app.router.lifespan_context = lifespan_with_banner
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
                 timeout_graceful_shutdown=10)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    import signal
+
+    from server.logs import configure_logging
+    from server.service import KeelService
+
+    configure_logging(settings.keel_log_level, settings.keel_log_json)
+    concurrency = args.concurrency or settings.keel_worker_concurrency
+
+    async def run() -> None:
+        svc = await KeelService.start(settings)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        worker = await svc.start_worker(concurrency, name=args.name)
+        print(f"keel worker {worker.owner}: {concurrency} slot(s), lease {settings.keel_lease_seconds:g}s",
+              file=sys.stderr, flush=True)
+        try:
+            await stop.wait()
+            log.info("SIGTERM: draining (grace %.0fs)", settings.keel_drain_seconds)
+        finally:
+            await svc.close()
+
+    asyncio.run(run())
     return 0
 
 
@@ -205,7 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--log-level", default="info")
     s.add_argument("--access-log", action="store_true")
+    s.add_argument("--workers", type=int, default=None,
+                   help="in-process run slots (default KEEL_WORKERS=2; 0 = API only, runs go to `keel worker`s)")
     s.set_defaults(func=cmd_serve)
+
+    w = sub.add_parser("worker", help="execute queued runs (join the queue of the same database)")
+    w.add_argument("--concurrency", type=int, default=None, help="run slots (default KEEL_WORKER_CONCURRENCY=4)")
+    w.add_argument("--name", default=None, help="worker id shown in logs and leases")
+    w.set_defaults(func=cmd_worker)
 
     i = sub.add_parser("ingest", help="chunk, embed and store documents (idempotent)")
     i.add_argument("paths", nargs="+")
@@ -246,10 +283,11 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"invalid configuration: {exc}")
     if getattr(args, "namespace", "x") is None:
         args.namespace = settings.keel_namespace
-    if args.command in ("serve", "ingest", "search", "ask"):
+    if args.command in ("serve", "ingest", "search", "ask", "worker"):
         from server.logs import configure_logging
 
-        configure_logging(settings.keel_log_level if args.command == "serve" else "WARNING", settings.keel_log_json)
+        configure_logging(settings.keel_log_level if args.command in ("serve", "worker") else "WARNING",
+                          settings.keel_log_json)
     from memory.embeddings import EmbeddingModelError
     from server.db import DatabaseUnavailable
 

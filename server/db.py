@@ -19,6 +19,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from memory.embeddings import embedding_index_config
+from server.saver import KeelSaver
 
 log = logging.getLogger("keel.db")
 
@@ -69,6 +70,50 @@ MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS keel_runs_thread_idx ON keel_runs (thread_id, created_at DESC);
     CREATE UNIQUE INDEX IF NOT EXISTS keel_runs_one_running_per_thread
         ON keel_runs (thread_id) WHERE status = 'running';
+    """,
+    # 3: the durable run engine: attempts, leases with a fencing epoch, cancellation, results, event log.
+    """
+    ALTER TABLE keel_runs
+        ADD COLUMN IF NOT EXISTS attempt integer NOT NULL DEFAULT 0,
+        ADD COLUMN IF NOT EXISTS lease_owner text,
+        ADD COLUMN IF NOT EXISTS lease_expires_at timestamptz,
+        ADD COLUMN IF NOT EXISTS lease_epoch bigint NOT NULL DEFAULT 0,
+        ADD COLUMN IF NOT EXISTS cancel_requested text,
+        ADD COLUMN IF NOT EXISTS result jsonb,
+        ADD COLUMN IF NOT EXISTS checkpoint_before text,
+        ADD COLUMN IF NOT EXISTS started_at timestamptz,
+        ADD COLUMN IF NOT EXISTS finished_at timestamptz;
+    CREATE INDEX IF NOT EXISTS keel_runs_pending_idx ON keel_runs (created_at) WHERE status = 'pending';
+    CREATE INDEX IF NOT EXISTS keel_runs_lease_idx ON keel_runs (lease_expires_at) WHERE status = 'running';
+    CREATE TABLE IF NOT EXISTS keel_run_events (
+        run_id uuid NOT NULL,
+        seq integer NOT NULL,
+        attempt integer NOT NULL,
+        event text NOT NULL,
+        data jsonb,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (run_id, seq)
+    );
+    -- Fencing: a checkpoint written on behalf of a run must carry the run's current lease epoch. A worker
+    -- that lost its lease (paused, partitioned) can no longer extend the thread's checkpoint chain.
+    CREATE OR REPLACE FUNCTION keel_fence_checkpoint() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.metadata ? 'keel_epoch' AND NEW.metadata ? 'run_id' THEN
+            IF NOT EXISTS (
+                SELECT 1 FROM keel_runs
+                WHERE run_id = (NEW.metadata->>'run_id')::uuid
+                  AND lease_epoch = (NEW.metadata->>'keel_epoch')::bigint
+                  AND status = 'running'
+            ) THEN
+                RAISE EXCEPTION 'keel: run % lost its lease (epoch %); checkpoint rejected',
+                    NEW.metadata->>'run_id', NEW.metadata->>'keel_epoch' USING ERRCODE = 'KL001';
+            END IF;
+        END IF;
+        RETURN NEW;
+    END $$;
+    DROP TRIGGER IF EXISTS keel_fence ON checkpoints;
+    CREATE TRIGGER keel_fence BEFORE INSERT OR UPDATE ON checkpoints
+        FOR EACH ROW EXECUTE FUNCTION keel_fence_checkpoint();
     """,
 ]
 
@@ -200,7 +245,7 @@ async def open_database(url: str, *, embeddings: Any, dims: int, pool_min: int =
         raise DatabaseUnavailable(f"cannot connect to Postgres at {describe(url)}: pool timed out") from exc
 
     try:
-        saver = AsyncPostgresSaver(pool)
+        saver = KeelSaver(pool)
         # The stock saver serialises every call behind one asyncio.Lock even with a pool (langgraph #7259).
         # A semaphore sized to the pool keeps its critical sections bounded without capping throughput.
         saver.lock = asyncio.Semaphore(max(1, pool_max - 1))  # type: ignore[assignment]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import uuid
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from memory.embeddings import EMBED_DIMS, get_embeddings
 from server.auth import User
 from server.db import Database, DatabaseUnavailable, embedded_server, open_database
 from server.errors import ApiError
+from server.runs.events import EventFeed
 from server.runs.manager import RunManager
 from server.schemas import RunCreate
 from server.settings import Settings
@@ -28,6 +30,17 @@ _STARTED = datetime.now(UTC).isoformat()
 # Run settings a request may change through `context`; identity and models come from the server only.
 REQUEST_CONTEXT_FIELDS = {"namespace", "retrieve_k", "critic_threshold", "max_revisions", "max_steps",
                           "max_tool_calls", "tools"}
+
+
+def load_builder(spec: str | None):
+    """The graph builder: Keel's agent, or `module:attr` from KEEL_GRAPH (tests, custom agents)."""
+    if not spec:
+        return builder
+    module, _, attr = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr or "builder")
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"KEEL_GRAPH={spec!r}: cannot load the graph builder ({exc})") from exc
 
 
 class Assistants:
@@ -89,10 +102,27 @@ class KeelService:
     def __init__(self, settings: Settings, db: Database) -> None:
         self.settings = settings
         self.db = db
-        self.graph = builder.compile(checkpointer=db.checkpointer, store=db.store, name=GRAPH_ID)
+        self.graph = load_builder(settings.keel_graph).compile(checkpointer=db.checkpointer, store=db.store,
+                                                                name=GRAPH_ID)
         self.node_names = set(self.graph.nodes) - {"__start__"}
         self.assistants = Assistants([GRAPH_ID])
         self.runs = RunManager(self)
+        self.feed = EventFeed(db.url, db.pool)
+        self.worker = None
+
+    async def start_feed(self) -> None:
+        """Follow the run event log (API processes)."""
+        await self.feed.start()
+
+    async def start_worker(self, concurrency: int, name: str | None = None):
+        """Execute queued runs in this process."""
+        from server.runs.worker import Worker
+
+        s = self.settings
+        self.worker = Worker(self, concurrency=concurrency, lease_s=s.keel_lease_seconds,
+                             max_attempts=s.keel_max_attempts, name=name)
+        await self.worker.start()
+        return self.worker
 
     @classmethod
     async def start(cls, settings: Settings) -> KeelService:
@@ -100,7 +130,9 @@ class KeelService:
         return cls(settings, await open_db(settings))
 
     async def close(self) -> None:
-        await self.runs.shutdown()
+        if self.worker is not None:
+            await self.worker.drain(self.settings.keel_drain_seconds)
+        await self.feed.stop()
         await self.db.close()
 
     def default_context(self, user_id: str) -> Context:

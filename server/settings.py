@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     keel_max_tool_calls: int = 8
     keel_durability: Literal["sync", "async", "exit"] = "sync"
     keel_retrieve_k: int = 4
+    keel_workers: int = Field(default=2, ge=0, le=64, description="run slots of the in-process worker of `keel serve`")
+    keel_worker_concurrency: int = Field(default=4, ge=1, le=256, description="run slots of one `keel worker`")
+    keel_lease_seconds: float = Field(default=5.0, gt=0.5, le=600, description="run lease; a dead worker's run resumes after it")
+    keel_max_attempts: int = Field(default=3, ge=1, le=100, description="attempts before a run whose worker keeps dying errors out")
+    keel_drain_seconds: float = Field(default=30.0, ge=0, description="SIGTERM grace period for in-flight runs")
+    keel_graph: str | None = Field(default=None, description="module:attr of an alternative StateGraph builder")
 
     @field_validator("keel_critic_threshold")
     @classmethod

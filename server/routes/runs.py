@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,10 +13,11 @@ from server.auth import CurrentUser, User
 from server.deps import Service
 from server.errors import ApiError, not_found, parse_uuid
 from server.routes.threads import owned_thread
-from server.runs.broker import Event
-from server.runs.manager import RUN_COLUMNS, run_json
+from server.runs.events import Event
+from server.runs.manager import run_json
+from server.runs.queue import RUN_COLUMNS
 from server.schemas import RunCreate
-from server.serde import dumps
+from server.serde import dumps, jsonable
 from server.service import KeelService
 
 router = APIRouter(tags=["runs"])
@@ -32,7 +32,7 @@ def sse(event: Event, with_id: bool) -> bytes:
     name = event.event.replace("\r", "").replace("\n", "")
     out = b"event: " + name.encode() + b"\r\ndata: " + dumps(event.data) + b"\r\n"
     if with_id:
-        out += f"id: {event.seq + 1}\r\n".encode()
+        out += f"id: {event.seq}\r\n".encode()
     return out + b"\r\n"
 
 
@@ -47,22 +47,18 @@ def _wanted(event: str, modes: list[str]) -> bool:
     return base in modes
 
 
-async def _pump(svc: KeelService, run_id: str, after: int) -> tuple[asyncio.Queue, asyncio.Task]:
+async def _events_with_keepalive(svc: KeelService, run_id: str, after: int) -> AsyncIterator[Event | None]:
+    """The run's events from the persisted log; None every KEEPALIVE_S seconds of silence."""
     queue: asyncio.Queue = asyncio.Queue()
 
     async def pump() -> None:
         try:
-            async for ev in svc.runs.broker.subscribe(run_id, after):
+            async for ev in svc.feed.subscribe(run_id, after):
                 await queue.put(ev)
         finally:
             await queue.put(None)
 
-    return queue, asyncio.create_task(pump())
-
-
-async def _events_with_keepalive(svc: KeelService, run_id: str, after: int) -> AsyncIterator[Event | None]:
-    """The run's events; None every KEEPALIVE_S seconds of silence."""
-    queue, task = await _pump(svc, run_id, after)
+    task = asyncio.create_task(pump())
     try:
         while True:
             try:
@@ -71,15 +67,17 @@ async def _events_with_keepalive(svc: KeelService, run_id: str, after: int) -> A
                 yield None
                 continue
             if ev is None:
+                if task.done() and task.exception() is not None:
+                    raise task.exception()
                 return
             yield ev
     finally:
         task.cancel()
 
 
-def _stream_response(svc: KeelService, run: dict[str, Any], *, modes: list[str] | None = None, after: int = -1,
-                     cancel_on_disconnect: bool = False, location: str, content_location: str) -> StreamingResponse:
-    rid = str(run["run_id"])
+def _stream_response(svc: KeelService, run: dict[str, Any], *, modes: list[str] | None = None, after: int = 0,
+                     cancel_on_disconnect: bool = False, location: str | None,
+                     content_location: str) -> StreamingResponse:
     kwargs = run["kwargs"] or {}
     modes = modes or kwargs.get("stream_mode") or ["values"]
     with_id = bool(kwargs.get("resumable"))
@@ -87,13 +85,7 @@ def _stream_response(svc: KeelService, run: dict[str, Any], *, modes: list[str] 
     async def body() -> AsyncIterator[bytes]:
         finished = False
         try:
-            if not svc.runs.broker.known(rid):
-                # The run is not in this process's event log (already gone): report its outcome.
-                yield sse(Event(0, "metadata", {"run_id": rid, "attempt": 1}), False)
-                yield sse(Event(1, "end", None), False)
-                finished = True
-                return
-            async for ev in _events_with_keepalive(svc, rid, after):
+            async for ev in _events_with_keepalive(svc, str(run["run_id"]), after):
                 if ev is None:
                     yield b": heartbeat\r\n\r\n"
                 elif _wanted(ev.event, modes):
@@ -101,34 +93,25 @@ def _stream_response(svc: KeelService, run: dict[str, Any], *, modes: list[str] 
             finished = True
         finally:
             if not finished and cancel_on_disconnect:
-                await svc.runs.cancel(rid)
+                await svc.runs.cancel(run)
 
-    headers = {**SSE_HEADERS, "location": location, "content-location": content_location}
+    headers = {**SSE_HEADERS, "content-location": content_location}
+    if location:
+        headers["location"] = location
     return StreamingResponse(body(), media_type="text/event-stream; charset=utf-8", headers=headers)
 
 
 async def _result(svc: KeelService, run: dict[str, Any]) -> Any:
-    """What wait/join return: the last values, with __interrupt__, or {"__error__": ...}."""
-    rid, tid = str(run["run_id"]), str(run["thread_id"])
-    last_values: Any = None
-    error: Any = None
-    if svc.runs.broker.known(rid):
-        async for ev in svc.runs.broker.subscribe(rid):
-            if ev.event == "values":
-                last_values = ev.data
-            elif ev.event == "error":
-                error = ev.data
-    async with svc.db.pool.connection() as conn:
-        cur = await conn.execute(f"SELECT {RUN_COLUMNS} FROM keel_runs WHERE run_id = %s", (rid,))
-        row = await cur.fetchone()
-    if error is None and row is not None and row["status"] == "error":
-        error = row["error"] or {"error": "RunError", "message": "the run failed"}
-    if error is not None:
-        return {"__error__": error}
-    if last_values is None:
-        snap = await svc.graph.aget_state({"configurable": {"thread_id": tid}})
-        last_values = dict(snap.values or {})
-    return last_values
+    """What wait/join return: the last values (with __interrupt__), or {"__error__": ...}."""
+    row = await svc.feed.wait_terminal(str(run["run_id"]))
+    if row is None:
+        return {"__error__": {"error": "RunDeleted", "message": "the run was cancelled and rolled back"}}
+    if row["status"] == "error":
+        return {"__error__": row["error"] or {"error": "RunError", "message": "the run failed"}}
+    if row["result"] is not None:
+        return row["result"]
+    snap = await svc.graph.aget_state({"configurable": {"thread_id": str(run["thread_id"])}})
+    return jsonable(snap.values or {})
 
 
 def _wait_response(svc: KeelService, run: dict[str, Any], *, cancel_on_disconnect: bool,
@@ -150,7 +133,7 @@ def _wait_response(svc: KeelService, run: dict[str, Any], *, cancel_on_disconnec
             if not task.done():
                 task.cancel()
             if not finished and cancel_on_disconnect:
-                await svc.runs.cancel(str(run["run_id"]))
+                await svc.runs.cancel(run)
 
     return StreamingResponse(body(), media_type="application/json", headers=headers)
 
@@ -232,10 +215,10 @@ async def join_stream(thread_id: str, run_id: str, svc: Service, user: CurrentUs
     """Stream a run's events; with Last-Event-ID, only the events after it."""
     run = await owned_run(svc, user, thread_id, run_id)
     modes = [m for m in (stream_mode or []) if m] or None
-    after = -1
+    after = 0
     if last_event_id not in (None, ""):
         try:
-            after = max(-1, int(last_event_id) - 1)
+            after = max(0, int(last_event_id))
         except ValueError:
             raise ApiError(422, "Last-Event-ID must be an event id from this run's stream") from None
     base = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
@@ -252,7 +235,9 @@ async def cancel_run(thread_id: str, run_id: str, svc: Service, user: CurrentUse
     run = await owned_run(svc, user, thread_id, run_id)
     if run["status"] not in ("pending", "running"):
         raise ApiError(409, f"Run {run['run_id']} is already {run['status']}")
-    await svc.runs.cancel(str(run["run_id"]), action=action, wait=wait)
+    await svc.runs.cancel(run, action=action)
+    if wait:
+        await svc.feed.wait_terminal(str(run["run_id"]))
     return {}
 
 
@@ -292,8 +277,5 @@ async def stream_stateless(body: RunCreate, svc: Service, user: CurrentUser):
     run = await svc.runs.create(user, None, body)
     base = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
     # No Location: the temporary thread may be gone when a reconnect arrives.
-    resp = _stream_response(svc, run, cancel_on_disconnect=body.on_disconnect == "cancel",
-                            location=base + "/stream", content_location=base)
-    with contextlib.suppress(KeyError):
-        del resp.headers["location"]
-    return resp
+    return _stream_response(svc, run, cancel_on_disconnect=body.on_disconnect == "cancel", location=None,
+                            content_location=base)

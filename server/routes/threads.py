@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -144,12 +145,19 @@ async def delete(thread_id: str, svc: Service, user: CurrentUser) -> Response:
     row = await owned_thread(svc, user, thread_id)
     tid = str(row["thread_id"])
     async with svc.db.pool.connection() as conn:
-        cur = await conn.execute("SELECT run_id FROM keel_runs WHERE thread_id = %s AND status = ANY(%s)",
+        cur = await conn.execute("SELECT run_id, thread_id FROM keel_runs WHERE thread_id = %s AND status = ANY(%s)",
                                  (tid, ["pending", "running"]))
-        active = [str(r["run_id"]) for r in await cur.fetchall()]
-    for rid in active:
-        await svc.runs.cancel(rid, wait=True)
+        active = await cur.fetchall()
+    for run in active:
+        await svc.runs.cancel(run)
+    for run in active:
+        try:
+            await asyncio.wait_for(svc.feed.wait_terminal(str(run["run_id"])), 30)
+        except TimeoutError:
+            raise ApiError(409, "The thread's run did not stop within 30 s; try again") from None
     async with svc.db.pool.connection() as conn, conn.transaction():
+        await conn.execute("DELETE FROM keel_run_events WHERE run_id IN (SELECT run_id FROM keel_runs "
+                           "WHERE thread_id = %s)", (tid,))
         await conn.execute("DELETE FROM keel_runs WHERE thread_id = %s", (tid,))
         await conn.execute("DELETE FROM keel_threads WHERE thread_id = %s", (tid,))
     await svc.db.checkpointer.adelete_thread(tid)

@@ -1,15 +1,13 @@
-"""Run lifecycle: validate, record, execute the graph, publish stream parts, keep thread status right.
+"""The API side of runs: validate, enqueue (one transaction), cancel. Workers execute them.
 
-Runs execute as asyncio tasks in the API process here. Everything outside `_execute` talks to runs
-through rows in Postgres and the broker, so moving execution to queue workers changes only this module.
+Creating a run writes a `pending` row and NOTIFYs the workers; the HTTP response then follows the run's
+persisted event log. No run executes inside a request, so no HTTP timeout can kill one.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,10 +17,10 @@ from psycopg.types.json import Jsonb
 from server.auth import User
 from server.errors import ApiError, parse_uuid
 from server.logs import run_id_var, thread_id_var
-from server.runs.broker import Broker
+from server.runs.events import append_unfenced
+from server.runs.queue import RUN_COLUMNS, RUNS_CHANNEL
 from server.schemas import RunCreate
 from server.serde import jsonable
-from server.threadstate import interrupts_by_task
 
 if TYPE_CHECKING:
     from server.service import KeelService
@@ -32,9 +30,6 @@ log = logging.getLogger("keel.runs")
 SUPPORTED_MODES = {"values", "updates", "messages", "messages-tuple", "custom", "tasks", "checkpoints", "debug"}
 ACTIVE = ("pending", "running")
 BUSY_DETAIL = "Thread is already running a task. Wait for it to finish or choose a different multitask strategy."
-
-RUN_COLUMNS = ("run_id, thread_id, assistant_id, status, metadata, kwargs, multitask_strategy, created_at, "
-               "updated_at, error, user_id, temporary")
 
 
 def run_json(row: dict[str, Any]) -> dict[str, Any]:
@@ -50,6 +45,7 @@ def run_json(row: dict[str, Any]) -> dict[str, Any]:
         "created_at": row["created_at"].isoformat(),
         "updated_at": row["updated_at"].isoformat(),
         "error": row.get("error"),
+        "attempt": row.get("attempt"),
     }
 
 
@@ -96,16 +92,10 @@ def _command(body: RunCreate) -> Command | None:
 
 
 class RunManager:
-    """Creates runs and executes them; the only place that calls the graph for the API."""
+    """Creates and cancels runs; execution happens in queue workers."""
 
     def __init__(self, svc: KeelService) -> None:
         self.svc = svc
-        self.broker = Broker()
-        self._tasks: dict[str, asyncio.Task] = {}
-        self._cancel_action: dict[str, str] = {}
-        self._thread_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-
-    # ------------------------------------------------------------------ creation
 
     def prepare(self, user: User, body: RunCreate) -> Prepared:
         """Validate everything that can be validated before touching the database."""
@@ -122,17 +112,16 @@ class RunManager:
                 unknown = [n for n in nodes if n not in self.svc.node_names]
                 if unknown:
                     raise ApiError(422, f"{name}: unknown node {unknown[0]!r}")
-        if body.checkpoint_id is not None or (body.checkpoint or {}).get("checkpoint_id") is not None:
-            pass  # checkpoint ids are opaque strings; an unknown one is reported when the run reads it
         return Prepared(body=body, assistant=assistant, context=context, modes=modes, graph_input=graph_input)
 
     async def create(self, user: User, thread_id: str | None, body: RunCreate) -> dict[str, Any]:
-        """Record a run (and its thread when needed) atomically, then start it."""
+        """Record a run (and its thread when needed) atomically, apply the multitask strategy, wake workers."""
         prep = self.prepare(user, body)
         temporary = thread_id is None
         tid = str(uuid.uuid4()) if temporary else parse_uuid(thread_id, "thread")
         rid = str(uuid.uuid4())
         assistant_id = prep.assistant["assistant_id"]
+        request = jsonable(body.model_dump(exclude={"assistant_id"}, exclude_unset=True))
         kwargs = {
             "input": body.input, "command": body.command.model_dump(exclude_unset=True) if body.command else None,
             "config": body.config or {}, "context": body.context or {}, "stream_mode": prep.modes,
@@ -142,8 +131,10 @@ class RunManager:
             "durability": body.durability or self.svc.settings.keel_durability,
             "checkpoint_id": body.checkpoint_id or (body.checkpoint or {}).get("checkpoint_id"),
             "on_disconnect": body.on_disconnect, "on_completion": body.on_completion,
+            "request": request,
         }
         graph_meta = {"graph_id": prep.assistant["graph_id"], "assistant_id": assistant_id}
+        cancels: list[tuple[str, str]] = []
         async with self.svc.db.pool.connection() as conn, conn.transaction():
             if temporary:
                 await conn.execute(
@@ -161,17 +152,24 @@ class RunManager:
                     row = {"user_id": user.id, "metadata": graph_meta}
                 if row is None or row["user_id"] != user.id:
                     raise ApiError(404, "Thread or assistant not found.")
-                if body.multitask_strategy == "reject":
-                    cur = await conn.execute(
-                        "SELECT 1 FROM keel_runs WHERE thread_id = %s AND status = ANY(%s) LIMIT 1", (tid, list(ACTIVE)))
-                    if await cur.fetchone():
-                        raise ApiError(409, BUSY_DETAIL)
+                cur = await conn.execute(
+                    "SELECT run_id::text, status, kwargs FROM keel_runs WHERE thread_id = %s AND status = ANY(%s) "
+                    "ORDER BY created_at", (tid, list(ACTIVE)))
+                active = await cur.fetchall()
+                if active and body.multitask_strategy == "reject":
+                    raise ApiError(409, BUSY_DETAIL)
+                if body.command is not None and "resume" in body.command.model_fields_set:
+                    for a in active:
+                        if (a["kwargs"] or {}).get("command") and "resume" in a["kwargs"]["command"]:
+                            raise ApiError(409, f"This thread's interrupt is already being resumed by run {a['run_id']}")
+                if active and body.multitask_strategy in ("interrupt", "rollback"):
+                    cancels = await self._cancel_active(conn, active, body.multitask_strategy)
                 thread_meta = {**(row["metadata"] or {}), **graph_meta}
                 await conn.execute(
                     "UPDATE keel_threads SET status = 'busy', metadata = %s, updated_at = now() WHERE thread_id = %s",
                     (Jsonb(thread_meta), tid))
             # The thread's metadata is copied into each run's metadata, not the other way round.
-            run_meta = {**{k: v for k, v in thread_meta.items()}, **(body.metadata or {})}
+            run_meta = {**thread_meta, **(body.metadata or {})}
             cur = await conn.execute(
                 f"INSERT INTO keel_runs (run_id, thread_id, assistant_id, user_id, status, metadata, kwargs, "
                 f"multitask_strategy, temporary) VALUES (%s, %s, %s, %s, 'pending', %s, %s, %s, %s) "
@@ -179,137 +177,52 @@ class RunManager:
                 (rid, tid, assistant_id, user.id, Jsonb(jsonable(run_meta)), Jsonb(jsonable(kwargs)),
                  body.multitask_strategy, temporary))
             run = await cur.fetchone()
-        self.broker.open(rid)
-        self._tasks[rid] = asyncio.create_task(self._execute(run, prep, user), name=f"run-{rid}")
-        return run
-
-    # ------------------------------------------------------------------ execution
-
-    async def _execute(self, run: dict[str, Any], prep: Prepared, user: User) -> None:
-        rid, tid = str(run["run_id"]), str(run["thread_id"])
+            await conn.execute("SELECT pg_notify(%s, '')", (RUNS_CHANNEL,))
+            for crid, action in cancels:
+                await conn.execute("SELECT pg_notify(%s, %s)", (RUNS_CHANNEL, f"cancel:{crid}:{action}"))
         thread_id_var.set(tid)
         run_id_var.set(rid)
-        body = prep.body
-        kwargs = run["kwargs"]
-        pool = self.svc.db.pool
-        status, error = "error", None
-        async with self._thread_locks[tid]:
-            try:
-                async with pool.connection() as conn:
-                    cur = await conn.execute(
-                        "UPDATE keel_runs SET status = 'running', updated_at = now() "
-                        "WHERE run_id = %s AND status = 'pending' RETURNING run_id", (rid,))
-                    if await cur.fetchone() is None:
-                        log.info("run no longer pending; not starting")
-                        return
-                log.info("run started")
-                await self.broker.publish(rid, "metadata", {"run_id": rid, "attempt": 1})
-                status, error = await self._stream_graph(run, prep, user)
-            except asyncio.CancelledError:
-                status = "interrupted"
-                log.info("run cancelled (%s)", self._cancel_action.get(rid, "interrupt"))
-            except Exception as exc:  # noqa: BLE001 - recorded on the run and sent to the client
-                log.exception("run failed")
-                status, error = "error", {"error": type(exc).__name__, "message": str(exc)}
-                await self.broker.publish(rid, "error", error)
-            finally:
-                await asyncio.shield(self._finish(rid, tid, status, error, kwargs, body))
-        log.info("run finished with status %s", status)
+        log.info("run queued (%s)", body.multitask_strategy)
+        return run
 
-    async def _stream_graph(self, run: dict[str, Any], prep: Prepared, user: User) -> tuple[str, Any]:
-        rid, tid = str(run["run_id"]), str(run["thread_id"])
-        body, kwargs = prep.body, run["kwargs"]
-        graph = self.svc.graph
-        config = self.svc.run_config(body, thread_id=tid, run_id=rid, user=user, assistant=prep.assistant,
-                                     run_metadata=run["metadata"])
-        internal = set(prep.modes) | {"values", "updates"}
-        lg_modes = sorted({"messages" if m in ("messages", "messages-tuple") else m for m in internal})
-        subgraphs = bool(body.stream_subgraphs)
-        partial: dict[str, Any] = {}  # message id -> the message so far ("messages" mode sends it whole)
-        async for item in graph.astream(
-            prep.graph_input, config, context=prep.context, stream_mode=lg_modes, subgraphs=subgraphs,
-            interrupt_before=body.interrupt_before, interrupt_after=body.interrupt_after,
-            durability=kwargs.get("durability") or "sync",
-        ):
-            ns, mode, chunk = item if subgraphs else ((), *item)
-            suffix = "".join(f"|{n}" for n in ns)
-            if mode == "messages":
-                msg, meta = chunk
-                if "messages-tuple" in prep.modes or "messages" not in prep.modes:
-                    await self.broker.publish(rid, "messages" + suffix, jsonable([msg, meta]))
-                if "messages" in prep.modes:
-                    mid = getattr(msg, "id", None) or ""
-                    if mid not in partial:
-                        partial[mid] = msg
-                        await self.broker.publish(rid, "messages/metadata" + suffix, {mid: {"metadata": jsonable(meta)}})
-                    else:
-                        try:
-                            partial[mid] = partial[mid] + msg
-                        except TypeError:  # not a chunk (a whole message): it replaces what we had
-                            partial[mid] = msg
-                    await self.broker.publish(rid, "messages/partial" + suffix, [jsonable(partial[mid])])
+    async def _cancel_active(self, conn, active: list[dict[str, Any]], action: str) -> list[tuple[str, str]]:
+        """Cancel a thread's queued and running runs (multitask interrupt/rollback). Running ones are told."""
+        notify = []
+        for a in active:
+            notify.extend(await self._cancel_row(conn, a["run_id"], a["status"], action))
+        return notify
+
+    async def _cancel_row(self, conn, run_id: str, status: str, action: str) -> list[tuple[str, str]]:
+        if status == "pending":
+            if action == "rollback":
+                await conn.execute("DELETE FROM keel_run_events WHERE run_id = %s", (run_id,))
+                await conn.execute("DELETE FROM keel_runs WHERE run_id = %s AND status = 'pending'", (run_id,))
             else:
-                await self.broker.publish(rid, mode + suffix, jsonable(chunk))
-        snapshot = await graph.aget_state({"configurable": {"thread_id": tid}})
-        pending = bool(snapshot.next) or any(t.interrupts for t in snapshot.tasks)
-        await self.broker.publish(rid, "end", None)
-        return ("interrupted" if pending else "success"), None
+                cur = await conn.execute(
+                    "UPDATE keel_runs SET status = 'interrupted', cancel_requested = %s, finished_at = now(), "
+                    "updated_at = now() WHERE run_id = %s AND status = 'pending' RETURNING attempt", (action, run_id))
+                row = await cur.fetchone()
+                if row is not None:
+                    await append_unfenced(conn, run_id, row["attempt"], "error",
+                                          {"error": "Cancelled", "message": "the run was cancelled before it started"})
+            return []
+        await conn.execute("UPDATE keel_runs SET cancel_requested = %s, updated_at = now() WHERE run_id = %s",
+                           (action, run_id))
+        return [(run_id, action)]
 
-    async def _finish(self, rid: str, tid: str, status: str, error: Any, kwargs: dict[str, Any],
-                      body: RunCreate) -> None:
-        """Record the outcome on the run and the thread, then close the run's stream."""
-        try:
-            thread_status, values, interrupts = "idle", None, {}
-            try:
-                snapshot = await self.svc.graph.aget_state({"configurable": {"thread_id": tid}})
-                values = jsonable(snapshot.values) if snapshot.values is not None else None
-                interrupts = interrupts_by_task(snapshot)
-                if snapshot.next or interrupts:
-                    thread_status = "interrupted"
-            except Exception:  # noqa: BLE001 - the database may be gone; the run row says what happened
-                log.exception("could not read the final state")
-            if status == "error":
-                thread_status = "error"
-            async with self.svc.db.pool.connection() as conn, conn.transaction():
-                await conn.execute(
-                    "UPDATE keel_runs SET status = %s, error = %s, updated_at = now() WHERE run_id = %s",
-                    (status, Jsonb(error) if error else None, rid))
-                if kwargs.get("temporary") and body.on_completion == "delete":
-                    await conn.execute("DELETE FROM keel_threads WHERE thread_id = %s", (tid,))
-                else:
-                    await conn.execute(
-                        "UPDATE keel_threads SET status = CASE WHEN EXISTS (SELECT 1 FROM keel_runs WHERE "
-                        "thread_id = %s AND status = ANY(%s)) THEN 'busy' ELSE %s END, \"values\" = %s, "
-                        "interrupts = %s, error = %s, updated_at = now(), state_updated_at = now() "
-                        "WHERE thread_id = %s",
-                        (tid, list(ACTIVE), thread_status, Jsonb(values) if values is not None else None,
-                         Jsonb(interrupts), Jsonb(error) if error else None, tid))
-            if kwargs.get("temporary") and body.on_completion == "delete":
-                await self.svc.db.checkpointer.adelete_thread(tid)
-        finally:
-            await self.broker.close(rid)
-            self._tasks.pop(rid, None)
-            self._cancel_action.pop(rid, None)
-
-    # ------------------------------------------------------------------ control
-
-    def is_local(self, run_id: str) -> bool:
-        return run_id in self._tasks
-
-    async def cancel(self, run_id: str, action: str = "interrupt", wait: bool = False) -> bool:
-        """Cancel a run executing in this process; returns False if it is not running here."""
-        task = self._tasks.get(run_id)
-        if task is None:
-            return False
-        self._cancel_action[run_id] = action
-        task.cancel()
-        if wait:
-            await asyncio.gather(task, return_exceptions=True)
-        return True
-
-    async def shutdown(self) -> None:
-        """Cancel in-flight runs; their last checkpoints stay resumable (send `input: null`)."""
-        tasks = list(self._tasks.values())
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    async def cancel(self, run: dict[str, Any], action: str = "interrupt") -> None:
+        """Cancel one run: a pending run ends at once; a running one is stopped by its worker."""
+        async with self.svc.db.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute("SELECT status FROM keel_runs WHERE run_id = %s FOR UPDATE", (run["run_id"],))
+            row = await cur.fetchone()
+            if row is None or row["status"] not in ACTIVE:
+                return
+            notify = await self._cancel_row(conn, str(run["run_id"]), row["status"], action)
+            if row["status"] == "pending":
+                cur = await conn.execute("SELECT 1 FROM keel_runs WHERE thread_id = %s AND status = ANY(%s)",
+                                         (run["thread_id"], list(ACTIVE)))
+                if await cur.fetchone() is None:
+                    await conn.execute("UPDATE keel_threads SET status = 'idle', updated_at = now() "
+                                       "WHERE thread_id = %s AND status = 'busy'", (run["thread_id"],))
+            for crid, act in notify:
+                await conn.execute("SELECT pg_notify(%s, %s)", (RUNS_CHANNEL, f"cancel:{crid}:{act}"))

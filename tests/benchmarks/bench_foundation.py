@@ -65,7 +65,7 @@ def run(rounds: int = 30) -> str:
         api = []
         with process([str(BIN / "keel"), "serve", "--port", str(port), "--log-level", "warning"],
                      {"DATABASE_URL": url, "KEEL_LOG_LEVEL": "WARNING"}, base + "/ok"), httpx.Client(base_url=base, timeout=60) as c:
-            for i in range(3):
+            for _ in range(3):
                 c.post("/runs/wait", json={"assistant_id": "agent", "input": {"messages": [{"role": "user", "content": "warm"}]}})
             for i in range(rounds):
                 tid = c.post("/threads", json={}).json()["thread_id"]

@@ -23,8 +23,11 @@ Q = {"messages": [{"role": "user", "content": "How do workers scale out?"}]}
 async def svc(db):
     settings = Settings(keel_api_keys="ka:alice,kb:bob", keel_max_body_bytes=50_000)
     service = KeelService(settings, db)
+    await service.start_feed()
+    worker = await service.start_worker(2)
     yield service
-    await service.runs.shutdown()
+    await worker.drain(5)
+    await service.feed.stop()
 
 
 @pytest.fixture(scope="module")

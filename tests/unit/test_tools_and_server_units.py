@@ -6,7 +6,7 @@ from pydantic import ValidationError
 from server.auth import LOCAL_USER, user_for
 from server.errors import ApiError, parse_uuid
 from server.routes.runs import sse
-from server.runs.broker import Event
+from server.runs.events import Event
 from server.settings import Settings
 from tools.builtin import default_registry, safe_eval
 from tools.execute import execute_tool_call
@@ -69,7 +69,7 @@ def test_settings_validation():
 
 
 def test_sse_framing_is_crlf_with_optional_id():
-    raw = sse(Event(4, "values", {"a": 1}), with_id=True)
+    raw = sse(Event(5, "values", {"a": 1}), with_id=True)
     assert raw == b'event: values\r\ndata: {"a":1}\r\nid: 5\r\n\r\n'
     assert b"id:" not in sse(Event(0, "end", None), with_id=False)
     assert sse(Event(0, "bad\r\nname", None), with_id=False).startswith(b"event: badname\r\n")

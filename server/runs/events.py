@@ -1,0 +1,202 @@
+"""The persisted event log of runs: workers append, API processes tail it for SSE and wait.
+
+Rows live in `keel_run_events (run_id, seq)`. Appends are fenced by the run's lease epoch, so a worker
+that lost its lease cannot add events. They commit without waiting for fsync: an event is safe as soon
+as Postgres has it (a worker crash cannot lose it); only a crash of Postgres itself could drop the
+last few, and those describe steps after the last checkpoint, which the resumed run emits again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+log = logging.getLogger("keel.events")
+
+EVENTS_CHANNEL = "keel_run_events"
+TERMINAL = ("success", "error", "interrupted", "timeout")
+
+
+class Fenced(Exception):
+    """This worker no longer holds the run's lease; it must stop touching the run."""
+
+
+@dataclass
+class Event:
+    """One stream part: its sequence number in the run (1, 2, ...), SSE event name and data."""
+
+    seq: int
+    event: str
+    data: Any
+
+
+class EventWriter:
+    """Buffers a run's events and appends them in batches, fenced by the lease epoch."""
+
+    def __init__(self, pool: AsyncConnectionPool, run_id: str, epoch: int, attempt: int, start_seq: int) -> None:
+        self.pool, self.run_id, self.epoch, self.attempt = pool, run_id, epoch, attempt
+        self.last_seq = start_seq  # last seq handed out
+        self.flushed_seq = start_seq  # last seq known to be in the table
+        self._buffer: list[tuple[int, str, Any]] = []
+        self._lock = asyncio.Lock()
+        self._pending: asyncio.Task | None = None
+
+    def publish(self, event: str, data: Any) -> int:
+        """Queue an event; a background flush picks it up (batching whatever arrives meanwhile)."""
+        self.last_seq += 1
+        self._buffer.append((self.last_seq, event, data))
+        if self._pending is None or self._pending.done():
+            self._pending = asyncio.get_running_loop().create_task(self._flush_soon())
+        return self.last_seq
+
+    async def _flush_soon(self) -> None:
+        try:
+            await self.flush()
+        except Fenced:
+            pass  # the run's owner finds out through its own flush, heartbeat or finish
+        except Exception:  # noqa: BLE001 - retried by the next flush (barrier before checkpoints, finish)
+            log.warning("event flush failed; will retry", exc_info=True)
+
+    async def flush(self) -> None:
+        """Write every queued event; raises Fenced if the lease is gone."""
+        async with self._lock:
+            if not self._buffer:
+                return
+            batch, self._buffer = self._buffer, []
+            try:
+                async with self.pool.connection() as conn, conn.transaction():
+                    await conn.execute("SET LOCAL synchronous_commit = off")
+                    cur = await conn.execute(
+                        "SELECT 1 FROM keel_runs WHERE run_id = %s AND lease_epoch = %s AND status = 'running' "
+                        "FOR SHARE", (self.run_id, self.epoch))
+                    if await cur.fetchone() is None:
+                        raise Fenced(self.run_id)
+                    async with conn.cursor() as c:
+                        await c.executemany(
+                            "INSERT INTO keel_run_events (run_id, seq, attempt, event, data) VALUES (%s, %s, %s, %s, %s)",
+                            [(self.run_id, seq, self.attempt, ev, Jsonb(data)) for seq, ev, data in batch])
+                    await conn.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, self.run_id))
+            except BaseException:
+                self._buffer = batch + self._buffer  # keep order; nothing was committed
+                raise
+            self.flushed_seq = batch[-1][0]
+
+    async def close(self) -> None:
+        """Wait for the background flush and write what is left."""
+        if self._pending is not None:
+            await asyncio.gather(self._pending, return_exceptions=True)
+        await self.flush()
+
+
+async def append_unfenced(conn: psycopg.AsyncConnection, run_id: str, attempt: int, event: str, data: Any) -> int:
+    """Append one event as the queue itself (reaper, cancel of a pending run): no lease involved."""
+    cur = await conn.execute(
+        "INSERT INTO keel_run_events (run_id, seq, attempt, event, data) "
+        "SELECT %s, coalesce(max(seq), 0) + 1, %s, %s, %s FROM keel_run_events WHERE run_id = %s RETURNING seq",
+        (run_id, attempt, event, Jsonb(data), run_id))
+    seq = (await cur.fetchone())["seq"]
+    await conn.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, run_id))
+    return seq
+
+
+class EventFeed:
+    """Tails the event log for this API process: one LISTEN connection wakes the readers of each run."""
+
+    def __init__(self, url: str, pool: AsyncConnectionPool, poll_s: float = 1.0) -> None:
+        self.url, self.pool, self.poll_s = url, pool, poll_s
+        self._waiters: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._listen(), name="keel-event-feed")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _listen(self) -> None:
+        while not self._stopping:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {EVENTS_CHANNEL}")
+                    self._wake_all()  # anything missed while (re)connecting
+                    async for n in conn.notifies():
+                        for ev in list(self._waiters.get(n.payload, ())):
+                            ev.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - Postgres restarts: readers poll meanwhile; reconnect
+                log.warning("event feed connection lost; reconnecting", exc_info=True)
+                await asyncio.sleep(0.5)
+
+    def _wake_all(self) -> None:
+        for evs in self._waiters.values():
+            for ev in evs:
+                ev.set()
+
+    async def status(self, run_id: str) -> dict[str, Any] | None:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute("SELECT status, result, error FROM keel_runs WHERE run_id = %s", (run_id,))
+            return await cur.fetchone()
+
+    async def subscribe(self, run_id: str, after: int = 0) -> AsyncIterator[Event]:
+        """Events with seq > after, then live ones, until the run is terminal (or gone)."""
+        wake = asyncio.Event()
+        self._waiters[run_id].add(wake)
+        last = after
+        try:
+            while True:
+                wake.clear()
+                row = await self.status(run_id)
+                async with self.pool.connection() as conn:
+                    cur = await conn.execute(
+                        "SELECT seq, event, data FROM keel_run_events WHERE run_id = %s AND seq > %s "
+                        "ORDER BY seq LIMIT 1000", (run_id, last))
+                    rows = await cur.fetchall()
+                for r in rows:
+                    last = r["seq"]
+                    yield Event(r["seq"], r["event"], r["data"])
+                if rows:
+                    continue
+                if row is None or row["status"] in TERMINAL:
+                    return
+                if row["status"] == "pending" and last > after:
+                    pass  # re-queued after a crash or drain: keep following the next attempt
+                try:
+                    await asyncio.wait_for(wake.wait(), self.poll_s)
+                except TimeoutError:
+                    pass
+        finally:
+            self._waiters[run_id].discard(wake)
+            if not self._waiters[run_id]:
+                self._waiters.pop(run_id, None)
+
+    async def wait_terminal(self, run_id: str) -> dict[str, Any] | None:
+        """Block until the run is terminal; return its row (status, result, error)."""
+        wake = asyncio.Event()
+        self._waiters[run_id].add(wake)
+        try:
+            while True:
+                wake.clear()
+                row = await self.status(run_id)
+                if row is None or row["status"] in TERMINAL:
+                    return row
+                try:
+                    await asyncio.wait_for(wake.wait(), self.poll_s)
+                except TimeoutError:
+                    pass
+        finally:
+            self._waiters[run_id].discard(wake)
+            if not self._waiters[run_id]:
+                self._waiters.pop(run_id, None)

@@ -1,0 +1,264 @@
+"""Execute one claimed run: stream the graph into the event log and record the outcome, fenced.
+
+Resumption after a crash: when the thread already has a checkpoint written by this run, the next
+attempt continues from it with `astream(None)`; finished steps are not redone. The events the crashed
+attempt logged after its last checkpoint describe work that is redone, so they are dropped first and
+the log stays one gap-free sequence with each step in it once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from langgraph.errors import GraphDrained
+from langgraph.runtime import RunControl
+
+from server.auth import User
+from server.logs import run_id_var, thread_id_var
+from server.runs.events import EventWriter, Fenced
+from server.runs.queue import Claim, finish, release
+from server.saver import current_event_writer
+from server.schemas import RunCreate
+from server.serde import jsonable
+from server.threadstate import interrupts_by_task
+
+if TYPE_CHECKING:
+    from server.service import KeelService
+
+log = logging.getLogger("keel.runs")
+
+
+@dataclass
+class RunHandle:
+    """What the worker keeps about a run it is executing."""
+
+    claim: Claim
+    control: RunControl = field(default_factory=RunControl)
+    task: asyncio.Task | None = None
+    lost: bool = False  # the lease was lost: stop without writing anything
+    cancel: str | None = None  # "interrupt" | "rollback" when a cancel was requested
+
+
+def _is_transient_db_error(exc: BaseException) -> bool:
+    return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)) or type(exc).__name__ in (
+        "PoolTimeout", "PoolClosed")
+
+
+class RunExecutor:
+    """Runs claimed runs of one KeelService."""
+
+    def __init__(self, svc: KeelService) -> None:
+        self.svc = svc
+
+    async def _prepare(self, c: Claim) -> tuple[int, bool]:
+        """(last durable event seq, resume?) — and trim events of the previous attempt past its last checkpoint."""
+        async with self.svc.db.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "SELECT checkpoint_id, metadata FROM checkpoints WHERE thread_id = %s AND checkpoint_ns = '' "
+                "AND metadata->>'run_id' = %s ORDER BY checkpoint_id DESC LIMIT 1", (c.thread_id, c.run_id))
+            ck = await cur.fetchone()
+            if c.run.get("checkpoint_before") is None and c.attempt == 1:
+                cur = await conn.execute(
+                    "SELECT max(checkpoint_id) AS id FROM checkpoints WHERE thread_id = %s AND checkpoint_ns = ''",
+                    (c.thread_id,))
+                before = (await cur.fetchone())["id"]
+                await conn.execute("UPDATE keel_runs SET checkpoint_before = %s WHERE run_id = %s",
+                                   (before or "", c.run_id))
+            if ck is None:
+                keep = 0
+            else:
+                mark = (ck["metadata"] or {}).get("keel_event_seq")
+                if isinstance(mark, int):
+                    keep = mark
+                else:
+                    cur = await conn.execute("SELECT coalesce(max(seq), 0) AS s FROM keel_run_events WHERE run_id = %s",
+                                             (c.run_id,))
+                    keep = (await cur.fetchone())["s"]
+            await conn.execute("DELETE FROM keel_run_events WHERE run_id = %s AND seq > %s", (c.run_id, keep))
+        return keep, ck is not None
+
+    async def execute(self, h: RunHandle) -> str:
+        """Run to a terminal state, or hand the run back; returns what happened (for logs and tests)."""
+        c = h.claim
+        thread_id_var.set(c.thread_id)
+        run_id_var.set(c.run_id)
+        try:
+            start_seq, resume = await self._prepare(c)
+        except Exception as exc:  # noqa: BLE001
+            if _is_transient_db_error(exc):
+                return "lost-db"  # the lease expires and the reaper re-queues the run
+            raise
+        writer = EventWriter(self.svc.db.pool, c.run_id, c.epoch, c.attempt, start_seq)
+        token = current_event_writer.set(writer)
+        last_values: Any = None
+        try:
+            log.info("run started (attempt %d%s)", c.attempt, ", resuming from checkpoint" if resume else "")
+            writer.publish("metadata", {"run_id": c.run_id, "attempt": c.attempt})
+            last_values = await self._stream(h, writer, resume)
+            snapshot = await self.svc.graph.aget_state({"configurable": {"thread_id": c.thread_id}})
+            pending = bool(snapshot.next) or any(t.interrupts for t in snapshot.tasks)
+            writer.publish("end", None)
+            await writer.close()
+            status = "interrupted" if pending else "success"
+            ok = await finish(self.svc.db.pool, c, status, result=last_values,
+                              thread_status="interrupted" if pending else "idle",
+                              thread_values=jsonable(snapshot.values), interrupts=interrupts_by_task(snapshot))
+            log.info("run finished with status %s", status if ok else f"{status} (fenced: lease lost)")
+            if ok:
+                await self._cleanup_temporary(c)
+            return status if ok else "fenced"
+        except GraphDrained:
+            await writer.close()
+            await release(self.svc.db.pool, c, count_attempt=False)
+            log.info("run drained at a step boundary; handed back to the queue")
+            return "drained"
+        except Fenced:
+            log.warning("lease lost; stopping without further writes")
+            return "fenced"
+        except asyncio.CancelledError:
+            if h.lost:
+                log.warning("lease lost; stopped")
+                return "fenced"
+            if h.cancel is None:
+                raise  # the worker itself is being torn down
+            return await self._cancelled(h, writer)
+        except Exception as exc:  # noqa: BLE001 - recorded on the run, sent to the client
+            if h.lost or _is_fence_error(exc):
+                log.warning("lease lost during the run (%s); stopping", exc)
+                return "fenced"
+            if _is_transient_db_error(exc):
+                log.warning("database unavailable during the run (%s); handing it back", exc)
+                try:
+                    await release(self.svc.db.pool, c, count_attempt=True)
+                except Exception:  # noqa: BLE001 - the reaper re-queues it when the lease expires
+                    pass
+                return "released"
+            log.exception("run failed")
+            error = {"error": type(exc).__name__, "message": str(exc)}
+            try:
+                writer.publish("error", error)
+                await writer.close()
+                snapshot = await self.svc.graph.aget_state({"configurable": {"thread_id": c.thread_id}})
+                values, interrupts = jsonable(snapshot.values), interrupts_by_task(snapshot)
+            except Fenced:
+                return "fenced"
+            except Exception:  # noqa: BLE001
+                values, interrupts = None, {}
+            if await finish(self.svc.db.pool, c, "error", error=error, result=last_values, thread_status="error",
+                            thread_values=values, interrupts=interrupts):
+                await self._cleanup_temporary(c)
+            return "error"
+        finally:
+            current_event_writer.reset(token)
+
+    async def _cleanup_temporary(self, c: Claim) -> None:
+        """Stateless runs (on_completion=delete) leave no thread behind; the run row keeps the result."""
+        kwargs = c.run["kwargs"] or {}
+        if kwargs.get("temporary") and kwargs.get("on_completion", "delete") == "delete":
+            async with self.svc.db.pool.connection() as conn:
+                await conn.execute("DELETE FROM keel_threads WHERE thread_id = %s", (c.thread_id,))
+            await self.svc.db.checkpointer.adelete_thread(c.thread_id)
+
+    async def _cancelled(self, h: RunHandle, writer: EventWriter) -> str:
+        c = h.claim
+        pool = self.svc.db.pool
+        if h.cancel == "rollback":
+            await writer.close()
+            await rollback(self.svc, c.run_id, c.thread_id, c.run.get("checkpoint_before"), epoch=c.epoch)
+            log.info("run cancelled and rolled back")
+            return "rolled-back"
+        writer.publish("error", {"error": "Cancelled", "message": "the run was cancelled"})
+        await writer.close()
+        snapshot = await self.svc.graph.aget_state({"configurable": {"thread_id": c.thread_id}})
+        await finish(pool, c, "interrupted", thread_status="interrupted" if snapshot.next else "idle",
+                     thread_values=jsonable(snapshot.values), interrupts=interrupts_by_task(snapshot))
+        log.info("run cancelled (interrupt); its checkpoints stay resumable")
+        return "interrupted"
+
+    async def _stream(self, h: RunHandle, writer: EventWriter, resume: bool) -> Any:
+        c = h.claim
+        kwargs = c.run["kwargs"] or {}
+        body = RunCreate.model_validate({**kwargs.get("request", {}), "assistant_id": str(c.run["assistant_id"])})
+        user = User(c.run["user_id"])
+        assistant = self.svc.assistants.resolve(str(c.run["assistant_id"]), for_run=True)
+        prep = self.svc.runs.prepare(user, body)
+        if resume:
+            graph_input: Any = None
+            body = body.model_copy(update={"checkpoint_id": None, "checkpoint": None})
+        else:
+            graph_input = prep.graph_input
+            if body.command is not None and "resume" in body.command.model_fields_set:
+                snap = await self.svc.graph.aget_state({"configurable": {"thread_id": c.thread_id}})
+                if not snap.next:
+                    raise StaleResume("the thread has no pending interrupt to resume (already resumed?)")
+        config = self.svc.run_config(body, thread_id=c.thread_id, run_id=c.run_id, user=user, assistant=assistant,
+                                     run_metadata={**(c.run["metadata"] or {}), "keel_epoch": c.epoch})
+        internal = set(prep.modes) | {"values"}
+        lg_modes = sorted({"messages" if m in ("messages", "messages-tuple") else m for m in internal})
+        subgraphs = bool(body.stream_subgraphs)
+        partial: dict[str, Any] = {}
+        last_values: Any = None
+        async for item in self.svc.graph.astream(
+            graph_input, config, context=prep.context, stream_mode=lg_modes, subgraphs=subgraphs,
+            interrupt_before=body.interrupt_before, interrupt_after=body.interrupt_after,
+            durability=kwargs.get("durability") or "sync", control=h.control,
+        ):
+            ns, mode, chunk = item if subgraphs else ((), *item)
+            suffix = "".join(f"|{n}" for n in ns)
+            if mode == "messages":
+                msg, meta = chunk
+                if "messages-tuple" in prep.modes:
+                    writer.publish("messages" + suffix, jsonable([msg, meta]))
+                if "messages" in prep.modes:
+                    mid = getattr(msg, "id", None) or ""
+                    if mid not in partial:
+                        partial[mid] = msg
+                        writer.publish("messages/metadata" + suffix, {mid: {"metadata": jsonable(meta)}})
+                    else:
+                        try:
+                            partial[mid] = partial[mid] + msg
+                        except TypeError:
+                            partial[mid] = msg
+                    writer.publish("messages/partial" + suffix, [jsonable(partial[mid])])
+                continue
+            data = jsonable(chunk)
+            if mode == "values" and not ns:
+                last_values = data
+            if mode in prep.modes:
+                writer.publish(mode + suffix, data)
+        return last_values
+
+
+class StaleResume(Exception):
+    """A resume command for a thread that is not waiting for one."""
+
+
+def _is_fence_error(exc: BaseException) -> bool:
+    return getattr(getattr(exc, "diag", None), "sqlstate", None) == "KL001" or "lost its lease" in str(exc)
+
+
+async def rollback(svc: KeelService, run_id: str, thread_id: str, checkpoint_before: str | None,
+                   epoch: int | None = None) -> None:
+    """Undo a run: delete the checkpoints it wrote (those after `checkpoint_before`), its events and its row."""
+    async with svc.db.pool.connection() as conn, conn.transaction():
+        if epoch is not None:
+            cur = await conn.execute("SELECT 1 FROM keel_runs WHERE run_id = %s AND lease_epoch = %s FOR UPDATE",
+                                     (run_id, epoch))
+            if await cur.fetchone() is None:
+                return
+        after = checkpoint_before or ""
+        for table in ("checkpoint_writes", "checkpoints"):
+            await conn.execute(f"DELETE FROM {table} WHERE thread_id = %s AND checkpoint_id > %s", (thread_id, after))
+        await conn.execute("DELETE FROM keel_run_events WHERE run_id = %s", (run_id,))
+        await conn.execute("DELETE FROM keel_runs WHERE run_id = %s", (run_id,))
+    snapshot = await svc.graph.aget_state({"configurable": {"thread_id": thread_id}})
+    async with svc.db.pool.connection() as conn:
+        from server.runs.queue import set_thread_after_run
+
+        await set_thread_after_run(conn, thread_id, "interrupted" if snapshot.next else "idle",
+                                   jsonable(snapshot.values) if snapshot.values else None,
+                                   interrupts_by_task(snapshot), None)

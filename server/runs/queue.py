@@ -1,0 +1,150 @@
+"""The run queue in SQL: claim, heartbeat, finish, release, reap. Postgres is the only moving part.
+
+Invariants kept by the database, not by any one process:
+- a run is claimed by one worker at a time (`FOR UPDATE SKIP LOCKED`, then a lease);
+- a thread has at most one running run (unique partial index); pending runs of a thread go in order;
+- every claim bumps `lease_epoch`; terminal updates and event appends require the current epoch, so a
+  worker that lost its lease (a zombie) cannot overwrite the run it used to hold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from server.runs.events import EVENTS_CHANNEL, append_unfenced
+
+RUNS_CHANNEL = "keel_runs"  # payload "" = new work; "cancel:<run_id>" = cancellation requested
+ACTIVE = ("pending", "running")
+
+RUN_COLUMNS = ("run_id, thread_id, assistant_id, status, metadata, kwargs, multitask_strategy, created_at, "
+               "updated_at, error, user_id, temporary, attempt, lease_owner, lease_epoch, cancel_requested, "
+               "result, checkpoint_before")
+
+
+@dataclass
+class Claim:
+    """A run this worker now holds, at lease epoch `epoch`."""
+
+    run: dict[str, Any]
+    epoch: int
+
+    @property
+    def run_id(self) -> str:
+        return str(self.run["run_id"])
+
+    @property
+    def thread_id(self) -> str:
+        return str(self.run["thread_id"])
+
+    @property
+    def attempt(self) -> int:
+        return int(self.run["attempt"])
+
+
+_CLAIM = f"""
+WITH next AS (
+    SELECT r.run_id FROM keel_runs r
+    WHERE r.status = 'pending'
+      AND NOT EXISTS (SELECT 1 FROM keel_runs x WHERE x.thread_id = r.thread_id AND x.status = 'running')
+      AND NOT EXISTS (SELECT 1 FROM keel_runs y WHERE y.thread_id = r.thread_id AND y.status = 'pending'
+                      AND (y.created_at, y.run_id) < (r.created_at, r.run_id))
+    ORDER BY r.created_at, r.run_id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE keel_runs r SET status = 'running', attempt = r.attempt + 1, lease_owner = %(owner)s,
+       lease_expires_at = now() + make_interval(secs => %(lease)s), lease_epoch = r.lease_epoch + 1,
+       started_at = coalesce(r.started_at, now()), updated_at = now()
+FROM next WHERE r.run_id = next.run_id
+RETURNING {", ".join("r." + c.strip() for c in RUN_COLUMNS.split(","))}
+"""
+
+
+async def claim(pool: AsyncConnectionPool, owner: str, lease_s: float) -> Claim | None:
+    """Take the oldest runnable pending run, or None."""
+    for _ in range(5):
+        try:
+            async with pool.connection() as conn:
+                cur = await conn.execute(_CLAIM, {"owner": owner, "lease": lease_s})
+                row = await cur.fetchone()
+        except psycopg.errors.UniqueViolation:
+            continue  # another worker started a run of the same thread at the same instant; pick again
+        return Claim(row, int(row["lease_epoch"])) if row else None
+    return None
+
+
+async def finish(pool: AsyncConnectionPool, c: Claim, status: str, *, result: Any = None, error: Any = None,
+                 thread_status: str, thread_values: Any, interrupts: Any) -> bool:
+    """Move the run to a terminal status and update its thread; False if the lease was lost (fenced)."""
+    async with pool.connection() as conn, conn.transaction():
+        cur = await conn.execute(
+            "UPDATE keel_runs SET status = %s, result = %s, error = %s, lease_owner = NULL, lease_expires_at = NULL, "
+            "finished_at = now(), updated_at = now() "
+            "WHERE run_id = %s AND lease_epoch = %s AND status = 'running' RETURNING temporary, kwargs",
+            (status, Jsonb(result) if result is not None else None, Jsonb(error) if error else None,
+             c.run_id, c.epoch))
+        row = await cur.fetchone()
+        if row is None:
+            return False
+        await set_thread_after_run(conn, c.thread_id, thread_status, thread_values, interrupts, error)
+        await conn.execute("SELECT pg_notify(%s, %s), pg_notify(%s, '')",
+                           (EVENTS_CHANNEL, c.run_id, RUNS_CHANNEL))
+    return True
+
+
+async def set_thread_after_run(conn: psycopg.AsyncConnection, thread_id: str, status: str, values: Any,
+                               interrupts: Any, error: Any) -> None:
+    """Thread status after a run: busy while other runs are queued, else the run's outcome."""
+    await conn.execute(
+        "UPDATE keel_threads SET status = CASE WHEN EXISTS (SELECT 1 FROM keel_runs WHERE thread_id = %s "
+        "AND status = ANY(%s)) THEN 'busy' ELSE %s END, \"values\" = coalesce(%s, \"values\"), "
+        "interrupts = %s, error = %s, updated_at = now(), state_updated_at = now() WHERE thread_id = %s",
+        (thread_id, list(ACTIVE), status, Jsonb(values) if values is not None else None, Jsonb(interrupts or {}),
+         Jsonb(error) if error else None, thread_id))
+
+
+async def release(pool: AsyncConnectionPool, c: Claim, *, count_attempt: bool) -> bool:
+    """Give the run back to the queue (drain, transient failure); another worker takes it at once."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "UPDATE keel_runs SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, "
+            "attempt = CASE WHEN %s THEN attempt ELSE greatest(attempt - 1, 0) END, updated_at = now() "
+            "WHERE run_id = %s AND lease_epoch = %s AND status = 'running' RETURNING run_id",
+            (count_attempt, c.run_id, c.epoch))
+        ok = await cur.fetchone() is not None
+        await conn.execute("SELECT pg_notify(%s, '')", (RUNS_CHANNEL,))
+    return ok
+
+
+def heartbeat_sql() -> str:
+    return ("UPDATE keel_runs SET lease_expires_at = now() + make_interval(secs => %s) "
+            "WHERE run_id = ANY(%s::uuid[]) AND lease_owner = %s AND status = 'running' "
+            "RETURNING run_id::text, lease_epoch, cancel_requested")
+
+
+async def reap(pool: AsyncConnectionPool, max_attempts: int) -> list[dict[str, Any]]:
+    """Re-queue runs whose lease expired; dead-letter those that used up their attempts (poison runs)."""
+    async with pool.connection() as conn, conn.transaction():
+        cur = await conn.execute(
+            "UPDATE keel_runs SET status = CASE WHEN attempt >= %(max)s THEN 'error' ELSE 'pending' END, "
+            "error = CASE WHEN attempt >= %(max)s THEN jsonb_build_object('error', 'RunAttemptsExhausted', "
+            "'message', format('the worker running this run died %%s times (lease expired each time); giving up', "
+            "attempt)) ELSE error END, "
+            "finished_at = CASE WHEN attempt >= %(max)s THEN now() END, "
+            "lease_owner = NULL, lease_expires_at = NULL, updated_at = now() "
+            "WHERE run_id IN (SELECT run_id FROM keel_runs WHERE status = 'running' AND lease_expires_at < now() "
+            "FOR UPDATE SKIP LOCKED) RETURNING run_id::text, thread_id::text, status, attempt, error",
+            {"max": max_attempts})
+        rows = await cur.fetchall()
+        for r in rows:
+            if r["status"] == "error":
+                await append_unfenced(conn, r["run_id"], r["attempt"], "error", r["error"])
+                await set_thread_after_run(conn, r["thread_id"], "error", None, {}, r["error"])
+        if rows:
+            await conn.execute("SELECT pg_notify(%s, '')", (RUNS_CHANNEL,))
+    return rows

@@ -1,0 +1,207 @@
+"""Queue workers: claim runs, keep their leases alive from a thread, execute, drain on SIGTERM.
+
+A worker is woken by NOTIFY (no busy polling; a slow poll only backs up missed notifications), claims
+with `FOR UPDATE SKIP LOCKED`, and heartbeats its leases from a plain thread with its own connection,
+so a node that blocks the event loop cannot starve the heartbeat and get its run stolen. Every worker
+also reaps: runs whose lease expired are re-queued (or dead-lettered after too many attempts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+import psycopg
+
+from server.runs import queue
+from server.runs.executor import RunExecutor, RunHandle
+
+if TYPE_CHECKING:
+    from server.service import KeelService
+
+log = logging.getLogger("keel.worker")
+
+
+class Heartbeat(threading.Thread):
+    """Renews the leases of this worker's runs every `interval` seconds, independent of the event loop."""
+
+    def __init__(self, worker: Worker, interval: float) -> None:
+        super().__init__(name=f"keel-heartbeat-{worker.owner}", daemon=True)
+        self.worker, self.interval = worker, interval
+        self.stop_event = threading.Event()
+        self.beats = 0
+
+    def run(self) -> None:
+        conn: psycopg.Connection | None = None
+        while not self.stop_event.wait(self.interval):
+            ids = list(self.worker.handles)
+            if not ids:
+                continue
+            try:
+                if conn is None or conn.closed:
+                    conn = psycopg.connect(self.worker.svc.db.url, autocommit=True, connect_timeout=5,
+                                           prepare_threshold=None)
+                rows = conn.execute(queue.heartbeat_sql(),
+                                    (self.worker.lease_s, ids, self.worker.owner)).fetchall()
+                self.beats += 1
+            except Exception:  # noqa: BLE001 - Postgres may be restarting; keep trying until the lease runs out
+                log.warning("heartbeat failed", exc_info=True)
+                if conn is not None:
+                    conn.close()
+                conn = None
+                continue
+            held = {r[0]: r for r in rows}
+            for rid in ids:
+                h = self.worker.handles.get(rid)
+                if h is None:
+                    continue
+                row = held.get(rid)
+                if row is None or row[1] != h.claim.epoch:
+                    self.worker.call_soon(self.worker.lost, rid)
+                elif row[2] and not h.cancel:
+                    self.worker.call_soon(self.worker.cancel_local, rid, row[2])
+        if conn is not None:
+            conn.close()
+
+
+class Worker:
+    """Executes up to `concurrency` runs at a time from the shared queue."""
+
+    def __init__(self, svc: KeelService, *, concurrency: int, lease_s: float, poll_s: float = 2.0,
+                 max_attempts: int = 3, name: str | None = None) -> None:
+        self.svc = svc
+        self.concurrency = concurrency
+        self.lease_s = lease_s
+        self.poll_s = poll_s
+        self.max_attempts = max_attempts
+        self.owner = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.executor = RunExecutor(svc)
+        self.handles: dict[str, RunHandle] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._main: asyncio.Task | None = None
+        self._listener: asyncio.Task | None = None
+        self.heartbeat = Heartbeat(self, interval=max(0.2, lease_s / 4))
+        self.outcomes: list[tuple[str, str]] = []
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.heartbeat.start()
+        self._listener = asyncio.create_task(self._listen(), name="keel-worker-listen")
+        self._main = asyncio.create_task(self._run(), name="keel-worker")
+        log.info("worker %s started (%d slots, lease %.1fs)", self.owner, self.concurrency, self.lease_s)
+
+    async def drain(self, grace_s: float = 30.0) -> None:
+        """Stop claiming; ask running runs to stop at their next step boundary and hand them back."""
+        self._stopping = True
+        self._wake.set()
+        for h in list(self.handles.values()):
+            h.control.request_drain("worker shutting down")
+        tasks = [h.task for h in self.handles.values() if h.task]
+        if tasks:
+            log.info("draining %d run(s)", len(tasks))
+            done, pending = await asyncio.wait(tasks, timeout=grace_s)
+            for t in pending:  # stuck in a long step: leave the lease to expire, the reaper re-queues it
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self.stop()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self.heartbeat.stop_event.set()
+        for t in (self._main, self._listener):
+            if t:
+                t.cancel()
+        await asyncio.gather(*(t for t in (self._main, self._listener) if t), return_exceptions=True)
+        for h in list(self.handles.values()):
+            if h.task:
+                h.task.cancel()
+        await asyncio.gather(*(h.task for h in self.handles.values() if h.task), return_exceptions=True)
+
+    # ---------------------------------------------------------------- signals from other threads
+
+    def call_soon(self, fn, *args) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def lost(self, run_id: str) -> None:
+        h = self.handles.get(run_id)
+        if h and not h.lost:
+            log.warning("lease of run %s lost; stopping it", run_id)
+            h.lost = True
+            if h.task:
+                h.task.cancel()
+
+    def cancel_local(self, run_id: str, action: str) -> None:
+        h = self.handles.get(run_id)
+        if h and not h.cancel and h.task:
+            h.cancel = action
+            h.task.cancel()
+
+    # ---------------------------------------------------------------- loops
+
+    async def _listen(self) -> None:
+        while not self._stopping:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.svc.db.url, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {queue.RUNS_CHANNEL}")
+                    self._wake.set()
+                    async for n in conn.notifies():
+                        if n.payload.startswith("cancel:"):
+                            rid, _, action = n.payload[7:].partition(":")
+                            self.cancel_local(rid, action or "interrupt")
+                        else:
+                            self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - reconnect after a Postgres restart; the poll covers the gap
+                log.warning("worker listen connection lost; reconnecting", exc_info=True)
+                await asyncio.sleep(0.5)
+
+    async def _run(self) -> None:
+        last_reap = 0.0
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                if time.monotonic() - last_reap >= min(1.0, self.lease_s / 2):
+                    last_reap = time.monotonic()
+                    for r in await queue.reap(self.svc.db.pool, self.max_attempts):
+                        log.warning("run %s: lease expired, %s (attempt %s)", r["run_id"],
+                                    "dead-lettered" if r["status"] == "error" else "re-queued", r["attempt"])
+                while len(self.handles) < self.concurrency and not self._stopping:
+                    c = await queue.claim(self.svc.db.pool, self.owner, self.lease_s)
+                    if c is None:
+                        break
+                    h = RunHandle(c)
+                    self.handles[c.run_id] = h
+                    h.task = asyncio.create_task(self._execute(h), name=f"run-{c.run_id}")
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - Postgres unavailable: back off, the pool reconnects
+                log.warning("queue poll failed", exc_info=True)
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.poll_s if not self.handles else min(self.poll_s, 1.0))
+            except TimeoutError:
+                pass
+
+    async def _execute(self, h: RunHandle) -> None:
+        try:
+            outcome = await self.executor.execute(h)
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+        except Exception:  # noqa: BLE001
+            log.exception("executor crashed")
+            outcome = "crashed"
+        finally:
+            self.handles.pop(h.claim.run_id, None)
+            self._wake.set()
+        self.outcomes.append((h.claim.run_id, outcome))

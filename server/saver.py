@@ -1,0 +1,28 @@
+"""The Postgres checkpointer with Keel's run-engine hooks.
+
+Before a checkpoint is written, every stream event the run produced so far is flushed to the run's
+event log, and the checkpoint's metadata records how far the log had got (`keel_event_seq`). So an
+event that precedes a durable checkpoint is itself durable, and after a crash the next attempt knows
+exactly which logged events describe work that will be redone (those after `keel_event_seq`).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from typing import Any
+
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+# The event writer of the run executing in the current task (None outside runs).
+current_event_writer: contextvars.ContextVar[Any] = contextvars.ContextVar("keel_event_writer", default=None)
+
+
+class KeelSaver(AsyncPostgresSaver):
+    """AsyncPostgresSaver + a flush barrier between a run's events and its checkpoints."""
+
+    async def aput(self, config, checkpoint, metadata, new_versions):  # type: ignore[override]
+        writer = current_event_writer.get()
+        if writer is not None and not (config.get("configurable") or {}).get("checkpoint_ns"):
+            await writer.flush()
+            metadata = {**metadata, "keel_event_seq": writer.last_seq}
+        return await super().aput(config, checkpoint, metadata, new_versions)
