@@ -22,7 +22,10 @@ class KeelSaver(AsyncPostgresSaver):
 
     async def aput(self, config, checkpoint, metadata, new_versions):  # type: ignore[override]
         writer = current_event_writer.get()
-        if writer is not None and not (config.get("configurable") or {}).get("checkpoint_ns"):
-            await writer.flush()
-            metadata = {**metadata, "keel_event_seq": writer.last_seq}
-        return await super().aput(config, checkpoint, metadata, new_versions)
+        if writer is None or (config.get("configurable") or {}).get("checkpoint_ns"):
+            return await super().aput(config, checkpoint, metadata, new_versions)
+        await writer.flush()
+        mark = writer.last_seq
+        result = await super().aput(config, checkpoint, {**metadata, "keel_event_seq": mark}, new_versions)
+        writer.mark_durable(mark)  # the checkpoint's synchronous commit also flushed the events before it
+        return result

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import StreamingResponse
 
@@ -93,12 +94,18 @@ def _stream_response(svc: KeelService, run: dict[str, Any], *, modes: list[str] 
             finished = True
         finally:
             if not finished and cancel_on_disconnect:
-                await svc.runs.cancel(run)
+                await _cancel_shielded(svc, run)
 
     headers = {**SSE_HEADERS, "content-location": content_location}
     if location:
         headers["location"] = location
     return StreamingResponse(body(), media_type="text/event-stream; charset=utf-8", headers=headers)
+
+
+async def _cancel_shielded(svc: KeelService, run: dict[str, Any]) -> None:
+    """Cancel the run although the response task itself is being cancelled (client went away)."""
+    with anyio.CancelScope(shield=True):
+        await svc.runs.cancel(run)
 
 
 async def _result(svc: KeelService, run: dict[str, Any]) -> Any:
@@ -133,7 +140,7 @@ def _wait_response(svc: KeelService, run: dict[str, Any], *, cancel_on_disconnec
             if not task.done():
                 task.cancel()
             if not finished and cancel_on_disconnect:
-                await svc.runs.cancel(run)
+                await _cancel_shielded(svc, run)
 
     return StreamingResponse(body(), media_type="application/json", headers=headers)
 

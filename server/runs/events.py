@@ -1,9 +1,11 @@
 """The persisted event log of runs: workers append, API processes tail it for SSE and wait.
 
 Rows live in `keel_run_events (run_id, seq)`. Appends are fenced by the run's lease epoch, so a worker
-that lost its lease cannot add events. They commit without waiting for fsync: an event is safe as soon
-as Postgres has it (a worker crash cannot lose it); only a crash of Postgres itself could drop the
-last few, and those describe steps after the last checkpoint, which the resumed run emits again.
+that lost its lease cannot add events. They commit without waiting for fsync (one fsync per event would
+dominate a run's cost): an appended event survives any crash of the worker at once, and a crash of
+Postgres itself only until the next synchronous commit (the next checkpoint) makes it durable. The
+writer keeps the events that are not yet known durable and re-appends any that a Postgres crash lost,
+so the log has no gaps either way.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class EventWriter:
         self.last_seq = start_seq  # last seq handed out
         self.flushed_seq = start_seq  # last seq known to be in the table
         self._buffer: list[tuple[int, str, Any]] = []
+        self._unconfirmed: list[tuple[int, str, Any]] = []  # appended, not yet known to be durable
         self._lock = asyncio.Lock()
         self._pending: asyncio.Task | None = None
 
@@ -66,9 +69,9 @@ class EventWriter:
             log.warning("event flush failed; will retry", exc_info=True)
 
     async def flush(self) -> None:
-        """Write every queued event; raises Fenced if the lease is gone."""
+        """Write every queued event (and re-append lost ones); raises Fenced if the lease is gone."""
         async with self._lock:
-            if not self._buffer:
+            if not self._buffer and not self._unconfirmed:
                 return
             batch, self._buffer = self._buffer, []
             try:
@@ -79,15 +82,29 @@ class EventWriter:
                         "FOR SHARE", (self.run_id, self.epoch))
                     if await cur.fetchone() is None:
                         raise Fenced(self.run_id)
+                    cur = await conn.execute(
+                        "SELECT coalesce(max(seq), 0) AS s FROM keel_run_events WHERE run_id = %s", (self.run_id,))
+                    have = (await cur.fetchone())["s"]
+                    # A Postgres crash can lose appends that no synchronous commit has flushed yet: redo them.
+                    lost = [e for e in self._unconfirmed if e[0] > have]
+                    if lost:
+                        log.warning("re-appending %d event(s) lost by a Postgres restart", len(lost))
+                    rows = lost + [e for e in batch if e[0] > have]
                     async with conn.cursor() as c:
                         await c.executemany(
                             "INSERT INTO keel_run_events (run_id, seq, attempt, event, data) VALUES (%s, %s, %s, %s, %s)",
-                            [(self.run_id, seq, self.attempt, ev, Jsonb(data)) for seq, ev, data in batch])
+                            [(self.run_id, seq, self.attempt, ev, Jsonb(data)) for seq, ev, data in rows])
                     await conn.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, self.run_id))
             except BaseException:
                 self._buffer = batch + self._buffer  # keep order; nothing was committed
                 raise
-            self.flushed_seq = batch[-1][0]
+            if batch:
+                self.flushed_seq = batch[-1][0]
+            self._unconfirmed.extend(batch)
+
+    def mark_durable(self, seq: int) -> None:
+        """Events up to `seq` were followed by a synchronous commit (a checkpoint): forget them."""
+        self._unconfirmed = [e for e in self._unconfirmed if e[0] > seq]
 
     async def close(self) -> None:
         """Wait for the background flush and write what is left."""

