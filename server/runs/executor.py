@@ -168,7 +168,7 @@ class RunExecutor:
         pool = self.svc.db.pool
         if h.cancel == "rollback":
             await writer.close()
-            await rollback(self.svc, c.run_id, c.thread_id, c.run.get("checkpoint_before"), epoch=c.epoch)
+            await rollback(self.svc, c.run_id, c.thread_id, epoch=c.epoch)
             log.info("run cancelled and rolled back")
             return "rolled-back"
         writer.publish("error", {"error": "Cancelled", "message": "the run was cancelled"})
@@ -241,16 +241,15 @@ def _is_fence_error(exc: BaseException) -> bool:
     return getattr(getattr(exc, "diag", None), "sqlstate", None) == "KL001" or "lost its lease" in str(exc)
 
 
-async def rollback(svc: KeelService, run_id: str, thread_id: str, checkpoint_before: str | None,
-                   epoch: int | None = None) -> None:
+async def rollback(svc: KeelService, run_id: str, thread_id: str, epoch: int | None = None) -> None:
     """Undo a run: delete the checkpoints it wrote (those after `checkpoint_before`), its events and its row."""
     async with svc.db.pool.connection() as conn, conn.transaction():
-        if epoch is not None:
-            cur = await conn.execute("SELECT 1 FROM keel_runs WHERE run_id = %s AND lease_epoch = %s FOR UPDATE",
-                                     (run_id, epoch))
-            if await cur.fetchone() is None:
-                return
-        after = checkpoint_before or ""
+        cur = await conn.execute("SELECT lease_epoch, checkpoint_before FROM keel_runs WHERE run_id = %s FOR UPDATE",
+                                 (run_id,))
+        row = await cur.fetchone()
+        if row is None or (epoch is not None and row["lease_epoch"] != epoch):
+            return
+        after = row["checkpoint_before"] or ""
         for table in ("checkpoint_writes", "checkpoints"):
             await conn.execute(f"DELETE FROM {table} WHERE thread_id = %s AND checkpoint_id > %s", (thread_id, after))
         await conn.execute("DELETE FROM keel_run_events WHERE run_id = %s", (run_id,))

@@ -349,3 +349,46 @@ def test_wait_and_stream_send_keepalives(cluster):
     assert b": heartbeat\r\n\r\n" in r.content and r.content.rstrip().endswith(b"event: end\r\ndata: null")
     assert out["wait"].startswith(b"\n") and b'"log":["a","b","c","d"]' in out["wait"].replace(b" ", b"")
     assert out["wait_location"].endswith(b"/join")
+
+
+def test_cancel_endpoint_interrupt_and_rollback(cluster, tmp_path):
+    ensure_workers(cluster)
+    for action in ("interrupt", "rollback"):
+        tid = cluster.thread()
+        cluster.start_run(tid, {}, tag="kept", **PLAIN)
+        marker = tmp_path / f"cancel-{action}"
+        run = cluster.start_run(tid, {"b": {"sleep": 5, "touch": str(marker)}}, tag="cancelled", **PLAIN)
+        wait_file_lines(marker, 1)
+        with cluster.client() as c:
+            r = c.post(f"/threads/{tid}/runs/{run['run_id']}/cancel", params={"wait": 1, "action": action})
+            assert r.status_code == 200 and r.json() == {}
+            got = c.get(f"/threads/{tid}/runs/{run['run_id']}")
+            state = c.get(f"/threads/{tid}/state").json()
+            thread = c.get(f"/threads/{tid}").json()
+        if action == "interrupt":
+            assert got.json()["status"] == "interrupted"
+            assert state["values"]["inputs"] == ["kept", "cancelled"] and state["next"] == ["b"]
+            # The interrupted run is resumable from its checkpoint.
+            with cluster.client() as c:
+                again = c.post(f"/threads/{tid}/runs/wait", json={"assistant_id": "agent", "input": None}).json()
+            assert again["log"] == ["a", "b", "c", "d", "a", "b", "c", "d"]
+        else:
+            assert got.status_code == 404
+            assert state["values"]["inputs"] == ["kept"] and state["next"] == []
+            assert thread["status"] == "idle"
+        with cluster.client() as c:
+            assert c.post(f"/threads/{tid}/runs/{run['run_id']}/cancel").status_code in (404, 409)
+        cluster.assert_invariants([tid])
+
+
+def test_durability_is_chosen_per_run(cluster):
+    ensure_workers(cluster)
+    counts = {}
+    for mode in ("sync", "exit"):
+        tid = cluster.thread()
+        with cluster.client() as c:
+            r = c.post(f"/threads/{tid}/runs/wait", json={"assistant_id": "agent", "input": {"plan": {}},
+                                                          "durability": mode})
+        assert r.json()["log"] == ["a", "b", "c", "d"]
+        counts[mode] = cluster.sql("SELECT count(*) AS n FROM checkpoints WHERE thread_id = %s", tid)[0]["n"]
+    assert counts["sync"] == 6 and counts["exit"] == 1, counts
