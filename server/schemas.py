@@ -100,6 +100,8 @@ class RunCreate(_Body):
     after_seconds: float | None = None
     webhook: str | None = None
     feedback_keys: list[str] | None = None
+    record_modes: list[StreamMode] | None = None
+    """Modes the event log records besides `stream_mode` (set by the server for background runs)."""
 
     def modes(self) -> list[str]:
         """Requested stream modes as a de-duplicated list."""

@@ -148,10 +148,20 @@ def _wait_response(svc: KeelService, run: dict[str, Any], *, cancel_on_disconnec
 # -------------------------------------------------------------------------------------------- thread runs
 
 
+# Background runs also record these, so a later join may ask for any of them (the SDK's runs.create always
+# sends stream_mode="values", yet its join_stream documents that background runs keep the union of modes).
+BACKGROUND_MODES = ["values", "updates", "messages-tuple", "custom"]
+
+
+def _background(body: RunCreate) -> RunCreate:
+    body.record_modes = list(BACKGROUND_MODES)
+    return body
+
+
 @router.post("/threads/{thread_id}/runs")
 async def create_run(thread_id: str, body: RunCreate, svc: Service, user: CurrentUser, response: Response) -> dict:
     """Start a run in the background."""
-    run = await svc.runs.create(user, parse_uuid(thread_id, "thread"), body)
+    run = await svc.runs.create(user, parse_uuid(thread_id, "thread"), _background(body))
     response.headers["content-location"] = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
     return run_json(run)
 
@@ -265,7 +275,7 @@ async def delete_run(thread_id: str, run_id: str, svc: Service, user: CurrentUse
 @router.post("/runs")
 async def create_stateless(body: RunCreate, svc: Service, user: CurrentUser, response: Response) -> dict:
     """Start a run on a temporary thread, in the background."""
-    run = await svc.runs.create(user, None, body)
+    run = await svc.runs.create(user, None, _background(body))
     response.headers["content-location"] = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
     return run_json(run)
 

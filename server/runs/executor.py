@@ -197,7 +197,8 @@ class RunExecutor:
                     raise StaleResume("the thread has no pending interrupt to resume (already resumed?)")
         config = self.svc.run_config(body, thread_id=c.thread_id, run_id=c.run_id, user=user, assistant=assistant,
                                      run_metadata={**(c.run["metadata"] or {}), "keel_epoch": c.epoch})
-        internal = set(prep.modes) | {"values"}
+        recorded = set(prep.modes) | set(body.record_modes or ())
+        internal = recorded | {"values"}
         lg_modes = sorted({"messages" if m in ("messages", "messages-tuple") else m for m in internal})
         subgraphs = bool(body.stream_subgraphs)
         partial: dict[str, Any] = {}
@@ -211,9 +212,9 @@ class RunExecutor:
             suffix = "".join(f"|{n}" for n in ns)
             if mode == "messages":
                 msg, meta = chunk
-                if "messages-tuple" in prep.modes:
+                if "messages-tuple" in recorded:
                     writer.publish("messages" + suffix, jsonable([msg, meta]))
-                if "messages" in prep.modes:
+                if "messages" in recorded:
                     mid = getattr(msg, "id", None) or ""
                     if mid not in partial:
                         partial[mid] = msg
@@ -228,7 +229,7 @@ class RunExecutor:
             data = jsonable(chunk)
             if mode == "values" and not ns:
                 last_values = data
-            if mode in prep.modes:
+            if mode in recorded:
                 writer.publish(mode + suffix, data)
         return last_values
 

@@ -420,3 +420,43 @@ async def test_api_keys_isolate_users(auth_server):
         r = await http.get(f"/threads/{tid}")
         assert r.status_code == 401 and isinstance(r.json()["detail"], str)
         assert (await http.get("/ok")).status_code == 200
+
+
+async def test_background_run_join_and_resumable_stream(client):
+    thread = await client.threads.create()
+    tid = thread["thread_id"]
+    run = await client.runs.create(tid, "agent", input=ask())
+    assert run["status"] == "pending"
+    # A background run records every mode, so a join may ask for updates only.
+    parts = [p async for p in client.runs.join_stream(tid, run["run_id"], stream_mode="updates")]
+    events = [p.event for p in parts]
+    assert "updates" in events and "values" not in events and events[-1] == "end"
+    joined = await client.runs.join(tid, run["run_id"])
+    assert joined["status"] == "done"
+    listed = await client.runs.list(tid)
+    assert [r["run_id"] for r in listed] == [run["run_id"]] and listed[0]["status"] == "success"
+
+    # A resumable stream carries ids; joining with last_event_id replays exactly what came after it.
+    parts = [p async for p in client.runs.stream(tid, "agent", input=ask(RECOVERY_QUESTION),
+                                                  stream_mode=["values", "updates"], stream_resumable=True)]
+    ids = [int(p.id) for p in parts if p.id is not None]
+    assert ids == list(range(1, len(ids) + 1))
+    runs = await client.runs.list(tid)
+    rid = runs[0]["run_id"]
+    tail = [p async for p in client.runs.join_stream(tid, rid, last_event_id=str(ids[2]))]
+    assert [int(p.id) for p in tail if p.id is not None] == ids[3:]
+
+
+async def test_cancel_and_delete_run(client):
+    thread = await client.threads.create()
+    tid = thread["thread_id"]
+    run = await client.runs.create(tid, "agent", input=ask(), interrupt_before=["summarize"])
+    await client.runs.join(tid, run["run_id"])
+    done = await client.runs.get(tid, run["run_id"])
+    assert done["status"] == "interrupted"
+    with pytest.raises(httpx.HTTPStatusError) as e:
+        await client.runs.cancel(tid, run["run_id"])
+    assert http_status(e.value) == 409
+    await client.runs.delete(tid, run["run_id"])
+    with pytest.raises(NotFoundError):
+        await client.runs.get(tid, run["run_id"])
