@@ -115,6 +115,66 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER keel_fence BEFORE INSERT OR UPDATE ON checkpoints
         FOR EACH ROW EXECUTE FUNCTION keel_fence_checkpoint();
     """,
+    # 4: tools: the side-effect ledger (at most once per key), the audit trail, tickets and the outbox.
+    """
+    CREATE TABLE IF NOT EXISTS keel_tool_ledger (
+        key text PRIMARY KEY,
+        thread_id text NOT NULL,
+        run_id text,
+        tool text NOT NULL,
+        version text NOT NULL,
+        args jsonb NOT NULL,
+        args_hash text NOT NULL,
+        status text NOT NULL,
+        result jsonb,
+        error text,
+        attempts integer NOT NULL DEFAULT 1,
+        compensation text,
+        seq bigserial,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        updated_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX IF NOT EXISTS keel_tool_ledger_run_idx ON keel_tool_ledger (run_id, seq);
+    CREATE INDEX IF NOT EXISTS keel_tool_ledger_thread_idx ON keel_tool_ledger (thread_id);
+    CREATE TABLE IF NOT EXISTS keel_tool_audit (
+        id bigserial PRIMARY KEY,
+        at timestamptz NOT NULL DEFAULT now(),
+        user_id text NOT NULL,
+        thread_id text,
+        run_id text,
+        tool text NOT NULL,
+        version text,
+        args_hash text,
+        decision text NOT NULL,
+        outcome text,
+        detail text
+    );
+    CREATE INDEX IF NOT EXISTS keel_tool_audit_thread_idx ON keel_tool_audit (thread_id, at);
+    CREATE TABLE IF NOT EXISTS keel_tickets (
+        id bigserial PRIMARY KEY,
+        owner text NOT NULL,
+        title text NOT NULL,
+        body text NOT NULL DEFAULT '',
+        status text NOT NULL DEFAULT 'open',
+        idempotency_key text UNIQUE,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        closed_at timestamptz
+    );
+    CREATE TABLE IF NOT EXISTS keel_outbox (
+        id bigserial PRIMARY KEY,
+        idempotency_key text UNIQUE NOT NULL,
+        url text NOT NULL,
+        payload jsonb NOT NULL,
+        status text NOT NULL DEFAULT 'pending',
+        attempts integer NOT NULL DEFAULT 0,
+        last_error text,
+        next_attempt_at timestamptz NOT NULL DEFAULT now(),
+        created_at timestamptz NOT NULL DEFAULT now(),
+        delivered_at timestamptz
+    );
+    CREATE INDEX IF NOT EXISTS keel_outbox_pending_idx ON keel_outbox (next_attempt_at) WHERE status = 'pending';
+    ALTER TABLE keel_runs ADD COLUMN IF NOT EXISTS compensating boolean NOT NULL DEFAULT false;
+    """,
 ]
 
 

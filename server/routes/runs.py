@@ -158,6 +158,11 @@ def _background(body: RunCreate) -> RunCreate:
     return body
 
 
+def _foreground(body: RunCreate) -> RunCreate:
+    body.record_modes = None  # server-set only; a client cannot widen what the log records
+    return body
+
+
 @router.post("/threads/{thread_id}/runs")
 async def create_run(thread_id: str, body: RunCreate, svc: Service, user: CurrentUser, response: Response) -> dict:
     """Start a run in the background."""
@@ -169,7 +174,7 @@ async def create_run(thread_id: str, body: RunCreate, svc: Service, user: Curren
 @router.post("/threads/{thread_id}/runs/wait")
 async def wait_run(thread_id: str, body: RunCreate, svc: Service, user: CurrentUser):
     """Start a run and answer with its final values."""
-    run = await svc.runs.create(user, parse_uuid(thread_id, "thread"), body)
+    run = await svc.runs.create(user, parse_uuid(thread_id, "thread"), _foreground(body))
     base = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
     return _wait_response(svc, run, cancel_on_disconnect=body.on_disconnect == "cancel",
                           headers={"location": base + "/join", "content-location": base})
@@ -178,7 +183,7 @@ async def wait_run(thread_id: str, body: RunCreate, svc: Service, user: CurrentU
 @router.post("/threads/{thread_id}/runs/stream")
 async def stream_run(thread_id: str, body: RunCreate, svc: Service, user: CurrentUser):
     """Start a run and stream its events as SSE."""
-    run = await svc.runs.create(user, parse_uuid(thread_id, "thread"), body)
+    run = await svc.runs.create(user, parse_uuid(thread_id, "thread"), _foreground(body))
     base = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
     return _stream_response(svc, run, cancel_on_disconnect=body.on_disconnect == "cancel",
                             location=base + "/stream", content_location=base)
@@ -264,7 +269,8 @@ async def delete_run(thread_id: str, run_id: str, svc: Service, user: CurrentUse
     run = await owned_run(svc, user, thread_id, run_id)
     if run["status"] in ("pending", "running"):
         raise ApiError(409, "Cancel the run before deleting it")
-    async with svc.db.pool.connection() as conn:
+    async with svc.db.pool.connection() as conn, conn.transaction():
+        await conn.execute("DELETE FROM keel_run_events WHERE run_id = %s", (run["run_id"],))
         await conn.execute("DELETE FROM keel_runs WHERE run_id = %s", (run["run_id"],))
     return Response(status_code=204)
 
@@ -283,7 +289,7 @@ async def create_stateless(body: RunCreate, svc: Service, user: CurrentUser, res
 @router.post("/runs/wait")
 async def wait_stateless(body: RunCreate, svc: Service, user: CurrentUser):
     """Run on a temporary thread and answer with its final values."""
-    run = await svc.runs.create(user, None, body)
+    run = await svc.runs.create(user, None, _foreground(body))
     return _wait_response(svc, run, cancel_on_disconnect=body.on_disconnect == "cancel",
                           headers={"content-location": f"/threads/{run['thread_id']}/runs/{run['run_id']}"})
 
@@ -291,7 +297,7 @@ async def wait_stateless(body: RunCreate, svc: Service, user: CurrentUser):
 @router.post("/runs/stream")
 async def stream_stateless(body: RunCreate, svc: Service, user: CurrentUser):
     """Run on a temporary thread and stream its events."""
-    run = await svc.runs.create(user, None, body)
+    run = await svc.runs.create(user, None, _foreground(body))
     base = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
     # No Location: the temporary thread may be gone when a reconnect arrives.
     return _stream_response(svc, run, cancel_on_disconnect=body.on_disconnect == "cancel", location=None,

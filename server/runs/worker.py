@@ -189,7 +189,8 @@ class Worker:
             except Exception:  # noqa: BLE001 - Postgres unavailable: back off, the pool reconnects
                 log.warning("queue poll failed", exc_info=True)
             try:
-                await asyncio.wait_for(self._wake.wait(), self.poll_s if not self.handles else min(self.poll_s, 1.0))
+                # Wake at least every quarter lease: expired leases of dead workers are found quickly.
+                await asyncio.wait_for(self._wake.wait(), min(self.poll_s, max(0.25, self.lease_s / 4)))
             except TimeoutError:
                 pass
 
