@@ -11,6 +11,10 @@ class Context:
 
     user_id: str = "local"
     """The authenticated caller; memories and policies are scoped to it."""
+    roles: list[str] = field(default_factory=list)
+    """The caller's roles (from authentication), for tool policies."""
+    tenant: str | None = None
+    """The caller's tenant (from authentication), for tool policies."""
     model: str | None = None
     """provider:model for the answering model; None = the offline engine."""
     critic_model: str | None = None

@@ -20,9 +20,11 @@ class User:
     """The authenticated caller."""
 
     id: str
+    roles: tuple[str, ...] = ()
+    tenant: str | None = None
 
 
-def user_for(api_keys: dict[str, str], authorization: str | None, x_api_key: str | None) -> User:
+def user_for(api_keys: dict[str, User | str], authorization: str | None, x_api_key: str | None) -> User:
     """Resolve the caller from headers; raises 401 when keys are configured and none matches."""
     if not api_keys:
         return User(LOCAL_USER)
@@ -32,13 +34,14 @@ def user_for(api_keys: dict[str, str], authorization: str | None, x_api_key: str
     candidates = [t for t in (token, x_api_key) if t]
     for t in candidates:
         if t in api_keys:
-            return User(api_keys[t])
+            found = api_keys[t]
+            return found if isinstance(found, User) else User(found)
     raise ApiError(401, "Missing or invalid API key" if not candidates else "Invalid API key")
 
 
 async def current_user(request: Request) -> User:
     """FastAPI dependency."""
-    keys = request.app.state.keel.settings.api_keys
+    keys = request.app.state.keel.settings.api_users
     return user_for(keys, request.headers.get("authorization"), request.headers.get("x-api-key"))
 
 

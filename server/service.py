@@ -109,6 +109,9 @@ class KeelService:
         self.runs = RunManager(self)
         self.feed = EventFeed(db.url, db.pool)
         self.worker = None
+        from agent import toolbox
+
+        toolbox.configure(pool=db.pool, settings={"webhook_url": settings.keel_webhook_url})
 
     async def start_feed(self) -> None:
         """Follow the run event log (API processes)."""
@@ -133,19 +136,23 @@ class KeelService:
         if self.worker is not None:
             await self.worker.drain(self.settings.keel_drain_seconds)
         await self.feed.stop()
+        from agent import toolbox
+
+        if toolbox.services.pool is self.db.pool:
+            toolbox.configure()
         await self.db.close()
 
-    def default_context(self, user_id: str) -> Context:
-        """Run settings from configuration, for `user_id`."""
+    def default_context(self, user_id: str, roles: tuple[str, ...] = (), tenant: str | None = None) -> Context:
+        """Run settings from configuration, for the authenticated user."""
         s = self.settings
-        return Context(user_id=user_id, model=s.keel_model, critic_model=s.keel_critic_model,
+        return Context(user_id=user_id, roles=list(roles), tenant=tenant, model=s.keel_model, critic_model=s.keel_critic_model,
                        namespace=s.keel_namespace, retrieve_k=s.keel_retrieve_k,
                        critic_threshold=s.keel_critic_threshold, max_revisions=s.keel_max_revisions,
                        max_steps=s.keel_max_steps, max_tool_calls=s.keel_max_tool_calls)
 
     def build_context(self, user: User, overrides: dict[str, Any] | None) -> Context:
         """The run's Context: configuration defaults plus the request's allowed overrides."""
-        ctx = self.default_context(user.id)
+        ctx = self.default_context(user.id, user.roles, user.tenant)
         if not overrides:
             return ctx
         unknown = sorted(set(overrides) - REQUEST_CONTEXT_FIELDS)

@@ -24,7 +24,10 @@ class Settings(BaseSettings):
     keel_critic_model: str | None = Field(default=None, description="model for the critic; defaults to KEEL_MODEL")
     keel_embeddings: str | None = Field(default=None, description="provider:model for init_embeddings; unset = offline MiniLM")
     keel_embed_dims: int | None = Field(default=None, description="vector size when KEEL_EMBEDDINGS is set")
-    keel_api_keys: str = Field(default="", description="comma-separated key:user_id pairs; empty = single local user")
+    keel_api_keys: str = Field(default="", description="comma-separated key:user_id[:role+role[:tenant]]; empty = single local user")
+    keel_webhook_url: str | None = Field(default=None, description="where send_webhook deliveries go")
+    keel_mcp_approval: bool = Field(default=False, description="let MCP clients run approval-gated tools")
+    keel_mcp_servers: str = Field(default="", description="JSON: external MCP servers to import as tools")
     keel_namespace: str = Field(default="default", description="document corpus the agent retrieves from")
     keel_log_level: str = "INFO"
     keel_log_json: bool = False
@@ -65,10 +68,19 @@ class Settings(BaseSettings):
     @property
     def api_keys(self) -> dict[str, str]:
         """Map of API key to user id."""
-        out: dict[str, str] = {}
-        for pair in filter(None, (p.strip() for p in self.keel_api_keys.split(","))):
-            key, _, user = pair.partition(":")
-            out[key.strip()] = user.strip()
+        return {k: u.id for k, u in self.api_users.items()}
+
+    @property
+    def api_users(self):
+        """Map of API key to the authenticated user (id, roles, tenant)."""
+        from server.auth import User
+
+        out = {}
+        for entry in filter(None, (p.strip() for p in self.keel_api_keys.split(","))):
+            key, _, rest = entry.partition(":")
+            user, _, rest = rest.partition(":")
+            roles, _, tenant = rest.partition(":")
+            out[key.strip()] = User(user.strip(), tuple(r for r in roles.split("+") if r), tenant or None)
         return out
 
 

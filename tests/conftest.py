@@ -82,3 +82,13 @@ async def db(database_url, embeddings):
         yield database
     finally:
         await database.close()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_tool_services():
+    """Tool services are process-wide (set by a KeelService); no module inherits another's closed pool."""
+    from agent import toolbox
+
+    toolbox.configure()
+    yield
+    toolbox.configure()

@@ -95,4 +95,9 @@ SEARCH_DOCS = ToolSpec(
 
 def default_registry() -> ToolRegistry:
     """The tools every Keel agent has."""
-    return ToolRegistry([CALCULATOR, SEARCH_DOCS])
+    from tools.memory_tools import RECALL, REMEMBER
+    from tools.tickets import CLOSE_TICKET, CREATE_TICKET, LIST_TICKETS
+    from tools.webhook import SEND_WEBHOOK
+
+    return ToolRegistry([CALCULATOR, SEARCH_DOCS, REMEMBER, RECALL, CREATE_TICKET, LIST_TICKETS, CLOSE_TICKET,
+                         SEND_WEBHOOK])

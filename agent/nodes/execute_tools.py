@@ -1,4 +1,10 @@
-"""execute_tools: run the tool calls of the last model turn, concurrently, within the tool budget."""
+"""execute_tools: govern and run the tool calls of the last model turn, within the tool budget.
+
+Phase 1 (no side effects, safe to re-run on resume): validate, apply policy, look up the ledger.
+If any call needs a human, `interrupt()` asks once for all of them (agent-chat-ui HITL shape).
+Phase 2: run the approved calls concurrently; each gets exactly one ToolMessage, so call/result
+pairs stay intact for the model.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +14,34 @@ from typing import Any
 from langchain_core.messages import AIMessage, ToolMessage
 from langgraph.config import get_config
 from langgraph.runtime import Runtime
+from langgraph.types import interrupt
 
 from agent.budgets import finish, next_step
 from agent.context import Context
 from agent.state import State
-from agent.toolbox import registry
-from tools.execute import ToolResult, execute_tool_call
+from agent.toolbox import registry, services
+from tools.execute import (
+    PreparedCall,
+    ToolResult,
+    apply_decisions,
+    approval_request,
+    prepare_call,
+    run_prepared,
+)
+from tools.policy import UserAttrs
 from tools.registry import ToolContext
 
 
 def _message(result: ToolResult) -> ToolMessage:
     return ToolMessage(
         content=result.content, tool_call_id=result.tool_call_id, name=result.name, status=result.status,
-        artifact=result.output, response_metadata={"tool": result.name, "tool_version": result.version},
+        artifact=result.output,
+        response_metadata={"tool": result.name, "tool_version": result.version, "replayed": result.replayed},
     )
 
 
 async def execute_tools(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Every tool call gets exactly one ToolMessage, so call/result pairs stay intact."""
+    """Every tool call gets exactly one ToolMessage; nothing runs before every needed approval is in."""
     ctx = runtime.context or Context()
     last = state["messages"][-1] if state.get("messages") else None
     calls = list(last.tool_calls) if isinstance(last, AIMessage) else []
@@ -34,11 +50,24 @@ async def execute_tools(state: State, runtime: Runtime[Context]) -> dict[str, An
     room = 0 if over else max(0, ctx.max_tool_calls - used)
     run_now, refused = calls[:room], calls[room:]
 
-    thread_id = (get_config().get("configurable") or {}).get("thread_id")
-    tctx = ToolContext(user_id=ctx.user_id, namespace=ctx.namespace, store=runtime.store,
-                       thread_id=str(thread_id) if thread_id else None)
+    configurable = get_config().get("configurable") or {}
+    metadata = get_config().get("metadata") or {}
+    thread_id = configurable.get("thread_id")
+    tctx = ToolContext(
+        user=UserAttrs(ctx.user_id, frozenset(ctx.roles or ()), ctx.tenant), namespace=ctx.namespace,
+        store=runtime.store, thread_id=str(thread_id) if thread_id else None,
+        run_id=str(metadata["run_id"]) if metadata.get("run_id") else None,
+        pool=services.pool, settings=services.settings)
     allowed = set(ctx.tools) if ctx.tools is not None else None
-    results = await asyncio.gather(*(execute_tool_call(registry(), c, tctx, allowed) for c in run_now))
+    reg = registry()
+    prepared: list[PreparedCall] = [
+        await prepare_call(reg, c, tctx, allowed=allowed, checkpoint_ns=configurable.get("checkpoint_ns", ""))
+        for c in run_now]
+    pending = [p for p in prepared if p.human]
+    if pending:
+        # Resuming returns the human's answer here; on the first pass this stops the run.
+        apply_decisions(pending, interrupt(approval_request(pending)))
+    results = list(await asyncio.gather(*(run_prepared(p, tctx) for p in prepared)))
     budget = "max_steps" if over else "max_tool_calls"
     for c in refused:
         results.append(ToolResult(c.get("id") or "", c.get("name", ""), None, "error",

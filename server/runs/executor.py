@@ -20,7 +20,7 @@ from langgraph.runtime import RunControl
 from server.auth import User
 from server.logs import run_id_var, thread_id_var
 from server.runs.events import EventWriter, Fenced
-from server.runs.queue import Claim, finish, release
+from server.runs.queue import Claim, finish, mark_compensating, release
 from server.saver import current_event_writer
 from server.schemas import RunCreate
 from server.serde import jsonable
@@ -95,6 +95,11 @@ class RunExecutor:
         writer = EventWriter(self.svc.db.pool, c.run_id, c.epoch, c.attempt, start_seq)
         token = current_event_writer.set(writer)
         last_values: Any = None
+        if c.run.get("compensating"):
+            try:
+                return await self._finish_compensation(c, writer, c.run.get("error"))
+            finally:
+                current_event_writer.reset(token)
         try:
             log.info("run started (attempt %d%s)", c.attempt, ", resuming from checkpoint" if resume else "")
             writer.publish("metadata", {"run_id": c.run_id, "attempt": c.attempt})
@@ -139,6 +144,8 @@ class RunExecutor:
                 return "released"
             log.exception("run failed")
             error = {"error": type(exc).__name__, "message": str(exc)}
+            if await self._has_effects(c):
+                return await self._finish_compensation(c, writer, error)
             try:
                 writer.publish("error", error)
                 await writer.close()
@@ -163,10 +170,49 @@ class RunExecutor:
                 await conn.execute("DELETE FROM keel_threads WHERE thread_id = %s", (c.thread_id,))
             await self.svc.db.checkpointer.adelete_thread(c.thread_id)
 
+    async def _has_effects(self, c: Claim) -> bool:
+        from tools import ledger
+
+        return await ledger.has_compensable(self.svc.db.pool, c.run_id)
+
+    async def _compensate(self, c: Claim) -> int:
+        """Undo the run's completed side effects, newest first (saga); resumable after a crash."""
+        from agent import toolbox
+        from tools.policy import UserAttrs
+        from tools.registry import ToolContext
+        from tools.saga import compensate_run
+
+        user = run_user(c)
+        ctx = ToolContext(user=UserAttrs(user.id, frozenset(user.roles), user.tenant),
+                          namespace=self.svc.settings.keel_namespace, store=self.svc.db.store,
+                          thread_id=c.thread_id, run_id=c.run_id, pool=self.svc.db.pool,
+                          settings=toolbox.services.settings)
+        n = await compensate_run(toolbox.registry(), ctx, c.run_id)
+        log.info("compensated %d effect(s) of the run", n)
+        return n
+
+    async def _finish_compensation(self, c: Claim, writer: EventWriter, error: Any) -> str:
+        """Mark the run compensating, undo its effects, then end it in error."""
+        if not await mark_compensating(self.svc.db.pool, c, error):
+            return "fenced"
+        await self._compensate(c)
+        error = error or {"error": "RunFailed", "message": "the run failed"}
+        writer.publish("error", {**error, "compensated": True})
+        try:
+            await writer.close()
+        except Fenced:
+            return "fenced"
+        snapshot = await self.svc.graph.aget_state({"configurable": {"thread_id": c.thread_id}})
+        if await finish(self.svc.db.pool, c, "error", error=error, thread_status="error",
+                        thread_values=jsonable(snapshot.values), interrupts=interrupts_by_task(snapshot)):
+            await self._cleanup_temporary(c)
+        return "error"
+
     async def _cancelled(self, h: RunHandle, writer: EventWriter) -> str:
         c = h.claim
         pool = self.svc.db.pool
         if h.cancel == "rollback":
+            await self._compensate(c)
             await writer.close()
             await rollback(self.svc, c.run_id, c.thread_id, epoch=c.epoch)
             log.info("run cancelled and rolled back")
@@ -183,7 +229,7 @@ class RunExecutor:
         c = h.claim
         kwargs = c.run["kwargs"] or {}
         body = RunCreate.model_validate({**kwargs.get("request", {}), "assistant_id": str(c.run["assistant_id"])})
-        user = User(c.run["user_id"])
+        user = run_user(c)
         assistant = self.svc.assistants.resolve(str(c.run["assistant_id"]), for_run=True)
         prep = self.svc.runs.prepare(user, body)
         if resume:
@@ -232,6 +278,12 @@ class RunExecutor:
             if mode in recorded:
                 writer.publish(mode + suffix, data)
         return last_values
+
+
+def run_user(c: Claim) -> User:
+    """The authenticated user the run was created by (roles and tenant included)."""
+    u = (c.run["kwargs"] or {}).get("user") or {}
+    return User(c.run["user_id"], tuple(u.get("roles") or ()), u.get("tenant"))
 
 
 class StaleResume(Exception):

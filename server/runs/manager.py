@@ -132,6 +132,7 @@ class RunManager:
             "checkpoint_id": body.checkpoint_id or (body.checkpoint or {}).get("checkpoint_id"),
             "on_disconnect": body.on_disconnect, "on_completion": body.on_completion,
             "request": request,
+            "user": {"id": user.id, "roles": list(user.roles), "tenant": user.tenant},
         }
         graph_meta = {"graph_id": prep.assistant["graph_id"], "assistant_id": assistant_id}
         cancels: list[tuple[str, str]] = []

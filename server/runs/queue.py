@@ -23,7 +23,7 @@ ACTIVE = ("pending", "running")
 
 RUN_COLUMNS = ("run_id, thread_id, assistant_id, status, metadata, kwargs, multitask_strategy, created_at, "
                "updated_at, error, user_id, temporary, attempt, lease_owner, lease_epoch, cancel_requested, "
-               "result, checkpoint_before")
+               "result, checkpoint_before, compensating")
 
 
 @dataclass
@@ -128,17 +128,27 @@ def heartbeat_sql() -> str:
 
 
 async def reap(pool: AsyncConnectionPool, max_attempts: int) -> list[dict[str, Any]]:
-    """Re-queue runs whose lease expired; dead-letter those that used up their attempts (poison runs)."""
+    """Re-queue runs whose lease expired; dead-letter those that used up their attempts (poison runs).
+
+    A dead-lettered run that completed side effects is re-queued once more with `compensating` set, so a
+    worker undoes those effects (saga) before the run ends in error.
+    """
+    exhausted = ("jsonb_build_object('error', 'RunAttemptsExhausted', 'message', format('the worker running this "
+                 "run died %%s times (lease expired each time); giving up', attempt))")
     async with pool.connection() as conn, conn.transaction():
         cur = await conn.execute(
-            "UPDATE keel_runs SET status = CASE WHEN attempt >= %(max)s THEN 'error' ELSE 'pending' END, "
-            "error = CASE WHEN attempt >= %(max)s THEN jsonb_build_object('error', 'RunAttemptsExhausted', "
-            "'message', format('the worker running this run died %%s times (lease expired each time); giving up', "
-            "attempt)) ELSE error END, "
-            "finished_at = CASE WHEN attempt >= %(max)s THEN now() END, "
+            "WITH expired AS (SELECT run_id, attempt >= %(max)s AND NOT compensating AS dead, "
+            "EXISTS (SELECT 1 FROM keel_tool_ledger l WHERE l.run_id = r.run_id::text AND l.status = 'succeeded' "
+            "AND coalesce(l.compensation, '') <> 'done') AS has_effects "
+            "FROM keel_runs r WHERE status = 'running' AND lease_expires_at < now() FOR UPDATE SKIP LOCKED) "
+            "UPDATE keel_runs k SET "
+            "status = CASE WHEN e.dead AND NOT e.has_effects THEN 'error' ELSE 'pending' END, "
+            f"error = CASE WHEN e.dead THEN {exhausted} ELSE k.error END, "
+            "compensating = k.compensating OR (e.dead AND e.has_effects), "
+            "finished_at = CASE WHEN e.dead AND NOT e.has_effects THEN now() END, "
             "lease_owner = NULL, lease_expires_at = NULL, updated_at = now() "
-            "WHERE run_id IN (SELECT run_id FROM keel_runs WHERE status = 'running' AND lease_expires_at < now() "
-            "FOR UPDATE SKIP LOCKED) RETURNING run_id::text, thread_id::text, status, attempt, error",
+            "FROM expired e WHERE k.run_id = e.run_id "
+            "RETURNING k.run_id::text, k.thread_id::text, k.status, k.attempt, k.error, k.compensating",
             {"max": max_attempts})
         rows = await cur.fetchall()
         for r in rows:
@@ -148,3 +158,13 @@ async def reap(pool: AsyncConnectionPool, max_attempts: int) -> list[dict[str, A
         if rows:
             await conn.execute("SELECT pg_notify(%s, '')", (RUNS_CHANNEL,))
     return rows
+
+
+async def mark_compensating(pool: AsyncConnectionPool, c: Claim, error: Any) -> bool:
+    """Record that the run is undoing its effects (so a crash mid-way resumes the undo, not the run)."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "UPDATE keel_runs SET compensating = true, error = %s, updated_at = now() "
+            "WHERE run_id = %s AND lease_epoch = %s AND status = 'running' RETURNING run_id",
+            (Jsonb(error) if error else None, c.run_id, c.epoch))
+        return await cur.fetchone() is not None

@@ -98,6 +98,11 @@ class Worker:
         self.heartbeat.start()
         self._listener = asyncio.create_task(self._listen(), name="keel-worker-listen")
         self._main = asyncio.create_task(self._run(), name="keel-worker")
+        self._dispatcher = None
+        if self.svc.settings.keel_webhook_url:
+            from tools.webhook import dispatcher
+
+            self._dispatcher = asyncio.create_task(dispatcher(self.svc.db.pool), name="keel-outbox")
         log.info("worker %s started (%d slots, lease %.1fs)", self.owner, self.concurrency, self.lease_s)
 
     async def drain(self, grace_s: float = 30.0) -> None:
@@ -118,10 +123,10 @@ class Worker:
     async def stop(self) -> None:
         self._stopping = True
         self.heartbeat.stop_event.set()
-        for t in (self._main, self._listener):
-            if t:
-                t.cancel()
-        await asyncio.gather(*(t for t in (self._main, self._listener) if t), return_exceptions=True)
+        loops = [t for t in (self._main, self._listener, getattr(self, "_dispatcher", None)) if t]
+        for t in loops:
+            t.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
         for h in list(self.handles.values()):
             if h.task:
                 h.task.cancel()

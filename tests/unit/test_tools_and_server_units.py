@@ -10,6 +10,7 @@ from server.runs.events import Event
 from server.settings import Settings
 from tools.builtin import default_registry, safe_eval
 from tools.execute import execute_tool_call
+from tools.policy import UserAttrs
 from tools.registry import ToolContext
 
 
@@ -27,7 +28,7 @@ def test_safe_eval_rejects_everything_else(expr):
 
 
 async def test_execute_tool_call_validation_and_unknown():
-    reg, ctx = default_registry(), ToolContext(user_id="u", namespace="default")
+    reg, ctx = default_registry(), ToolContext(user=UserAttrs("u"), namespace="default")
     ok = await execute_tool_call(reg, {"name": "calculator", "args": {"expression": "2+2"}, "id": "1"}, ctx)
     assert (ok.status, ok.content, ok.version) == ("success", "4", "1")
     bad = await execute_tool_call(reg, {"name": "calculator", "args": {"expr": "2"}, "id": "2"}, ctx)
@@ -36,7 +37,7 @@ async def test_execute_tool_call_validation_and_unknown():
     assert unknown.status == "error" and "unknown tool" in unknown.content
     denied = await execute_tool_call(reg, {"name": "calculator", "args": {"expression": "1"}, "id": "4"}, ctx,
                                      allowed={"search_docs"})
-    assert denied.status == "error"
+    assert denied.status == "error" and "not enabled" in denied.content
 
 
 def test_auth_modes():

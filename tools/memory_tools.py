@@ -1,0 +1,71 @@
+"""remember / recall: the user's long-term memory in the store, namespaced by the authenticated user."""
+
+from __future__ import annotations
+
+import hashlib
+
+from pydantic import BaseModel, Field
+
+from tools.registry import ToolContext, ToolSpec
+
+
+def memories_namespace(user_id: str) -> tuple[str, str]:
+    """Built from the authenticated user, never from request input."""
+    return ("memories", user_id.replace(".", "_"))
+
+
+class RememberInput(BaseModel):
+    fact: str = Field(..., min_length=1, max_length=2000, description="A durable fact or preference to keep")
+
+
+class Remembered(BaseModel):
+    key: str
+    fact: str
+
+
+class RecallInput(BaseModel):
+    query: str = Field(..., min_length=1, description="What to look for in the user's memories")
+    k: int = Field(5, ge=1, le=20)
+
+
+class Recalled(BaseModel):
+    memories: list[dict]
+
+
+def _key(fact: str) -> str:
+    # Keyed by content: remembering the same fact twice (or replaying the call) stores it once.
+    return hashlib.sha256(" ".join(fact.lower().split()).encode()).hexdigest()[:24]
+
+
+async def _remember(args: RememberInput, ctx: ToolContext) -> Remembered:
+    if ctx.store is None:
+        raise RuntimeError("no memory store is configured")
+    key = _key(args.fact)
+    await ctx.store.aput(memories_namespace(ctx.user_id), key, {"text": args.fact})
+    return Remembered(key=key, fact=args.fact)
+
+
+async def _reconcile_remember(args: RememberInput, ctx: ToolContext) -> Remembered | None:
+    item = await ctx.store.aget(memories_namespace(ctx.user_id), _key(args.fact)) if ctx.store else None
+    return Remembered(key=item.key, fact=item.value["text"]) if item else None
+
+
+async def _forget(args: RememberInput, result: dict, ctx: ToolContext) -> None:
+    if ctx.store is not None:
+        await ctx.store.adelete(memories_namespace(ctx.user_id), result["key"])
+
+
+async def _recall(args: RecallInput, ctx: ToolContext) -> Recalled:
+    if ctx.store is None:
+        return Recalled(memories=[])
+    hits = await ctx.store.asearch(memories_namespace(ctx.user_id), query=args.query, limit=args.k)
+    return Recalled(memories=[{"fact": h.value.get("text"), "score": round(h.score or 0.0, 4)} for h in hits])
+
+
+REMEMBER = ToolSpec(
+    name="remember", version="1", description="Remember a durable fact or preference about the user.",
+    input_model=RememberInput, output_model=Remembered, func=_remember, side_effect="write",
+    reconcile=_reconcile_remember, compensator=_forget, timeout_s=15.0)
+RECALL = ToolSpec(
+    name="recall", version="1", description="Recall what is known about the user.",
+    input_model=RecallInput, output_model=Recalled, func=_recall, side_effect="read", timeout_s=15.0)
