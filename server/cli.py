@@ -226,6 +226,23 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_tools(args: argparse.Namespace, settings: Settings) -> int:
+    from agent.toolbox import registry
+
+    reg = registry()
+    if args.json:
+        print(json.dumps(reg.schemas(), indent=2, sort_keys=True))
+        return 0
+    for name, spec in ((n, reg.get(n)) for n in reg.names()):
+        flags = [spec.side_effect]
+        if spec.needs_approval:
+            flags.append("needs approval")
+        if spec.compensator:
+            flags.append("compensable")
+        print(f"{name + '@' + spec.version:<18} {', '.join(flags):<36} {spec.description}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="keel", description="Keel: a durable LangGraph agent backend on Postgres.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -263,6 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("question")
     a.add_argument("--thread", default=None, help="continue this thread id")
     a.set_defaults(func=cmd_ask)
+
+    t = sub.add_parser("tools", help="the tool registry")
+    t.add_argument("action", choices=["list"])
+    t.add_argument("--json", action="store_true", help="every tool's versioned JSON Schema contract")
+    t.set_defaults(func=cmd_tools)
 
     d = sub.add_parser("db", help="the embedded Postgres")
     d.add_argument("action", choices=["start", "stop", "status", "url"])
