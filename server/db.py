@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import select
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -241,6 +243,33 @@ def describe(url: str) -> str:
 async def _configure(conn: psycopg.AsyncConnection) -> None:
     # Filtered (namespace) HNSW searches must return the full k; pgvector's default can return fewer.
     await conn.execute("SET hnsw.iterative_scan = 'relaxed_order'")
+    conn._keel_returned = time.monotonic()  # type: ignore[attr-defined]
+
+
+async def _stamp(conn: psycopg.AsyncConnection) -> None:
+    conn._keel_returned = time.monotonic()  # type: ignore[attr-defined]
+
+
+CHECK_AFTER_IDLE_S = 30.0
+
+
+def _socket_has_news(conn: psycopg.AsyncConnection) -> bool:
+    """An idle connection should have nothing to read; data (or EOF) means the server spoke: often a
+    FATAL "terminating connection" from an idle reaper or pg_terminate_backend."""
+    try:
+        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return True
+    return bool(readable)
+
+
+async def _check(conn: psycopg.AsyncConnection) -> None:
+    # Test a connection before use when it may be dead: the server sent something while it sat idle,
+    # or it sat idle long enough for a proxy to drop it silently. A round trip on every checkout would
+    # double the statements of a run for nothing.
+    idle = time.monotonic() - getattr(conn, "_keel_returned", 0.0)
+    if conn.closed or idle > CHECK_AFTER_IDLE_S or _socket_has_news(conn):
+        await AsyncConnectionPool.check_connection(conn)
 
 
 def make_pool(url: str, *, min_size: int = 1, max_size: int = 10, max_idle: float = 60.0,
@@ -252,8 +281,9 @@ def make_pool(url: str, *, min_size: int = 1, max_size: int = 10, max_idle: floa
         max_size=max_size,
         max_idle=max_idle,
         max_lifetime=max_lifetime,
-        check=AsyncConnectionPool.check_connection,
+        check=_check,
         configure=_configure,
+        reset=_stamp,
         kwargs={"autocommit": True, "prepare_threshold": None, "row_factory": dict_row},
         open=False,
         name=name,

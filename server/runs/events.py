@@ -23,7 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 
 log = logging.getLogger("keel.events")
 
-EVENTS_CHANNEL = "keel_run_events"
+EVENTS_CHANNEL = "keel_run_events"  # payload: run id (new events) or "done:<run id>" (run ended)
 TERMINAL = ("success", "error", "interrupted", "timeout")
 
 
@@ -71,20 +71,23 @@ class EventWriter:
     async def flush(self) -> None:
         """Write every queued event (and re-append lost ones); raises Fenced if the lease is gone."""
         async with self._lock:
-            if not self._buffer and not self._unconfirmed:
+            if not self._buffer:
+                if self._unconfirmed:
+                    await self._verify()
                 return
             batch, self._buffer = self._buffer, []
             try:
                 async with self.pool.connection() as conn, conn.transaction():
                     await conn.execute("SET LOCAL synchronous_commit = off")
+                    # Fence and log position in one round trip.
                     cur = await conn.execute(
-                        "SELECT 1 FROM keel_runs WHERE run_id = %s AND lease_epoch = %s AND status = 'running' "
-                        "FOR SHARE", (self.run_id, self.epoch))
-                    if await cur.fetchone() is None:
+                        "SELECT (SELECT coalesce(max(seq), 0) FROM keel_run_events WHERE run_id = %s) AS s "
+                        "FROM keel_runs WHERE run_id = %s AND lease_epoch = %s AND status = 'running' FOR SHARE",
+                        (self.run_id, self.run_id, self.epoch))
+                    row = await cur.fetchone()
+                    if row is None:
                         raise Fenced(self.run_id)
-                    cur = await conn.execute(
-                        "SELECT coalesce(max(seq), 0) AS s FROM keel_run_events WHERE run_id = %s", (self.run_id,))
-                    have = (await cur.fetchone())["s"]
+                    have = row["s"]
                     # A Postgres crash can lose appends that no synchronous commit has flushed yet: redo them.
                     lost = [e for e in self._unconfirmed if e[0] > have]
                     if lost:
@@ -98,9 +101,31 @@ class EventWriter:
             except BaseException:
                 self._buffer = batch + self._buffer  # keep order; nothing was committed
                 raise
-            if batch:
-                self.flushed_seq = batch[-1][0]
+            self.flushed_seq = batch[-1][0]
             self._unconfirmed.extend(batch)
+
+    async def _verify(self) -> None:
+        """Before a checkpoint: are the events appended since the last one still there (Postgres crash)?"""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute("SELECT coalesce(max(seq), 0) AS s FROM keel_run_events WHERE run_id = %s",
+                                     (self.run_id,))
+            have = (await cur.fetchone())["s"]
+        if have >= self._unconfirmed[-1][0]:
+            return
+        lost = [e for e in self._unconfirmed if e[0] > have]
+        log.warning("re-appending %d event(s) lost by a Postgres restart", len(lost))
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "SELECT 1 FROM keel_runs WHERE run_id = %s AND lease_epoch = %s AND status = 'running' FOR SHARE",
+                (self.run_id, self.epoch))
+            if await cur.fetchone() is None:
+                raise Fenced(self.run_id)
+            async with conn.cursor() as c:
+                await c.executemany(
+                    "INSERT INTO keel_run_events (run_id, seq, attempt, event, data) VALUES (%s, %s, %s, %s, %s) "
+                    "ON CONFLICT DO NOTHING",
+                    [(self.run_id, seq, self.attempt, ev, Jsonb(data)) for seq, ev, data in lost])
+            await conn.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, self.run_id))
 
     def mark_durable(self, seq: int) -> None:
         """Events up to `seq` were followed by a synchronous commit (a checkpoint): forget them."""
@@ -120,7 +145,8 @@ async def append_unfenced(conn: psycopg.AsyncConnection, run_id: str, attempt: i
         "SELECT %s, coalesce(max(seq), 0) + 1, %s, %s, %s FROM keel_run_events WHERE run_id = %s RETURNING seq",
         (run_id, attempt, event, Jsonb(data), run_id))
     seq = (await cur.fetchone())["seq"]
-    await conn.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, run_id))
+    await conn.execute("SELECT pg_notify(%s, %s), pg_notify(%s, %s)",
+                       (EVENTS_CHANNEL, run_id, EVENTS_CHANNEL, f"done:{run_id}"))
     return seq
 
 
@@ -130,6 +156,7 @@ class EventFeed:
     def __init__(self, url: str, pool: AsyncConnectionPool, poll_s: float = 1.0) -> None:
         self.url, self.pool, self.poll_s = url, pool, poll_s
         self._waiters: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+        self._done_waiters: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
         self._task: asyncio.Task | None = None
         self._stopping = False
 
@@ -149,8 +176,13 @@ class EventFeed:
                     await conn.execute(f"LISTEN {EVENTS_CHANNEL}")
                     self._wake_all()  # anything missed while (re)connecting
                     async for n in conn.notifies():
-                        for ev in list(self._waiters.get(n.payload, ())):
+                        done = n.payload.startswith("done:")
+                        rid = n.payload[5:] if done else n.payload
+                        for ev in list(self._waiters.get(rid, ())):
                             ev.set()
+                        if done:
+                            for ev in list(self._done_waiters.get(rid, ())):
+                                ev.set()
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - Postgres restarts: readers poll meanwhile; reconnect
@@ -158,9 +190,10 @@ class EventFeed:
                 await asyncio.sleep(0.5)
 
     def _wake_all(self) -> None:
-        for evs in self._waiters.values():
-            for ev in evs:
-                ev.set()
+        for group in (self._waiters, self._done_waiters):
+            for evs in group.values():
+                for ev in evs:
+                    ev.set()
 
     async def status(self, run_id: str) -> dict[str, Any] | None:
         async with self.pool.connection() as conn:
@@ -200,9 +233,9 @@ class EventFeed:
                 self._waiters.pop(run_id, None)
 
     async def wait_terminal(self, run_id: str) -> dict[str, Any] | None:
-        """Block until the run is terminal; return its row (status, result, error)."""
+        """Block until the run is terminal; return its row (status, result, error). Woken only at the end."""
         wake = asyncio.Event()
-        self._waiters[run_id].add(wake)
+        self._done_waiters[run_id].add(wake)
         try:
             while True:
                 wake.clear()
@@ -210,10 +243,10 @@ class EventFeed:
                 if row is None or row["status"] in TERMINAL:
                     return row
                 try:
-                    await asyncio.wait_for(wake.wait(), self.poll_s)
+                    await asyncio.wait_for(wake.wait(), max(self.poll_s, 2.0))
                 except TimeoutError:
                     pass
         finally:
-            self._waiters[run_id].discard(wake)
-            if not self._waiters[run_id]:
-                self._waiters.pop(run_id, None)
+            self._done_waiters[run_id].discard(wake)
+            if not self._done_waiters[run_id]:
+                self._done_waiters.pop(run_id, None)

@@ -92,8 +92,11 @@ async def finish(pool: AsyncConnectionPool, c: Claim, status: str, *, result: An
         if row is None:
             return False
         await set_thread_after_run(conn, c.thread_id, thread_status, thread_values, interrupts, error)
-        await conn.execute("SELECT pg_notify(%s, %s), pg_notify(%s, '')",
-                           (EVENTS_CHANNEL, c.run_id, RUNS_CHANNEL))
+        # Wake the run's waiters; wake workers only if this thread has queued runs (others need no claim).
+        await conn.execute(
+            "SELECT pg_notify(%s, %s), CASE WHEN EXISTS (SELECT 1 FROM keel_runs WHERE thread_id = %s AND "
+            "status = 'pending') THEN pg_notify(%s, '') END",
+            (EVENTS_CHANNEL, f"done:{c.run_id}", c.thread_id, RUNS_CHANNEL))
     return True
 
 
