@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from server.errors import BodyGuard, install_error_handlers
+from server.mcp import mount_mcp
 from server.routes import assistants, meta, runs, threads
 from server.service import KeelService
 from server.settings import Settings, get_settings
@@ -28,7 +29,8 @@ def create_app(settings: Settings | None = None, service: KeelService | None = N
             if workers:
                 await svc.start_worker(workers)
         try:
-            yield
+            async with mcp_sessions.run():
+                yield
         finally:
             if service is None:
                 await svc.close()
@@ -40,6 +42,7 @@ def create_app(settings: Settings | None = None, service: KeelService | None = N
     install_error_handlers(app)
     for r in (meta.router, assistants.router, threads.router, runs.router):
         app.include_router(r)
+    mcp_sessions = mount_mcp(app, settings)
     # Studio is a web page on another origin that calls this server from the browser.
     app.add_middleware(
         CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"],

@@ -226,6 +226,21 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_mcp(args: argparse.Namespace, settings: Settings) -> int:
+    from server.mcp import serve_stdio
+    from server.service import KeelService
+
+    async def run() -> None:
+        svc = await KeelService.start(settings)
+        try:
+            await serve_stdio(svc)
+        finally:
+            await svc.close()
+
+    asyncio.run(run())
+    return 0
+
+
 def cmd_tools(args: argparse.Namespace, settings: Settings) -> int:
     from agent.toolbox import registry
 
@@ -285,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("action", choices=["list"])
     t.add_argument("--json", action="store_true", help="every tool's versioned JSON Schema contract")
     t.set_defaults(func=cmd_tools)
+
+    m = sub.add_parser("mcp", help="serve the tool registry over MCP on stdin/stdout")
+    m.set_defaults(func=cmd_mcp)
 
     d = sub.add_parser("db", help="the embedded Postgres")
     d.add_argument("action", choices=["start", "stop", "status", "url"])

@@ -79,10 +79,11 @@ class EventWriter:
             try:
                 async with self.pool.connection() as conn, conn.transaction():
                     await conn.execute("SET LOCAL synchronous_commit = off")
-                    # Fence and log position in one round trip.
+                    # Fence and log position in one round trip. FOR KEY SHARE keeps the reaper (FOR UPDATE)
+                    # off the run until this commits, yet never blocks this worker's own lease heartbeat.
                     cur = await conn.execute(
                         "SELECT (SELECT coalesce(max(seq), 0) FROM keel_run_events WHERE run_id = %s) AS s "
-                        "FROM keel_runs WHERE run_id = %s AND lease_epoch = %s AND status = 'running' FOR SHARE",
+                        "FROM keel_runs WHERE run_id = %s AND lease_epoch = %s AND status = 'running' FOR KEY SHARE",
                         (self.run_id, self.run_id, self.epoch))
                     row = await cur.fetchone()
                     if row is None:
@@ -116,7 +117,7 @@ class EventWriter:
         log.warning("re-appending %d event(s) lost by a Postgres restart", len(lost))
         async with self.pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
-                "SELECT 1 FROM keel_runs WHERE run_id = %s AND lease_epoch = %s AND status = 'running' FOR SHARE",
+                "SELECT 1 FROM keel_runs WHERE run_id = %s AND lease_epoch = %s AND status = 'running' FOR KEY SHARE",
                 (self.run_id, self.epoch))
             if await cur.fetchone() is None:
                 raise Fenced(self.run_id)

@@ -125,12 +125,14 @@ async def release(pool: AsyncConnectionPool, c: Claim, *, count_attempt: bool) -
 
 
 def heartbeat_sql() -> str:
-    return ("UPDATE keel_runs SET lease_expires_at = now() + make_interval(secs => %s) "
+    # clock_timestamp(), not now(): an UPDATE that waited on a row lock (held by a transaction of the
+    # same worker whose event loop is blocked) must extend the lease from when it runs, not when it began.
+    return ("UPDATE keel_runs SET lease_expires_at = clock_timestamp() + make_interval(secs => %s) "
             "WHERE run_id = ANY(%s::uuid[]) AND lease_owner = %s AND status = 'running' "
             "RETURNING run_id::text, lease_epoch, cancel_requested")
 
 
-async def reap(pool: AsyncConnectionPool, max_attempts: int) -> list[dict[str, Any]]:
+async def reap(pool: AsyncConnectionPool, max_attempts: int, owner: str = "") -> list[dict[str, Any]]:
     """Re-queue runs whose lease expired; dead-letter those that used up their attempts (poison runs).
 
     A dead-lettered run that completed side effects is re-queued once more with `compensating` set, so a
@@ -143,7 +145,9 @@ async def reap(pool: AsyncConnectionPool, max_attempts: int) -> list[dict[str, A
             "WITH expired AS (SELECT run_id, attempt >= %(max)s AND NOT compensating AS dead, "
             "EXISTS (SELECT 1 FROM keel_tool_ledger l WHERE l.run_id = r.run_id::text AND l.status = 'succeeded' "
             "AND coalesce(l.compensation, '') <> 'done') AS has_effects "
-            "FROM keel_runs r WHERE status = 'running' AND lease_expires_at < now() FOR UPDATE SKIP LOCKED) "
+            "FROM keel_runs r WHERE status = 'running' AND lease_expires_at < now() "
+            # A worker never reaps its own runs: it knows they are alive (its heartbeat may merely be late).
+            "AND lease_owner IS DISTINCT FROM %(owner)s FOR UPDATE SKIP LOCKED) "
             "UPDATE keel_runs k SET "
             "status = CASE WHEN e.dead AND NOT e.has_effects THEN 'error' ELSE 'pending' END, "
             f"error = CASE WHEN e.dead THEN {exhausted} ELSE k.error END, "
@@ -152,7 +156,7 @@ async def reap(pool: AsyncConnectionPool, max_attempts: int) -> list[dict[str, A
             "lease_owner = NULL, lease_expires_at = NULL, updated_at = now() "
             "FROM expired e WHERE k.run_id = e.run_id "
             "RETURNING k.run_id::text, k.thread_id::text, k.status, k.attempt, k.error, k.compensating",
-            {"max": max_attempts})
+            {"max": max_attempts, "owner": owner})
         rows = await cur.fetchall()
         for r in rows:
             if r["status"] == "error":

@@ -179,7 +179,7 @@ class Worker:
             try:
                 if time.monotonic() - last_reap >= min(1.0, self.lease_s / 2):
                     last_reap = time.monotonic()
-                    for r in await queue.reap(self.svc.db.pool, self.max_attempts):
+                    for r in await queue.reap(self.svc.db.pool, self.max_attempts, self.owner):
                         log.warning("run %s: lease expired, %s (attempt %s)", r["run_id"],
                                     "dead-lettered" if r["status"] == "error" else "re-queued", r["attempt"])
                 while len(self.handles) < self.concurrency and not self._stopping:

@@ -1,0 +1,60 @@
+"""MCP endpoints: the tool registry over streamable HTTP at /mcp (in `keel serve`) and over stdio (`keel mcp`).
+
+HTTP callers authenticate like API callers (Bearer or x-api-key from KEEL_API_KEYS); stdio runs as the
+local user of the machine that started it. Both go through the same policies, ledger and audit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from agent import toolbox
+from server.auth import LOCAL_USER, User, user_for
+from server.errors import ApiError
+from server.settings import Settings
+from tools.mcp_server import build_mcp_server
+from tools.policy import UserAttrs
+from tools.registry import ToolContext
+
+
+def _context(svc: Any, user: User) -> ToolContext:
+    return ToolContext(user=UserAttrs(user.id, frozenset(user.roles), user.tenant),
+                       namespace=svc.settings.keel_namespace, store=svc.db.store, thread_id=f"mcp-{user.id}",
+                       pool=svc.db.pool, settings=toolbox.services.settings)
+
+
+def mount_mcp(app: FastAPI, settings: Settings):
+    """Add POST/GET/DELETE /mcp to the app; returns the session manager the lifespan must run."""
+
+    def context_for(request: Any) -> ToolContext:
+        svc = app.state.keel
+        headers = getattr(request, "headers", {}) or {}
+        try:
+            user = user_for(svc.settings.api_users, headers.get("authorization"), headers.get("x-api-key"))
+        except ApiError as exc:
+            raise PermissionError(exc.detail) from None
+        return _context(svc, user)
+
+    server = build_mcp_server(toolbox.registry(), context_for, allow_approval=settings.keel_mcp_approval)
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    # With API keys, every call is authenticated; without them (local mode) keep DNS-rebinding protection,
+    # so a web page in the user's browser cannot drive the local server through a rebound host name.
+    security = (TransportSecuritySettings(enable_dns_rebinding_protection=False) if settings.api_users else None)
+    mcp_app = server.streamable_http_app(streamable_http_path="/mcp", stateless_http=True, json_response=True,
+                                         transport_security=security)
+    for route in mcp_app.routes:
+        app.router.routes.append(route)
+    return server.session_manager
+
+
+async def serve_stdio(svc: Any) -> None:
+    """`keel mcp`: the registry over stdin/stdout, as the local user."""
+    from mcp.server.stdio import stdio_server
+
+    server = build_mcp_server(toolbox.registry(), lambda request: _context(svc, User(LOCAL_USER)),
+                              allow_approval=svc.settings.keel_mcp_approval)
+    async with stdio_server() as (read, write):
+        await server.run(read, write, server.create_initialization_options())

@@ -1,0 +1,73 @@
+"""MCP both ways of serving: streamable HTTP at /mcp in `keel serve` and stdio via `keel mcp`,
+driven by the official `mcp` client."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import httpx2
+import pytest
+from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+
+from tests.support.live import KEEL, keel_env, live_server
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(database_url, tmp_path_factory):
+    with live_server(database_url, extra_env={"KEEL_API_KEYS": "ka:alice:support,kb:bob"}) as srv:
+        yield srv
+
+
+def client(url: str, key: str | None) -> Client:
+    headers = {"x-api-key": key} if key else {}
+    return Client(streamable_http_client(url + "/mcp", http_client=httpx2.AsyncClient(headers=headers, timeout=30)))
+
+
+async def test_http_lists_the_registry_and_calls_through_policies(server, database_url):
+    async with client(server.url, "ka") as c:
+        tools = {t.name: t for t in (await c.list_tools()).tools}
+        assert {"calculator", "search_docs", "create_ticket", "remember", "researcher"} <= set(tools)
+        assert "fx" not in tools
+        assert tools["calculator"].input_schema["properties"]["expression"]["type"] == "string"
+        assert tools["create_ticket"].annotations.destructive_hint is True
+        r = await c.call_tool("calculator", {"expression": "6*7"})
+        assert not r.is_error and r.structured_content == {"result": 42}
+        bad = await c.call_tool("calculator", {"nope": 1})
+        assert bad.is_error and "invalid arguments" in bad.content[0].text
+        refused = await c.call_tool("create_ticket", {"title": "from mcp"})
+        assert refused.is_error and "approval" in refused.content[0].text
+        await c.call_tool("remember", {"fact": "Alice uses MCP"})
+    async with client(server.url, "kb") as c:
+        got = await c.call_tool("recall", {"query": "MCP"})
+        assert got.structured_content == {"memories": []}, "bob cannot see alice's memories"
+    import psycopg
+
+    with psycopg.connect(database_url) as conn:
+        n = conn.execute("SELECT count(*) FROM keel_tickets WHERE title = 'from mcp'").fetchone()[0]
+        audit = conn.execute("SELECT user_id, decision, outcome FROM keel_tool_audit WHERE tool = 'create_ticket'"
+                             ).fetchall()
+    assert n == 0, "refused over MCP: never executed"
+    assert ("alice", "approve", "not executed") in [tuple(a) for a in audit], audit
+
+
+async def test_http_requires_a_key(server):
+    async with client(server.url, None) as c:
+        r = await c.call_tool("calculator", {"expression": "1+1"})
+        assert r.is_error and "API key" in r.content[0].text
+
+
+async def test_stdio(database_url, tmp_path):
+    env = keel_env(database_url, tmp_path)
+    params = StdioServerParameters(command=KEEL, args=["mcp"], env=env, cwd=str(Path(__file__).parents[2]))
+    async with Client(params, read_timeout_seconds=60) as c:
+        names = {t.name for t in (await c.list_tools()).tools}
+        assert "calculator" in names
+        r = await c.call_tool("calculator", {"expression": "2**5"})
+        assert r.structured_content == {"result": 32}
+        assert json.loads(json.dumps(r.structured_content)) == {"result": 32}
+    assert os.environ.get("KEEL_API_KEYS") is None
