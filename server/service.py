@@ -130,7 +130,28 @@ class KeelService:
     @classmethod
     async def start(cls, settings: Settings) -> KeelService:
         """Connect (starting the embedded Postgres when DATABASE_URL is unset), migrate, compile."""
-        return cls(settings, await open_db(settings))
+        svc = cls(settings, await open_db(settings))
+        await svc.import_mcp_tools()
+        return svc
+
+    async def import_mcp_tools(self) -> int:
+        """Register the tools of the external MCP servers in KEEL_MCP_SERVERS (fails start-up if unreachable)."""
+        import json
+
+        if not self.settings.keel_mcp_servers.strip():
+            return 0
+        from agent import toolbox
+        from tools.mcp_client import load_mcp_tools, register_all
+
+        try:
+            servers = json.loads(self.settings.keel_mcp_servers)
+            assert isinstance(servers, dict)
+        except (ValueError, AssertionError) as exc:
+            raise ValueError(f"KEEL_MCP_SERVERS must be a JSON object of servers: {exc}") from None
+        specs = await load_mcp_tools(servers)
+        register_all(toolbox.registry(), specs)
+        log.info("imported %d tool(s) from %d MCP server(s)", len(specs), len(servers))
+        return len(specs)
 
     async def close(self) -> None:
         if self.worker is not None:

@@ -101,8 +101,10 @@ class ToolSpec:
         async def _unbound(**kwargs: Any) -> Any:  # pragma: no cover - never called by the graph
             raise RuntimeError("tools run through tools.execute, not through the LangChain tool object")
 
+        # Tools imported from MCP servers carry their JSON Schema as is (no pydantic fields to derive it from).
+        schema = getattr(self.input_model, "__keel_json_schema__", None) or self.input_model
         return StructuredTool.from_function(
-            coroutine=_unbound, name=self.name, description=self.description, args_schema=self.input_model,
+            coroutine=_unbound, name=self.name, description=self.description, args_schema=schema,
             metadata={"version": self.version, "side_effect": self.side_effect},
         )
 

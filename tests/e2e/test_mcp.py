@@ -71,3 +71,31 @@ async def test_stdio(database_url, tmp_path):
         assert r.structured_content == {"result": 32}
         assert json.loads(json.dumps(r.structured_content)) == {"result": 32}
     assert os.environ.get("KEEL_API_KEYS") is None
+
+
+async def test_external_mcp_server_tools_join_the_registry_governed(database_url, tmp_path, db):
+    """Consume an external MCP server (here: another Keel's `keel mcp` over stdio) as registry entries."""
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+
+    from tools.execute import prepare_call, run_prepared
+    from tools.mcp_client import load_mcp_tools
+    from tools.policy import UserAttrs
+    from tools.registry import ToolContext, ToolRegistry
+
+    entry = {"command": KEEL, "args": ["mcp"], "env": keel_env(database_url, tmp_path), "cwd": str(tmp_path)}
+    reg = ToolRegistry(await load_mcp_tools({"peer": entry}))
+    assert {"peer_calculator", "peer_create_ticket", "peer_search_docs"} <= set(reg.names())
+    calc, ticket = reg.get("peer_calculator"), reg.get("peer_create_ticket")
+    assert calc.side_effect == "read" and not calc.needs_approval
+    assert ticket.side_effect == "write" and ticket.needs_approval
+    fn = convert_to_openai_tool(calc.as_langchain_tool())["function"]
+    assert fn["name"] == "peer_calculator" and "expression" in fn["parameters"]["properties"]
+
+    ctx = ToolContext(user=UserAttrs("alice"), namespace="default", thread_id="t-mcp", pool=db.pool)
+    p = await prepare_call(reg, {"name": "peer_calculator", "args": {"expression": "3*3"}, "id": "m1"}, ctx)
+    res = await run_prepared(p, ctx)
+    assert res.status == "success" and json.loads(res.content)["structured"] == {"result": 9}
+    bad = await prepare_call(reg, {"name": "peer_calculator", "args": {"expr": 1}, "id": "m2"}, ctx)
+    assert bad.error and "invalid arguments" in bad.error
+    gated = await prepare_call(reg, {"name": "peer_create_ticket", "args": {"title": "x"}, "id": "m3"}, ctx)
+    assert gated.human == "approval", "an imported write tool still needs a human"
