@@ -208,3 +208,37 @@ async def test_json_logs_carry_run_context(traced_server, traced_run):
         assert record["thread_id"] == tid
         assert {"ts", "level", "logger", "msg"} <= set(record)
     uuid.UUID(rid)
+
+
+async def test_tool_and_specialist_runs_are_traced_with_their_version(capture, traced_server):
+    """A tool call is its own `tool` run (name, version, idempotency key) under execute_tools; the researcher
+    specialist appears as its own subtree."""
+    client = get_client(url=traced_server.url, api_key=None)
+    try:
+        tid = (await client.threads.create())["thread_id"]
+        created: list[dict] = []
+        await client.runs.wait(tid, "agent", on_run_created=created.append, input={"messages": [
+            {"role": "user", "content": '/tool researcher {"question": "How does Keel scale out workers?"}'}]})
+    finally:
+        await client.aclose()
+    rid = created[0]["run_id"]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        runs = parse_runs(_snapshot(capture))
+        tool_runs = [r for r in runs.values() if r.get("name") == "researcher" and r.get("run_type") == "tool"]
+        if tool_runs and tool_runs[0].get("end_time") and runs.get(rid, {}).get("end_time"):
+            break
+        await asyncio.sleep(0.25)
+    assert tool_runs, sorted({r.get("name") for r in runs.values()})
+    tool = tool_runs[0]
+    assert str(tool["trace_id"]) == rid
+    assert tool["extra"]["metadata"]["tool_version"] == "1"
+    parent = runs[str(tool["parent_run_id"])]
+    assert parent["name"] == "execute_tools"
+    # The specialist's own graph and nodes hang under the tool run.
+    sub = [r for r in runs.values() if str(r.get("parent_run_id")) == str(tool["id"])]
+    sub_names = {r["name"] for r in sub}
+    assert "researcher" in sub_names, sub_names
+    graph_run = next(r for r in sub if r["name"] == "researcher")
+    nodes = {r["name"] for r in runs.values() if str(r.get("parent_run_id")) == str(graph_run["id"])}
+    assert {"research_retrieve", "research_draft", "research_check"} <= nodes, nodes

@@ -248,3 +248,26 @@ async def test_memories_are_per_user(db):
     assert got and got[0]["fact"] == "Alice prefers tea over coffee"
     p = await prepare_call(reg, {"name": "recall", "args": {"query": "what does she drink"}, "id": "r2"}, bob)
     assert json.loads((await run_prepared(p, bob)).content)["memories"] == []
+
+
+async def test_researcher_specialist_runs_as_a_checkpointed_subgraph(graph, db):
+    """Manager -> Specialist: the researcher is a tool; its subgraph is checkpointed inside the parent run."""
+    await db.store.aput(("docs", "default"), "scale.md#0", {
+        "text": "To scale out, start more keel worker processes against the same Postgres database.",
+        "source": "scale.md", "heading": "Scaling", "title": "Scaling"})
+    config = cfg()
+    ctx = Context(user_id="alice")  # the offline engine: /tool calls the tool
+    out = await graph.ainvoke({"messages": [HumanMessage(
+        content='/tool researcher {"question": "How do I scale out workers?"}')]}, config, context=ctx)
+    msg = next(m for m in out["messages"] if isinstance(m, ToolMessage))
+    assert msg.status == "success" and msg.name == "researcher"
+    report = json.loads(msg.content)
+    assert "worker" in report["findings"] and "[1]" in report["findings"] and 0 <= report["score"] <= 1
+    assert report["sources"][0]["source"] == "scale.md"
+    async with db.pool.connection() as conn:
+        rows = await (await conn.execute(
+            "SELECT DISTINCT checkpoint_ns FROM checkpoints WHERE thread_id = %s AND checkpoint_ns <> ''",
+            (config["configurable"]["thread_id"],))).fetchall()
+    assert rows and all(r["checkpoint_ns"].startswith("execute_tools:") for r in rows), rows
+    state = (await graph.aget_state(config)).values
+    assert state["tool_calls"] == 1, "the specialist counts as one tool call of the parent's budget"
