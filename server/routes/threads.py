@@ -75,9 +75,8 @@ async def create(body: ThreadCreate, svc: Service, user: CurrentUser) -> dict:
     return thread_json(row)
 
 
-@router.post("/search")
-async def search(body: ThreadSearch, svc: Service, user: CurrentUser, response: Response) -> list[dict]:
-    """The caller's threads filtered by metadata, values, ids and status."""
+def _filters(body: ThreadSearch, user: User) -> tuple[str, list]:
+    """WHERE clause and parameters for the caller's threads matching metadata, values, ids and status."""
     where, params = ["user_id = %s"], [user.id]
     if body.metadata:
         where.append("metadata @> %s")
@@ -91,8 +90,14 @@ async def search(body: ThreadSearch, svc: Service, user: CurrentUser, response: 
     if body.status:
         where.append("status = %s")
         params.append(body.status)
+    return " AND ".join(where), params
+
+
+@router.post("/search")
+async def search(body: ThreadSearch, svc: Service, user: CurrentUser, response: Response) -> list[dict]:
+    """The caller's threads filtered by metadata, values, ids and status."""
+    sql_where, params = _filters(body, user)
     order = f"{body.sort_by or 'updated_at'} {(body.sort_order or 'desc').upper()}"
-    sql_where = " AND ".join(where)
     async with svc.db.pool.connection() as conn:
         cur = await conn.execute(f"SELECT count(*) AS n FROM keel_threads WHERE {sql_where}", params)
         total = (await cur.fetchone())["n"]
@@ -109,16 +114,10 @@ async def search(body: ThreadSearch, svc: Service, user: CurrentUser, response: 
 
 @router.post("/count")
 async def count(body: ThreadSearch, svc: Service, user: CurrentUser) -> int:
-    """How many of the caller's threads match."""
-    where, params = ["user_id = %s"], [user.id]
-    if body.metadata:
-        where.append("metadata @> %s")
-        params.append(Jsonb(jsonable(body.metadata)))
-    if body.status:
-        where.append("status = %s")
-        params.append(body.status)
+    """How many of the caller's threads match (same filters as search)."""
+    sql_where, params = _filters(body, user)
     async with svc.db.pool.connection() as conn:
-        cur = await conn.execute(f"SELECT count(*) AS n FROM keel_threads WHERE {' AND '.join(where)}", params)
+        cur = await conn.execute(f"SELECT count(*) AS n FROM keel_threads WHERE {sql_where}", params)
         return (await cur.fetchone())["n"]
 
 

@@ -14,6 +14,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -201,12 +202,22 @@ class EventFeed:
             cur = await conn.execute("SELECT status, result, error FROM keel_runs WHERE run_id = %s", (run_id,))
             return await cur.fetchone()
 
+    @contextmanager
+    def _waiting(self, group: defaultdict[str, set[asyncio.Event]], run_id: str):
+        """An event the LISTEN loop sets for this run while the block runs."""
+        wake = asyncio.Event()
+        group[run_id].add(wake)
+        try:
+            yield wake
+        finally:
+            group[run_id].discard(wake)
+            if not group[run_id]:
+                group.pop(run_id, None)
+
     async def subscribe(self, run_id: str, after: int = 0) -> AsyncIterator[Event]:
         """Events with seq > after, then live ones, until the run is terminal (or gone)."""
-        wake = asyncio.Event()
-        self._waiters[run_id].add(wake)
         last = after
-        try:
+        with self._waiting(self._waiters, run_id) as wake:
             while True:
                 wake.clear()
                 row = await self.status(run_id)
@@ -221,23 +232,15 @@ class EventFeed:
                 if rows:
                     continue
                 if row is None or row["status"] in TERMINAL:
-                    return
-                if row["status"] == "pending" and last > after:
-                    pass  # re-queued after a crash or drain: keep following the next attempt
+                    return  # (a re-queued run is "pending": the loop keeps following its next attempt)
                 try:
                     await asyncio.wait_for(wake.wait(), self.poll_s)
                 except TimeoutError:
                     pass
-        finally:
-            self._waiters[run_id].discard(wake)
-            if not self._waiters[run_id]:
-                self._waiters.pop(run_id, None)
 
     async def wait_terminal(self, run_id: str) -> dict[str, Any] | None:
         """Block until the run is terminal; return its row (status, result, error). Woken only at the end."""
-        wake = asyncio.Event()
-        self._done_waiters[run_id].add(wake)
-        try:
+        with self._waiting(self._done_waiters, run_id) as wake:
             while True:
                 wake.clear()
                 row = await self.status(run_id)
@@ -247,7 +250,3 @@ class EventFeed:
                     await asyncio.wait_for(wake.wait(), max(self.poll_s, 2.0))
                 except TimeoutError:
                     pass
-        finally:
-            self._done_waiters[run_id].discard(wake)
-            if not self._done_waiters[run_id]:
-                self._done_waiters.pop(run_id, None)

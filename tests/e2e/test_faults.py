@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, running_cluster
 
 pytestmark = pytest.mark.slow
 PLAIN = {"stream_mode": ["values", "updates"]}
@@ -27,12 +27,8 @@ PLAIN = {"stream_mode": ["values", "updates"]}
 
 @pytest.fixture(scope="module")
 def cluster(database_url):
-    c = Cluster(database_url)
-    c.start_api()
-    c.start_worker()
-    c.start_worker()
-    yield c
-    c.stop()
+    with running_cluster(database_url) as c:
+        yield c
     # Nothing leaks: once every Keel process is gone, no connection to the database remains.
     rows = c.sql("SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() "
                  "AND pid <> pg_backend_pid()")

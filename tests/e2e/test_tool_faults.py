@@ -12,19 +12,15 @@ import httpx
 import pytest
 
 from tests.e2e.test_faults import PLAIN, ensure_workers
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, running_cluster
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def cluster(database_url):
-    c = Cluster(database_url)
-    c.start_api()
-    c.start_worker()
-    c.start_worker()
-    yield c
-    c.stop()
+    with running_cluster(database_url) as c:
+        yield c
 
 
 def fx_rows(c: Cluster, thread_id: str, kind: str = "effect") -> list[str]:

@@ -198,3 +198,21 @@ def assert_event_log(cluster: Cluster, run_id: str, status: str) -> None:
     nodes = [next(iter(r["data"])) for r in rows if r["event"] == "updates" and isinstance(r["data"], dict)]
     nodes = [n for n in nodes if n != "__interrupt__"]
     assert len(nodes) == len(set(nodes)), f"run {run_id}: duplicated updates {nodes}"
+
+
+def running_cluster(database_url: str, workers: int = 2):
+    """A started cluster (API + `workers` workers) as a context manager for module fixtures."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def _cm():
+        c = Cluster(database_url)
+        try:
+            c.start_api()
+            for _ in range(workers):
+                c.start_worker()
+            yield c
+        finally:
+            c.stop()
+
+    return _cm()
