@@ -460,3 +460,33 @@ async def test_cancel_and_delete_run(client):
     await client.runs.delete(tid, run["run_id"])
     with pytest.raises(NotFoundError):
         await client.runs.get(tid, run["run_id"])
+
+
+async def test_store_api_is_scoped_to_the_caller(auth_server):
+    """The LangGraph Server store API (Studio's memory view) over pgvector memory, per user."""
+    alice = get_client(url=auth_server.url, api_key="ka")
+    bob = get_client(url=auth_server.url, api_key="kb")
+    try:
+        await alice.store.put_item(["memories", "prefs"], key="drink", value={"text": "Alice drinks green tea"})
+        await alice.store.put_item(["memories"], key="pet", value={"text": "Alice has a cat named Miso"})
+        got = await alice.store.get_item(["memories", "prefs"], key="drink")
+        assert got["value"] == {"text": "Alice drinks green tea"} and got["namespace"] == ["memories", "prefs"]
+        hits = (await alice.store.search_items(["memories"], query="which animal lives with her", limit=5))["items"]
+        assert hits and hits[0]["key"] == "pet" and "score" in hits[0]
+        spaces = (await alice.store.list_namespaces())["namespaces"]
+        assert ["memories", "prefs"] in spaces
+        # Bob sees none of it, even naming the same namespace and key.
+        with pytest.raises(NotFoundError):
+            await bob.store.get_item(["memories", "prefs"], key="drink")
+        assert (await bob.store.search_items(["memories"], query="tea"))["items"] == []
+        assert (await bob.store.list_namespaces())["namespaces"] == []
+        await bob.store.delete_item(["memories", "prefs"], key="drink")  # deletes bob's (nonexistent) item only
+        assert (await alice.store.get_item(["memories", "prefs"], key="drink"))["key"] == "drink"
+        await alice.store.delete_item(["memories", "prefs"], key="drink")
+        with pytest.raises(NotFoundError):
+            await alice.store.get_item(["memories", "prefs"], key="drink")
+        with pytest.raises(UnprocessableEntityError):
+            await alice.store.search_items(["bad.label"])
+    finally:
+        await alice.aclose()
+        await bob.aclose()

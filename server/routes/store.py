@@ -1,0 +1,127 @@
+"""The LangGraph Server store API over Keel's long-term memory, scoped to the caller.
+
+A caller's namespace ["memories", ...] is stored as ("memories", <user id>, ...): the user id is always
+inserted by the server from authentication, never taken from the request, so one user can never read
+or write another's items (and the shared document corpus is not reachable through this API).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Response
+from pydantic import Field
+
+from server.auth import CurrentUser, User
+from server.deps import Service
+from server.errors import ApiError
+from server.schemas import _Body
+from server.serde import jsonable
+from tools.memory_tools import memories_namespace
+
+router = APIRouter(prefix="/store", tags=["store"])
+
+
+class PutItem(_Body):
+    namespace: list[str] = Field(..., min_length=1, max_length=10)
+    key: str = Field(..., min_length=1, max_length=512)
+    value: dict[str, Any]
+    index: bool | list[str] | None = None
+    ttl: float | None = None
+
+
+class DeleteItem(_Body):
+    namespace: list[str] = Field(..., min_length=1, max_length=10)
+    key: str = Field(..., min_length=1, max_length=512)
+
+
+class SearchItems(_Body):
+    namespace_prefix: list[str] = Field(default_factory=list, max_length=10)
+    filter: dict[str, Any] | None = None
+    limit: int = Field(10, ge=1, le=1000)
+    offset: int = Field(0, ge=0)
+    query: str | None = None
+    refresh_ttl: bool | None = None
+
+
+class ListNamespaces(_Body):
+    prefix: list[str] | None = None
+    suffix: list[str] | None = None
+    max_depth: int | None = Field(None, ge=1, le=10)
+    limit: int = Field(100, ge=1, le=1000)
+    offset: int = Field(0, ge=0)
+
+
+def _check_labels(labels: list[str]) -> None:
+    for label in labels:
+        if not label or "." in label:
+            raise ApiError(422, f"Invalid namespace label {label!r}: labels are non-empty and contain no periods")
+
+
+def real(user: User, namespace: list[str]) -> tuple[str, ...]:
+    """The stored namespace: the caller's id goes in as the second label."""
+    _check_labels(namespace)
+    return (namespace[0], memories_namespace(user.id)[1], *namespace[1:])
+
+
+def visible(user: User, namespace: tuple[str, ...]) -> list[str]:
+    """The namespace as the caller sees it (their id removed)."""
+    return [namespace[0], *namespace[2:]]
+
+
+def item_json(user: User, item: Any) -> dict[str, Any]:
+    out = {"namespace": visible(user, tuple(item.namespace)), "key": item.key, "value": jsonable(item.value),
+           "created_at": item.created_at.isoformat(), "updated_at": item.updated_at.isoformat()}
+    if getattr(item, "score", None) is not None:
+        out["score"] = item.score
+    return out
+
+
+@router.put("/items", status_code=204)
+async def put_item(body: PutItem, svc: Service, user: CurrentUser) -> Response:
+    """Create or replace an item in one of the caller's namespaces."""
+    index = False if body.index is False else (body.index if isinstance(body.index, list) else None)
+    await svc.db.store.aput(real(user, body.namespace), body.key, body.value, index=index,
+                            ttl=body.ttl)
+    return Response(status_code=204)
+
+
+@router.get("/items")
+async def get_item(svc: Service, user: CurrentUser, key: str, namespace: str = Query(""),
+                   refresh_ttl: bool | None = None) -> dict:
+    """One item; the namespace is dot-separated, as the SDK sends it."""
+    labels = [p for p in namespace.split(".") if p] if namespace else []
+    if not labels:
+        raise ApiError(422, "namespace is required")
+    item = await svc.db.store.aget(real(user, labels), key, refresh_ttl=refresh_ttl)
+    if item is None:
+        raise ApiError(404, f"Item with key {key} not found in namespace {labels}")
+    return item_json(user, item)
+
+
+@router.delete("/items", status_code=204)
+async def delete_item(body: DeleteItem, svc: Service, user: CurrentUser) -> Response:
+    """Delete one of the caller's items."""
+    await svc.db.store.adelete(real(user, body.namespace), body.key)
+    return Response(status_code=204)
+
+
+@router.post("/items/search")
+async def search_items(body: SearchItems, svc: Service, user: CurrentUser) -> dict:
+    """Filter and/or semantic search within the caller's namespaces (default: ["memories"])."""
+    prefix = body.namespace_prefix or ["memories"]
+    items = await svc.db.store.asearch(real(user, prefix), query=body.query, filter=body.filter, limit=body.limit,
+                                       offset=body.offset, refresh_ttl=body.refresh_ttl)
+    return {"items": [item_json(user, i) for i in items]}
+
+
+@router.post("/namespaces")
+async def list_namespaces(body: ListNamespaces, svc: Service, user: CurrentUser) -> dict:
+    """The caller's namespaces."""
+    me = memories_namespace(user.id)[1]
+    prefix = ("*", me) if not body.prefix else real(user, body.prefix)
+    _check_labels(body.suffix or [])
+    found = await svc.db.store.alist_namespaces(
+        prefix=prefix, suffix=tuple(body.suffix) if body.suffix else None,
+        max_depth=body.max_depth + 1 if body.max_depth else None, limit=body.limit, offset=body.offset)
+    return {"namespaces": [visible(user, ns) for ns in found if len(ns) > 1 and ns[1] == me]}
