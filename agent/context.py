@@ -31,5 +31,7 @@ class Context:
     """Node executions per turn."""
     max_tool_calls: int = 8
     """Tool executions per turn."""
+    history_tokens: int = 3000
+    """Budget (approximate tokens) for earlier turns sent to the model; older turns are dropped whole."""
     tools: list[str] | None = field(default=None)
     """Tool allowlist; None = every registered tool."""

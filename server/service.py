@@ -29,7 +29,7 @@ _STARTED = datetime.now(UTC).isoformat()
 
 # Run settings a request may change through `context`; identity and models come from the server only.
 REQUEST_CONTEXT_FIELDS = {"namespace", "retrieve_k", "critic_threshold", "max_revisions", "max_steps",
-                          "max_tool_calls", "tools"}
+                          "max_tool_calls", "tools", "history_tokens"}
 
 
 def load_builder(spec: str | None):
@@ -192,6 +192,9 @@ class KeelService:
             elif key == "critic_threshold":
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
                     raise ApiError(422, "context.critic_threshold must be a number between 0 and 1")
+            elif key == "history_tokens":
+                if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1_000_000:
+                    raise ApiError(422, "context.history_tokens must be an integer between 0 and 1000000")
             elif isinstance(value, bool) or not isinstance(value, int) or value < 0 or value > 1000:
                 raise ApiError(422, f"context.{key} must be an integer between 0 and 1000 ({types[key]})")
             clean[key] = value

@@ -35,13 +35,37 @@ def documents_block(passages: list[dict[str, Any]]) -> str:
     return DOCUMENTS_TEMPLATE.format(documents=docs)
 
 
-def build_prompt(state: State) -> list[BaseMessage]:
-    """System prompt, then the passages (as data), then the conversation with this turn's question last."""
+def approx_tokens(message: BaseMessage) -> int:
+    """A cheap token estimate (4 characters a token) of a message, tool calls included."""
+    size = len(str(message.content)) + sum(len(str(tc.get("args"))) + len(tc.get("name", ""))
+                                           for tc in getattr(message, "tool_calls", None) or [])
+    return size // 4 + 4
+
+
+def trim_history(history: list[BaseMessage], budget: int) -> list[BaseMessage]:
+    """The most recent whole turns of `history` that fit in `budget` tokens.
+
+    Cuts only where a human message starts a turn, so an AI message with tool calls is never separated from
+    its tool results (providers reject orphaned tool messages).
+    """
+    total, start = 0, len(history)
+    for i in range(len(history) - 1, -1, -1):
+        total += approx_tokens(history[i])
+        if total > budget:
+            break
+        if isinstance(history[i], HumanMessage):
+            start = i
+    return history[start:]
+
+
+def build_prompt(state: State, history_tokens: int = 3000) -> list[BaseMessage]:
+    """System prompt, earlier turns (trimmed to budget), the passages as data, then this turn."""
     messages = list(state.get("messages", []))
     docs = HumanMessage(content=documents_block(state.get("passages", [])), name="retrieved_documents")
     # The passages go right before this turn's question, so tool calls and results follow the question.
     last_human = max((i for i, m in enumerate(messages) if isinstance(m, HumanMessage)), default=len(messages))
-    return [SystemMessage(content=SYSTEM_PROMPT), *messages[:last_human], docs, *messages[last_human:]]
+    earlier = trim_history(messages[:last_human], history_tokens)
+    return [SystemMessage(content=SYSTEM_PROMPT), *earlier, docs, *messages[last_human:]]
 
 
 async def summarize(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -54,7 +78,7 @@ async def summarize(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     tools = registry().select(ctx.tools)
     if tools and state.get("tool_calls", 0) < ctx.max_tool_calls:
         model = model.bind_tools([t.as_langchain_tool() for t in tools])
-    response = await model.ainvoke(build_prompt(state))
+    response = await model.ainvoke(build_prompt(state, ctx.history_tokens))
     if not isinstance(response, AIMessage):  # pragma: no cover - defensive for odd providers
         response = AIMessage(content=str(getattr(response, "content", response)))
     if not response.id:
