@@ -226,6 +226,33 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_memory(args: argparse.Namespace, settings: Settings) -> int:
+    from tools.memory_tools import memories_namespace
+
+    async def run(db) -> int:
+        ns = memories_namespace(args.user)
+        items, offset = [], 0
+        while True:
+            page = await db.store.asearch(ns, limit=500, offset=offset)
+            items.extend(page)
+            if len(page) < 500:
+                break
+            offset += 500
+        if args.action == "export":
+            for it in items:
+                print(json.dumps({"namespace": ["memories", *it.namespace[2:]], "key": it.key, "value": it.value,
+                                  "created_at": it.created_at.isoformat(), "updated_at": it.updated_at.isoformat()},
+                                 ensure_ascii=False))
+        else:
+            for it in items:
+                await db.store.adelete(tuple(it.namespace), it.key)
+            print(f"deleted {len(items)} memories of user {args.user!r}", file=sys.stderr)
+        return len(items)
+
+    asyncio.run(_with_db(settings, run))
+    return 0
+
+
 def cmd_mcp(args: argparse.Namespace, settings: Settings) -> int:
     from server.mcp import serve_stdio
     from server.service import KeelService
@@ -300,6 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("action", choices=["list"])
     t.add_argument("--json", action="store_true", help="every tool's versioned JSON Schema contract")
     t.set_defaults(func=cmd_tools)
+
+    mem = sub.add_parser("memory", help="a user's long-term memories")
+    mem.add_argument("action", choices=["export", "delete"])
+    mem.add_argument("--user", required=True, help="the user id (as authenticated by the API)")
+    mem.set_defaults(func=cmd_memory)
 
     m = sub.add_parser("mcp", help="serve the tool registry over MCP on stdin/stdout")
     m.set_defaults(func=cmd_mcp)
