@@ -253,6 +253,22 @@ def cmd_memory(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
+    from server.retention import sweep
+
+    async def run(db) -> int:
+        total = 0
+        while True:
+            ids = await sweep(db, idle_days=args.idle_days)
+            total += len(ids)
+            if len(ids) < 500:
+                return total
+
+    n = asyncio.run(_with_db(settings, run))
+    print(f"pruned {n} thread(s) (expired TTLs{f', idle for {args.idle_days:g}+ days' if args.idle_days else ''})")
+    return 0
+
+
 def cmd_mcp(args: argparse.Namespace, settings: Settings) -> int:
     from server.mcp import serve_stdio
     from server.service import KeelService
@@ -327,6 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("action", choices=["list"])
     t.add_argument("--json", action="store_true", help="every tool's versioned JSON Schema contract")
     t.set_defaults(func=cmd_tools)
+
+    pr = sub.add_parser("prune", help="delete expired threads (and idle ones) from checkpoints, runs, events, store")
+    pr.add_argument("--idle-days", type=float, default=None, help="also delete threads untouched this many days")
+    pr.set_defaults(func=cmd_prune)
 
     mem = sub.add_parser("memory", help="a user's long-term memories")
     mem.add_argument("action", choices=["export", "delete"])

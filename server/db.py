@@ -177,6 +177,11 @@ MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS keel_outbox_pending_idx ON keel_outbox (next_attempt_at) WHERE status = 'pending';
     ALTER TABLE keel_runs ADD COLUMN IF NOT EXISTS compensating boolean NOT NULL DEFAULT false;
     """,
+    # 5: thread TTL: an expired thread is deleted everywhere by the sweep (`keel prune`, workers).
+    """
+    ALTER TABLE keel_threads ADD COLUMN IF NOT EXISTS expires_at timestamptz;
+    CREATE INDEX IF NOT EXISTS keel_threads_expires_idx ON keel_threads (expires_at) WHERE expires_at IS NOT NULL;
+    """,
 ]
 
 

@@ -12,6 +12,7 @@ from psycopg.types.json import Jsonb
 from server.auth import CurrentUser, User
 from server.deps import Service
 from server.errors import ApiError, not_found, parse_uuid
+from server.retention import delete_thread_everywhere
 from server.schemas import CheckpointQuery, HistoryQuery, StateUpdate, ThreadCreate, ThreadPatch, ThreadSearch
 from server.serde import jsonable
 from server.service import KeelService
@@ -58,15 +59,29 @@ def thread_config(thread_id: str, checkpoint: dict[str, Any] | None = None) -> d
     return {"configurable": configurable}
 
 
+def _ttl_minutes(ttl: dict[str, Any] | int | None) -> float | None:
+    """A thread TTL in minutes: `{"ttl": minutes, "strategy": "delete"}` (SDK shape) or a number."""
+    if ttl is None:
+        return None
+    value = ttl.get("ttl") if isinstance(ttl, dict) else ttl
+    strategy = ttl.get("strategy", "delete") if isinstance(ttl, dict) else "delete"
+    if strategy != "delete" or isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ApiError(422, 'ttl must be a positive number of minutes, or {"ttl": minutes, "strategy": "delete"}')
+    return float(value)
+
+
 @router.post("")
 async def create(body: ThreadCreate, svc: Service, user: CurrentUser) -> dict:
     """Create a thread (409 if the id exists, unless if_exists=do_nothing)."""
     tid = parse_uuid(body.thread_id, "thread") if body.thread_id else str(uuid.uuid4())
     metadata = jsonable(body.metadata or {})
+    ttl_minutes = _ttl_minutes(body.ttl)
     async with svc.db.pool.connection() as conn:
         cur = await conn.execute(
-            f"INSERT INTO keel_threads (thread_id, user_id, metadata) VALUES (%s, %s, %s) "
-            f"ON CONFLICT (thread_id) DO NOTHING RETURNING {THREAD_COLUMNS}", (tid, user.id, Jsonb(metadata)))
+            f"INSERT INTO keel_threads (thread_id, user_id, metadata, expires_at) VALUES (%s, %s, %s, "
+            f"CASE WHEN %s::float IS NULL THEN NULL ELSE now() + %s::float * interval '1 minute' END) "
+            f"ON CONFLICT (thread_id) DO NOTHING RETURNING {THREAD_COLUMNS}",
+            (tid, user.id, Jsonb(metadata), ttl_minutes, ttl_minutes))
         row = await cur.fetchone()
     if row is None:
         if body.if_exists == "do_nothing":
@@ -154,12 +169,7 @@ async def delete(thread_id: str, svc: Service, user: CurrentUser) -> Response:
             await asyncio.wait_for(svc.feed.wait_terminal(str(run["run_id"])), 30)
         except TimeoutError:
             raise ApiError(409, "The thread's run did not stop within 30 s; try again") from None
-    async with svc.db.pool.connection() as conn, conn.transaction():
-        await conn.execute("DELETE FROM keel_run_events WHERE run_id IN (SELECT run_id FROM keel_runs "
-                           "WHERE thread_id = %s)", (tid,))
-        await conn.execute("DELETE FROM keel_runs WHERE thread_id = %s", (tid,))
-        await conn.execute("DELETE FROM keel_threads WHERE thread_id = %s", (tid,))
-    await svc.db.checkpointer.adelete_thread(tid)
+    await delete_thread_everywhere(svc.db, tid)
     return Response(status_code=204)
 
 

@@ -90,6 +90,7 @@ class Worker:
         self._listener: asyncio.Task | None = None
         self.heartbeat = Heartbeat(self, interval=max(0.2, lease_s / 4))
         self.outcomes: list[tuple[str, str]] = []
+        self.sweep_s = 60.0
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -174,6 +175,7 @@ class Worker:
 
     async def _run(self) -> None:
         last_reap = 0.0
+        last_sweep = time.monotonic()
         while not self._stopping:
             self._wake.clear()
             try:
@@ -182,6 +184,11 @@ class Worker:
                     for r in await queue.reap(self.svc.db.pool, self.max_attempts, self.owner):
                         log.warning("run %s: lease expired, %s (attempt %s)", r["run_id"],
                                     "dead-lettered" if r["status"] == "error" else "re-queued", r["attempt"])
+                if time.monotonic() - last_sweep >= self.sweep_s:
+                    last_sweep = time.monotonic()
+                    from server.retention import sweep
+
+                    await sweep(self.svc.db)  # expired thread TTLs
                 while len(self.handles) < self.concurrency and not self._stopping:
                     c = await queue.claim(self.svc.db.pool, self.owner, self.lease_s)
                     if c is None:

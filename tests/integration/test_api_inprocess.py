@@ -215,3 +215,28 @@ async def test_stateless_run_leaves_no_thread(client, db):
     await asyncio.sleep(0.1)
     after = await row_counts(db)
     assert after[0] == before[0], "the temporary thread is deleted (on_completion=delete)"
+
+
+async def test_thread_ttl_sweep_removes_everything(client, db):
+    from server.retention import sweep
+
+    r = await client.post("/threads", json={"ttl": {"ttl": 0.005, "strategy": "delete"}}, headers=ALICE)
+    tid = r.json()["thread_id"]
+    keep = await thread(client)
+    for t in (tid, keep):
+        await client.post(f"/threads/{t}/runs/wait", json={"assistant_id": "agent", "input": Q}, headers=ALICE)
+    await db.store.aput(("effects", tid), "e", {"x": 1}, index=False)
+    assert (await client.post("/threads", json={"ttl": -1}, headers=ALICE)).status_code == 422
+    await asyncio.sleep(0.5)
+    assert tid in await sweep(db)
+    assert (await client.get(f"/threads/{tid}", headers=ALICE)).status_code == 404
+    async with db.pool.connection() as conn:
+        for table, col in (("keel_runs", "thread_id::text"), ("checkpoints", "thread_id"),
+                           ("checkpoint_writes", "thread_id"), ("checkpoint_blobs", "thread_id")):
+            n = (await (await conn.execute(f"SELECT count(*) AS n FROM {table} WHERE {col} = %s", (tid,))).fetchone())["n"]
+            assert n == 0, table
+        events = (await (await conn.execute("SELECT count(*) AS n FROM keel_run_events e WHERE NOT EXISTS "
+                                            "(SELECT 1 FROM keel_runs r WHERE r.run_id = e.run_id)")).fetchone())["n"]
+        assert events == 0, "no orphaned events"
+    assert await db.store.aget(("effects", tid), "e") is None
+    assert (await client.get(f"/threads/{keep}", headers=ALICE)).status_code == 200, "threads without TTL stay"
