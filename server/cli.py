@@ -253,6 +253,24 @@ def cmd_memory(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
+    from memory.embeddings import DEFAULT_EMBEDDINGS, EMBED_DIMS
+    from server.db import reindex
+    from server.service import open_db
+
+    async def run() -> int:
+        db = await open_db(settings, check_embeddings=False)
+        try:
+            dims = settings.keel_embed_dims or EMBED_DIMS
+            return await reindex(db, settings.keel_embeddings or DEFAULT_EMBEDDINGS, dims)
+        finally:
+            await db.close()
+
+    n = asyncio.run(run())
+    print(f"re-embedded {n} item(s) with {settings.keel_embeddings or DEFAULT_EMBEDDINGS}")
+    return 0
+
+
 def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
     from server.retention import sweep
 
@@ -343,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("action", choices=["list"])
     t.add_argument("--json", action="store_true", help="every tool's versioned JSON Schema contract")
     t.set_defaults(func=cmd_tools)
+
+    ri = sub.add_parser("reindex", help="re-embed all memory with the configured embedding model")
+    ri.set_defaults(func=cmd_reindex)
 
     pr = sub.add_parser("prune", help="delete expired threads (and idle ones) from checkpoints, runs, events, store")
     pr.add_argument("--idle-days", type=float, default=None, help="also delete threads untouched this many days")

@@ -18,9 +18,10 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.store.postgres.aio import AsyncPostgresStore
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from memory.embeddings import embedding_index_config
+from memory.embeddings import DEFAULT_EMBEDDINGS, embedding_index_config
 from server.saver import KeelSaver
 
 log = logging.getLogger("keel.db")
@@ -322,9 +323,28 @@ class Database:
         await self.pool.close()
 
 
+class EmbeddingMismatch(DatabaseUnavailable):
+    """The vector index was built with another embedding model or size."""
+
+
+async def check_embedding_model(conn: psycopg.AsyncConnection, name: str, dims: int) -> None:
+    """Record the embedding model with the index on first use; refuse to mix vector spaces afterwards."""
+    await conn.execute("CREATE TABLE IF NOT EXISTS keel_meta (key text PRIMARY KEY, value jsonb NOT NULL)")
+    await conn.execute("INSERT INTO keel_meta (key, value) VALUES ('embeddings', %s) ON CONFLICT (key) DO NOTHING",
+                       (Jsonb({"model": name, "dims": dims}),))
+    row = await (await conn.execute("SELECT value FROM keel_meta WHERE key = 'embeddings'")).fetchone()
+    have = row["value"]
+    if have.get("model") != name or int(have.get("dims", 0)) != dims:
+        raise EmbeddingMismatch(
+            f"the memory index was built with embeddings {have.get('model')!r} ({have.get('dims')} dims), but "
+            f"Keel is configured with {name!r} ({dims} dims). Vectors from different models cannot be compared: "
+            "run `keel reindex` to re-embed everything with the configured model, or restore KEEL_EMBEDDINGS.")
+
+
 async def open_database(url: str, *, embeddings: Any, dims: int, pool_min: int = 1, pool_max: int = 10,
                         max_idle: float = 60.0, max_lifetime: float = 1800.0, server: Any = None,
-                        connect_timeout: float = 10.0) -> Database:
+                        connect_timeout: float = 10.0, embeddings_name: str = DEFAULT_EMBEDDINGS,
+                        check_embeddings: bool = True) -> Database:
     """Open the pool, check pgvector, run every migration, and build the saver and store on the pool."""
     # One direct attempt first: it fails in milliseconds with the real reason (refused, auth, no database).
     try:
@@ -352,6 +372,8 @@ async def open_database(url: str, *, embeddings: Any, dims: int, pool_min: int =
                 await saver.setup()
                 await store.setup()
                 n = await migrate(conn)
+                if check_embeddings:
+                    await check_embedding_model(conn, embeddings_name, dims)
                 if n:
                     log.info("applied %d Keel migration(s)", n)
             finally:
@@ -360,3 +382,29 @@ async def open_database(url: str, *, embeddings: Any, dims: int, pool_min: int =
         await pool.close()
         raise
     return Database(url=url, pool=pool, checkpointer=saver, store=store, embeddings=embeddings, server=server)
+
+
+async def reindex(db: Database, embeddings_name: str, dims: int) -> int:
+    """Re-embed every indexed store item with the configured model (rebuilding the vector table for new dims)."""
+    from langgraph.store.base import PutOp
+
+    async with db.pool.connection() as conn:
+        await conn.execute("DROP TABLE IF EXISTS store_vectors")
+        await conn.execute("DELETE FROM vector_migrations")
+    await db.store.setup()  # recreates store_vectors with the configured dimension and HNSW index
+    count, offset = 0, 0
+    while True:
+        async with db.pool.connection() as conn:
+            rows = await (await conn.execute(
+                "SELECT prefix, key, value FROM store ORDER BY prefix, key LIMIT 200 OFFSET %s", (offset,))).fetchall()
+        if not rows:
+            break
+        ops = [PutOp(tuple(r["prefix"].split(".")), r["key"], r["value"]) for r in rows if "text" in (r["value"] or {})]
+        if ops:
+            await db.store.abatch(ops)
+        count += len(ops)
+        offset += len(rows)
+    async with db.pool.connection() as conn:
+        await conn.execute("INSERT INTO keel_meta (key, value) VALUES ('embeddings', %s) ON CONFLICT (key) "
+                           "DO UPDATE SET value = excluded.value", (Jsonb({"model": embeddings_name, "dims": dims}),))
+    return count

@@ -11,7 +11,7 @@ from typing import Any
 
 from agent.context import Context
 from agent.graph import builder, recursion_limit
-from memory.embeddings import EMBED_DIMS, get_embeddings
+from memory.embeddings import DEFAULT_EMBEDDINGS, EMBED_DIMS, get_embeddings
 from server.auth import User
 from server.db import Database, DatabaseUnavailable, embedded_server, open_database
 from server.errors import ApiError
@@ -79,7 +79,7 @@ class Assistants:
         return found
 
 
-async def open_db(settings: Settings) -> Database:
+async def open_db(settings: Settings, *, check_embeddings: bool = True) -> Database:
     """The database from configuration: DATABASE_URL, or the embedded Postgres under KEEL_HOME."""
     server = None
     url = settings.database_url
@@ -93,7 +93,9 @@ async def open_db(settings: Settings) -> Database:
         raise DatabaseUnavailable("KEEL_EMBED_DIMS must be set together with KEEL_EMBEDDINGS")
     return await open_database(url, embeddings=embeddings, dims=dims, pool_min=settings.keel_pool_min,
                                pool_max=settings.keel_pool_max, max_idle=settings.keel_pool_max_idle,
-                               max_lifetime=settings.keel_pool_max_lifetime, server=server)
+                               max_lifetime=settings.keel_pool_max_lifetime, server=server,
+                               embeddings_name=settings.keel_embeddings or DEFAULT_EMBEDDINGS,
+                               check_embeddings=check_embeddings)
 
 
 class KeelService:
