@@ -16,6 +16,7 @@ from langgraph.store.base import BaseStore, PutOp
 from tqdm import tqdm
 
 from memory.chunking import Chunk, chunk_text, content_hash, title_of
+from memory.readers import DEFAULT_INCLUDE, SUPPORTED_SUFFIXES, read_document
 from memory.search import docs_namespace, meta_namespace
 
 log = logging.getLogger("keel.memory.ingest")
@@ -24,7 +25,7 @@ log = logging.getLogger("keel.memory.ingest")
 PUT_BATCH = 32
 # First page size when listing the manifest or a source's chunk keys (doubled until everything fits).
 _PAGE = 1000
-DIRECT_SUFFIXES = (".md", ".txt")
+DIRECT_SUFFIXES = SUPPORTED_SUFFIXES
 
 
 @dataclass
@@ -51,19 +52,23 @@ def source_name(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
-def _walk(directory: Path, include: Sequence[str]) -> list[Path]:
-    """Files under directory matching any include glob, sorted; hidden files and folders skipped."""
+def _walk(directory: Path, include: Sequence[str], exclude: Sequence[str] = ()) -> list[Path]:
+    """Files under directory matching an include glob and no exclude glob (matched against the file name
+    and the path relative to the directory), sorted; hidden files and folders skipped."""
     found = []
     for p in directory.rglob("*"):
-        rel = p.relative_to(directory).parts
-        if any(part.startswith(".") for part in rel):  # .git, .venv, editor swap files...
+        rel = p.relative_to(directory)
+        if any(part.startswith(".") for part in rel.parts):  # .git, .venv, editor swap files...
+            continue
+        if any(fnmatch(p.name, g) or fnmatch(rel.as_posix(), g) for g in exclude):
             continue
         if p.is_file() and any(fnmatch(p.name, g) for g in include):
             found.append(p)
     return sorted(found)
 
 
-def _collect(paths: Iterable[str | Path], include: Sequence[str]) -> tuple[list[Path], list[Path]]:
+def _collect(paths: Iterable[str | Path], include: Sequence[str],
+             exclude: Sequence[str] = ()) -> tuple[list[Path], list[Path]]:
     """(files to ingest, deduplicated and in order; directories walked)."""
     files: dict[Path, None] = {}
     dirs: list[Path] = []
@@ -71,13 +76,13 @@ def _collect(paths: Iterable[str | Path], include: Sequence[str]) -> tuple[list[
         p = Path(raw).expanduser()
         if p.is_dir():
             dirs.append(p.resolve())
-            for f in _walk(p, include):
+            for f in _walk(p, include, exclude):
                 files.setdefault(f.resolve())
         elif p.is_file():
             if p.suffix.lower() in DIRECT_SUFFIXES:
                 files.setdefault(p.resolve())
             else:
-                log.warning("skipping %s: only .md and .txt files are ingested", p)
+                log.warning("skipping %s: supported files are %s", p, ", ".join(SUPPORTED_SUFFIXES))
         else:
             # Fail before writing anything: a typo should not look like "nothing changed".
             raise FileNotFoundError(f"no such file or directory: {p}")
@@ -86,8 +91,7 @@ def _collect(paths: Iterable[str | Path], include: Sequence[str]) -> tuple[list[
 
 def _prepare(path: Path, max_tokens: int, overlap: int) -> tuple[str, str, list[Chunk]]:
     """Read and chunk one file (blocking; run in a thread): (file hash, title, chunks)."""
-    # errors="replace": one stray byte should not stop a whole corpus from ingesting.
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = read_document(path)
     return content_hash(text), title_of(text, path.stem), chunk_text(text, max_tokens=max_tokens, overlap=overlap)
 
 
@@ -115,9 +119,10 @@ async def _write(store: BaseStore, ops: list[PutOp]) -> None:
 
 
 async def ingest_paths(store: BaseStore, paths: list[str | Path], *, namespace: str, max_tokens: int = 200,
-                       overlap: int = 40, include: Sequence[str] = ("*.md", "*.txt"), root: Path | None = None,
-                       progress: bool = False) -> IngestReport:
-    """Ingest files and directories into corpus `namespace`; unchanged files are skipped, changed ones replaced."""
+                       overlap: int = 40, include: Sequence[str] = DEFAULT_INCLUDE, exclude: Sequence[str] = (),
+                       root: Path | None = None, progress: bool = False, prune: bool = False) -> IngestReport:
+    """Ingest files and directories into corpus `namespace`; unchanged files are skipped, changed ones replaced;
+    with `prune`, files that vanished from a walked directory lose their chunks."""
     t0 = time.perf_counter()
     ns, meta_ns = docs_namespace(namespace), meta_namespace(namespace)
     if max_tokens <= 0 or not 0 <= overlap < max_tokens:
@@ -125,7 +130,7 @@ async def ingest_paths(store: BaseStore, paths: list[str | Path], *, namespace: 
     root = Path(root) if root is not None else Path.cwd()
     if isinstance(paths, str | Path):  # a lone path would otherwise be iterated character by character
         paths = [paths]
-    files, dirs = await asyncio.to_thread(_collect, paths, tuple(include))
+    files, dirs = await asyncio.to_thread(_collect, paths, tuple(include), tuple(exclude))
     params = {"max_tokens": max_tokens, "overlap": overlap}
     manifest = {it.key: it.value for it in await _list_items(store, meta_ns)}
 
@@ -158,7 +163,8 @@ async def ingest_paths(store: BaseStore, paths: list[str | Path], *, namespace: 
         }, index=False)])
         report.chunks += len(chunks)
 
-    report.removed = await _remove_missing(store, ns, meta_ns, manifest, dirs, root, include, seen)
+    if prune:
+        report.removed = await _remove_missing(store, ns, meta_ns, manifest, dirs, root, include, seen)
     report.seconds = round(time.perf_counter() - t0, 3)
     return report
 

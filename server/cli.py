@@ -108,8 +108,10 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     from memory.ingest import ingest_paths
 
     async def run(db):
+        kw = {"include": args.include} if args.include else {}
         return await ingest_paths(db.store, args.paths, namespace=args.namespace, max_tokens=args.chunk_tokens,
-                                  overlap=args.overlap, progress=not args.quiet)
+                                  overlap=args.overlap, progress=not args.quiet, exclude=args.exclude or (),
+                                  prune=args.prune, **kw)
 
     report = asyncio.run(_with_db(settings, run))
     d = report.to_dict()
@@ -343,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--chunk-tokens", type=int, default=200)
     i.add_argument("--overlap", type=int, default=40)
     i.add_argument("--quiet", action="store_true", help="no progress bar")
+    i.add_argument("--include", action="append", help="glob of files to take from directories (repeatable; "
+                   "default Markdown, text, HTML and PDF)")
+    i.add_argument("--exclude", action="append", help="glob of files or relative paths to skip (repeatable)")
+    i.add_argument("--prune", action="store_true", help="remove chunks of files gone from the walked directories")
     i.set_defaults(func=cmd_ingest)
 
     q = sub.add_parser("search", help="search a corpus")

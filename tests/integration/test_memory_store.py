@@ -136,7 +136,10 @@ async def test_removed_file_is_dropped(db, tmp_path):
     docs = write_corpus(tmp_path)
     await ingest_paths(db.store, [docs], namespace="rm", root=tmp_path)
     (docs / "cooking.txt").unlink()
-    report = await ingest_paths(db.store, [docs], namespace="rm", root=tmp_path)
+    kept = await ingest_paths(db.store, [docs], namespace="rm", root=tmp_path)
+    assert kept.removed == 0, "without --prune a vanished file keeps its chunks"
+    assert await db.store.asearch(docs_namespace("rm"), filter={"source": "docs/cooking.txt"})
+    report = await ingest_paths(db.store, [docs], namespace="rm", root=tmp_path, prune=True)
     assert (report.files, report.skipped, report.removed) == (2, 2, 1)
     assert await db.store.asearch(docs_namespace("rm"), filter={"source": "docs/cooking.txt"}) == []
     assert await db.store.aget(("docs_meta", "rm"), "docs/cooking.txt") is None
@@ -218,3 +221,29 @@ async def test_selective_namespace_returns_full_k(db, embeddings):
 
     assert await forced_hnsw("relaxed_order") == 8
     assert await forced_hnsw("off") < 8  # proves the forced plan really is the filtered-HNSW failure mode
+
+
+async def test_html_and_pdf_documents_and_exclude_globs(db, tmp_path):
+    from fpdf import FPDF
+
+    corpus = tmp_path / "mixed"
+    (corpus / "drafts").mkdir(parents=True)
+    (corpus / "page.html").write_text(
+        "<html><head><title>Lighthouse guide</title><style>p{color:red}</style><script>var x = 'secret';</script>"
+        "</head><body><h1>Lighthouse guide</h1><h2>Lamp care</h2><p>Polish the Fresnel lens every Tuesday "
+        "&amp; log it.</p></body></html>")
+    pdf = FPDF()
+    pdf.add_page()
+    pdf.set_font("helvetica", size=12)
+    pdf.multi_cell(0, 8, "Tide tables\n\nThe harbour master publishes tide tables every Sunday morning.")
+    pdf.output(str(corpus / "tides.pdf"))
+    (corpus / "drafts" / "wip.md").write_text("# Draft\nUnfinished notes about penguins.")
+    report = await ingest_paths(db.store, [corpus], namespace="mixed", root=tmp_path, exclude=["drafts/*"])
+    assert report.files == 2
+    lens = await search_docs(db.store, "how often is the lens polished", namespace="mixed", k=1)
+    assert lens[0]["source"] == "mixed/page.html" and "Fresnel lens" in lens[0]["text"]
+    assert "Lamp care" in lens[0]["heading"] and "secret" not in lens[0]["text"] and "color" not in lens[0]["text"]
+    tide = await search_docs(db.store, "when are tide tables published", namespace="mixed", k=1)
+    assert tide[0]["source"] == "mixed/tides.pdf" and "Sunday" in tide[0]["text"]
+    penguins = await search_docs(db.store, "penguins", namespace="mixed", k=5)
+    assert all(h["source"] != "mixed/drafts/wip.md" for h in penguins)
