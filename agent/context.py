@@ -31,6 +31,10 @@ class Context:
     """Node executions per turn."""
     max_tool_calls: int = 8
     """Tool executions per turn."""
+    recall_k: int = 2
+    """How many of the user's long-term memories to recall into each turn (0 = none)."""
+    recall_min_score: float = 0.35
+    """Similarity a memory needs to be recalled."""
     history_tokens: int = 3000
     """Budget (approximate tokens) for earlier turns sent to the model; older turns are dropped whole."""
     tools: list[str] | None = field(default=None)

@@ -11,6 +11,7 @@ from agent.budgets import RUNNING, finish, next_step
 from agent.context import Context
 from agent.state import State
 from memory.search import search_docs
+from tools.memory_tools import memories_namespace
 
 
 def last_human_text(state: State) -> str:
@@ -22,6 +23,16 @@ def last_human_text(state: State) -> str:
                 content = " ".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
             return str(content)
     return ""
+
+
+async def recall_memories(store: Any, ctx: Context, query: str) -> list[dict[str, Any]]:
+    """The caller's long-term memories relevant to the question (their own namespace only)."""
+    if ctx.recall_k <= 0:
+        return []
+    found = await store.asearch(memories_namespace(ctx.user_id), query=query, limit=ctx.recall_k)
+    return [{"key": f"memory:{m.key}", "text": m.value.get("text", ""), "source": "memory",
+             "heading": "what the user told Keel before", "score": round(m.score or 0.0, 4)}
+            for m in found if m.value.get("text") and (m.score or 0.0) >= ctx.recall_min_score]
 
 
 async def retrieve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -42,6 +53,7 @@ async def retrieve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     hits = []
     if runtime.store is not None and query.strip():
         hits = await search_docs(runtime.store, query, namespace=ctx.namespace, k=ctx.retrieve_k)
+        hits += await recall_memories(runtime.store, ctx, query)
     passages = [{"index": i, **h} for i, h in enumerate(hits, start=1)]
     sources = [{k: p.get(k) for k in ("index", "source", "heading", "score")} for p in passages]
     return {**update, "passages": passages, "sources": sources, "steps": step, "phase": "answer"}

@@ -115,6 +115,8 @@ class RunExecutor:
             log.info("run finished with status %s", status if ok else f"{status} (fenced: lease lost)")
             if ok:
                 await self._cleanup_temporary(c)
+                if status == "success" and self.svc.settings.keel_reflection:
+                    await self._reflect(c, snapshot.values)
             return status if ok else "fenced"
         except GraphDrained:
             await writer.close()
@@ -169,6 +171,19 @@ class RunExecutor:
             async with self.svc.db.pool.connection() as conn:
                 await conn.execute("DELETE FROM keel_threads WHERE thread_id = %s", (c.thread_id,))
             await self.svc.db.checkpointer.adelete_thread(c.thread_id)
+
+    async def _reflect(self, c: Claim, values: dict[str, Any]) -> None:
+        """Keep durable facts from the conversation (best effort: a failure never fails the run)."""
+        from agent.reflection import reflect
+
+        try:
+            user = run_user(c)
+            facts = await reflect(self.svc.db.store, list(values.get("messages", [])),
+                                  self.svc.default_context(user.id, user.roles, user.tenant))
+            if facts:
+                log.info("reflection stored %d memory(ies)", len(facts))
+        except Exception:  # noqa: BLE001
+            log.warning("reflection failed", exc_info=True)
 
     async def _has_effects(self, c: Claim) -> bool:
         from tools import ledger
