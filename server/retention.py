@@ -40,3 +40,32 @@ async def sweep(db: Any, *, idle_days: float | None = None, limit: int = 500) ->
     if ids:
         log.info("pruned %d thread(s)", len(ids))
     return ids
+
+
+async def trim_checkpoints(db: Any, thread_id: str, keep: int) -> int:
+    """Keep a thread's newest `keep` checkpoints (root namespace, with subgraph ones of the same age), drop
+    older checkpoints, their pending writes, and every blob no remaining checkpoint refers to.
+
+    The latest state and the recent history stay intact; only time travel to very old steps is given up,
+    which is what bounds a long thread's storage (blobs otherwise grow with every step).
+    """
+    if keep <= 0:
+        return 0
+    async with db.pool.connection() as conn, conn.transaction():
+        cur = await conn.execute(
+            "SELECT checkpoint_id FROM checkpoints WHERE thread_id = %s AND checkpoint_ns = '' "
+            "ORDER BY checkpoint_id DESC OFFSET %s LIMIT 1", (thread_id, keep - 1))
+        row = await cur.fetchone()
+        if row is None:
+            return 0
+        cut = row["checkpoint_id"]
+        cur = await conn.execute("DELETE FROM checkpoints WHERE thread_id = %s AND checkpoint_id < %s",
+                                 (thread_id, cut))
+        deleted = cur.rowcount
+        await conn.execute("DELETE FROM checkpoint_writes WHERE thread_id = %s AND checkpoint_id < %s",
+                           (thread_id, cut))
+        await conn.execute(
+            "DELETE FROM checkpoint_blobs b WHERE b.thread_id = %s AND NOT EXISTS (SELECT 1 FROM checkpoints c "
+            "WHERE c.thread_id = b.thread_id AND c.checkpoint_ns = b.checkpoint_ns "
+            "AND c.checkpoint -> 'channel_versions' ->> b.channel = b.version)", (thread_id,))
+    return deleted

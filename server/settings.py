@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     keel_embeddings: str | None = Field(default=None, description="provider:model for init_embeddings; unset = offline MiniLM")
     keel_embed_dims: int | None = Field(default=None, description="vector size when KEEL_EMBEDDINGS is set")
     keel_api_keys: str = Field(default="", description="comma-separated key:user_id[:role+role[:tenant]]; empty = single local user")
+    keel_keep_checkpoints: int = Field(default=100, ge=0, description="checkpoints kept per thread (0 = all)")
     keel_reflection: bool = Field(default=False, description="after each run, store durable user facts as memories")
     keel_webhook_url: str | None = Field(default=None, description="where send_webhook deliveries go")
     keel_mcp_approval: bool = Field(default=False, description="let MCP clients run approval-gated tools")

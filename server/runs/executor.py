@@ -115,6 +115,7 @@ class RunExecutor:
             log.info("run finished with status %s", status if ok else f"{status} (fenced: lease lost)")
             if ok:
                 await self._cleanup_temporary(c)
+                await self._trim(c)
                 if status == "success" and self.svc.settings.keel_reflection:
                     await self._reflect(c, snapshot.values)
             return status if ok else "fenced"
@@ -171,6 +172,15 @@ class RunExecutor:
             async with self.svc.db.pool.connection() as conn:
                 await conn.execute("DELETE FROM keel_threads WHERE thread_id = %s", (c.thread_id,))
             await self.svc.db.checkpointer.adelete_thread(c.thread_id)
+
+    async def _trim(self, c: Claim) -> None:
+        """Bound the thread's checkpoint storage (best effort)."""
+        from server.retention import trim_checkpoints
+
+        try:
+            await trim_checkpoints(self.svc.db, c.thread_id, self.svc.settings.keel_keep_checkpoints)
+        except Exception:  # noqa: BLE001
+            log.warning("checkpoint trimming failed", exc_info=True)
 
     async def _reflect(self, c: Claim, values: dict[str, Any]) -> None:
         """Keep durable facts from the conversation (best effort: a failure never fails the run)."""
