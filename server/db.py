@@ -22,6 +22,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from memory.embeddings import DEFAULT_EMBEDDINGS, embedding_index_config
+from memory.fts import ensure_fts_index
 from server.saver import KeelSaver
 
 log = logging.getLogger("keel.db")
@@ -372,6 +373,7 @@ async def open_database(url: str, *, embeddings: Any, dims: int, pool_min: int =
                 await saver.setup()
                 await store.setup()
                 n = await migrate(conn)
+                await ensure_fts_index(conn)  # full-text search over document chunks (search modes fts/hybrid)
                 if check_embeddings:
                     await check_embedding_model(conn, embeddings_name, dims)
                 if n:

@@ -45,6 +45,7 @@ def build_mcp_server(registry: ToolRegistry, context_for: Callable[[Any], ToolCo
         return [s for s in registry.select(None) if s.mcp]
 
     async def on_list_tools(ctx, params) -> types.ListToolsResult:
+        context_for(getattr(ctx, "request", None))  # authenticate: an unknown caller sees no tools
         return types.ListToolsResult(tools=[tool_definition(s) for s in offered()])
 
     async def on_call_tool(ctx, params: types.CallToolRequestParams) -> types.CallToolResult:

@@ -15,7 +15,9 @@ os.environ["LANGSMITH_TRACING"] = "false"
 
 SECTIONS = {
     "foundation": "tests.benchmarks.bench_foundation",
+    "storage": "tests.benchmarks.bench_storage",
     "engine": "tests.benchmarks.bench_engine",
+    "memory": "tests.benchmarks.bench_memory",
 }
 
 
