@@ -61,6 +61,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             yield state
 
     app.router.lifespan_context = lifespan_with_banner
+    # uvicorn re-raises SIGTERM after its graceful shutdown; make that a normal exit so exit handlers run.
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
                 timeout_graceful_shutdown=10)
     return 0

@@ -322,6 +322,10 @@ class Database:
 
     async def close(self) -> None:
         await self.pool.close()
+        if self.server is not None:
+            # Release our handle on the embedded Postgres now (the last Keel process to leave stops it);
+            # atexit would do it too, but not when a signal ends the process.
+            await asyncio.to_thread(self.server._cleanup)
 
 
 class EmbeddingMismatch(DatabaseUnavailable):
