@@ -139,20 +139,27 @@ async def reap(pool: AsyncConnectionPool, max_attempts: int, owner: str = "") ->
     worker undoes those effects (saga) before the run ends in error.
     """
     exhausted = ("jsonb_build_object('error', 'RunAttemptsExhausted', 'message', format('the worker running this "
-                 "run died %%s times (lease expired each time); giving up', attempt))")
+                 "run died %%s times (lease expired each time); giving up', k.attempt))")
+    comp_failed = ("jsonb_build_object('error', 'CompensationFailed', 'message', format('undoing this run''s side "
+                   "effects failed %%s times; they need a human (see keel_tool_ledger)', k.attempt))")
     async with pool.connection() as conn, conn.transaction():
         cur = await conn.execute(
-            "WITH expired AS (SELECT run_id, attempt >= %(max)s AND NOT compensating AS dead, "
+            "WITH expired AS (SELECT run_id, attempt >= %(max)s AS exhausted, "
+            # A run stuck undoing its effects gets a few more attempts, then stops looping.
+            "compensating AND attempt >= %(max)s + 3 AS give_up, compensating, "
             "EXISTS (SELECT 1 FROM keel_tool_ledger l WHERE l.run_id = r.run_id::text AND l.status = 'succeeded' "
             "AND coalesce(l.compensation, '') <> 'done') AS has_effects "
             "FROM keel_runs r WHERE status = 'running' AND lease_expires_at < now() "
             # A worker never reaps its own runs: it knows they are alive (its heartbeat may merely be late).
             "AND lease_owner IS DISTINCT FROM %(owner)s FOR UPDATE SKIP LOCKED) "
             "UPDATE keel_runs k SET "
-            "status = CASE WHEN e.dead AND NOT e.has_effects THEN 'error' ELSE 'pending' END, "
-            f"error = CASE WHEN e.dead THEN {exhausted} ELSE k.error END, "
-            "compensating = k.compensating OR (e.dead AND e.has_effects), "
-            "finished_at = CASE WHEN e.dead AND NOT e.has_effects THEN now() END, "
+            "status = CASE WHEN e.give_up OR (e.exhausted AND NOT e.compensating AND NOT e.has_effects) "
+            "THEN 'error' ELSE 'pending' END, "
+            f"error = CASE WHEN e.give_up THEN {comp_failed} WHEN e.exhausted AND NOT e.compensating "
+            f"THEN {exhausted} ELSE k.error END, "
+            "compensating = k.compensating OR (e.exhausted AND e.has_effects), "
+            "finished_at = CASE WHEN e.give_up OR (e.exhausted AND NOT e.compensating AND NOT e.has_effects) "
+            "THEN now() END, "
             "lease_owner = NULL, lease_expires_at = NULL, updated_at = now() "
             "FROM expired e WHERE k.run_id = e.run_id "
             "RETURNING k.run_id::text, k.thread_id::text, k.status, k.attempt, k.error, k.compensating",
