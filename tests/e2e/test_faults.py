@@ -52,16 +52,21 @@ def wait_file_lines(path: Path, n: int, timeout: float = 30) -> list[int]:
     raise AssertionError(f"{path} did not reach {n} lines")
 
 
+def start_slow_b(c: Cluster, tmp_path: Path, sleep: float) -> tuple[str, dict, Path, int]:
+    """A fresh thread whose run sleeps `sleep` s in node b; returns once b started (with its worker's pid)."""
+    ensure_workers(c)
+    tid = c.thread()
+    marker = tmp_path / "b"
+    run = c.start_run(tid, {"b": {"sleep": sleep, "touch": str(marker)}}, **PLAIN)
+    return tid, run, marker, wait_file_lines(marker, 1)[0]
+
+
 def worker_with_pid(c: Cluster, pid: int):
     return next(p for p in c.procs if p.pid == pid)
 
 
 def test_sigkill_mid_node_resumes_elsewhere_without_redoing_finished_nodes(cluster, tmp_path):
-    ensure_workers(cluster)
-    tid = cluster.thread()
-    marker = tmp_path / "b"
-    run = cluster.start_run(tid, {"b": {"sleep": 2.0, "touch": str(marker)}}, **PLAIN)
-    pid = wait_file_lines(marker, 1)[0]
+    tid, run, marker, pid = start_slow_b(cluster, tmp_path, 2.0)
     time.sleep(0.3)  # let b record its effect: the crash lands after the effect, before b ends
     killed_at = time.time()
     worker_with_pid(cluster, pid).signal(signal.SIGKILL)
@@ -98,11 +103,7 @@ def test_sigkill_at_random_points_while_checkpoints_are_written(cluster):
 
 
 def test_idle_connections_terminated_during_a_long_step(cluster, tmp_path):
-    ensure_workers(cluster)
-    tid = cluster.thread()
-    marker = tmp_path / "b"
-    run = cluster.start_run(tid, {"b": {"sleep": 3.0, "touch": str(marker)}}, **PLAIN)
-    wait_file_lines(marker, 1)
+    tid, run, _, _ = start_slow_b(cluster, tmp_path, 3.0)
     time.sleep(0.5)
     killed = cluster.sql("SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity "
                          "WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'idle'")
@@ -173,11 +174,7 @@ def test_duplicate_resumes_apply_once(cluster):
 
 
 def test_zombie_worker_is_fenced(cluster, tmp_path):
-    ensure_workers(cluster)
-    tid = cluster.thread()
-    marker = tmp_path / "b"
-    run = cluster.start_run(tid, {"b": {"sleep": 2.0, "touch": str(marker)}}, **PLAIN)
-    pid = wait_file_lines(marker, 1)[0]
+    tid, run, marker, pid = start_slow_b(cluster, tmp_path, 2.0)
     zombie = worker_with_pid(cluster, pid)
     zombie.signal(signal.SIGSTOP)
     try:
