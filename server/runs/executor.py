@@ -86,6 +86,12 @@ class RunExecutor:
         c = h.claim
         thread_id_var.set(c.thread_id)
         run_id_var.set(c.run_id)
+        if c.run.get("cancel_requested") == "rollback":
+            # Rolled back while queued after it had already acted: undo its effects, then remove it.
+            await self._compensate(c)
+            await rollback(self.svc, c.run_id, c.thread_id, epoch=c.epoch)
+            log.info("queued run rolled back after compensating its effects")
+            return "rolled-back"
         try:
             start_seq, resume = await self._prepare(c)
         except Exception as exc:  # noqa: BLE001

@@ -196,6 +196,15 @@ class RunManager:
     async def _cancel_row(self, conn, run_id: str, status: str, action: str) -> list[tuple[str, str]]:
         if status == "pending":
             if action == "rollback":
+                cur = await conn.execute(
+                    "SELECT 1 FROM keel_tool_ledger WHERE run_id = %s AND status = 'succeeded' "
+                    "AND coalesce(compensation, '') <> 'done' LIMIT 1", (run_id,))
+                if await cur.fetchone() is not None:
+                    # A re-queued run that already acted: a worker must undo its effects before it goes.
+                    await conn.execute("UPDATE keel_runs SET cancel_requested = 'rollback', updated_at = now() "
+                                       "WHERE run_id = %s", (run_id,))
+                    await conn.execute("SELECT pg_notify(%s, '')", (RUNS_CHANNEL,))
+                    return []
                 await conn.execute("DELETE FROM keel_run_events WHERE run_id = %s", (run_id,))
                 await conn.execute("DELETE FROM keel_runs WHERE run_id = %s AND status = 'pending'", (run_id,))
             else:

@@ -240,3 +240,39 @@ async def test_thread_ttl_sweep_removes_everything(client, db):
         assert events == 0, "no orphaned events"
     assert await db.store.aget(("effects", tid), "e") is None
     assert (await client.get(f"/threads/{keep}", headers=ALICE)).status_code == 200, "threads without TTL stay"
+
+
+async def test_rollback_of_a_requeued_run_undoes_its_effects(client, db):
+    """A run handed back to the queue (drain, crash) after a side effect, then cancelled with rollback:
+    a worker compensates the effect before the run disappears."""
+    import json as _json
+
+    tid = await thread(client)
+    rid = str(uuid.uuid4())
+    async with db.pool.connection() as conn:
+        ticket = (await (await conn.execute(
+            "INSERT INTO keel_tickets (owner, title, idempotency_key) VALUES ('alice', 'made before the drain', "
+            "%s) RETURNING id, title, body, status, owner", (f"{tid}::c1",))).fetchone())
+        # The state a drained run leaves: pending again, with a recorded, not yet compensated effect.
+        await conn.execute(
+            "INSERT INTO keel_runs (run_id, thread_id, assistant_id, user_id, status, kwargs, attempt) "
+            "VALUES (%s, %s, %s, 'alice', 'pending', %s, 1)",
+            (rid, tid, str(uuid.uuid5(uuid.UUID("6ba7b821-9dad-11d1-80b4-00c04fd430c8"), "agent")),
+             _json.dumps({"request": {"input": None}, "user": {"id": "alice", "roles": [], "tenant": None}})))
+        await conn.execute(
+            "INSERT INTO keel_tool_ledger (key, thread_id, run_id, tool, version, args, args_hash, status, result) "
+            "VALUES (%s, %s, %s, 'create_ticket', '1', %s, 'h', 'succeeded', %s)",
+            (f"{tid}::c1", tid, rid, _json.dumps({"title": "made before the drain"}), _json.dumps(dict(ticket))))
+    r = await client.post(f"/threads/{tid}/runs/{rid}/cancel", params={"action": "rollback", "wait": 1}, headers=ALICE)
+    assert r.status_code == 200
+    for _ in range(100):
+        if (await client.get(f"/threads/{tid}/runs/{rid}", headers=ALICE)).status_code == 404:
+            break
+        await asyncio.sleep(0.05)
+    assert (await client.get(f"/threads/{tid}/runs/{rid}", headers=ALICE)).status_code == 404
+    async with db.pool.connection() as conn:
+        status = (await (await conn.execute("SELECT status FROM keel_tickets WHERE id = %s", (ticket["id"],))
+                         ).fetchone())["status"]
+        comp = (await (await conn.execute("SELECT compensation FROM keel_tool_ledger WHERE key = %s",
+                                          (f"{tid}::c1",))).fetchone())["compensation"]
+    assert status == "cancelled" and comp == "done"
