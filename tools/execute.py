@@ -157,8 +157,6 @@ def apply_decisions(calls: list[PreparedCall], response: Any) -> None:
                 p.notes.append("rejected-unknown")
         else:
             p.error = f"Error: not executed: unsupported decision {kind!r}."
-        if p.error is None:
-            p.human = p.human if not p.approved_by_human else p.human
 
 
 def _render(output: Any) -> tuple[str, Any]:

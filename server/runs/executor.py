@@ -261,8 +261,8 @@ class RunExecutor:
         kwargs = c.run["kwargs"] or {}
         body = RunCreate.model_validate({**kwargs.get("request", {}), "assistant_id": str(c.run["assistant_id"])})
         user = run_user(c)
-        assistant = self.svc.assistants.resolve(str(c.run["assistant_id"]), for_run=True)
         prep = self.svc.runs.prepare(user, body)
+        assistant = prep.assistant
         if resume:
             graph_input: Any = None
             body = body.model_copy(update={"checkpoint_id": None, "checkpoint": None})

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from langgraph.types import Command, Send
@@ -58,7 +58,6 @@ class Prepared:
     context: Any
     modes: list[str]
     graph_input: Any
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _command(body: RunCreate) -> Command | None:

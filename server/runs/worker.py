@@ -89,7 +89,6 @@ class Worker:
         self._main: asyncio.Task | None = None
         self._listener: asyncio.Task | None = None
         self.heartbeat = Heartbeat(self, interval=max(0.2, lease_s / 4))
-        self.outcomes: list[tuple[str, str]] = []
         self.sweep_s = 60.0
 
     # ---------------------------------------------------------------- lifecycle
@@ -217,4 +216,4 @@ class Worker:
         finally:
             self.handles.pop(h.claim.run_id, None)
             self._wake.set()
-        self.outcomes.append((h.claim.run_id, outcome))
+        log.debug("run %s: %s", h.claim.run_id, outcome)

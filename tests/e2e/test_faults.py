@@ -61,6 +61,18 @@ def start_slow_b(c: Cluster, tmp_path: Path, sleep: float) -> tuple[str, dict, P
     return tid, run, marker, wait_file_lines(marker, 1)[0]
 
 
+def read_sse_ids(response, seen: list[tuple[int, str]], stop_after: int | None = None) -> None:
+    """Append (id, event name) of each SSE event to `seen`; stop once it holds `stop_after` entries."""
+    event = None
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("id: "):
+            seen.append((int(line[4:]), event))
+            if stop_after is not None and len(seen) >= stop_after:
+                return
+
+
 def worker_with_pid(c: Cluster, pid: int):
     return next(p for p in c.procs if p.pid == pid)
 
@@ -238,24 +250,12 @@ def test_client_disconnect_then_reconnect_with_last_event_id(cluster):
     with httpx.Client(base_url=cluster.url, timeout=30) as c, c.stream("POST", f"/threads/{tid}/runs/stream",
                                                                         json=body) as r:
         location = r.headers["location"]
-        event = None
-        for line in r.iter_lines():
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("id: "):
-                seen.append((int(line[4:]), event))
-                if len(seen) == 3:
-                    break  # the client goes away mid-run
+        read_sse_ids(r, seen, stop_after=3)  # the client goes away mid-run
     last = seen[-1][0]
     time.sleep(0.3)
     with httpx.Client(base_url=cluster.url, timeout=30) as c, c.stream(
             "GET", location, headers={"Last-Event-ID": str(last)}) as r:
-        event = None
-        for line in r.iter_lines():
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("id: "):
-                seen.append((int(line[4:]), event))
+        read_sse_ids(r, seen)
     ids = [i for i, _ in seen]
     assert ids == list(range(1, len(ids) + 1)), f"missing or repeated events: {ids}"
     assert seen[0][1] == "metadata" and seen[-1][1] == "end"
