@@ -37,5 +37,11 @@ class Context:
     """Similarity a memory needs to be recalled."""
     history_tokens: int = 3000
     """Budget (approximate tokens) for earlier turns sent to the model; older turns are dropped whole."""
+    history: str = "summarize"
+    """Earlier turns over `history_tokens`: "summarize" folds the oldest into a running summary and removes them
+    from the thread's messages (bounded checkpoints); "trim" keeps every message and only leaves them out of the
+    prompt."""
+    summary_tokens: int = 600
+    """Budget (approximate tokens) of that running summary; its oldest lines are dropped beyond it."""
     tools: list[str] | None = field(default=None)
     """Tool allowlist; None = every registered tool."""

@@ -179,6 +179,46 @@ def _tag(text: str, name: str) -> str | None:
     return text[start + len(name) + 2 : end].strip()
 
 
+# ---------------------------------------------------------------------------- history summary
+
+_SUMMARY_TAG = "conversation_to_summarize"
+_SUMMARY_CLIP = 200
+
+
+def _clip(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _first_sentence(answer: str) -> str:
+    answer = re.split(r"\s+Sources:", answer, maxsplit=1)[0]
+    answer = _CITATION_RE.sub("", answer).strip()
+    return _SENTENCE_SPLIT_RE.split(answer, maxsplit=1)[0] if answer else ""
+
+
+def _history_summary(request: str) -> str:
+    """Merge `<previous_summary>` with one line per turn of `<conversation_to_summarize>` (see agent/history)."""
+    previous = html.unescape(_tag(request, "previous_summary") or "")
+    lines = [line.strip() for line in previous.splitlines() if line.strip() and line.strip() != "(none)"]
+    turns: list[dict[str, Any]] = []
+    for raw in html.unescape(_tag(request, _SUMMARY_TAG) or "").splitlines():
+        if raw.startswith("user: ") or not turns:
+            turns.append({"asked": raw.removeprefix("user: "), "answered": "", "tools": []})
+        elif raw.startswith("assistant called "):
+            turns[-1]["tools"].append(raw.removeprefix("assistant called ").split(" ", 1)[0])
+        elif raw.startswith("assistant: "):
+            turns[-1]["answered"] = raw.removeprefix("assistant: ")  # the last reply is the turn's answer
+    for turn in turns:
+        line = f"- The user asked: {_clip(turn['asked'], _SUMMARY_CLIP)}"
+        if turn["tools"]:
+            line += f" Tools used: {', '.join(dict.fromkeys(turn['tools']))}."
+        answer = _first_sentence(turn["answered"])
+        if answer:
+            line += f" Keel answered: {_clip(answer, _SUMMARY_CLIP)}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------- tools
 
 
@@ -588,6 +628,9 @@ class OfflineChatModel(BaseChatModel):
       so, listing the available tools or the JSON error.
     - Tool results: when the conversation after the last human message ends with tool messages, reply
       with one line per result: "NAME returned: RESULT" or, for status "error", "NAME failed: ERROR".
+    - History summary: when the last human message holds a `<conversation_to_summarize>` block (agent/history),
+      reply with the `<previous_summary>` lines followed by one line per turn: "- The user asked: Q" with the
+      tools it used and the first sentence of its answer, each clipped to 200 characters.
     - Otherwise, an extractive answer: the 1-3 sentences of the `<retrieved_documents>` passages that
       best match the question's content words, each cited as [index], then a "Sources:" section
       ("[i] source — heading"). With no matching sentence the answer is exactly `NO_ANSWER_TEXT`.
@@ -630,6 +673,8 @@ class OfflineChatModel(BaseChatModel):
         h = _question_index(messages)
         if h is None:
             return _Reply(text=_apply_stop(NO_ANSWER_TEXT, stop))
+        if f"<{_SUMMARY_TAG}>" in _text(messages[h]):
+            return _Reply(text=_apply_stop(_history_summary(_text(messages[h])), stop))
         question = _DOCS_BLOCK_RE.sub("", _text(messages[h])).strip()
         after = messages[h + 1 :]
 

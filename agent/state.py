@@ -56,3 +56,5 @@ class State(InputState, OutputState, total=False):
     """Tool executions used in this turn."""
     phase: str
     """Where the turn is: "revise" while the critic sends it back, "done" at the end."""
+    summary: str
+    """Running summary of earlier turns folded out of `messages` (history mode "summarize")."""

@@ -11,8 +11,9 @@ from langgraph.runtime import Runtime
 
 from agent.budgets import finish, next_step
 from agent.context import Context
+from agent.history import apply_fold, current_turn_start, fold_history, trim_history
 from agent.models import get_chat_model
-from agent.prompts import DOCUMENT_TEMPLATE, DOCUMENTS_TEMPLATE, NO_DOCUMENTS, SYSTEM_PROMPT
+from agent.prompts import DOCUMENT_TEMPLATE, DOCUMENTS_TEMPLATE, NO_DOCUMENTS, SUMMARY_SECTION, SYSTEM_PROMPT
 from agent.state import State
 from agent.toolbox import registry
 
@@ -35,37 +36,18 @@ def documents_block(passages: list[dict[str, Any]]) -> str:
     return DOCUMENTS_TEMPLATE.format(documents=docs)
 
 
-def approx_tokens(message: BaseMessage) -> int:
-    """A cheap token estimate (4 characters a token) of a message, tool calls included."""
-    size = len(str(message.content)) + sum(len(str(tc.get("args"))) + len(tc.get("name", ""))
-                                           for tc in getattr(message, "tool_calls", None) or [])
-    return size // 4 + 4
-
-
-def trim_history(history: list[BaseMessage], budget: int) -> list[BaseMessage]:
-    """The most recent whole turns of `history` that fit in `budget` tokens.
-
-    Cuts only where a human message starts a turn, so an AI message with tool calls is never separated from
-    its tool results (providers reject orphaned tool messages).
-    """
-    total, start = 0, len(history)
-    for i in range(len(history) - 1, -1, -1):
-        total += approx_tokens(history[i])
-        if total > budget:
-            break
-        if isinstance(history[i], HumanMessage):
-            start = i
-    return history[start:]
-
-
 def build_prompt(state: State, history_tokens: int = 3000) -> list[BaseMessage]:
-    """System prompt, earlier turns (trimmed to budget), the passages as data, then this turn."""
+    """System prompt (with the summary of folded turns), earlier turns (trimmed to budget), the passages as
+    data, then this turn."""
     messages = list(state.get("messages", []))
     docs = HumanMessage(content=documents_block(state.get("passages", [])), name="retrieved_documents")
     # The passages go right before this turn's question, so tool calls and results follow the question.
-    last_human = max((i for i, m in enumerate(messages) if isinstance(m, HumanMessage)), default=len(messages))
+    last_human = current_turn_start(messages)
     earlier = trim_history(messages[:last_human], history_tokens)
-    return [SystemMessage(content=SYSTEM_PROMPT), *earlier, docs, *messages[last_human:]]
+    system = SYSTEM_PROMPT
+    if state.get("summary"):
+        system += SUMMARY_SECTION.format(summary=html.escape(str(state["summary"]), quote=False))
+    return [SystemMessage(content=system), *earlier, docs, *messages[last_human:]]
 
 
 async def summarize(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -78,12 +60,21 @@ async def summarize(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     tools = registry().select(ctx.tools)
     if tools and state.get("tool_calls", 0) < ctx.max_tool_calls:
         model = model.bind_tools([t.as_langchain_tool() for t in tools])
-    response = await model.ainvoke(build_prompt(state, ctx.history_tokens))
+    folded = None
+    if ctx.history == "summarize":
+        folded = await fold_history(list(state.get("messages", [])), state.get("summary", ""),
+                                    get_chat_model("answer", ctx), budget=ctx.history_tokens,
+                                    summary_tokens=ctx.summary_tokens)
+    view: State = state if folded is None else {
+        **state, "summary": folded["summary"], "messages": apply_fold(list(state.get("messages", [])), folded)}
+    response = await model.ainvoke(build_prompt(view, ctx.history_tokens))
     if not isinstance(response, AIMessage):  # pragma: no cover - defensive for odd providers
         response = AIMessage(content=str(getattr(response, "content", response)))
     if not response.id:
         response.id = f"ai-{uuid.uuid4()}"
+    memory: dict[str, Any] = {} if folded is None else {"summary": folded["summary"]}
+    messages = [*(folded["messages"] if folded else []), response]
     if response.tool_calls:
-        return {"messages": [response], "steps": step}
+        return {**memory, "messages": messages, "steps": step}
     draft = str(response.text)
-    return {"messages": [response], "draft": draft, "draft_id": response.id, "steps": step}
+    return {**memory, "messages": messages, "draft": draft, "draft_id": response.id, "steps": step}

@@ -2,7 +2,8 @@
 
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
-from agent.nodes.summarize import approx_tokens, build_prompt, trim_history
+from agent.history import approx_tokens, trim_history
+from agent.nodes.summarize import build_prompt
 
 
 def turn(i: int, with_tool: bool = False) -> list:
