@@ -38,6 +38,8 @@ def decide(user: UserAttrs, spec: Any, args: BaseModel, *, allowed: set[str] | N
     if spec.allowed_roles is not None and not (user.roles & spec.allowed_roles):
         need = ", ".join(sorted(spec.allowed_roles))
         return Decision("deny", f"tool {spec.name!r} requires one of the roles: {need}")
+    if spec.allowed_tenants is not None and user.tenant not in spec.allowed_tenants:
+        return Decision("deny", f"tool {spec.name!r} is not available to your tenant")
     rule = spec.needs_approval
     needs = bool(rule(args, user)) if callable(rule) else bool(rule)
     if needs:

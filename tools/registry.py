@@ -73,6 +73,7 @@ class ToolSpec:
     side_effect: SideEffect = "none"
     needs_approval: bool | Callable[[Any, UserAttrs], bool] = False
     allowed_roles: frozenset[str] | None = None
+    allowed_tenants: frozenset[str] | None = None
     timeout_s: float = 30.0
     retry: ToolRetry = field(default_factory=ToolRetry)
     compensator: Callable[[Any, Any, ToolContext], Awaitable[None]] | None = None

@@ -40,6 +40,16 @@ def _message(result: ToolResult) -> ToolMessage:
     )
 
 
+def _with_edited_args(message: AIMessage, prepared: list[PreparedCall]) -> AIMessage | None:
+    """The model's tool-call message with the arguments a human edited (None when nothing was edited)."""
+    args = {p.call_id: p.call.get("args") for p in prepared
+            if p.error is None and "arguments edited by a human" in p.notes}
+    if not args:
+        return None
+    calls = [{**c, "args": args[c["id"]]} if c.get("id") in args else c for c in message.tool_calls]
+    return message.model_copy(update={"tool_calls": calls})
+
+
 async def execute_tools(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """Every tool call gets exactly one ToolMessage; nothing runs before every needed approval is in."""
     ctx = runtime.context or Context()
@@ -64,15 +74,19 @@ async def execute_tools(state: State, runtime: Runtime[Context]) -> dict[str, An
         await prepare_call(reg, c, tctx, allowed=allowed, checkpoint_ns=configurable.get("checkpoint_ns", ""))
         for c in run_now]
     pending = [p for p in prepared if p.human]
+    edited: AIMessage | None = None
     if pending:
         # Resuming returns the human's answer here; on the first pass this stops the run.
         apply_decisions(pending, interrupt(approval_request(pending)))
+        edited = _with_edited_args(last, prepared)
     results = list(await asyncio.gather(*(run_prepared(p, tctx) for p in prepared)))
     budget = "max_steps" if over else "max_tool_calls"
     for c in refused:
         results.append(ToolResult(c.get("id") or "", c.get("name", ""), None, "error",
                                   f"Error: not executed, the {budget} budget ran out."))
-    update: dict[str, Any] = {"messages": [_message(r) for r in results], "tool_calls": used + len(run_now),
+    # An edited call replaces the model's message (same id) first, so the transcript shows what really ran.
+    update: dict[str, Any] = {"messages": [*([edited] if edited else []), *(_message(r) for r in results)],
+                              "tool_calls": used + len(run_now),
                               "steps": step}
     if refused:
         done = finish(state, budget, step=step)

@@ -108,9 +108,15 @@ async def test_reject_and_edit(graph, models, db):
     # The model was told (its next call saw the rejection).
     assert any(isinstance(m, ToolMessage) and "rejected" in m.content for m in model.calls[1])
     await graph.ainvoke({"messages": [HumanMessage(content="ticket B")]}, config, context=ctx)
-    await graph.ainvoke(Command(resume={"decisions": [{"type": "edit", "edited_action": {
+    out = await graph.ainvoke(Command(resume={"decisions": [{"type": "edit", "edited_action": {
         "name": "create_ticket", "args": {"title": "B (edited)"}}}]}), config, context=ctx)
     assert (await tickets(db))[-1]["title"] == "B (edited)"
+    # The transcript (and the model's next prompt) shows the call that ran, in place of the model's original.
+    asked = [m for m in out["messages"] if isinstance(m, AIMessage) and m.tool_calls]
+    assert [m.tool_calls[0]["args"]["title"] for m in asked][-1] == "B (edited)"
+    assert sum(1 for m in asked if m.tool_calls[0]["args"]["title"].startswith("B")) == 1
+    sent = [m for m in model.calls[-1] if isinstance(m, AIMessage) and m.tool_calls]
+    assert sent[-1].tool_calls[0]["args"] == {"title": "B (edited)"}
 
 
 async def test_prompt_injection_in_a_document_causes_no_unapproved_effect(graph, models, db):

@@ -39,6 +39,18 @@ def test_policy_roles_and_callable_rules():
     assert decide(UserAttrs("ann", frozenset({"admin"})), admin_only, CreateTicketInput(title="urgent!")).kind == "approve"
 
 
+def test_policy_tenants():
+    from dataclasses import replace
+
+    acme_only = replace(CREATE_TICKET, allowed_tenants=frozenset({"acme"}), needs_approval=False)
+    args = CreateTicketInput(title="x")
+    assert decide(UserAttrs("a", tenant="acme"), acme_only, args).kind == "allow"
+    for user in (UserAttrs("b", tenant="globex"), UserAttrs("c")):
+        d = decide(user, acme_only, args)
+        assert d.kind == "deny" and "tenant" in d.reason and "acme" not in d.reason  # tenant names not disclosed
+    assert decide(UserAttrs("c"), CREATE_TICKET, args).kind == "approve", "no tenant rule: tenants don't matter"
+
+
 def pending(name="create_ticket", args=None, human="approval"):
     s = spec(name)
     a = args or {"title": "Printer on fire"}
