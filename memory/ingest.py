@@ -1,22 +1,28 @@
-"""Files -> chunks -> store; idempotent by content hash, with a per-file manifest."""
+"""Documents -> chunks -> store; idempotent by content hash, with a per-document manifest.
+
+One function, `ingest_documents`, takes (source name, bytes) documents: `keel ingest` reads files and
+passes them (`ingest_paths`), the HTTP API passes the request's documents. Source names are labels; this
+module never opens a file by a source name.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import sys
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatch
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from langgraph.store.base import BaseStore, PutOp
 from tqdm import tqdm
 
 from memory.chunking import Chunk, chunk_text, content_hash, title_of
-from memory.readers import DEFAULT_INCLUDE, SUPPORTED_SUFFIXES, read_document
+from memory.readers import DEFAULT_INCLUDE, SUPPORTED_SUFFIXES, html_to_text
 from memory.search import docs_namespace, meta_namespace
 
 log = logging.getLogger("keel.memory.ingest")
@@ -28,19 +34,45 @@ _PAGE = 1000
 DIRECT_SUFFIXES = SUPPORTED_SUFFIXES
 
 
+class DocumentError(ValueError):
+    """A document that cannot be ingested: unsupported format, unreadable content, or a repeated source."""
+
+    def __init__(self, source: str, message: str) -> None:
+        super().__init__(f"{source}: {message}")
+        self.source = source
+        self.message = message
+
+
 @dataclass
 class IngestReport:
     """What one ingest did."""
 
-    files: int  # files considered (written + skipped)
+    files: int  # documents considered (written + skipped)
     chunks: int  # chunks written
-    skipped: int  # files unchanged since the last ingest
-    removed: int  # files gone from a walked directory whose chunks were deleted
+    skipped: int  # documents unchanged since the last ingest
+    removed: int  # documents pruned (chunks and manifest entry deleted)
     seconds: float
+    # Per document: {"source", "status": "added" | "replaced" | "unchanged", "chunks"}.
+    documents: list[dict[str, Any]] = field(default_factory=list)
+    removed_sources: list[str] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
-        """As a plain dict (for JSON / CLI output)."""
-        return asdict(self)
+    def to_dict(self, details: bool = False) -> dict[str, Any]:
+        """As a plain dict (for JSON / CLI output); per-document lists only with `details`."""
+        d = asdict(self)
+        if not details:
+            d.pop("documents")
+            d.pop("removed_sources")
+        return d
+
+
+@dataclass(frozen=True)
+class PreparedDocument:
+    """A document read and chunked, ready to write."""
+
+    source: str
+    file_hash: str  # sha256 of the extracted text
+    title: str
+    chunks: list[Chunk]
 
 
 def source_name(path: Path, root: Path) -> str:
@@ -50,6 +82,48 @@ def source_name(path: Path, root: Path) -> str:
         return path.relative_to(root.resolve()).as_posix()
     except ValueError:
         return path.as_posix()
+
+
+def document_format(source: str) -> str:
+    """The format of a document, from its source name's extension (".md", ".pdf", ...), as the CLI decides."""
+    suffix = PurePosixPath(source.replace("\\", "/")).suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise DocumentError(source, f"unsupported extension {suffix or '(none)'!r}; supported: "
+                                    + ", ".join(SUPPORTED_SUFFIXES))
+    return suffix
+
+
+def document_text(source: str, data: bytes) -> str:
+    """The text to chunk, from a document's bytes; the format comes from the source name's extension."""
+    suffix = document_format(source)
+    if suffix == ".pdf":
+        text = _pdf_text(source, data)
+    else:
+        # errors="replace": one stray byte should not stop a whole corpus from ingesting. Newlines are
+        # normalised as text-mode reading does, so a file hashes the same however it reached us.
+        raw = data.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "\n")
+        text = html_to_text(raw) if suffix in (".html", ".htm") else raw
+    return text.replace("\x00", "")  # Postgres jsonb cannot hold NUL
+
+
+def _pdf_text(source: str, data: bytes) -> str:
+    """Text of every page of a PDF given as bytes (pages separated by blank lines)."""
+    from pypdf import PdfReader
+
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        pages = [(page.extract_text() or "").strip() for page in reader.pages]
+    except Exception as exc:  # pypdf raises many types for damaged input
+        raise DocumentError(source, f"not a readable PDF ({type(exc).__name__}: {exc})") from None
+    return "\n\n".join(p for p in pages if p)
+
+
+def prepare_document(source: str, data: bytes, *, max_tokens: int = 200, overlap: int = 40) -> PreparedDocument:
+    """Read and chunk one document (blocking: run it in a thread)."""
+    text = document_text(source, data)
+    stem = PurePosixPath(source.replace("\\", "/")).stem
+    return PreparedDocument(source, content_hash(text), title_of(text, stem),
+                            chunk_text(text, max_tokens=max_tokens, overlap=overlap))
 
 
 def _walk(directory: Path, include: Sequence[str], exclude: Sequence[str] = ()) -> list[Path]:
@@ -89,12 +163,6 @@ def _collect(paths: Iterable[str | Path], include: Sequence[str],
     return list(files), dirs
 
 
-def _prepare(path: Path, max_tokens: int, overlap: int) -> tuple[str, str, list[Chunk]]:
-    """Read and chunk one file (blocking; run in a thread): (file hash, title, chunks)."""
-    text = read_document(path)
-    return content_hash(text), title_of(text, path.stem), chunk_text(text, max_tokens=max_tokens, overlap=overlap)
-
-
 async def _list_items(store: BaseStore, ns: tuple[str, ...], filter: dict[str, Any] | None = None) -> list[Any]:
     """Every item of a namespace (optionally filtered)."""
     # Not offset paging: without a query the store orders by updated_at, and a batch shares one timestamp,
@@ -118,75 +186,174 @@ async def _write(store: BaseStore, ops: list[PutOp]) -> None:
         await store.abatch(ops[i:i + PUT_BATCH])
 
 
+def _next_prepared(docs: Iterator[tuple[str, bytes]], max_tokens: int, overlap: int) -> PreparedDocument | None:
+    """Pull the next (source, bytes) document and prepare it (blocking: reading a file may happen here)."""
+    nxt = next(docs, None)
+    return None if nxt is None else prepare_document(nxt[0], nxt[1], max_tokens=max_tokens, overlap=overlap)
+
+
+async def _prepared(documents: Iterable[tuple[str, bytes]], max_tokens: int, overlap: int, all_first: bool):
+    """Prepared documents in order, each read and chunked in a worker thread; with `all_first`, every document
+    is prepared (and so validated) before the first is yielded."""
+    it = iter(documents)
+    if all_first:
+        ready = []
+        while (doc := await asyncio.to_thread(_next_prepared, it, max_tokens, overlap)) is not None:
+            ready.append(doc)
+        for doc in ready:
+            yield doc
+        return
+    while (doc := await asyncio.to_thread(_next_prepared, it, max_tokens, overlap)) is not None:
+        yield doc
+
+
+async def ingest_documents(store: BaseStore, documents: Iterable[tuple[str, bytes]], *, namespace: str,
+                           max_tokens: int = 200, overlap: int = 40, prepare_all_first: bool = False,
+                           prune: Callable[[str], bool] | None = None, progress: bool = False,
+                           total: int | None = None) -> IngestReport:
+    """Ingest (source name, bytes) documents into corpus `namespace`; the format comes from the source's
+    extension. A document whose text and chunking parameters are unchanged is skipped, a changed one has its
+    chunks replaced. `prune(source)` is asked about every source of the corpus not in `documents`; True
+    deletes its chunks and manifest entry.
+
+    With `prepare_all_first`, every document is read, parsed and chunked before anything is written, so a
+    bad document (DocumentError) leaves the corpus untouched. Otherwise documents are prepared and written
+    one at a time (the CLI: memory stays flat for large folders).
+    """
+    t0 = time.perf_counter()
+    ns, meta_ns = docs_namespace(namespace), meta_namespace(namespace)
+    if max_tokens <= 0 or not 0 <= overlap < max_tokens:
+        raise ValueError(f"need max_tokens > 0 and 0 <= overlap < max_tokens, got {max_tokens}, {overlap}")
+    params = {"max_tokens": max_tokens, "overlap": overlap}
+    if prepare_all_first:
+        documents = list(documents)
+        seen_sources: set[str] = set()
+        for source, _ in documents:  # a repeated source is ambiguous: refuse before doing any work
+            if source in seen_sources:
+                raise DocumentError(source, "given more than once")
+            seen_sources.add(source)
+        total = len(documents)
+    manifest = {it.key: it.value for it in await _list_items(store, meta_ns)}
+
+    report = IngestReport(files=0, chunks=0, skipped=0, removed=0, seconds=0.0)
+    seen: set[str] = set()
+    bar = tqdm(desc=f"ingest {namespace}", unit="file", total=total, file=sys.stderr, disable=not progress)
+    try:
+        async for doc in _prepared(documents, max_tokens, overlap, prepare_all_first):
+            bar.update(1)
+            source = doc.source
+            if source in seen:
+                raise DocumentError(source, "given more than once")
+            seen.add(source)
+            report.files += 1
+            old = manifest.get(source)
+            if old and old.get("file_hash") == doc.file_hash and old.get("params") == params:
+                report.skipped += 1
+                report.documents.append({"source": source, "status": "unchanged", "chunks": old.get("chunks")})
+                continue
+            await _write_document(store, ns, meta_ns, doc, params)
+            report.chunks += len(doc.chunks)
+            report.documents.append({"source": source, "status": "replaced" if old else "added",
+                                     "chunks": len(doc.chunks)})
+    finally:
+        bar.close()
+
+    if prune is not None:
+        for source in sorted(manifest):
+            if source not in seen and prune(source):
+                await _remove_source(store, ns, meta_ns, source)
+                report.removed += 1
+                report.removed_sources.append(source)
+    report.seconds = round(time.perf_counter() - t0, 3)
+    return report
+
+
+async def _write_document(store: BaseStore, ns: tuple[str, ...], meta_ns: tuple[str, ...], doc: PreparedDocument,
+                          params: dict[str, Any]) -> None:
+    """Replace a document's chunks, then record it in the manifest."""
+    source = doc.source
+    keys = [f"{source}#{c.index}" for c in doc.chunks]
+    # Keys 0..n-1 are overwritten by upsert; only keys beyond the new count need deleting.
+    stale = await _chunk_keys(store, ns, source) - set(keys)
+    ops = [PutOp(ns, k, None) for k in sorted(stale)]
+    ops += [
+        PutOp(ns, key, {
+            "text": c.text, "source": source, "title": doc.title, "heading": c.heading,
+            "chunk_index": c.index, "content_hash": content_hash(c.text), "file_hash": doc.file_hash,
+        })
+        for key, c in zip(keys, doc.chunks, strict=True)
+    ]
+    await _write(store, ops)
+    # The manifest goes last: if we die before this, the next run sees a changed document and redoes it.
+    await store.abatch([PutOp(meta_ns, source, {
+        "source": source, "file_hash": doc.file_hash, "chunks": len(doc.chunks), "title": doc.title,
+        "params": params,
+    }, index=False)])
+
+
+async def _remove_source(store: BaseStore, ns: tuple[str, ...], meta_ns: tuple[str, ...], source: str) -> int:
+    """Delete a source's chunks and manifest entry; return how many chunks were deleted."""
+    keys = await _chunk_keys(store, ns, source)
+    # Chunks first, manifest last: an interrupted delete leaves an entry the next delete or ingest finishes.
+    await _write(store, [PutOp(ns, k, None) for k in sorted(keys)] + [PutOp(meta_ns, source, None)])
+    return len(keys)
+
+
+async def list_sources(store: BaseStore, *, namespace: str) -> list[dict[str, Any]]:
+    """The manifest of a corpus: one entry per ingested document (source, chunks, file_hash, title, params,
+    updated_at), sorted by source."""
+    items = await _list_items(store, meta_namespace(namespace))
+    out = []
+    for it in items:
+        v = it.value
+        out.append({"source": v.get("source", it.key), "chunks": v.get("chunks"), "file_hash": v.get("file_hash"),
+                    "title": v.get("title"), "params": v.get("params"),
+                    "updated_at": it.updated_at.isoformat() if getattr(it, "updated_at", None) else None})
+    return sorted(out, key=lambda s: s["source"])
+
+
+async def delete_source(store: BaseStore, *, namespace: str, source: str) -> int | None:
+    """Delete one document of a corpus (chunks and manifest entry); the number of chunks deleted, or None when
+    the corpus has neither a manifest entry nor chunks for that source."""
+    ns, meta_ns = docs_namespace(namespace), meta_namespace(namespace)
+    known = await store.aget(meta_ns, source) is not None
+    if not known and not await _chunk_keys(store, ns, source):
+        return None
+    return await _remove_source(store, ns, meta_ns, source)
+
+
+def _read_files(files: list[Path], root: Path) -> Iterator[tuple[str, bytes]]:
+    """(source name, bytes) of each file, read lazily."""
+    for path in files:
+        yield source_name(path, root), path.read_bytes()
+
+
+def _vanished_from(dirs: list[Path], root: Path, include: Sequence[str]) -> Callable[[str], bool]:
+    """Prune rule of the CLI: a source whose file is gone from a directory walked this time (and that the
+    include globs would have taken). A file ingested on its own, or under a folder not named, is left alone."""
+    root = root.resolve()
+    walked = [d.resolve() for d in dirs]
+
+    def gone(source: str) -> bool:
+        path = Path(source) if Path(source).is_absolute() else root / source
+        return (not path.exists() and any(path.is_relative_to(d) for d in walked)
+                and any(fnmatch(path.name, g) for g in include))
+
+    return gone
+
+
 async def ingest_paths(store: BaseStore, paths: list[str | Path], *, namespace: str, max_tokens: int = 200,
                        overlap: int = 40, include: Sequence[str] = DEFAULT_INCLUDE, exclude: Sequence[str] = (),
                        root: Path | None = None, progress: bool = False, prune: bool = False) -> IngestReport:
     """Ingest files and directories into corpus `namespace`; unchanged files are skipped, changed ones replaced;
     with `prune`, files that vanished from a walked directory lose their chunks."""
-    t0 = time.perf_counter()
-    ns, meta_ns = docs_namespace(namespace), meta_namespace(namespace)
+    docs_namespace(namespace)  # validate before touching the filesystem
     if max_tokens <= 0 or not 0 <= overlap < max_tokens:
         raise ValueError(f"need max_tokens > 0 and 0 <= overlap < max_tokens, got {max_tokens}, {overlap}")
     root = Path(root) if root is not None else Path.cwd()
     if isinstance(paths, str | Path):  # a lone path would otherwise be iterated character by character
         paths = [paths]
     files, dirs = await asyncio.to_thread(_collect, paths, tuple(include), tuple(exclude))
-    params = {"max_tokens": max_tokens, "overlap": overlap}
-    manifest = {it.key: it.value for it in await _list_items(store, meta_ns)}
-
-    report = IngestReport(files=0, chunks=0, skipped=0, removed=0, seconds=0.0)
-    seen: set[str] = set()
-    for path in tqdm(files, desc=f"ingest {namespace}", unit="file", file=sys.stderr, disable=not progress):
-        source = source_name(path, root)
-        seen.add(source)
-        report.files += 1
-        file_hash, title, chunks = await asyncio.to_thread(_prepare, path, max_tokens, overlap)
-        old = manifest.get(source)
-        if old and old.get("file_hash") == file_hash and old.get("params") == params:
-            report.skipped += 1
-            continue
-        keys = [f"{source}#{c.index}" for c in chunks]
-        # Keys 0..n-1 are overwritten by upsert; only keys beyond the new count need deleting.
-        stale = await _chunk_keys(store, ns, source) - set(keys)
-        ops = [PutOp(ns, k, None) for k in sorted(stale)]
-        ops += [
-            PutOp(ns, key, {
-                "text": c.text, "source": source, "title": title, "heading": c.heading,
-                "chunk_index": c.index, "content_hash": content_hash(c.text), "file_hash": file_hash,
-            })
-            for key, c in zip(keys, chunks, strict=True)
-        ]
-        await _write(store, ops)
-        # The manifest goes last: if we die before this, the next run sees a changed file and redoes it.
-        await store.abatch([PutOp(meta_ns, source, {
-            "source": source, "file_hash": file_hash, "chunks": len(chunks), "title": title, "params": params,
-        }, index=False)])
-        report.chunks += len(chunks)
-
-    if prune:
-        report.removed = await _remove_missing(store, ns, meta_ns, manifest, dirs, root, include, seen)
-    report.seconds = round(time.perf_counter() - t0, 3)
-    return report
-
-
-async def _remove_missing(store: BaseStore, ns: tuple[str, ...], meta_ns: tuple[str, ...],
-                          manifest: dict[str, Any], dirs: list[Path], root: Path, include: Sequence[str],
-                          seen: set[str]) -> int:
-    """Delete chunks and manifest entries of files that vanished from a walked directory; return how many."""
-    root = root.resolve()
-    walked = [d.resolve() for d in dirs]
-    removed = 0
-    for source in sorted(manifest):
-        if source in seen:
-            continue
-        path = Path(source) if Path(source).is_absolute() else root / source
-        # Only files that are gone, from a directory we walked: a file ingested on its own, or one
-        # under a folder not named this time, is left alone.
-        if path.exists() or not any(path.is_relative_to(d) for d in walked):
-            continue
-        if not any(fnmatch(path.name, g) for g in include):
-            continue
-        keys = await _chunk_keys(store, ns, source)
-        await _write(store, [PutOp(ns, k, None) for k in sorted(keys)] + [PutOp(meta_ns, source, None)])
-        removed += 1
-    return removed
+    return await ingest_documents(
+        store, _read_files(files, root), namespace=namespace, max_tokens=max_tokens, overlap=overlap,
+        prune=_vanished_from(dirs, root, tuple(include)) if prune else None, progress=progress, total=len(files))

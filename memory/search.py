@@ -16,6 +16,10 @@ DEFAULT_SEARCH_MODE = "dense"
 HYBRID_CANDIDATES_PER_K = 4
 
 
+CORPUS_LABELS = ("docs", "docs_meta")
+"""First labels of the store namespaces that hold document corpora (shared by all users)."""
+
+
 def docs_namespace(corpus: str) -> tuple[str, ...]:
     """The store namespace holding a corpus's chunks: ("docs", corpus)."""
     _check_corpus(corpus)

@@ -9,7 +9,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from server.errors import BodyGuard, install_error_handlers
 from server.mcp import mount_mcp
-from server.routes import assistants, meta, runs, store, threads
+from server.routes import assistants, knowledge, meta, runs, store, threads
 from server.service import KeelService
 from server.settings import Settings, get_settings
 
@@ -40,7 +40,7 @@ def create_app(settings: Settings | None = None, service: KeelService | None = N
     if service is not None:
         app.state.keel = service
     install_error_handlers(app)
-    for r in (meta.router, assistants.router, threads.router, runs.router, store.router):
+    for r in (meta.router, assistants.router, threads.router, runs.router, store.router, knowledge.router):
         app.include_router(r)
     mcp_sessions = mount_mcp(app, settings)
     # Studio is a web page on another origin that calls this server from the browser.

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Response
 from pydantic import Field
 
+from memory.search import CORPUS_LABELS
 from server.auth import CurrentUser, User
 from server.deps import Service
 from server.errors import ApiError
@@ -61,6 +62,9 @@ def _check_labels(labels: list[str]) -> None:
 def real(user: User, namespace: list[str]) -> tuple[str, ...]:
     """The stored namespace: the caller's id goes in as the second label."""
     _check_labels(namespace)
+    if namespace and namespace[0] in CORPUS_LABELS:
+        # ("docs", <user id>) would be the corpus named like the user: corpora are managed via /knowledge only.
+        raise ApiError(422, f"Namespace label {namespace[0]!r} is reserved for document corpora; use /knowledge")
     return (namespace[0], memories_namespace(user.id)[1], *namespace[1:])
 
 
@@ -124,4 +128,5 @@ async def list_namespaces(body: ListNamespaces, svc: Service, user: CurrentUser)
     found = await svc.db.store.alist_namespaces(
         prefix=prefix, suffix=tuple(body.suffix) if body.suffix else None,
         max_depth=body.max_depth + 1 if body.max_depth else None, limit=body.limit, offset=body.offset)
-    return {"namespaces": [visible(user, ns) for ns in found if len(ns) > 1 and ns[1] == me]}
+    return {"namespaces": [visible(user, ns) for ns in found
+                           if len(ns) > 1 and ns[1] == me and ns[0] not in CORPUS_LABELS]}
