@@ -74,14 +74,10 @@ def embeddings():
 @pytest.fixture(scope="module")
 async def db(database_url, embeddings):
     """A migrated Keel database (pool, saver, store) on this module's database."""
-    from memory.embeddings import EMBED_DIMS
-    from server.db import open_database
+    from tests.support.inprocess import keel_database
 
-    database = await open_database(database_url, embeddings=embeddings, dims=EMBED_DIMS, pool_max=6)
-    try:
+    async with keel_database(database_url, embeddings, pool_max=6) as database:
         yield database
-    finally:
-        await database.close()
 
 
 @pytest.fixture(autouse=True, scope="module")

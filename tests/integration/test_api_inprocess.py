@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-import httpx
 import pytest
 from langchain_core.messages import AIMessage
 
 from agent.models import register_model, unregister_model
-from server.app import create_app
-from server.service import KeelService
 from server.settings import Settings
+from tests.support.inprocess import api_client, running_service
 from tests.support.scripted import ScriptedChatModel
 
 ALICE, BOB = {"x-api-key": "ka"}, {"authorization": "Bearer kb"}
@@ -22,18 +20,13 @@ Q = {"messages": [{"role": "user", "content": "How do workers scale out?"}]}
 @pytest.fixture(scope="module")
 async def svc(db):
     settings = Settings(keel_api_keys="ka:alice,kb:bob", keel_max_body_bytes=50_000)
-    service = KeelService(settings, db)
-    await service.start_feed()
-    worker = await service.start_worker(2)
-    yield service
-    await worker.drain(5)
-    await service.feed.stop()
+    async with running_service(settings, db) as service:
+        yield service
 
 
 @pytest.fixture(scope="module")
 async def client(svc):
-    app = create_app(svc.settings, svc)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://keel") as c:
+    async with api_client(svc) as c:
         yield c
 
 

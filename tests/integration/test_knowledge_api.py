@@ -7,13 +7,12 @@ import base64
 import hashlib
 import uuid
 
-import httpx
 import pytest
 
 from memory.ingest import ingest_paths
-from server.app import create_app
 from server.service import KeelService
 from server.settings import Settings
+from tests.support.inprocess import api_client
 
 ADMIN, BOB, CAROL = {"x-api-key": "ka"}, {"authorization": "Bearer kb"}, {"x-api-key": "kc"}
 LIMIT = 200_000
@@ -74,17 +73,14 @@ async def svc(db):
 
 @pytest.fixture(scope="module")
 async def client(svc):
-    app = create_app(svc.settings, svc)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://keel") as c:
+    async with api_client(svc) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
 async def local(db):
     """No keys configured: the single local user may write."""
-    service = KeelService(Settings(keel_api_keys="", keel_max_body_bytes=LIMIT), db)
-    app = create_app(service.settings, service)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://keel") as c:
+    async with api_client(KeelService(Settings(keel_api_keys="", keel_max_body_bytes=LIMIT), db)) as c:
         yield c
 
 
@@ -383,9 +379,8 @@ async def test_bad_search_gets_422(client, body, needle):
 async def test_a_user_named_like_a_corpus_cannot_reach_it_through_the_store_api(db):
     """The store API puts the user id second: ("docs", "shared") would be the corpus named "shared"."""
     service = KeelService(Settings(keel_api_keys="ka:alice:admin,ks:shared", keel_max_body_bytes=LIMIT), db)
-    app = create_app(service.settings, service)
     shared = {"Authorization": "Bearer ks"}
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://keel") as c:
+    async with api_client(service) as c:
         await ingest(c, "shared", docs("guide/ops.md"))
         before = await store_state(db)
         for label in ("docs", "docs_meta"):
