@@ -110,12 +110,14 @@ async def _with_db(settings: Settings, fn):
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     from memory.ingest import ingest_paths
+    from server.routes.knowledge import corpus_db_lock
 
     async def run(db):
         kw = {"include": args.include} if args.include else {}
-        return await ingest_paths(db.store, args.paths, namespace=args.namespace, max_tokens=args.chunk_tokens,
-                                  overlap=args.overlap, progress=not args.quiet, exclude=args.exclude or (),
-                                  prune=args.prune, **kw)
+        async with corpus_db_lock(db.pool, args.namespace):
+            return await ingest_paths(db.store, args.paths, namespace=args.namespace, max_tokens=args.chunk_tokens,
+                                      overlap=args.overlap, progress=not args.quiet,
+                                      exclude=args.exclude or (), prune=args.prune, **kw)
 
     report = asyncio.run(_with_db(settings, run))
     d = report.to_dict()
@@ -278,18 +280,22 @@ def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
-    from server.retention import sweep
+    from server.retention import prune_run_events, sweep
 
-    async def run(db) -> int:
+    async def run(db) -> tuple[int, int]:
         total = 0
         while True:
             ids = await sweep(db, idle_days=args.idle_days)
             total += len(ids)
             if len(ids) < 500:
-                return total
+                break
+        return total, await prune_run_events(db, settings.keel_events_ttl_seconds)
 
-    n = asyncio.run(_with_db(settings, run))
+    n, events = asyncio.run(_with_db(settings, run))
     print(f"pruned {n} thread(s) (expired TTLs{f', idle for {args.idle_days:g}+ days' if args.idle_days else ''})")
+    ttl = settings.keel_events_ttl_seconds
+    print(f"pruned {events} event row(s) of runs finished over {ttl:g}s ago" if ttl > 0
+          else "kept all run events (KEEL_EVENTS_TTL_SECONDS=0)")
     return 0
 
 
@@ -375,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     ri = sub.add_parser("reindex", help="re-embed all memory with the configured embedding model")
     ri.set_defaults(func=cmd_reindex)
 
-    pr = sub.add_parser("prune", help="delete expired threads (and idle ones) from checkpoints, runs, events, store")
+    pr = sub.add_parser("prune", help="delete expired threads (and idle ones) from checkpoints, runs, events, store, "
+                        "and the events of runs finished over KEEL_EVENTS_TTL_SECONDS ago")
     pr.add_argument("--idle-days", type=float, default=None, help="also delete threads untouched this many days")
     pr.set_defaults(func=cmd_prune)
 

@@ -1,10 +1,13 @@
-"""Retention: delete a thread everywhere (checkpoints, runs, events, thread-scoped store items) and sweep
-expired or idle threads. Used by DELETE /threads/{id}, `keel prune` and the workers' periodic sweep."""
+"""Retention: delete a thread everywhere (checkpoints, runs, events, thread-scoped store items), sweep
+expired or idle threads, and drop the stream events of long-finished runs. Used by DELETE /threads/{id},
+`keel prune` and the workers' periodic sweep."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
+
+from server.runs.events import TERMINAL
 
 log = logging.getLogger("keel.retention")
 
@@ -40,6 +43,63 @@ async def sweep(db: Any, *, idle_days: float | None = None, limit: int = 500) ->
     if ids:
         log.info("pruned %d thread(s)", len(ids))
     return ids
+
+
+EVENTS_BATCH = 5000
+
+# The oldest finished runs (terminal status) that ended before the cutoff and may still have events, read
+# from the partial index keel_runs_events_ttl_idx (migration 6): finished_at set, events_pruned_at unset.
+_EXPIRED_RUNS = (
+    "SELECT run_id, finished_at FROM keel_runs WHERE finished_at < now() - make_interval(secs => %(ttl)s) "
+    "AND finished_at <= coalesce(%(upto)s::timestamptz, 'infinity') AND events_pruned_at IS NULL "
+    "AND status IN (" + ", ".join(f"'{s}'" for s in TERMINAL) + ") ORDER BY finished_at LIMIT %(batch)s")
+
+# At most `batch` event rows of those runs, oldest run first; deleted by ctid (a TID scan, whatever the
+# planner makes of the join). SKIP LOCKED: concurrent sweeps take disjoint rows and never wait on a thread
+# being deleted. `upto` is the finish time of the last run touched: the runs up to it are the ones to mark.
+_DELETE_EVENTS = (
+    "WITH doomed AS MATERIALIZED (SELECT r.finished_at, e.ctid "
+    f"FROM ({_EXPIRED_RUNS}) r CROSS JOIN LATERAL ("
+    "SELECT ctid FROM keel_run_events x WHERE x.run_id = r.run_id ORDER BY seq LIMIT %(batch)s "
+    "FOR UPDATE SKIP LOCKED) e LIMIT %(batch)s), "
+    "gone AS (DELETE FROM keel_run_events WHERE ctid = ANY(ARRAY(SELECT ctid FROM doomed)) RETURNING 1) "
+    "SELECT (SELECT count(*) FROM gone) AS deleted, (SELECT max(finished_at) FROM doomed) AS upto")
+
+# Runs of that window (up to `upto`; all of it when nothing was deleted) whose events are all gone leave the
+# index, so later sweeps never look at them again. Only those rows are locked, SKIP LOCKED again.
+_MARK_PRUNED = (
+    "UPDATE keel_runs k SET events_pruned_at = now() FROM (SELECT run_id FROM keel_runs d "
+    f"WHERE run_id = ANY(ARRAY(SELECT run_id FROM ({_EXPIRED_RUNS}) w)) "
+    "AND NOT EXISTS (SELECT 1 FROM keel_run_events e WHERE e.run_id = d.run_id) FOR UPDATE SKIP LOCKED) r "
+    "WHERE k.run_id = r.run_id")
+
+
+async def prune_run_events(db: Any, ttl_seconds: float, *, batch: int = EVENTS_BATCH,
+                           max_batches: int | None = None) -> int:
+    """Delete the stream events of runs that ended (success, error, interrupted, timeout) more than
+    `ttl_seconds` ago; return how many rows went. 0 keeps events forever.
+
+    One short transaction per `batch` rows, so no lock is held for long; `max_batches` bounds one call
+    (the workers' periodic sweep), None loops until nothing is left. Pending and running runs are never
+    touched. The run row stays: GET and join still answer (the result is on the row or in the checkpoint);
+    a join stream of such a run has nothing to replay and ends at once.
+    """
+    if ttl_seconds <= 0:
+        return 0
+    params = {"ttl": float(ttl_seconds), "batch": int(batch), "upto": None}
+    total, rounds = 0, 0
+    while max_batches is None or rounds < max_batches:
+        rounds += 1
+        async with db.pool.connection() as conn, conn.transaction():
+            row = await (await conn.execute(_DELETE_EVENTS, params)).fetchone()
+            deleted = row["deleted"]
+            marked = (await conn.execute(_MARK_PRUNED, {**params, "upto": row["upto"]})).rowcount
+        total += deleted
+        if not deleted and not marked:
+            break
+    if total:
+        log.info("pruned %d event row(s) of runs finished over %gs ago", total, ttl_seconds)
+    return total
 
 
 async def trim_checkpoints(db: Any, thread_id: str, keep: int) -> int:

@@ -29,7 +29,7 @@ _STARTED = datetime.now(UTC).isoformat()
 
 # Run settings a request may change through `context`; identity and models come from the server only.
 REQUEST_CONTEXT_FIELDS = {"namespace", "retrieve_k", "critic_threshold", "max_revisions", "max_steps",
-                          "max_tool_calls", "tools", "history_tokens"}
+                          "max_tool_calls", "tools", "history_tokens", "history"}
 
 
 def load_builder(spec: str | None):
@@ -95,7 +95,7 @@ async def open_db(settings: Settings, *, check_embeddings: bool = True) -> Datab
                                pool_max=settings.keel_pool_max, max_idle=settings.keel_pool_max_idle,
                                max_lifetime=settings.keel_pool_max_lifetime, server=server,
                                embeddings_name=settings.keel_embeddings or DEFAULT_EMBEDDINGS,
-                               check_embeddings=check_embeddings)
+                               check_embeddings=check_embeddings, hnsw_ef_search=settings.keel_hnsw_ef_search)
 
 
 class KeelService:
@@ -171,7 +171,8 @@ class KeelService:
         return Context(user_id=user_id, roles=list(roles), tenant=tenant, model=s.keel_model, critic_model=s.keel_critic_model,
                        namespace=s.keel_namespace, retrieve_k=s.keel_retrieve_k,
                        critic_threshold=s.keel_critic_threshold, max_revisions=s.keel_max_revisions,
-                       max_steps=s.keel_max_steps, max_tool_calls=s.keel_max_tool_calls)
+                       max_steps=s.keel_max_steps, max_tool_calls=s.keel_max_tool_calls,
+                       history=s.keel_history)
 
     def build_context(self, user: User, overrides: dict[str, Any] | None) -> Context:
         """The run's Context: configuration defaults plus the request's allowed overrides."""
@@ -194,6 +195,9 @@ class KeelService:
             elif key == "critic_threshold":
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
                     raise ApiError(422, "context.critic_threshold must be a number between 0 and 1")
+            elif key == "history":
+                if value not in ("summarize", "trim"):
+                    raise ApiError(422, 'context.history must be "summarize" or "trim"')
             elif key == "history_tokens":
                 if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1_000_000:
                     raise ApiError(422, "context.history_tokens must be an integer between 0 and 1000000")

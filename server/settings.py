@@ -26,7 +26,10 @@ class Settings(BaseSettings):
     keel_embed_dims: int | None = Field(default=None, description="vector size when KEEL_EMBEDDINGS is set")
     keel_api_keys: str = Field(default="", description="comma-separated key:user_id[:role+role[:tenant]]; empty = single local user")
     keel_keep_checkpoints: int = Field(default=100, ge=0, description="checkpoints kept per thread (0 = all)")
+    keel_events_ttl_seconds: float = Field(default=604800, ge=0, description="seconds a finished run keeps its stream events (0 = forever)")
     keel_reflection: bool = Field(default=False, description="after each run, store durable user facts as memories")
+    keel_history: Literal["summarize", "trim"] = Field(
+        default="summarize", description="over-budget earlier turns: summarize and drop them, or only trim the prompt")
     keel_webhook_url: str | None = Field(default=None, description="where send_webhook deliveries go")
     keel_mcp_approval: bool = Field(default=False, description="let MCP clients run approval-gated tools")
     keel_mcp_servers: str = Field(default="", description="JSON: external MCP servers to import as tools")
@@ -44,6 +47,7 @@ class Settings(BaseSettings):
     keel_max_tool_calls: int = 8
     keel_durability: Literal["sync", "async", "exit"] = "sync"
     keel_retrieve_k: int = 4
+    keel_hnsw_ef_search: int = Field(default=100, ge=1, le=1000, description="HNSW candidate list per vector search (pgvector default 40)")
     keel_workers: int = Field(default=2, ge=0, le=64, description="run slots of the in-process worker of `keel serve`")
     keel_worker_concurrency: int = Field(default=4, ge=1, le=256, description="run slots of one `keel worker`")
     keel_lease_seconds: float = Field(default=5.0, gt=0.5, le=600, description="run lease; a dead worker's run resumes after it")

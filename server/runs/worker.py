@@ -185,9 +185,12 @@ class Worker:
                                     "dead-lettered" if r["status"] == "error" else "re-queued", r["attempt"])
                 if time.monotonic() - last_sweep >= self.sweep_s:
                     last_sweep = time.monotonic()
-                    from server.retention import sweep
+                    from server.retention import prune_run_events, sweep
 
                     await sweep(self.svc.db)  # expired thread TTLs
+                    # Bounded per tick (10 x 5,000 rows) so claims and reaping never wait long; a backlog
+                    # drains over the following minutes, or at once with `keel prune`.
+                    await prune_run_events(self.svc.db, self.svc.settings.keel_events_ttl_seconds, max_batches=10)
                 while len(self.handles) < self.concurrency and not self._stopping:
                     c = await queue.claim(self.svc.db.pool, self.owner, self.lease_s)
                     if c is None:
