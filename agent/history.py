@@ -73,29 +73,21 @@ def _line(text: str) -> str:
     return text if len(text) <= TRANSCRIPT_CHARS else text[:TRANSCRIPT_CHARS] + " …"
 
 
-def _content(message: BaseMessage) -> str:
-    content = message.content
-    if isinstance(content, str):
-        return content
-    return " ".join(b if isinstance(b, str) else str(b.get("text", "")) for b in content
-                    if isinstance(b, str) or (isinstance(b, dict) and b.get("type") == "text"))
-
-
 def transcript(messages: list[BaseMessage]) -> str:
     """One line per message: `user: …`, `assistant: …`, `assistant called NAME {args}`, `tool NAME: …`."""
     lines: list[str] = []
     for m in messages:
         if isinstance(m, HumanMessage):
-            lines.append("user: " + _line(_content(m)))
+            lines.append("user: " + _line(m.text))
         elif isinstance(m, AIMessage):
-            if _content(m).strip():
-                lines.append("assistant: " + _line(_content(m)))
+            if m.text.strip():
+                lines.append("assistant: " + _line(m.text))
             for call in m.tool_calls:
                 lines.append(f"assistant called {call['name']} " + _line(json.dumps(call.get("args"), default=str)))
         elif isinstance(m, ToolMessage):
-            lines.append(f"tool {m.name or 'result'}: " + _line(_content(m)))
+            lines.append(f"tool {m.name or 'result'}: " + _line(m.text))
         else:
-            lines.append(f"{m.type}: " + _line(_content(m)))
+            lines.append(f"{m.type}: " + _line(m.text))
     return "\n".join(lines)
 
 
@@ -126,7 +118,7 @@ async def fold_history(messages: list[BaseMessage], summary: str, model: Any, *,
     # Tagged nostream: the summary is bookkeeping, not a reply, so it never reaches a client's token stream.
     reply = await model.ainvoke([SystemMessage(content=SUMMARY_SYSTEM_PROMPT), HumanMessage(content=request)],
                                 config={"tags": [TAG_NOSTREAM], "run_name": "summarize_history"})
-    new_summary = cap_summary(_content(reply), summary_tokens)
+    new_summary = cap_summary(reply.text, summary_tokens)
     return {"summary": new_summary, "messages": [RemoveMessage(id=m.id) for m in fold]}
 
 

@@ -8,7 +8,6 @@ module never opens a file by a source name.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import sys
 import time
@@ -22,7 +21,7 @@ from langgraph.store.base import BaseStore, PutOp
 from tqdm import tqdm
 
 from memory.chunking import Chunk, chunk_text, content_hash, title_of
-from memory.readers import DEFAULT_INCLUDE, SUPPORTED_SUFFIXES, html_to_text
+from memory.readers import DEFAULT_INCLUDE, SUPPORTED_SUFFIXES, html_to_text, pdf_to_text
 from memory.search import docs_namespace, meta_namespace
 
 log = logging.getLogger("keel.memory.ingest")
@@ -31,7 +30,6 @@ log = logging.getLogger("keel.memory.ingest")
 PUT_BATCH = 32
 # First page size when listing the manifest or a source's chunk keys (doubled until everything fits).
 _PAGE = 1000
-DIRECT_SUFFIXES = SUPPORTED_SUFFIXES
 
 
 class DocumentError(ValueError):
@@ -97,25 +95,16 @@ def document_text(source: str, data: bytes) -> str:
     """The text to chunk, from a document's bytes; the format comes from the source name's extension."""
     suffix = document_format(source)
     if suffix == ".pdf":
-        text = _pdf_text(source, data)
+        try:
+            text = pdf_to_text(data)
+        except Exception as exc:  # pypdf raises many types for damaged input
+            raise DocumentError(source, f"not a readable PDF ({type(exc).__name__}: {exc})") from None
     else:
         # errors="replace": one stray byte should not stop a whole corpus from ingesting. Newlines are
         # normalised as text-mode reading does, so a file hashes the same however it reached us.
         raw = data.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "\n")
         text = html_to_text(raw) if suffix in (".html", ".htm") else raw
     return text.replace("\x00", "")  # Postgres jsonb cannot hold NUL
-
-
-def _pdf_text(source: str, data: bytes) -> str:
-    """Text of every page of a PDF given as bytes (pages separated by blank lines)."""
-    from pypdf import PdfReader
-
-    try:
-        reader = PdfReader(io.BytesIO(data))
-        pages = [(page.extract_text() or "").strip() for page in reader.pages]
-    except Exception as exc:  # pypdf raises many types for damaged input
-        raise DocumentError(source, f"not a readable PDF ({type(exc).__name__}: {exc})") from None
-    return "\n\n".join(p for p in pages if p)
 
 
 def prepare_document(source: str, data: bytes, *, max_tokens: int = 200, overlap: int = 40) -> PreparedDocument:
@@ -153,7 +142,7 @@ def _collect(paths: Iterable[str | Path], include: Sequence[str],
             for f in _walk(p, include, exclude):
                 files.setdefault(f.resolve())
         elif p.is_file():
-            if p.suffix.lower() in DIRECT_SUFFIXES:
+            if p.suffix.lower() in SUPPORTED_SUFFIXES:
                 files.setdefault(p.resolve())
             else:
                 log.warning("skipping %s: supported files are %s", p, ", ".join(SUPPORTED_SUFFIXES))

@@ -3,8 +3,8 @@ parser (headings become Markdown headings, so chunks keep their heading path), P
 
 from __future__ import annotations
 
+import io
 from html.parser import HTMLParser
-from pathlib import Path
 
 SUPPORTED_SUFFIXES = (".md", ".markdown", ".txt", ".html", ".htm", ".pdf")
 DEFAULT_INCLUDE = ("*.md", "*.markdown", "*.txt", "*.html", "*.htm", "*.pdf")
@@ -61,22 +61,10 @@ def html_to_text(html: str) -> str:
     return text
 
 
-def pdf_to_text(path: Path) -> str:
-    """Text of every page of a PDF (pages separated by blank lines)."""
+def pdf_to_text(data: bytes) -> str:
+    """Text of every page of a PDF given as bytes (pages separated by blank lines)."""
     from pypdf import PdfReader
 
-    reader = PdfReader(str(path))
+    reader = PdfReader(io.BytesIO(data))
     pages = [(page.extract_text() or "").strip() for page in reader.pages]
     return "\n\n".join(p for p in pages if p)
-
-
-def read_document(path: Path) -> str:
-    """The text to chunk for a supported file."""
-    suffix = path.suffix.lower()
-    if suffix == ".pdf":
-        return pdf_to_text(path)
-    # errors="replace": one stray byte should not stop a whole corpus from ingesting.
-    raw = path.read_text(encoding="utf-8", errors="replace")
-    if suffix in (".html", ".htm"):
-        return html_to_text(raw)
-    return raw

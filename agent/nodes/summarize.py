@@ -51,30 +51,32 @@ def build_prompt(state: State, history_tokens: int = 3000) -> list[BaseMessage]:
 
 
 async def summarize(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Call the answering model once; a text reply is a draft for the critic."""
+    """Fold turns over the history budget (agent/history), then call the answering model once; a text reply
+    is a draft for the critic."""
     ctx = runtime.context or Context()
     step, over = next_step(state, ctx)
     if over:
         return finish(state, "max_steps", step=step)
-    model = get_chat_model("answer", ctx)
-    tools = registry().select(ctx.tools)
-    if tools and state.get("tool_calls", 0) < ctx.max_tool_calls:
-        model = model.bind_tools([t.as_langchain_tool() for t in tools])
+    base = get_chat_model("answer", ctx)
+    messages = list(state.get("messages", []))
     folded = None
     if ctx.history == "summarize":
-        folded = await fold_history(list(state.get("messages", [])), state.get("summary", ""),
-                                    get_chat_model("answer", ctx), budget=ctx.history_tokens,
+        folded = await fold_history(messages, state.get("summary", ""), base, budget=ctx.history_tokens,
                                     summary_tokens=ctx.summary_tokens)
     view: State = state if folded is None else {
-        **state, "summary": folded["summary"], "messages": apply_fold(list(state.get("messages", [])), folded)}
+        **state, "summary": folded["summary"], "messages": apply_fold(messages, folded)}
+    model = base
+    tools = registry().select(ctx.tools)
+    if tools and state.get("tool_calls", 0) < ctx.max_tool_calls:
+        model = base.bind_tools([t.as_langchain_tool() for t in tools])
     response = await model.ainvoke(build_prompt(view, ctx.history_tokens))
     if not isinstance(response, AIMessage):  # pragma: no cover - defensive for odd providers
         response = AIMessage(content=str(getattr(response, "content", response)))
     if not response.id:
         response.id = f"ai-{uuid.uuid4()}"
-    memory: dict[str, Any] = {} if folded is None else {"summary": folded["summary"]}
-    messages = [*(folded["messages"] if folded else []), response]
+    update: dict[str, Any] = {"messages": [response], "steps": step}
+    if folded is not None:
+        update.update(summary=folded["summary"], messages=[*folded["messages"], response])
     if response.tool_calls:
-        return {**memory, "messages": messages, "steps": step}
-    draft = str(response.text)
-    return {**memory, "messages": messages, "draft": draft, "draft_id": response.id, "steps": step}
+        return update
+    return {**update, "draft": str(response.text), "draft_id": response.id}

@@ -145,12 +145,8 @@ async def ingest(body: IngestBody, request: Request, svc: Service, user: Writer)
     if body.overlap >= body.chunk_tokens:
         raise ApiError(422, f"overlap ({body.overlap}) must be smaller than chunk_tokens ({body.chunk_tokens})")
     docs: list[tuple[str, bytes]] = []
-    seen: set[str] = set()
-    for i, doc in enumerate(body.documents):
+    for i, doc in enumerate(body.documents):  # a repeated source is refused by ingest_documents, before any write
         _check_source(i, doc.source)
-        if doc.source in seen:
-            raise ApiError(422, f"Invalid documents[{i}].source {doc.source!r}: given more than once")
-        seen.add(doc.source)
         docs.append((doc.source, _decode(i, doc, document_format(doc.source))))
     async with corpus_write_lock(request, svc, name):
         try:
