@@ -54,6 +54,9 @@ class PreparedCall:
     reconciled: Any = None
     human: str | None = None  # "approval" | "unknown_outcome": a human must decide
     approved_by_human: bool = False
+    edited: bool = False  # a human changed the arguments before approving
+    rejected: bool = False  # a human rejected the call
+    retry_started: bool = False  # reconciled: the interrupted attempt did not take effect, so run it again
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -71,7 +74,7 @@ def _validation_text(name: str, exc: ValidationError) -> str:
 
 
 async def prepare_call(registry: ToolRegistry, call: dict[str, Any], ctx: ToolContext, *,
-                       allowed: set[str] | None = None, checkpoint_ns: str = "", channel: str = "agent") -> PreparedCall:
+                       allowed: set[str] | None = None, checkpoint_ns: str = "") -> PreparedCall:
     """Validate and decide one call without side effects."""
     p = PreparedCall(call=call)
     spec = registry.get(p.name)
@@ -84,7 +87,7 @@ async def prepare_call(registry: ToolRegistry, call: dict[str, Any], ctx: ToolCo
     except ValidationError as exc:
         p.error = _validation_text(spec.name, exc)
         return p
-    p.decision = decide(ctx.user, spec, p.args, allowed=allowed, channel=channel)
+    p.decision = decide(ctx.user, spec, p.args, allowed=allowed)
     if p.decision.kind == "deny":
         p.error = f"Error: denied: {p.decision.reason}"
         return p
@@ -100,6 +103,7 @@ async def prepare_call(registry: ToolRegistry, call: dict[str, Any], ctx: ToolCo
             if spec.reconcile is not None:
                 p.reconciled = await spec.reconcile(p.args, replace(ctx, idempotency_key=p.key))
                 if p.reconciled is None:
+                    p.retry_started = True
                     p.notes.append("reconciled: the interrupted attempt did not take effect")
                 return p
             p.human = "unknown_outcome"
@@ -148,13 +152,12 @@ def apply_decisions(calls: list[PreparedCall], response: Any) -> None:
                 p.error = _validation_text(p.name, exc) + " (edited by a human)"
                 continue
             p.call = {**p.call, "args": edited.get("args") or {}}
-            p.approved_by_human = True
+            p.approved_by_human = p.edited = True
             p.notes.append("arguments edited by a human")
         elif kind == "reject":
             msg = d.get("message") or "do not retry it unless the user asks"
             p.error = f"Error: a human rejected this {p.name} call: {msg}"
-            if p.human == "unknown_outcome":
-                p.notes.append("rejected-unknown")
+            p.rejected = True
         else:
             p.error = f"Error: not executed: unsupported decision {kind!r}."
 
@@ -196,10 +199,13 @@ async def run_prepared(p: PreparedCall, ctx: ToolContext) -> ToolResult:
                 run_id=ctx.run_id)
     decision = "approved" if p.approved_by_human else (p.decision.kind if p.decision else "invalid")
     if p.error is not None:
-        if p.key and "rejected-unknown" in p.notes:
+        if p.key and p.rejected and p.human == "unknown_outcome":
             await ledger.fail(ctx.pool, p.key, "a human recorded the unknown outcome as not done")
-        await audit.record(ctx.pool, **base, decision="denied" if "denied" in p.error else
-                           ("rejected" if "rejected" in p.error else decision), outcome="not executed", detail=p.error)
+        if p.decision is not None and p.decision.kind == "deny":
+            decision = "denied"
+        elif p.rejected:
+            decision = "rejected"
+        await audit.record(ctx.pool, **base, decision=decision, outcome="not executed", detail=p.error)
         return ToolResult(p.call_id, p.name, version, "error", p.error)
     assert spec is not None and p.args is not None
     if spec.has_effects:
@@ -253,12 +259,12 @@ async def _run_with_ledger(p: PreparedCall, ctx: ToolContext, base: dict, decisi
         return ToolResult(p.call_id, p.name, spec.version, "error", f"Error: {p.name} failed: {row.error}")
     if row is not None and row.status == "started":
         if p.reconciled is not None:
-            async with ctx.pool.connection() as conn:
-                await ledger.succeed(conn, key, _render(p.reconciled)[1])
-            await audit.record(ctx.pool, **base, decision=decision, outcome="reconciled: had taken effect")
             content, data = _render(p.reconciled)
+            async with ctx.pool.connection() as conn:
+                await ledger.succeed(conn, key, data)
+            await audit.record(ctx.pool, **base, decision=decision, outcome="reconciled: had taken effect")
             return ToolResult(p.call_id, p.name, spec.version, "success", content, data, replayed=True)
-        if not (p.approved_by_human or "reconciled: the interrupted attempt did not take effect" in p.notes):
+        if not (p.approved_by_human or p.retry_started):
             # Started by someone else just now (a concurrent duplicate): never run it twice.
             await audit.record(ctx.pool, **base, decision=decision, outcome="skipped: in progress elsewhere")
             return ToolResult(p.call_id, p.name, spec.version, "error",
@@ -284,7 +290,7 @@ async def _run_with_ledger(p: PreparedCall, ctx: ToolContext, base: dict, decisi
 async def execute_tool_call(registry: ToolRegistry, call: dict[str, Any], ctx: ToolContext,
                             allowed: set[str] | None = None, channel: str = "agent") -> ToolResult:
     """One call end to end when no human is available: approval-gated calls are refused."""
-    p = await prepare_call(registry, call, ctx, allowed=allowed, channel=channel)
+    p = await prepare_call(registry, call, ctx, allowed=allowed)
     if p.human:
         p.error = (f"Error: {p.name} needs a human's approval, which this channel ({channel}) cannot ask for."
                    if p.human == "approval" else f"Error: the outcome of this {p.name} call is unknown; "

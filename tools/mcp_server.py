@@ -61,7 +61,7 @@ def build_mcp_server(registry: ToolRegistry, context_for: Callable[[Any], ToolCo
         # The caller may pass its own idempotency key (retries of one logical call then dedupe).
         call_id = str(meta.get("idempotency_key") or meta.get("idempotencyKey") or f"mcp-{uuid.uuid4()}")
         call = {"name": params.name, "args": params.arguments or {}, "id": call_id}
-        p = await prepare_call(registry, call, tctx, channel="mcp")
+        p = await prepare_call(registry, call, tctx)
         if p.human == "approval":
             if allow_approval:
                 p.human, p.approved_by_human = None, True

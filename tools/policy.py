@@ -30,9 +30,8 @@ class Decision:
     reason: str = ""
 
 
-def decide(user: UserAttrs, spec: Any, args: BaseModel, *, allowed: set[str] | None = None,
-           channel: str = "agent") -> Decision:
-    """The decision for one call. `allowed` is the run's tool allowlist; `channel` is "agent" or "mcp"."""
+def decide(user: UserAttrs, spec: Any, args: BaseModel, *, allowed: set[str] | None = None) -> Decision:
+    """The decision for one call. `allowed` is the run's tool allowlist."""
     if allowed is not None and spec.name not in allowed:
         return Decision("deny", f"tool {spec.name!r} is not enabled for this run")
     if spec.allowed_roles is not None and not (user.roles & spec.allowed_roles):

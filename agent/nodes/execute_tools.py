@@ -42,8 +42,7 @@ def _message(result: ToolResult) -> ToolMessage:
 
 def _with_edited_args(message: AIMessage, prepared: list[PreparedCall]) -> AIMessage | None:
     """The model's tool-call message with the arguments a human edited (None when nothing was edited)."""
-    args = {p.call_id: p.call.get("args") for p in prepared
-            if p.error is None and "arguments edited by a human" in p.notes}
+    args = {p.call_id: p.call.get("args") for p in prepared if p.error is None and p.edited}
     if not args:
         return None
     calls = [{**c, "args": args[c["id"]]} if c.get("id") in args else c for c in message.tool_calls]
@@ -70,9 +69,10 @@ async def execute_tools(state: State, runtime: Runtime[Context]) -> dict[str, An
         pool=services.pool, settings=services.settings)
     allowed = set(ctx.tools) if ctx.tools is not None else None
     reg = registry()
-    prepared: list[PreparedCall] = [
-        await prepare_call(reg, c, tctx, allowed=allowed, checkpoint_ns=configurable.get("checkpoint_ns", ""))
-        for c in run_now]
+    # Concurrently: each may read the ledger (and reconcile); gather keeps the calls' order.
+    prepared: list[PreparedCall] = list(await asyncio.gather(*(
+        prepare_call(reg, c, tctx, allowed=allowed, checkpoint_ns=configurable.get("checkpoint_ns", ""))
+        for c in run_now)))
     pending = [p for p in prepared if p.human]
     edited: AIMessage | None = None
     if pending:
