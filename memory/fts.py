@@ -39,11 +39,12 @@ async def _execute(conn_or_pool: Any, sql: str, params: Sequence[Any] | None = N
         return await cur.fetchall() if cur.description else []
 
 
-async def ensure_fts_index(conn_or_pool: Any) -> None:
-    """Create the expression GIN index full-text search uses, if it is missing (idempotent)."""
+async def ensure_fts_index(conn_or_pool: Any, *, pool: Any = None) -> None:
+    """Create the expression GIN index full-text search uses, if it is missing (idempotent). `pool`: the pool
+    `conn_or_pool` came from, so later searches on that pool skip the check."""
     await _execute(conn_or_pool, f"CREATE INDEX IF NOT EXISTS {FTS_INDEX} ON store USING gin ({_TSV})")
     try:
-        _ensured.add(conn_or_pool)
+        _ensured.add(pool if pool is not None else conn_or_pool)
     except TypeError:  # not weak-referenceable: just ensure again next time
         pass
 

@@ -192,6 +192,10 @@ MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS keel_runs_events_ttl_idx ON keel_runs (finished_at)
         WHERE finished_at IS NOT NULL AND events_pruned_at IS NULL;
     """,
+    # 7: facts about the index (the embedding model), needed by `keel reindex` before any start-up check ran.
+    """
+    CREATE TABLE IF NOT EXISTS keel_meta (key text PRIMARY KEY, value jsonb NOT NULL);
+    """,
 ]
 
 
@@ -379,7 +383,6 @@ class EmbeddingMismatch(DatabaseUnavailable):
 
 async def check_embedding_model(conn: psycopg.AsyncConnection, name: str, dims: int) -> None:
     """Record the embedding model with the index on first use; refuse to mix vector spaces afterwards."""
-    await conn.execute("CREATE TABLE IF NOT EXISTS keel_meta (key text PRIMARY KEY, value jsonb NOT NULL)")
     await conn.execute("INSERT INTO keel_meta (key, value) VALUES ('embeddings', %s) ON CONFLICT (key) DO NOTHING",
                        (Jsonb({"model": name, "dims": dims}),))
     row = await (await conn.execute("SELECT value FROM keel_meta WHERE key = 'embeddings'")).fetchone()
@@ -423,7 +426,7 @@ async def open_database(url: str, *, embeddings: Any, dims: int, pool_min: int =
                 await saver.setup()
                 await store.setup()
                 n = await migrate(conn)
-                await ensure_fts_index(conn)  # full-text search over document chunks (search modes fts/hybrid)
+                await ensure_fts_index(conn, pool=pool)  # full-text search over document chunks (search modes fts/hybrid)
                 if check_embeddings:
                     await check_embedding_model(conn, embeddings_name, dims)
                 if n:

@@ -122,6 +122,8 @@ async def trim_checkpoints(db: Any, thread_id: str, keep: int) -> int:
         cur = await conn.execute("DELETE FROM checkpoints WHERE thread_id = %s AND checkpoint_id < %s",
                                  (thread_id, cut))
         deleted = cur.rowcount
+        if not deleted:  # nothing older than the cut: every blob is still referenced
+            return 0
         await conn.execute("DELETE FROM checkpoint_writes WHERE thread_id = %s AND checkpoint_id < %s",
                            (thread_id, cut))
         await conn.execute(

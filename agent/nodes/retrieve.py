@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from langchain_core.messages import HumanMessage
@@ -52,8 +53,10 @@ async def retrieve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     query = update.get("query") or state.get("query") or ""
     hits = []
     if runtime.store is not None and query.strip():
-        hits = await search_docs(runtime.store, query, namespace=ctx.namespace, k=ctx.retrieve_k)
-        hits += await recall_memories(runtime.store, ctx, query)
+        docs, memories = await asyncio.gather(  # independent lookups: one round trip of latency, not two
+            search_docs(runtime.store, query, namespace=ctx.namespace, k=ctx.retrieve_k),
+            recall_memories(runtime.store, ctx, query))
+        hits = [*docs, *memories]
     passages = [{"index": i, **h} for i, h in enumerate(hits, start=1)]
     sources = [{k: p.get(k) for k in ("index", "source", "heading", "score")} for p in passages]
     return {**update, "passages": passages, "sources": sources, "steps": step, "phase": "answer"}
