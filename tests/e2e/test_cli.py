@@ -98,34 +98,25 @@ def test_db_commands_with_database_url(cli_env, database_url):
 
 
 
-def test_memory_export_and_delete(tmp_path, database_url):
+def test_memory_export_and_delete(cli_env, database_url, embeddings):
     import asyncio
 
-    from memory.embeddings import EMBED_DIMS, get_embeddings
-    from server.db import open_database
+    from tests.support.inprocess import keel_database
 
     async def seed():
-        db = await open_database(database_url, embeddings=get_embeddings(None), dims=EMBED_DIMS, pool_max=2)
-        try:
+        async with keel_database(database_url, embeddings, pool_max=2) as db:
             await db.store.aput(("memories", "carol"), "k1", {"text": "Carol likes jazz"})
             await db.store.aput(("memories", "carol", "work"), "k2", {"text": "Carol works nights"})
             await db.store.aput(("memories", "dave"), "k3", {"text": "Dave likes rock"})
-        finally:
-            await db.close()
 
     asyncio.run(seed())
-    env = keel_env(database_url, tmp_path)
-    out = subprocess.run([KEEL, "memory", "export", "--user", "carol"], env=env, capture_output=True, text=True,
-                         timeout=120)
+    out = keel(cli_env, "memory", "export", "--user", "carol")
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert {(tuple(r["namespace"]), r["key"]) for r in rows} == {(("memories",), "k1"), (("memories", "work"), "k2")}
-    gone = subprocess.run([KEEL, "memory", "delete", "--user", "carol"], env=env, capture_output=True, text=True,
-                          timeout=120)
+    gone = keel(cli_env, "memory", "delete", "--user", "carol")
     assert gone.returncode == 0 and "deleted 2" in gone.stderr
-    again = subprocess.run([KEEL, "memory", "export", "--user", "carol"], env=env, capture_output=True, text=True,
-                           timeout=120)
+    again = keel(cli_env, "memory", "export", "--user", "carol")
     assert again.stdout.strip() == ""
-    dave = subprocess.run([KEEL, "memory", "export", "--user", "dave"], env=env, capture_output=True, text=True,
-                          timeout=120)
+    dave = keel(cli_env, "memory", "export", "--user", "dave")
     assert "Dave likes rock" in dave.stdout, "another user's memories are untouched"

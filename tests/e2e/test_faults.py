@@ -96,15 +96,23 @@ def test_sigkill_mid_node_resumes_elsewhere_without_redoing_finished_nodes(clust
 def test_sigkill_at_random_points_while_checkpoints_are_written(cluster):
     """Fast runs (no sleeps): most kills land inside checkpoint writes or event flushes."""
     rng = random.Random(7)
-    for _ in range(4):
+    kills = attempts = 0
+    while kills < 4:
+        attempts += 1
+        assert attempts <= 20, f"only {kills} of 4 runs were caught running to be killed"
         ensure_workers(cluster)
         tid = cluster.thread()
         run = cluster.start_run(tid, {}, **PLAIN)
-        time.sleep(rng.uniform(0.0, 0.06))
-        holder = cluster.sql("SELECT lease_owner FROM keel_runs WHERE run_id = %s", run["run_id"])[0]["lease_owner"]
+        holder, deadline = None, time.time() + 5
+        while not holder and time.time() < deadline:  # the claim: then kill at a random point of the run
+            row = cluster.sql("SELECT lease_owner, status FROM keel_runs WHERE run_id = %s", run["run_id"])[0]
+            if row["status"] not in ("pending", "running"):
+                break
+            holder = row["lease_owner"]
         if holder:
-            pid = int(holder.split(":")[1])
-            worker_with_pid(cluster, pid).signal(signal.SIGKILL)
+            time.sleep(rng.uniform(0.0, 0.02))
+            worker_with_pid(cluster, int(holder.split(":")[1])).signal(signal.SIGKILL)
+            kills += 1
         done = cluster.wait_status(tid, run["run_id"], timeout=30)
         assert done["status"] == "success", done
         effects = cluster.effects(tid)

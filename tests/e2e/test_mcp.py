@@ -4,7 +4,6 @@ driven by the official `mcp` client."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import httpx2
@@ -32,7 +31,6 @@ async def test_http_lists_the_registry_and_calls_through_policies(server, databa
     async with client(server.url, "ka") as c:
         tools = {t.name: t for t in (await c.list_tools()).tools}
         assert {"calculator", "search_docs", "create_ticket", "remember", "researcher"} <= set(tools)
-        assert "fx" not in tools
         assert tools["calculator"].input_schema["properties"]["expression"]["type"] == "string"
         assert tools["create_ticket"].annotations.destructive_hint is True
         r = await c.call_tool("calculator", {"expression": "6*7"})
@@ -69,8 +67,6 @@ async def test_stdio(database_url, tmp_path):
         assert "calculator" in names
         r = await c.call_tool("calculator", {"expression": "2**5"})
         assert r.structured_content == {"result": 32}
-        assert json.loads(json.dumps(r.structured_content)) == {"result": 32}
-    assert os.environ.get("KEEL_API_KEYS") is None
 
 
 async def test_external_mcp_server_tools_join_the_registry_governed(database_url, tmp_path, db):
