@@ -17,12 +17,9 @@ from psycopg.types.json import Jsonb
 
 @dataclass
 class LedgerRow:
-    key: str
     status: str
     result: Any
     error: str | None
-    attempts: int
-    compensation: str | None
 
 
 def make_key(thread_id: str | None, checkpoint_ns: str | None, tool_call_id: str) -> str:
@@ -32,12 +29,12 @@ def make_key(thread_id: str | None, checkpoint_ns: str | None, tool_call_id: str
 def _row(r: dict[str, Any] | None) -> LedgerRow | None:
     if r is None:
         return None
-    return LedgerRow(r["key"], r["status"], r["result"], r["error"], r["attempts"], r["compensation"])
+    return LedgerRow(r["status"], r["result"], r["error"])
 
 
 async def get(pool, key: str) -> LedgerRow | None:
     async with pool.connection() as conn:
-        cur = await conn.execute("SELECT key, status, result, error, attempts, compensation FROM keel_tool_ledger "
+        cur = await conn.execute("SELECT status, result, error FROM keel_tool_ledger "
                                  "WHERE key = %s", (key,))
         return _row(await cur.fetchone())
 
@@ -78,13 +75,18 @@ async def effects_to_compensate(pool, run_id: str) -> list[dict[str, Any]]:
     """Succeeded effects of a run not yet compensated, newest first (sagas undo in reverse order)."""
     async with pool.connection() as conn:
         cur = await conn.execute(
-            "SELECT key, tool, version, args, result, compensation FROM keel_tool_ledger WHERE run_id = %s "
+            "SELECT key, tool, args, result FROM keel_tool_ledger WHERE run_id = %s "
             "AND status = 'succeeded' AND coalesce(compensation, '') <> 'done' ORDER BY seq DESC", (run_id,))
         return await cur.fetchall()
 
 
-async def has_compensable(pool, run_id: str) -> bool:
-    async with pool.connection() as conn:
-        cur = await conn.execute("SELECT 1 FROM keel_tool_ledger WHERE run_id = %s AND status = 'succeeded' "
-                                 "AND coalesce(compensation, '') <> 'done' LIMIT 1", (run_id,))
-        return await cur.fetchone() is not None
+async def has_compensable(conn, run_id: str) -> bool:
+    """Whether the run has succeeded effects not yet compensated (`conn` may be the caller's transaction)."""
+    cur = await conn.execute("SELECT 1 FROM keel_tool_ledger WHERE run_id = %s AND status = 'succeeded' "
+                             "AND coalesce(compensation, '') <> 'done' LIMIT 1", (run_id,))
+    return await cur.fetchone() is not None
+
+
+async def mark_compensated(conn, key: str) -> None:
+    await conn.execute("UPDATE keel_tool_ledger SET compensation = 'done', updated_at = now() WHERE key = %s",
+                       (key,))

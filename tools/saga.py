@@ -24,8 +24,7 @@ async def compensate_run(registry: ToolRegistry, ctx: ToolContext, run_id: str) 
         key = row["key"]
         if spec is None or spec.compensator is None:
             async with ctx.pool.connection() as conn:
-                await conn.execute("UPDATE keel_tool_ledger SET compensation = 'done', updated_at = now() "
-                                   "WHERE key = %s", (key,))
+                await ledger.mark_compensated(conn, key)
             continue
         args = spec.input_model.model_validate(row["args"])
         cctx = replace(ctx, idempotency_key=f"{key}:compensate")
@@ -34,8 +33,7 @@ async def compensate_run(registry: ToolRegistry, ctx: ToolContext, run_id: str) 
             if (await cur.fetchone())["compensation"] == "done":
                 continue
             await spec.compensator(args, row["result"], replace(cctx, conn=conn))
-            await conn.execute("UPDATE keel_tool_ledger SET compensation = 'done', updated_at = now() WHERE key = %s",
-                               (key,))
+            await ledger.mark_compensated(conn, key)
         ran += 1
         await audit.record(ctx.pool, user_id=ctx.user_id, tool=spec.name, version=spec.version, args_hash=None,
                            decision="compensate", outcome="compensated", thread_id=ctx.thread_id, run_id=run_id,

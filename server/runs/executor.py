@@ -204,7 +204,8 @@ class RunExecutor:
     async def _has_effects(self, c: Claim) -> bool:
         from tools import ledger
 
-        return await ledger.has_compensable(self.svc.db.pool, c.run_id)
+        async with self.svc.db.pool.connection() as conn:
+            return await ledger.has_compensable(conn, c.run_id)
 
     async def _compensate(self, c: Claim) -> int:
         """Undo the run's completed side effects, newest first (saga); resumable after a crash."""

@@ -21,6 +21,7 @@ from server.runs.events import append_unfenced
 from server.runs.queue import RUN_COLUMNS, RUNS_CHANNEL
 from server.schemas import RunCreate
 from server.serde import jsonable
+from tools import ledger
 
 if TYPE_CHECKING:
     from server.service import KeelService
@@ -195,10 +196,7 @@ class RunManager:
     async def _cancel_row(self, conn, run_id: str, status: str, action: str) -> list[tuple[str, str]]:
         if status == "pending":
             if action == "rollback":
-                cur = await conn.execute(
-                    "SELECT 1 FROM keel_tool_ledger WHERE run_id = %s AND status = 'succeeded' "
-                    "AND coalesce(compensation, '') <> 'done' LIMIT 1", (run_id,))
-                if await cur.fetchone() is not None:
+                if await ledger.has_compensable(conn, run_id):
                     # A re-queued run that already acted: a worker must undo its effects before it goes.
                     await conn.execute("UPDATE keel_runs SET cancel_requested = 'rollback', updated_at = now() "
                                        "WHERE run_id = %s", (run_id,))
