@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+from langgraph.store.base import GetOp, PutOp
 from pydantic import BaseModel, Field
 
 from agent.context import Context
@@ -61,11 +62,13 @@ async def extract_facts(messages: list[BaseMessage], ctx: Context) -> list[str]:
 
 async def reflect(store: Any, messages: list[BaseMessage], ctx: Context) -> list[str]:
     """Store new durable facts in the user's memory namespace; returns the facts written (deduplicated)."""
-    written = []
     ns = memories_namespace(ctx.user_id)
-    for fact in await extract_facts(messages, ctx):
-        key = _key(fact)
-        if await store.aget(ns, key) is None:
-            await store.aput(ns, key, {"text": fact, "source": "reflection"})
-            written.append(fact)
-    return written
+    facts = {_key(fact): fact for fact in await extract_facts(messages, ctx)}
+    if not facts:
+        return []
+    # Two round trips whatever the number of facts, and the new ones embedded in one call.
+    found = await store.abatch([GetOp(ns, key) for key in facts])
+    new = {key: fact for (key, fact), item in zip(facts.items(), found, strict=True) if item is None}
+    if new:
+        await store.abatch([PutOp(ns, key, {"text": fact, "source": "reflection"}) for key, fact in new.items()])
+    return list(new.values())
