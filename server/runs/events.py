@@ -94,12 +94,7 @@ class EventWriter:
                     lost = [e for e in self._unconfirmed if e[0] > have]
                     if lost:
                         log.warning("re-appending %d event(s) lost by a Postgres restart", len(lost))
-                    rows = lost + [e for e in batch if e[0] > have]
-                    async with conn.cursor() as c:
-                        await c.executemany(
-                            "INSERT INTO keel_run_events (run_id, seq, attempt, event, data) VALUES (%s, %s, %s, %s, %s)",
-                            [(self.run_id, seq, self.attempt, ev, Jsonb(data)) for seq, ev, data in rows])
-                    await conn.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, self.run_id))
+                    await self._append(conn, lost + [e for e in batch if e[0] > have])
             except BaseException:
                 self._buffer = batch + self._buffer  # keep order; nothing was committed
                 raise
@@ -122,12 +117,16 @@ class EventWriter:
                 (self.run_id, self.epoch))
             if await cur.fetchone() is None:
                 raise Fenced(self.run_id)
-            async with conn.cursor() as c:
-                await c.executemany(
-                    "INSERT INTO keel_run_events (run_id, seq, attempt, event, data) VALUES (%s, %s, %s, %s, %s) "
-                    "ON CONFLICT DO NOTHING",
-                    [(self.run_id, seq, self.attempt, ev, Jsonb(data)) for seq, ev, data in lost])
-            await conn.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, self.run_id))
+            await self._append(conn, lost)
+
+    async def _append(self, conn: psycopg.AsyncConnection, rows: list[tuple[int, str, Any]]) -> None:
+        """Insert events (in the caller's fenced transaction) and wake the run's readers."""
+        async with conn.cursor() as c:
+            await c.executemany(
+                "INSERT INTO keel_run_events (run_id, seq, attempt, event, data) VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT DO NOTHING",
+                [(self.run_id, seq, self.attempt, ev, Jsonb(data)) for seq, ev, data in rows])
+        await conn.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, self.run_id))
 
     def mark_durable(self, seq: int) -> None:
         """Events up to `seq` were followed by a synchronous commit (a checkpoint): forget them."""
@@ -147,8 +146,7 @@ async def append_unfenced(conn: psycopg.AsyncConnection, run_id: str, attempt: i
         "SELECT %s, coalesce(max(seq), 0) + 1, %s, %s, %s FROM keel_run_events WHERE run_id = %s RETURNING seq",
         (run_id, attempt, event, Jsonb(data), run_id))
     seq = (await cur.fetchone())["seq"]
-    await conn.execute("SELECT pg_notify(%s, %s), pg_notify(%s, %s)",
-                       (EVENTS_CHANNEL, run_id, EVENTS_CHANNEL, f"done:{run_id}"))
+    await conn.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, f"done:{run_id}"))  # wakes readers too
     return seq
 
 

@@ -19,7 +19,7 @@ from langgraph.runtime import RunControl
 
 from server.auth import User
 from server.logs import run_id_var, thread_id_var
-from server.runs.events import EventWriter, Fenced
+from server.runs.events import EVENTS_CHANNEL, EventWriter, Fenced
 from server.runs.queue import Claim, finish, mark_compensating, release
 from server.saver import current_event_writer
 from server.schemas import RunCreate
@@ -339,7 +339,7 @@ async def rollback(svc: KeelService, run_id: str, thread_id: str, epoch: int | N
             await conn.execute(f"DELETE FROM {table} WHERE thread_id = %s AND checkpoint_id > %s", (thread_id, after))
         await conn.execute("DELETE FROM keel_run_events WHERE run_id = %s", (run_id,))
         await conn.execute("DELETE FROM keel_runs WHERE run_id = %s", (run_id,))
-        await conn.execute("SELECT pg_notify('keel_run_events', %s)", (f"done:{run_id}",))
+        await conn.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, f"done:{run_id}"))
     snapshot = await svc.graph.aget_state({"configurable": {"thread_id": thread_id}})
     async with svc.db.pool.connection() as conn:
         from server.runs.queue import set_thread_after_run
