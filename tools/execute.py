@@ -288,13 +288,18 @@ async def _run_with_ledger(p: PreparedCall, ctx: ToolContext, base: dict, decisi
 
 
 async def execute_tool_call(registry: ToolRegistry, call: dict[str, Any], ctx: ToolContext,
-                            allowed: set[str] | None = None, channel: str = "agent") -> ToolResult:
-    """One call end to end when no human is available: approval-gated calls are refused."""
+                            allowed: set[str] | None = None, *, caller_approves: bool = False,
+                            refusal: str | None = None) -> ToolResult:
+    """One call end to end where no human can answer an interrupt (MCP, scripts). An approval-gated call runs
+    only when the caller may approve its own calls (`caller_approves`); otherwise it is refused with `refusal`."""
     p = await prepare_call(registry, call, ctx, allowed=allowed)
-    if p.human:
-        p.error = (f"Error: {p.name} needs a human's approval, which this channel ({channel}) cannot ask for."
-                   if p.human == "approval" else f"Error: the outcome of this {p.name} call is unknown; "
-                   "a human must decide in the agent's thread.")
+    if p.human == "approval" and caller_approves:
+        p.human, p.approved_by_human = None, True
+        p.notes.append("approved by the caller")
+    elif p.human == "approval":
+        p.error = refusal or f"Error: {p.name} needs a human's approval, which cannot be asked for here."
+    elif p.human == "unknown_outcome":
+        p.error = f"Error: the outcome of an earlier {p.name} call with this key is unknown."
     return await run_prepared(p, ctx)
 
 

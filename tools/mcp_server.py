@@ -18,7 +18,7 @@ from typing import Any
 import mcp_types as types
 from mcp.server.lowlevel import Server
 
-from tools.execute import prepare_call, run_prepared
+from tools.execute import execute_tool_call
 from tools.registry import ToolContext, ToolRegistry, ToolSpec
 
 
@@ -61,17 +61,10 @@ def build_mcp_server(registry: ToolRegistry, context_for: Callable[[Any], ToolCo
         # The caller may pass its own idempotency key (retries of one logical call then dedupe).
         call_id = str(meta.get("idempotency_key") or meta.get("idempotencyKey") or f"mcp-{uuid.uuid4()}")
         call = {"name": params.name, "args": params.arguments or {}, "id": call_id}
-        p = await prepare_call(registry, call, tctx)
-        if p.human == "approval":
-            if allow_approval:
-                p.human, p.approved_by_human = None, True
-                p.notes.append("approved by the MCP caller (KEEL_MCP_APPROVAL=true)")
-            else:
-                p.error = (f"Error: {params.name} needs a human's approval; MCP calls cannot give it "
-                           "(set KEEL_MCP_APPROVAL=true to let MCP callers approve their own calls).")
-        elif p.human == "unknown_outcome":
-            p.error = f"Error: the outcome of an earlier {params.name} call with this key is unknown."
-        result = await run_prepared(p, tctx)
+        result = await execute_tool_call(
+            registry, call, tctx, caller_approves=allow_approval,
+            refusal=(f"Error: {params.name} needs a human's approval; MCP calls cannot give it "
+                     "(set KEEL_MCP_APPROVAL=true to let MCP callers approve their own calls)."))
         structured = result.output if isinstance(result.output, dict) else None
         return types.CallToolResult(content=[types.TextContent(text=result.content)],
                                     structured_content=structured, is_error=result.status == "error")
