@@ -19,10 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.cluster import Cluster, running_cluster
+from tests.support.cluster import PLAIN, Cluster, ensure_workers, running_cluster, wait_file_lines
 
 pytestmark = pytest.mark.slow
-PLAIN = {"stream_mode": ["values", "updates"]}
 
 
 @pytest.fixture(scope="module")
@@ -34,22 +33,6 @@ def cluster(database_url):
                  "AND pid <> pg_backend_pid()")
     assert rows[0]["n"] == 0, c.sql("SELECT application_name, state, query FROM pg_stat_activity "
                                     "WHERE datname = current_database() AND pid <> pg_backend_pid()")
-
-
-def ensure_workers(c: Cluster, n: int = 2) -> None:
-    while len(c.workers()) < n:
-        c.start_worker()
-
-
-def wait_file_lines(path: Path, n: int, timeout: float = 30) -> list[int]:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if path.exists():
-            lines = [int(x) for x in path.read_text().split()]
-            if len(lines) >= n:
-                return lines
-        time.sleep(0.02)
-    raise AssertionError(f"{path} did not reach {n} lines")
 
 
 def start_slow_b(c: Cluster, tmp_path: Path, sleep: float) -> tuple[str, dict, Path, int]:

@@ -10,8 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.e2e.test_faults import PLAIN, wait_file_lines
-from tests.support.cluster import Cluster
+from tests.support.cluster import PLAIN, running_cluster, wait_file_lines
 
 pytestmark = pytest.mark.slow
 
@@ -46,11 +45,7 @@ def restart(server, mode: str) -> float:
 @pytest.mark.parametrize("mode", ["immediate", "fast"])
 def test_postgres_restart_mid_run(own_postgres, tmp_path, mode):
     server, url = own_postgres
-    cluster = Cluster(url)
-    try:
-        cluster.start_api()
-        cluster.start_worker()
-        cluster.start_worker()
+    with running_cluster(url) as cluster:
         tid = cluster.thread()
         marker = tmp_path / "b"
         run = cluster.start_run(tid, {"b": {"sleep": 2.0, "touch": str(marker)}}, **PLAIN)
@@ -69,5 +64,3 @@ def test_postgres_restart_mid_run(own_postgres, tmp_path, mode):
         assert cluster.wait_status(tid2, again["run_id"], timeout=30)["status"] == "success"
         cluster.assert_invariants([tid, tid2])
         assert recovered_in < 30
-    finally:
-        cluster.stop()

@@ -11,8 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.test_faults import PLAIN, ensure_workers
-from tests.support.cluster import Cluster, running_cluster
+from tests.support.cluster import PLAIN, Cluster, ensure_workers, running_cluster
 
 pytestmark = pytest.mark.slow
 

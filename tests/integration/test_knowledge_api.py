@@ -12,6 +12,7 @@ import pytest
 from memory.ingest import ingest_paths
 from server.service import KeelService
 from server.settings import Settings
+from tests.support.documents import tiny_pdf
 from tests.support.inprocess import api_client
 
 ADMIN, BOB, CAROL = {"x-api-key": "ka"}, {"authorization": "Bearer kb"}, {"x-api-key": "kc"}
@@ -36,16 +37,6 @@ LIGHTHOUSE = """<html><head><title>Lighthouse</title><style>p {color: red}</styl
 <p>The keeper polishes the Fresnel lens every morning at dawn.</p>
 <script>var secret = "never indexed";</script>
 </body></html>"""
-
-
-def tiny_pdf(text: str) -> bytes:
-    from fpdf import FPDF
-
-    pdf = FPDF()
-    pdf.add_page()
-    pdf.set_font("helvetica", size=12)
-    pdf.multi_cell(0, 8, text)
-    return bytes(pdf.output())
 
 
 PDF = tiny_pdf("Tide tables\n\nThe harbour master publishes tide tables every Sunday morning.")

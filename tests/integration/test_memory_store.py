@@ -224,7 +224,7 @@ async def test_selective_namespace_returns_full_k(db, embeddings):
 
 
 async def test_html_and_pdf_documents_and_exclude_globs(db, tmp_path):
-    from fpdf import FPDF
+    from tests.support.documents import tiny_pdf
 
     corpus = tmp_path / "mixed"
     (corpus / "drafts").mkdir(parents=True)
@@ -232,11 +232,8 @@ async def test_html_and_pdf_documents_and_exclude_globs(db, tmp_path):
         "<html><head><title>Lighthouse guide</title><style>p{color:red}</style><script>var x = 'secret';</script>"
         "</head><body><h1>Lighthouse guide</h1><h2>Lamp care</h2><p>Polish the Fresnel lens every Tuesday "
         "&amp; log it.</p></body></html>")
-    pdf = FPDF()
-    pdf.add_page()
-    pdf.set_font("helvetica", size=12)
-    pdf.multi_cell(0, 8, "Tide tables\n\nThe harbour master publishes tide tables every Sunday morning.")
-    pdf.output(str(corpus / "tides.pdf"))
+    (corpus / "tides.pdf").write_bytes(tiny_pdf("Tide tables\n\nThe harbour master publishes tide tables every "
+                                                "Sunday morning."))
     (corpus / "drafts" / "wip.md").write_text("# Draft\nUnfinished notes about penguins.")
     report = await ingest_paths(db.store, [corpus], namespace="mixed", root=tmp_path, exclude=["drafts/*"])
     assert report.files == 2

@@ -15,8 +15,7 @@ from langgraph.types import Command
 from agent import toolbox
 from agent.context import Context
 from agent.graph import builder
-from agent.models import register_model, unregister_model
-from tests.support.scripted import ScriptedChatModel
+from tests.support.scripted import scripted_models
 from tools import ledger
 from tools.builtin import default_registry
 from tools.execute import prepare_call, run_prepared
@@ -37,19 +36,8 @@ def graph(db):
 
 @pytest.fixture
 def models():
-    names = []
-
-    def make(answer, critic=None):
-        a, c = ScriptedChatModel(answer), ScriptedChatModel(critic or [OK] * 3)
-        an, cn = f"t:{uuid.uuid4()}", f"t:{uuid.uuid4()}"
-        register_model(an, a)
-        register_model(cn, c)
-        names.extend([an, cn])
-        return Context(model=an, critic_model=cn, user_id="alice"), a
-
-    yield make
-    for n in names:
-        unregister_model(n)
+    with scripted_models() as make:
+        yield lambda answer, critic=None: make(answer, critic or [OK] * 3, user_id="alice")[:2]
 
 
 def call(name, args, cid=None):

@@ -11,6 +11,8 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from psycopg.rows import dict_row
 from tests.support.live import KEEL, REPO, free_port, keel_env
 
 TERMINAL = {"success", "error", "interrupted", "timeout"}
+PLAIN = {"stream_mode": ["values", "updates"]}  # run options of the fault tests
 
 
 @dataclass
@@ -200,19 +203,32 @@ def assert_event_log(cluster: Cluster, run_id: str, status: str) -> None:
     assert len(nodes) == len(set(nodes)), f"run {run_id}: duplicated updates {nodes}"
 
 
-def running_cluster(database_url: str, workers: int = 2):
-    """A started cluster (API + `workers` workers) as a context manager for module fixtures."""
-    from contextlib import contextmanager
+@contextmanager
+def running_cluster(database_url: str, workers: int = 2) -> Iterator[Cluster]:
+    """A started cluster (API + `workers` workers), stopped afterwards."""
+    c = Cluster(database_url)
+    try:
+        c.start_api()
+        for _ in range(workers):
+            c.start_worker()
+        yield c
+    finally:
+        c.stop()
 
-    @contextmanager
-    def _cm():
-        c = Cluster(database_url)
-        try:
-            c.start_api()
-            for _ in range(workers):
-                c.start_worker()
-            yield c
-        finally:
-            c.stop()
 
-    return _cm()
+def ensure_workers(c: Cluster, n: int = 2) -> None:
+    """Start workers until `n` are alive (after a test killed some)."""
+    while len(c.workers()) < n:
+        c.start_worker()
+
+
+def wait_file_lines(path: Path, n: int, timeout: float = 30) -> list[int]:
+    """The integers in `path` (one per line, e.g. pids a step wrote) once there are at least `n`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists():
+            lines = [int(x) for x in path.read_text().split()]
+            if len(lines) >= n:
+                return lines
+        time.sleep(0.02)
+    raise AssertionError(f"{path} did not reach {n} lines")

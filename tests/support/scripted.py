@@ -14,7 +14,9 @@ like the conversation it expects. `.calls` records the messages of each call for
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
@@ -169,3 +171,27 @@ class ScriptedChatModel(BaseChatModel):
         if callable(item):
             return self._to_message(item(messages), messages, forced, number)
         raise TypeError(f"ScriptedChatModel call {number}: cannot use scripted item {item!r}")
+
+
+@contextmanager
+def scripted_models() -> Iterator[Callable[..., tuple[Any, ScriptedChatModel, ScriptedChatModel]]]:
+    """`make(answer, critic=None, **context)`: scripted answer and critic models registered under unique names,
+    returned with a Context that selects them; all unregistered afterwards."""
+    from agent.context import Context
+    from agent.models import register_model, unregister_model
+
+    names: list[str] = []
+
+    def make(answer: list, critic: list | None = None, **context: Any):
+        a, c = ScriptedChatModel(answer), ScriptedChatModel(critic or [])
+        an, cn = f"test:answer-{uuid.uuid4()}", f"test:critic-{uuid.uuid4()}"
+        register_model(an, a)
+        register_model(cn, c)
+        names.extend([an, cn])
+        return Context(model=an, critic_model=cn, **context), a, c
+
+    try:
+        yield make
+    finally:
+        for n in names:
+            unregister_model(n)

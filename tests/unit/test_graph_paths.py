@@ -11,9 +11,8 @@ from langgraph.store.memory import InMemoryStore
 
 from agent.context import Context
 from agent.graph import builder, recursion_limit
-from agent.models import register_model, unregister_model
 from memory.embeddings import embedding_index_config
-from tests.support.scripted import ScriptedChatModel
+from tests.support.scripted import scripted_models
 
 DOCS = {
     "ops.md#0": ("docs/ops.md", "Operations > Scaling out",
@@ -41,19 +40,8 @@ def compiled(store):
 @pytest.fixture
 def models():
     """Register scripted answer/critic models under unique names; unregister afterwards."""
-    names: list[str] = []
-
-    def make(answer: list, critic: list | None = None) -> tuple[Context, ScriptedChatModel, ScriptedChatModel]:
-        a, c = ScriptedChatModel(answer), ScriptedChatModel(critic or [])
-        an, cn = f"test:answer-{uuid.uuid4()}", f"test:critic-{uuid.uuid4()}"
-        register_model(an, a)
-        register_model(cn, c)
-        names.extend([an, cn])
-        return Context(model=an, critic_model=cn), a, c
-
-    yield make
-    for n in names:
-        unregister_model(n)
+    with scripted_models() as make:
+        yield make
 
 
 def cfg(ctx: Context | None = None, thread: str | None = None) -> dict:
