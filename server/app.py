@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -9,9 +10,12 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from server.errors import BodyGuard, install_error_handlers
 from server.mcp import mount_mcp
+from server.origins import OriginGuard, origin_regex
 from server.routes import assistants, knowledge, meta, runs, store, threads
 from server.service import KeelService
 from server.settings import Settings, get_settings
+
+log = logging.getLogger("keel")
 
 
 def create_app(settings: Settings | None = None, service: KeelService | None = None,
@@ -43,11 +47,19 @@ def create_app(settings: Settings | None = None, service: KeelService | None = N
     for r in (meta.router, assistants.router, threads.router, runs.router, store.router, knowledge.router):
         app.include_router(r)
     mcp_sessions = mount_mcp(app, settings)
-    # Studio is a web page on another origin that calls this server from the browser.
-    app.add_middleware(
-        CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"],
-        expose_headers=["x-pagination-total", "x-pagination-next", "content-location", "location"],
-        allow_private_network=True,
-    )
+    # Outermost first: OriginGuard, then CORS, then BodyGuard (add_middleware wraps, so the last added is outermost).
     app.add_middleware(BodyGuard, max_bytes=settings.keel_max_body_bytes)
+    # Studio is a web page on another origin that calls this server from the browser (a private-network
+    # request when Keel listens on this machine); only the origins in KEEL_CORS_ORIGINS may do so.
+    origins = settings.cors_origins
+    rx = origin_regex(origins)
+    app.add_middleware(
+        CORSMiddleware, allow_origins=["*"] if rx is None else [], allow_origin_regex=rx, allow_methods=["*"],
+        allow_headers=["*"], allow_private_network=True,
+        expose_headers=["x-pagination-total", "x-pagination-next", "content-location", "location"],
+    )
+    app.add_middleware(OriginGuard, patterns=origins)
+    if rx is None and not settings.api_users:
+        log.warning("KEEL_CORS_ORIGINS allows every origin and no API keys are set: any web page this machine's "
+                    "browser opens can start runs and read threads")
     return app

@@ -183,7 +183,6 @@ class KeelService:
         if unknown:
             raise ApiError(422, f"context.{unknown[0]} cannot be set by a request; allowed: "
                                 f"{', '.join(sorted(REQUEST_CONTEXT_FIELDS))}")
-        types = {f.name: f.type for f in dataclasses.fields(Context)}
         clean: dict[str, Any] = {}
         for key, value in overrides.items():
             if key == "tools":
@@ -198,13 +197,32 @@ class KeelService:
             elif key == "history":
                 if value not in ("summarize", "trim"):
                     raise ApiError(422, 'context.history must be "summarize" or "trim"')
-            elif key == "history_tokens":
-                if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1_000_000:
-                    raise ApiError(422, "context.history_tokens must be an integer between 0 and 1000000")
-            elif isinstance(value, bool) or not isinstance(value, int) or value < 0 or value > 1000:
-                raise ApiError(422, f"context.{key} must be an integer between 0 and 1000 ({types[key]})")
+            else:
+                ceiling, setting = self.ceilings()[key]
+                if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= ceiling:
+                    raise ApiError(422, f"context.{key} must be an integer between 0 and {ceiling} "
+                                        f"(this server's ceiling, {setting})")
             clean[key] = value
         return dataclasses.replace(ctx, **clean)
+
+    def ceilings(self) -> dict[str, tuple[int, str]]:
+        """Highest value a request may give each integer budget, and the setting that sets it."""
+        s = self.settings
+        return {"max_steps": (s.keel_limit_steps, "KEEL_LIMIT_STEPS"),
+                "max_revisions": (s.keel_limit_revisions, "KEEL_LIMIT_REVISIONS"),
+                "max_tool_calls": (s.keel_limit_tool_calls, "KEEL_LIMIT_TOOL_CALLS"),
+                "retrieve_k": (s.keel_limit_retrieve_k, "KEEL_LIMIT_RETRIEVE_K"),
+                "history_tokens": (s.keel_limit_history_tokens, "KEEL_LIMIT_HISTORY_TOKENS")}
+
+    def check_config(self, config: dict[str, Any] | None) -> None:
+        """Refuse a request's `config` that would buy more work than this deployment allows."""
+        limit = (config or {}).get("recursion_limit")
+        if limit is None:
+            return
+        ceiling = self.settings.keel_limit_recursion
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= ceiling:
+            raise ApiError(422, f"config.recursion_limit must be an integer between 1 and {ceiling} "
+                                "(this server's ceiling, KEEL_LIMIT_RECURSION)")
 
     def run_config(self, body: RunCreate, *, thread_id: str, run_id: str, user: User, assistant: dict[str, Any],
                    run_metadata: dict[str, Any]) -> dict[str, Any]:
@@ -222,7 +240,7 @@ class KeelService:
         max_steps = self.default_context(user.id).max_steps
         if body.context and isinstance(body.context.get("max_steps"), int):
             max_steps = body.context["max_steps"]
-        limit = cfg.get("recursion_limit")
+        limit = cfg.get("recursion_limit")  # validated against KEEL_LIMIT_RECURSION when the run was created
         metadata = {**run_metadata, **(cfg.get("metadata") or {}), "thread_id": thread_id, "run_id": run_id,
                     "user_id": user.id, "assistant_id": assistant["assistant_id"], "graph_id": assistant["graph_id"]}
         return {

@@ -9,8 +9,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# LangGraph Studio (a hosted page, US and EU) and pages served from this machine (e.g. agent-chat-ui in development).
+STUDIO_AND_LOOPBACK_ORIGINS = ("https://smith.langchain.com,https://eu.smith.langchain.com,"
+                               "http://localhost:*,http://127.0.0.1:*,http://[::1]:*")
 
 
 class Settings(BaseSettings):
@@ -54,6 +58,39 @@ class Settings(BaseSettings):
     keel_max_attempts: int = Field(default=3, ge=1, le=100, description="attempts before a run whose worker keeps dying errors out")
     keel_drain_seconds: float = Field(default=30.0, ge=0, description="SIGTERM grace period for in-flight runs")
     keel_graph: str | None = Field(default=None, description="module:attr of an alternative StateGraph builder")
+    keel_cors_origins: str = Field(
+        default=STUDIO_AND_LOOPBACK_ORIGINS,
+        description="comma-separated browser origins allowed to call the API; '*' in an entry matches a host or "
+                    "port part; a lone '*' allows every origin")
+    # Ceilings a request cannot raise a run's budgets past (per deployment): one request buys bounded work.
+    keel_limit_steps: int = Field(default=100, ge=1, le=100_000, description="highest context.max_steps a request may set")
+    keel_limit_revisions: int = Field(default=5, ge=0, le=1000, description="highest context.max_revisions")
+    keel_limit_tool_calls: int = Field(default=32, ge=0, le=10_000, description="highest context.max_tool_calls")
+    keel_limit_retrieve_k: int = Field(default=50, ge=1, le=1000, description="highest context.retrieve_k")
+    keel_limit_history_tokens: int = Field(default=100_000, ge=0, le=10_000_000,
+                                           description="highest context.history_tokens")
+    keel_limit_recursion: int = Field(default=110, ge=1, le=1_000_000,
+                                      description="highest config.recursion_limit (super-steps of one run)")
+
+    @model_validator(mode="after")
+    def _defaults_within_ceilings(self) -> Settings:
+        pairs = [("KEEL_MAX_STEPS", self.keel_max_steps, "KEEL_LIMIT_STEPS", self.keel_limit_steps),
+                 ("KEEL_MAX_REVISIONS", self.keel_max_revisions, "KEEL_LIMIT_REVISIONS", self.keel_limit_revisions),
+                 ("KEEL_MAX_TOOL_CALLS", self.keel_max_tool_calls, "KEEL_LIMIT_TOOL_CALLS",
+                  self.keel_limit_tool_calls),
+                 ("KEEL_RETRIEVE_K", self.keel_retrieve_k, "KEEL_LIMIT_RETRIEVE_K", self.keel_limit_retrieve_k)]
+        for name, value, ceiling_name, ceiling in pairs:
+            if value > ceiling:
+                raise ValueError(f"{name}={value} is above its ceiling {ceiling_name}={ceiling}")
+        if self.keel_max_steps + 10 > self.keel_limit_recursion:
+            raise ValueError(f"KEEL_LIMIT_RECURSION={self.keel_limit_recursion} must be at least KEEL_MAX_STEPS + 10 "
+                             f"({self.keel_max_steps + 10}), the recursion limit of a run with the default budget")
+        return self
+
+    @property
+    def cors_origins(self) -> list[str]:
+        """KEEL_CORS_ORIGINS as a list of origin patterns."""
+        return [o.strip().rstrip("/") for o in self.keel_cors_origins.split(",") if o.strip()]
 
     @field_validator("keel_critic_threshold")
     @classmethod

@@ -105,6 +105,7 @@ class RunManager:
         if bad:
             raise ApiError(422, f"Unsupported stream_mode {bad[0]!r}; supported: {', '.join(sorted(SUPPORTED_MODES))}")
         context = self.svc.build_context(user, body.context)
+        self.svc.check_config(body.config)
         command = _command(body)
         graph_input = command if command is not None else body.input
         for name, nodes in (("interrupt_before", body.interrupt_before), ("interrupt_after", body.interrupt_after)):
