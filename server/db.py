@@ -196,6 +196,35 @@ MIGRATIONS: list[str] = [
     """
     CREATE TABLE IF NOT EXISTS keel_meta (key text PRIMARY KEY, value jsonb NOT NULL);
     """,
+    # 8: a user's store label (the second label of every namespace but the corpora's) was the user id with "."
+    # replaced by "_", so "eve.x" and "eve_x" shared one; it is now escaped injectively ("%" -> "%25",
+    # "." -> "%2E"; tools.memory_tools.user_label). Old labels hold no "." and cannot be told apart, so each is
+    # kept as the id it spells ("eve_x"); only labels with "%" change. Rows move with their vectors (the
+    # vectors' foreign key has no ON UPDATE CASCADE, hence copy, delete, re-insert).
+    """
+    DO $$
+    BEGIN
+        CREATE TEMP TABLE keel_ns_move ON COMMIT DROP AS
+            SELECT DISTINCT prefix AS old_prefix,
+                   array_to_string((string_to_array(prefix, '.'))[1:1]
+                                   || replace(split_part(prefix, '.', 2), '%', '%25')
+                                   || (string_to_array(prefix, '.'))[3:], '.') AS new_prefix
+            FROM store
+            WHERE split_part(prefix, '.', 1) NOT IN ('docs', 'docs_meta')
+              AND strpos(split_part(prefix, '.', 2), '%') > 0;
+        CREATE TEMP TABLE keel_ns_store ON COMMIT DROP AS
+            SELECT m.new_prefix, s.key, s.value, s.created_at, s.updated_at, s.expires_at, s.ttl_minutes
+            FROM store s JOIN keel_ns_move m ON s.prefix = m.old_prefix;
+        CREATE TEMP TABLE keel_ns_vectors ON COMMIT DROP AS
+            SELECT m.new_prefix, v.key, v.field_name, v.embedding, v.created_at, v.updated_at
+            FROM store_vectors v JOIN keel_ns_move m ON v.prefix = m.old_prefix;
+        DELETE FROM store WHERE prefix IN (SELECT old_prefix FROM keel_ns_move);
+        INSERT INTO store (prefix, key, value, created_at, updated_at, expires_at, ttl_minutes)
+            SELECT new_prefix, key, value, created_at, updated_at, expires_at, ttl_minutes FROM keel_ns_store;
+        INSERT INTO store_vectors (prefix, key, field_name, embedding, created_at, updated_at)
+            SELECT new_prefix, key, field_name, embedding, created_at, updated_at FROM keel_ns_vectors;
+    END $$;
+    """,
 ]
 
 

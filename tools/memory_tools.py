@@ -3,15 +3,34 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 from pydantic import BaseModel, Field
 
 from tools.registry import ToolContext, ToolSpec
 
+# A namespace label may not contain "." (the Postgres store joins labels with it), so a user id is escaped:
+# "%" and "." (and NUL, which Postgres text cannot hold) become %XX. Injective and reversible, and the ids of
+# typical users ("local", "alice", "eve_x") are their own label. Migration 8 (server/db.py) moved older rows.
+_ESCAPES = {"%": "%25", ".": "%2E", "\x00": "%00"}
+_EMPTY = "%"  # no escape is a bare "%", so the empty id cannot collide with another
+
+
+def user_label(user_id: str) -> str:
+    """The store namespace label of a user id: distinct ids always get distinct labels."""
+    return "".join(_ESCAPES.get(c, c) for c in user_id) if user_id else _EMPTY
+
+
+def user_from_label(label: str) -> str:
+    """The user id a label was made from (the inverse of `user_label`)."""
+    if label == _EMPTY:
+        return ""
+    return re.sub(r"%(25|2E|00)", lambda m: {"25": "%", "2E": ".", "00": "\x00"}[m.group(1)], label)
+
 
 def memories_namespace(user_id: str) -> tuple[str, str]:
     """Built from the authenticated user, never from request input."""
-    return ("memories", user_id.replace(".", "_"))
+    return ("memories", user_label(user_id))
 
 
 class RememberInput(BaseModel):
