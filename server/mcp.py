@@ -1,7 +1,8 @@
 """MCP endpoints: the tool registry over streamable HTTP at /mcp (in `keel serve`) and over stdio (`keel mcp`).
 
-HTTP callers authenticate like API callers (Bearer or x-api-key from KEEL_API_KEYS); stdio runs as the
-local user of the machine that started it. Both go through the same policies, ledger and audit.
+HTTP callers authenticate like API callers (Bearer or x-api-key from KEEL_API_KEYS): with keys configured,
+every /mcp request without a valid one is refused with 401. stdio runs as the local user of the machine
+that started it. Both go through the same policies, ledger and audit.
 """
 
 from __future__ import annotations
@@ -9,6 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from mcp_types import INVALID_REQUEST
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from agent import toolbox
 from server.auth import LOCAL_USER, User, user_for
@@ -46,8 +51,35 @@ def mount_mcp(app: FastAPI, settings: Settings):
     mcp_app = server.streamable_http_app(streamable_http_path="/mcp", stateless_http=True, json_response=True,
                                          transport_security=security)
     for route in mcp_app.routes:
-        app.router.routes.append(route)
+        app.router.routes.append(Route(route.path, endpoint=KeyRequired(route.endpoint, app)))
     return server.session_manager
+
+
+class KeyRequired:
+    """ASGI gate in front of /mcp: with API keys configured, every request (initialize, tools/list, tools/call,
+    GET, DELETE) needs a valid one, or gets 401 before the MCP server sees it.
+
+    The body is a JSON-RPC error, the shape the MCP SDK answers its own HTTP errors with (its client surfaces
+    the message), and carries `detail` like every other Keel error.
+    """
+
+    def __init__(self, inner: Any, app: FastAPI) -> None:
+        self.inner = inner
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        keys = self.app.state.keel.settings.api_users
+        if keys and scope["type"] == "http":
+            headers = Headers(scope=scope)
+            try:
+                user_for(keys, headers.get("authorization"), headers.get("x-api-key"))
+            except ApiError as exc:
+                body = {"jsonrpc": "2.0", "id": None, "error": {"code": INVALID_REQUEST, "message": exc.detail},
+                        "detail": exc.detail}
+                await JSONResponse(body, status_code=401, headers={"WWW-Authenticate": 'Bearer realm="keel"'})(
+                    scope, receive, send)
+                return
+        await self.inner(scope, receive, send)
 
 
 async def serve_stdio(svc: Any) -> None:

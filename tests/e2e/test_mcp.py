@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import httpx2
 import pytest
 from mcp import Client, StdioServerParameters
@@ -53,10 +54,55 @@ async def test_http_lists_the_registry_and_calls_through_policies(server, databa
     assert ("alice", "approve", "not executed") in [tuple(a) for a in audit], audit
 
 
-async def test_http_requires_a_key(server):
-    async with client(server.url, None) as c:
-        r = await c.call_tool("calculator", {"expression": "1+1"})
-        assert r.is_error and "API key" in r.content[0].text
+MCP_HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream",
+               "mcp-protocol-version": "2025-11-25"}
+INITIALIZE = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+
+
+def rpc(url: str, method: str, params: dict, headers: dict | None = None) -> httpx.Response:
+    return httpx.post(url + "/mcp", headers={**MCP_HEADERS, **(headers or {})}, timeout=30,
+                      json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+
+
+@pytest.mark.parametrize("method,params", [
+    ("initialize", INITIALIZE),
+    ("tools/list", {}),
+    ("tools/call", {"name": "calculator", "arguments": {"expression": "1+1"}}),
+])
+@pytest.mark.parametrize("key,detail", [(None, "Missing or invalid API key"), ("nope", "Invalid API key")])
+def test_http_refuses_every_request_without_a_valid_key(server, method, params, key, detail):
+    r = rpc(server.url, method, params, {"x-api-key": key} if key else {})
+    assert r.status_code == 401, r.text
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    body = r.json()
+    assert body["detail"] == detail and body["error"]["message"] == detail and body["jsonrpc"] == "2.0"
+    assert httpx.get(server.url + "/mcp", headers={**MCP_HEADERS, **({"x-api-key": key} if key else {})},
+                     timeout=30).status_code == 401
+    ok = rpc(server.url, method, params, {"authorization": "Bearer kb"})
+    assert ok.status_code == 200 and "result" in ok.json(), ok.text
+
+
+def messages(exc: BaseException) -> list[str]:
+    """The messages of an exception and, for a group, of everything in it."""
+    inner = getattr(exc, "exceptions", ())
+    return [str(exc), *(m for e in inner for m in messages(e))]
+
+
+async def test_http_client_without_a_key_cannot_initialize(server):
+    with pytest.raises(BaseException) as info:
+        async with client(server.url, None) as c:
+            await c.list_tools()
+    assert "Missing or invalid API key" in messages(info.value), messages(info.value)
+
+
+def test_local_mode_needs_no_key_and_keeps_dns_rebinding_protection(database_url):
+    with live_server(database_url, corpus={}) as local:
+        r = rpc(local.url, "initialize", INITIALIZE)
+        assert r.status_code == 200 and r.json()["result"]["serverInfo"]["name"] == "keel", r.text
+        r = rpc(local.url, "tools/call", {"name": "calculator", "arguments": {"expression": "6*7"}})
+        assert r.status_code == 200 and r.json()["result"]["structuredContent"] == {"result": 42}, r.text
+        rebound = rpc(local.url, "initialize", INITIALIZE, {"host": "evil.example"})
+        assert rebound.status_code == 421, rebound.text
 
 
 async def test_stdio(database_url, tmp_path):
