@@ -1,0 +1,1 @@
+"""Long-running checks that are not part of `make test` (pytest collects nothing here): `make soak`."""
