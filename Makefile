@@ -6,7 +6,7 @@ STAMP   = $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install run test test-unit test-integration test-compat lint bench studio clean db-stop fmt
+.PHONY: install run test test-unit test-integration test-compat lint bench studio clean db-stop fmt soak
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Keel needs Python 3.11 or newer")'
@@ -37,6 +37,9 @@ fmt: $(STAMP)
 
 bench: $(STAMP) ## benchmarks; figures go to docs/benchmarks.md
 	$(BIN)/python -m tests.benchmarks.run
+
+soak: $(STAMP) ## chaos soak, not in CI: worker SIGKILLs + a Postgres restart under load (SOAK_ARGS="--duration 600")
+	$(BIN)/python -m tests.soak.chaos $(SOAK_ARGS)
 
 studio: $(STAMP) ## LangGraph Studio against `langgraph dev` (offline, in-memory)
 	LANGGRAPH_NO_VERSION_CHECK=true LANGGRAPH_CLI_NO_ANALYTICS=1 \

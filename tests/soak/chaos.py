@@ -8,13 +8,14 @@ tests/support/cluster.py, with the offline agent (Keel's own graph), a 2 s lease
 message stays in the thread, so a missing one is really missing) and the small corpus of tests/support/live.py.
 
 Load: `--concurrency` client threads, each holding a conversation of 3-8 turns on a fresh thread, then the
-next. Each turn sends human messages carrying a unique marker `[soak:<marker>]` (one per POST, so a
-client retry can never look like a duplicate), through one of: POST /threads/{id}/runs then join,
-/runs/wait, /runs/stream (SSE read to the end, reconnecting with Last-Event-ID when the connection breaks),
-a run cancelled (interrupt) 0-150 ms after it was created, a run replaced by a second with
-multitask_strategy "interrupt", two runs with "enqueue", and a stateless POST /runs/wait. Every request has
-bounded timeouts; connection errors are retried a bounded number of times (a run-creating POST only when
-the connection was never made). Every response with a 5xx status is counted, never retried away silently.
+next. Each turn sends human messages carrying a unique marker `[soak:<marker>]` (one per POST, so a client
+retry can never look like a duplicate), through one of: POST /threads/{id}/runs then join; /runs/wait;
+/runs/stream (SSE read to the end, reconnecting with Last-Event-ID when the connection breaks; a third of
+the streams also hang up after 1-3 events on purpose and reconnect); a run cancelled (interrupt) 0-150 ms
+after it was created; a run replaced by a second with multitask_strategy "interrupt"; two runs with
+"enqueue"; a stateless POST /runs/wait. Every request has bounded timeouts; connection errors are retried a
+bounded number of times (a run-creating POST only when the connection was never made). Every response with
+a 5xx status is counted, never retried away silently.
 
 Chaos: every 2-6 s a random worker gets SIGKILL and a replacement is started; halfway through, Postgres is
 stopped (`pg_ctl -m immediate`, a crash) and started again on the same data directory after `--pg-down` s.
@@ -459,7 +460,15 @@ class Conversation:
     def stream(self, tid: str) -> bool:
         for attempt in range(3):
             marker, inp, meta = self.message("stream")
-            state: dict[str, Any] = {"last_id": None, "terminal": None, "values": None, "ids": []}
+            # A third of the streams hang up after 1-3 events on purpose and resume with Last-Event-ID.
+            drop = self.rng.randint(1, 3) if self.rng.random() < 1 / 3 else None
+            state: dict[str, Any] = {
+                "last_id": None,
+                "terminal": None,
+                "values": None,
+                "ids": [],
+                "drop": drop,
+            }
 
             def seen(r: httpx.Response, state=state) -> None:
                 got = _run_id(r.headers)
@@ -518,6 +527,7 @@ class Conversation:
                     continue
             with self.stats.lock:
                 self.stats.ops["stream reconnects"] += reconnects
+                self.stats.ops["stream hang-ups on purpose"] += bool(state.get("dropped"))
             if state["terminal"] == "end":
                 self.final(rid, marker, state["values"])
             return True
@@ -591,6 +601,12 @@ def sse_reader(state: dict[str, Any]) -> Callable[[httpx.Response, float], dict[
                 if ev_id is not None:
                     state["last_id"] = ev_id
                 event, data, ev_id = None, [], None
+                if state.get("drop") is not None and state["terminal"] is None:
+                    state["drop"] -= 1
+                    if state["drop"] <= 0:  # hang up (leaving the `with` closes the connection)
+                        state["drop"] = None
+                        state["dropped"] = True
+                        return state
             elif line.startswith("event:"):
                 event = line[6:].strip()
             elif line.startswith("data:"):
