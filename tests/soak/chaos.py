@@ -11,11 +11,13 @@ Load: `--concurrency` client threads, each holding a conversation of 3-8 turns o
 next. Each turn sends human messages carrying a unique marker `[soak:<marker>]` (one per POST, so a client
 retry can never look like a duplicate), through one of: POST /threads/{id}/runs then join; /runs/wait;
 /runs/stream (SSE read to the end, reconnecting with Last-Event-ID when the connection breaks; a third of
-the streams also hang up after 1-3 events on purpose and reconnect); a run cancelled (interrupt) 0-150 ms
-after it was created; a run replaced by a second with multitask_strategy "interrupt"; two runs with
-"enqueue"; a stateless POST /runs/wait. Every request has bounded timeouts; connection errors are retried a
-bounded number of times (a run-creating POST only when the connection was never made). Every response with
-a 5xx status is counted, never retried away silently.
+the streams also hang up after 1-3 events on purpose and reconnect); a run cancelled (interrupt) soon after
+it was created or, half of the time, soon after a worker claimed it (polling GET run; "soon": 70% within
+0-30 ms, when a worker claims and prepares it, else within 150 ms); a run replaced by a second with
+multitask_strategy "interrupt" (sent the same way); two runs with "enqueue"; a stateless POST /runs/wait.
+Every request has bounded timeouts; connection errors are retried a bounded number of times (a run-creating
+POST only when the connection was never made). Every response with a 5xx status is counted, never retried
+away silently.
 
 Chaos: every 2-6 s a random worker gets SIGKILL and a replacement is started; halfway through, Postgres is
 stopped (`pg_ctl -m immediate`, a crash) and started again on the same data directory after `--pg-down` s.
@@ -329,6 +331,13 @@ class Conversation:
             with self.stats.lock:
                 self.stats.client_finals[run_id] = markers_in(values).count(marker)
 
+    def soon(self) -> float:
+        """A delay before a cancel or interrupt: mostly within the first milliseconds of the run (while a worker
+        claims and prepares it), otherwise anywhere in its first 150 ms."""
+        if self.rng.random() < 0.7:
+            return self.rng.choice([0.0, 0.0, 0.001, 0.003, 0.01, 0.03])
+        return self.rng.uniform(0.0, 0.15)
+
     def backoff(self, attempt: int) -> None:
         self.stop.wait(min(4.0, 0.5 * 2**attempt) * self.rng.uniform(0.5, 1.0))
 
@@ -425,8 +434,10 @@ class Conversation:
         got = self.post_run(tid, "cancel")
         if not got:
             return False
-        self.stop.wait(self.rng.uniform(0.0, 0.15))  # the cancel lands at a random instant of the run
         deadline = time.monotonic() + OP_DEADLINE_S
+        if self.rng.random() < 0.5:  # a busy queue keeps runs pending: half the cancels wait for the claim
+            self.until_claimed(tid, got[0], time.monotonic() + 10)
+        self.stop.wait(self.soon())  # the cancel lands at a random instant of the run
         self.call(
             "POST",
             f"/threads/{tid}/runs/{got[0]}/cancel",
@@ -437,11 +448,20 @@ class Conversation:
         )
         return self.join("cancel", tid, got[0], got[1], deadline)
 
+    def until_claimed(self, tid: str, rid: str, deadline: float) -> None:
+        """Poll the run until a worker has it (or it ended, or `deadline`)."""
+        while time.monotonic() < deadline and not self.stop.is_set():
+            r = self.call("GET", f"/threads/{tid}/runs/{rid}", "GET run", deadline=deadline, idempotent=True)
+            if r.status != 200 or r.data.get("status") != "pending":
+                return
+
     def interrupt(self, tid: str) -> bool:
         first = self.post_run(tid, "interrupt (first)")
         if not first:
             return False
-        self.stop.wait(self.rng.uniform(0.0, 0.1))
+        if self.rng.random() < 0.5:
+            self.until_claimed(tid, first[0], time.monotonic() + 10)
+        self.stop.wait(self.soon())
         second = self.post_run(tid, "interrupt (second)", strategy="interrupt")
         deadline = time.monotonic() + OP_DEADLINE_S
         ok = self.join("interrupt (first)", tid, first[0], first[1], deadline)
