@@ -34,18 +34,61 @@ log = logging.getLogger("keel.runs")
 
 @dataclass
 class RunHandle:
-    """What the worker keeps about a run it is executing."""
+    """What the worker keeps about a run it is executing.
+
+    `phase` says what may stop the run's task, whatever instant a signal arrives:
+    - "queued": the task has not begun; a cancel or a lost lease is only recorded, the executor acts on it first;
+    - "running": a cancel or a lost lease cancels the task (the executor records the cancel, or stops silently);
+    - "undoing": compensating side effects; a lost lease stops it (another worker resumes the undo), a cancel
+      does not (the run ends in error, or is being rolled back, either way);
+    - "settling": the outcome is known and being recorded, then housekeeping (checkpoint trim, temporary
+      thread clean-up, reflection); nothing stops it: `finish()` is fenced by itself, and once it commits the
+      run is no longer `running`, which a heartbeat must not mistake for a lost lease.
+    """
 
     claim: Claim
     control: RunControl = field(default_factory=RunControl)
     task: asyncio.Task | None = None
     lost: bool = False  # the lease was lost: stop without writing anything
     cancel: str | None = None  # "interrupt" | "rollback" when a cancel was requested
+    phase: str = "queued"
+    finalize: bool = False  # taken over from a dead worker on its last attempt: only record what its checkpoints say
+    writer: EventWriter | None = None
 
 
 def _is_transient_db_error(exc: BaseException) -> bool:
     return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)) or type(exc).__name__ in (
         "PoolTimeout", "PoolClosed")
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    """Is `exc`, or anything it wraps (cause, context, group), a Postgres driver or pool error?"""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, psycopg.Error) or type(e).__module__.split(".")[0] in ("psycopg", "psycopg_pool"):
+            return True
+        stack += [e.__cause__, e.__context__, *(e.exceptions if isinstance(e, BaseExceptionGroup) else ())]
+    return False
+
+
+def public_error(exc: BaseException, run_id: str) -> dict[str, Any]:
+    """The error a client sees: a graph's own exception keeps its type and message; a database or pool
+    error (even wrapped in another exception) says nothing about SQL, tables or connections."""
+    if _is_database_error(exc):
+        return {"error": "InternalError",
+                "message": f"the run failed because of an internal error; see the server log for run {run_id}"}
+    return {"error": type(exc).__name__, "message": str(exc)}
+
+
+def attempts_exhausted(attempt: int) -> dict[str, Any]:
+    """The error of a run whose workers kept dying (the reaper's dead-letter message, same words)."""
+    return {"error": "RunAttemptsExhausted",
+            "message": f"the worker running this run died {attempt} times (lease expired each time); giving up"}
 
 
 class RunExecutor:
@@ -61,13 +104,13 @@ class RunExecutor:
                 "SELECT checkpoint_id, metadata FROM checkpoints WHERE thread_id = %s AND checkpoint_ns = '' "
                 "AND metadata->>'run_id' = %s ORDER BY checkpoint_id DESC LIMIT 1", (c.thread_id, c.run_id))
             ck = await cur.fetchone()
-            if c.run.get("checkpoint_before") is None and c.attempt == 1:
-                cur = await conn.execute(
-                    "SELECT max(checkpoint_id) AS id FROM checkpoints WHERE thread_id = %s AND checkpoint_ns = ''",
-                    (c.thread_id,))
-                before = (await cur.fetchone())["id"]
-                await conn.execute("UPDATE keel_runs SET checkpoint_before = %s WHERE run_id = %s",
-                                   (before or "", c.run_id))
+            # Where the thread stood before this run wrote anything (a rollback deletes what comes after). Set by
+            # the first attempt that gets this far, whatever its number: an attempt that died before this point
+            # wrote no checkpoint.
+            await conn.execute(
+                "UPDATE keel_runs SET checkpoint_before = coalesce((SELECT max(checkpoint_id) FROM checkpoints "
+                "WHERE thread_id = %s AND checkpoint_ns = ''), '') WHERE run_id = %s AND checkpoint_before IS NULL",
+                (c.thread_id, c.run_id))
             if ck is None:
                 keep = 0
             else:
@@ -81,51 +124,74 @@ class RunExecutor:
             await conn.execute("DELETE FROM keel_run_events WHERE run_id = %s AND seq > %s", (c.run_id, keep))
         return keep, ck is not None
 
+    def _writer(self, h: RunHandle, start_seq: int) -> EventWriter:
+        c = h.claim
+        h.writer = EventWriter(self.svc.db.pool, c.run_id, c.epoch, c.attempt, start_seq)
+        return h.writer
+
     async def execute(self, h: RunHandle) -> str:
-        """Run to a terminal state, or hand the run back; returns what happened (for logs and tests)."""
+        """Run to a terminal state, or hand the run back; returns what happened (for logs and tests).
+
+        A cancel (API cancel, multitask interrupt/rollback) may arrive at any instant; every path below ends
+        the run in a terminal status or hands it back to the queue, never leaves it `running` unheld.
+        """
         c = h.claim
         thread_id_var.set(c.thread_id)
         run_id_var.set(c.run_id)
-        if c.run.get("cancel_requested") == "rollback":
-            # Rolled back while queued after it had already acted: undo its effects, then remove it.
-            await self._compensate(c)
-            await rollback(self.svc, c.run_id, c.thread_id, epoch=c.epoch)
-            log.info("queued run rolled back after compensating its effects")
-            return "rolled-back"
+        h.phase = "running"  # from here on a cancel or a lost lease cancels this task (see RunHandle)
+        if h.lost:
+            return "fenced"
+        try:
+            if h.finalize:
+                return await self._finalize(h)
+            if c.run.get("compensating"):
+                h.phase = "undoing"  # a failed run undoing its effects ends in error, whatever is asked meanwhile
+                return await self._run(h)
+            if h.cancel is None and c.run.get("cancel_requested"):
+                h.cancel = c.run["cancel_requested"]  # cancelled in an earlier attempt, or while re-queued
+            if h.cancel is None:
+                try:
+                    return await self._run(h)
+                except asyncio.CancelledError:
+                    if h.lost:
+                        log.warning("lease lost; stopped")
+                        return "fenced"
+                    if h.cancel is None:
+                        raise  # the worker itself is being torn down
+                    _absorb_cancel()
+            return await self._cancelled(h)
+        except Fenced:
+            log.warning("lease lost; stopping without further writes")
+            return "fenced"
+
+    async def _run(self, h: RunHandle) -> str:
+        c = h.claim
         try:
             start_seq, resume = await self._prepare(c)
         except Exception as exc:  # noqa: BLE001
             if _is_transient_db_error(exc):
                 return "lost-db"  # the lease expires and the reaper re-queues the run
             raise
-        writer = EventWriter(self.svc.db.pool, c.run_id, c.epoch, c.attempt, start_seq)
+        writer = self._writer(h, start_seq)
         token = current_event_writer.set(writer)
-        last_values: Any = None
-        if c.run.get("compensating"):
-            try:
-                return await self._finish_compensation(c, writer, c.run.get("error"))
-            finally:
-                current_event_writer.reset(token)
+        try:
+            if c.run.get("compensating"):
+                return await self._finish_compensation(h, c.run.get("error"))
+            return await self._graph(h, resume)
+        finally:
+            current_event_writer.reset(token)
+
+    async def _graph(self, h: RunHandle, resume: bool) -> str:
+        c, writer = h.claim, h.writer
+        assert writer is not None
         try:
             log.info("run started (attempt %d%s)", c.attempt, ", resuming from checkpoint" if resume else "")
             writer.publish("metadata", {"run_id": c.run_id, "attempt": c.attempt})
             last_values = await self._stream(h, writer, resume)
-            snapshot = await self.svc.graph.aget_state({"configurable": {"thread_id": c.thread_id}})
-            pending = bool(snapshot.next) or any(t.interrupts for t in snapshot.tasks)
-            writer.publish("end", None)
-            await writer.close()
-            status = "interrupted" if pending else "success"
-            ok = await finish(self.svc.db.pool, c, status, result=last_values,
-                              thread_status="interrupted" if pending else "idle",
-                              thread_values=jsonable(snapshot.values), interrupts=interrupts_by_task(snapshot))
-            log.info("run finished with status %s", status if ok else f"{status} (fenced: lease lost)")
-            if ok:
-                await self._cleanup_temporary(c)
-                await self._trim(c)
-                if status == "success" and self.svc.settings.keel_reflection:
-                    await self._reflect(c, snapshot.values)
-            return status if ok else "fenced"
+            h.phase = "settling"  # the graph is done: no cancel or late heartbeat may cut the rest short
+            return await self._settle(h, last_values)
         except GraphDrained:
+            h.phase = "settling"  # a cancel meanwhile stays in the row; the next claim honours it
             await writer.close()
             await release(self.svc.db.pool, c, count_attempt=False)
             log.info("run drained at a step boundary; handed back to the queue")
@@ -133,14 +199,8 @@ class RunExecutor:
         except Fenced:
             log.warning("lease lost; stopping without further writes")
             return "fenced"
-        except asyncio.CancelledError:
-            if h.lost:
-                log.warning("lease lost; stopped")
-                return "fenced"
-            if h.cancel is None:
-                raise  # the worker itself is being torn down
-            return await self._cancelled(h, writer)
         except Exception as exc:  # noqa: BLE001 - recorded on the run, sent to the client
+            h.phase = "settling"
             if h.lost or _is_fence_error(exc):
                 log.warning("lease lost during the run (%s); stopping", exc)
                 return "fenced"
@@ -151,25 +211,86 @@ class RunExecutor:
                 except Exception:  # noqa: BLE001 - the reaper re-queues it when the lease expires
                     pass
                 return "released"
-            log.exception("run failed")
-            error = {"error": type(exc).__name__, "message": str(exc)}
-            if await self._has_effects(c):
-                return await self._finish_compensation(c, writer, error)
-            try:
-                writer.publish("error", error)
-                await writer.close()
-                snapshot = await self.svc.graph.aget_state({"configurable": {"thread_id": c.thread_id}})
-                values, interrupts = jsonable(snapshot.values), interrupts_by_task(snapshot)
-            except Fenced:
-                return "fenced"
-            except Exception:  # noqa: BLE001
-                values, interrupts = None, {}
-            if await finish(self.svc.db.pool, c, "error", error=error, result=last_values, thread_status="error",
-                            thread_values=values, interrupts=interrupts):
-                await self._cleanup_temporary(c)
-            return "error"
-        finally:
-            current_event_writer.reset(token)
+            log.exception("run %s on thread %s failed", c.run_id, c.thread_id)
+            return await self._failed(h, public_error(exc, c.run_id))
+
+    async def _settle(self, h: RunHandle, last_values: Any) -> str:
+        """The graph stopped by itself (end or interrupt): record the outcome, then housekeeping."""
+        c, writer = h.claim, h.writer
+        assert writer is not None
+        snapshot = await self.svc.graph.aget_state({"configurable": {"thread_id": c.thread_id}})
+        pending = bool(snapshot.next) or any(t.interrupts for t in snapshot.tasks)
+        writer.publish("end", None)
+        await writer.close()
+        status = "interrupted" if pending else "success"
+        ok = await finish(self.svc.db.pool, c, status, result=last_values,
+                          thread_status="interrupted" if pending else "idle",
+                          thread_values=jsonable(snapshot.values), interrupts=interrupts_by_task(snapshot))
+        log.info("run finished with status %s", status if ok else f"{status} (fenced: lease lost)")
+        if not ok:
+            return "fenced"
+        await self._housekeeping(c, snapshot.values if status == "success" else None)
+        return status
+
+    async def _failed(self, h: RunHandle, error: dict[str, Any]) -> str:
+        """End the run in error (undoing its side effects first, if it has any)."""
+        c, writer = h.claim, h.writer
+        assert writer is not None
+        if await self._has_effects(c):
+            return await self._finish_compensation(h, error)
+        try:
+            writer.publish("error", error)
+            await writer.close()
+            snapshot = await self.svc.graph.aget_state({"configurable": {"thread_id": c.thread_id}})
+            values, interrupts = jsonable(snapshot.values), interrupts_by_task(snapshot)
+        except Fenced:
+            return "fenced"
+        except Exception:  # noqa: BLE001
+            values, interrupts = None, {}
+        if await finish(self.svc.db.pool, c, "error", error=error, thread_status="error",
+                        thread_values=values, interrupts=interrupts):
+            await self._housekeeping(c, None)
+        return "error"
+
+    async def _finalize(self, h: RunHandle) -> str:
+        """A run whose worker died on its last attempt, after it had written checkpoints: no node runs again.
+
+        If its graph had completed (or stopped at an interrupt) before the worker died, only the bookkeeping
+        was missing: record the outcome the checkpoint holds. Otherwise it is dead-lettered as a poison run.
+        """
+        c = h.claim
+        h.phase = "settling"
+        start_seq, _ = await self._prepare(c)
+        writer = self._writer(h, start_seq)
+        snapshot = await self.svc.graph.aget_state({"configurable": {"thread_id": c.thread_id}})
+        own = (snapshot.metadata or {}).get("run_id") == c.run_id
+        at_interrupt = any(t.interrupts for t in snapshot.tasks)
+        if own and (not snapshot.next or at_interrupt):
+            log.warning("run's worker died after its last checkpoint (attempt %d); finishing it from there",
+                        c.attempt)
+            values = jsonable(snapshot.values)
+            if "values" in _recorded_modes(c) and await self._last_event(c) != "values":
+                writer.publish("values", values)  # the final values event came after the last checkpoint
+            return await self._settle(h, values)
+        log.warning("run's worker died %d times; giving up", c.attempt)
+        return await self._failed(h, attempts_exhausted(c.attempt))
+
+    async def _last_event(self, c: Claim) -> str | None:
+        async with self.svc.db.pool.connection() as conn:
+            cur = await conn.execute("SELECT event FROM keel_run_events WHERE run_id = %s ORDER BY seq DESC LIMIT 1",
+                                     (c.run_id,))
+            row = await cur.fetchone()
+        return row["event"] if row else None
+
+    async def _housekeeping(self, c: Claim, values: dict[str, Any] | None) -> None:
+        """After the run's outcome is recorded: each step best effort, none can undo the outcome."""
+        try:
+            await self._cleanup_temporary(c)
+        except Exception:  # noqa: BLE001
+            log.warning("deleting the temporary thread failed", exc_info=True)
+        await self._trim(c)
+        if values is not None and self.svc.settings.keel_reflection:
+            await self._reflect(c, values)
 
     async def _cleanup_temporary(self, c: Claim) -> None:
         """Stateless runs (on_completion=delete) leave no thread behind; the run row keeps the result."""
@@ -223,11 +344,15 @@ class RunExecutor:
         log.info("compensated %d effect(s) of the run", n)
         return n
 
-    async def _finish_compensation(self, c: Claim, writer: EventWriter, error: Any) -> str:
+    async def _finish_compensation(self, h: RunHandle, error: Any) -> str:
         """Mark the run compensating, undo its effects, then end it in error."""
+        c, writer = h.claim, h.writer
+        assert writer is not None
+        h.phase = "undoing"
         if not await mark_compensating(self.svc.db.pool, c, error):
             return "fenced"
         await self._compensate(c)
+        h.phase = "settling"
         error = error or {"error": "RunFailed", "message": "the run failed"}
         writer.publish("error", {**error, "compensated": True})
         try:
@@ -237,18 +362,28 @@ class RunExecutor:
         snapshot = await self.svc.graph.aget_state({"configurable": {"thread_id": c.thread_id}})
         if await finish(self.svc.db.pool, c, "error", error=error, thread_status="error",
                         thread_values=jsonable(snapshot.values), interrupts=interrupts_by_task(snapshot)):
-            await self._cleanup_temporary(c)
+            await self._housekeeping(c, None)
         return "error"
 
-    async def _cancelled(self, h: RunHandle, writer: EventWriter) -> str:
+    async def _cancelled(self, h: RunHandle) -> str:
+        """Record a cancel, whatever the run had reached: not begun, preparing, streaming or failing."""
         c = h.claim
         pool = self.svc.db.pool
         if h.cancel == "rollback":
+            h.phase = "undoing"
             await self._compensate(c)
-            await writer.close()
+            if h.writer is not None:
+                await h.writer.close()  # no flush of this attempt may land after the rollback
+            h.phase = "settling"
             await rollback(self.svc, c.run_id, c.thread_id, epoch=c.epoch)
             log.info("run cancelled and rolled back")
             return "rolled-back"
+        h.phase = "settling"
+        writer = h.writer
+        if writer is None:  # cancelled before this attempt began its part of the event log
+            start_seq, _ = await self._prepare(c)
+            writer = self._writer(h, start_seq)
+            writer.publish("metadata", {"run_id": c.run_id, "attempt": c.attempt})
         writer.publish("error", {"error": "Cancelled", "message": "the run was cancelled"})
         await writer.close()
         snapshot = await self.svc.graph.aget_state({"configurable": {"thread_id": c.thread_id}})
@@ -312,6 +447,18 @@ class RunExecutor:
         return last_values
 
 
+def _recorded_modes(c: Claim) -> set[str]:
+    kwargs = c.run["kwargs"] or {}
+    return set(kwargs.get("stream_mode") or ()) | set((kwargs.get("request") or {}).get("record_modes") or ())
+
+
+def _absorb_cancel() -> None:
+    """This task handles the cancel it just caught (records it) rather than ending: forget the request."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
 def run_user(c: Claim) -> User:
     """The authenticated user the run was created by (roles and tenant included)."""
     u = (c.run["kwargs"] or {}).get("user") or {}
@@ -327,16 +474,27 @@ def _is_fence_error(exc: BaseException) -> bool:
 
 
 async def rollback(svc: KeelService, run_id: str, thread_id: str, epoch: int | None = None) -> None:
-    """Undo a run: delete the checkpoints it wrote (those after `checkpoint_before`), its events and its row."""
+    """Undo a run: delete the checkpoints it wrote (those after `checkpoint_before`), its events and its row.
+
+    `checkpoint_before` is unset when the run was cancelled before any attempt began: then only checkpoints
+    carrying the run's id (none, normally) go, never the thread's earlier history.
+    """
     async with svc.db.pool.connection() as conn, conn.transaction():
         cur = await conn.execute("SELECT lease_epoch, checkpoint_before FROM keel_runs WHERE run_id = %s FOR UPDATE",
                                  (run_id,))
         row = await cur.fetchone()
         if row is None or (epoch is not None and row["lease_epoch"] != epoch):
             return
-        after = row["checkpoint_before"] or ""
-        for table in ("checkpoint_writes", "checkpoints"):
-            await conn.execute(f"DELETE FROM {table} WHERE thread_id = %s AND checkpoint_id > %s", (thread_id, after))
+        if row["checkpoint_before"] is not None:
+            cut, op = row["checkpoint_before"], ">"
+        else:
+            cur = await conn.execute("SELECT min(checkpoint_id) AS id FROM checkpoints WHERE thread_id = %s "
+                                     "AND metadata->>'run_id' = %s", (thread_id, run_id))
+            cut, op = (await cur.fetchone())["id"], ">="
+        if cut is not None:
+            for table in ("checkpoint_writes", "checkpoints"):
+                await conn.execute(f"DELETE FROM {table} WHERE thread_id = %s AND checkpoint_id {op} %s",
+                                   (thread_id, cut))
         await conn.execute("DELETE FROM keel_run_events WHERE run_id = %s", (run_id,))
         await conn.execute("DELETE FROM keel_runs WHERE run_id = %s", (run_id,))
         await conn.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, f"done:{run_id}"))

@@ -15,7 +15,7 @@ from langgraph.types import Command, Send
 from psycopg.types.json import Jsonb
 
 from server.auth import User
-from server.errors import ApiError, parse_uuid
+from server.errors import ApiError, not_found, parse_uuid
 from server.logs import run_id_var, thread_id_var
 from server.runs.events import append_unfenced
 from server.runs.queue import RUN_COLUMNS, RUNS_CHANNEL
@@ -119,6 +119,9 @@ class RunManager:
         """Record a run (and its thread when needed) atomically, apply the multitask strategy, wake workers."""
         prep = self.prepare(user, body)
         temporary = thread_id is None
+        checkpoint = {**(body.checkpoint or {}), **({"checkpoint_id": body.checkpoint_id} if body.checkpoint_id else {})}
+        if checkpoint.get("checkpoint_id") and temporary:
+            raise ApiError(422, "checkpoint_id: a stateless run has no thread to start from a checkpoint of")
         tid = str(uuid.uuid4()) if temporary else parse_uuid(thread_id, "thread")
         rid = str(uuid.uuid4())
         assistant_id = prep.assistant["assistant_id"]
@@ -154,6 +157,8 @@ class RunManager:
                     row = {"user_id": user.id, "metadata": graph_meta}
                 if row is None or row["user_id"] != user.id:
                     raise ApiError(404, "Thread or assistant not found.")
+                if checkpoint.get("checkpoint_id"):
+                    await self._check_checkpoint(tid, checkpoint)
                 cur = await conn.execute(
                     "SELECT run_id::text, status, kwargs FROM keel_runs WHERE thread_id = %s AND status = ANY(%s) "
                     "ORDER BY created_at", (tid, list(ACTIVE)))
@@ -186,6 +191,13 @@ class RunManager:
         run_id_var.set(rid)
         log.info("run queued (%s)", body.multitask_strategy)
         return run
+
+    async def _check_checkpoint(self, thread_id: str, checkpoint: dict[str, Any]) -> None:
+        """A run from a checkpoint the thread does not have would silently start from an empty state: 404."""
+        config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": checkpoint.get("checkpoint_ns") or "",
+                                   "checkpoint_id": checkpoint["checkpoint_id"]}}
+        if await self.svc.db.checkpointer.aget_tuple(config) is None:
+            raise not_found("Checkpoint", checkpoint["checkpoint_id"])
 
     async def _cancel_active(self, conn, active: list[dict[str, Any]], action: str) -> list[tuple[str, str]]:
         """Cancel a thread's queued and running runs (multitask interrupt/rollback). Running ones are told."""
@@ -221,6 +233,8 @@ class RunManager:
     async def cancel(self, run: dict[str, Any], action: str = "interrupt") -> None:
         """Cancel one run: a pending run ends at once; a running one is stopped by its worker."""
         async with self.svc.db.pool.connection() as conn, conn.transaction():
+            # Thread first, then run: the order run creation and finish() lock them in (no deadlock).
+            await conn.execute("SELECT 1 FROM keel_threads WHERE thread_id = %s FOR UPDATE", (run["thread_id"],))
             cur = await conn.execute("SELECT status FROM keel_runs WHERE run_id = %s FOR UPDATE", (run["run_id"],))
             row = await cur.fetchone()
             if row is None or row["status"] not in ACTIVE:

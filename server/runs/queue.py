@@ -82,6 +82,8 @@ async def finish(pool: AsyncConnectionPool, c: Claim, status: str, *, result: An
                  thread_status: str, thread_values: Any, interrupts: Any) -> bool:
     """Move the run to a terminal status and update its thread; False if the lease was lost (fenced)."""
     async with pool.connection() as conn, conn.transaction():
+        # Thread first, then run: the order run creation and cancellation lock them in (no deadlock).
+        await conn.execute("SELECT 1 FROM keel_threads WHERE thread_id = %s FOR NO KEY UPDATE", (c.thread_id,))
         cur = await conn.execute(
             "UPDATE keel_runs SET status = %s, result = %s, error = %s, lease_owner = NULL, lease_expires_at = NULL, "
             "finished_at = now(), updated_at = now() "
@@ -132,44 +134,54 @@ def heartbeat_sql() -> str:
             "RETURNING run_id::text, lease_epoch, cancel_requested")
 
 
-async def reap(pool: AsyncConnectionPool, max_attempts: int, owner: str = "") -> list[dict[str, Any]]:
+async def reap(pool: AsyncConnectionPool, max_attempts: int, *, owner: str, lease_s: float,
+               held: list[str]) -> list[dict[str, Any]]:
     """Re-queue runs whose lease expired; dead-letter those that used up their attempts (poison runs).
 
+    `held` are the runs the calling worker is executing right now: it knows they are alive (its heartbeat
+    may merely be late). Any other expired run is fair game, the caller's own included: a run it no longer
+    holds a task for (a crashed executor, a restarted worker with the same name) must not stay `running`.
+
     A dead-lettered run that completed side effects is re-queued once more with `compensating` set, so a
-    worker undoes those effects (saga) before the run ends in error.
+    worker undoes those effects (saga) before the run ends in error. A run on its last attempt that had
+    written checkpoints is not dead-lettered here: its graph may have completed before the worker died, so
+    the caller takes it over (row `finalize`, lease held by `owner`) to record what the checkpoints say.
     """
     exhausted = ("jsonb_build_object('error', 'RunAttemptsExhausted', 'message', format('the worker running this "
                  "run died %%s times (lease expired each time); giving up', k.attempt))")
     comp_failed = ("jsonb_build_object('error', 'CompensationFailed', 'message', format('undoing this run''s side "
                    "effects failed %%s times; they need a human (see keel_tool_ledger)', k.attempt))")
+    dead = "(e.give_up OR (e.exhausted AND NOT e.compensating AND NOT e.has_effects))"
     async with pool.connection() as conn, conn.transaction():
         cur = await conn.execute(
             "WITH expired AS (SELECT run_id, attempt >= %(max)s AS exhausted, "
             # A run stuck undoing its effects gets a few more attempts, then stops looping.
             "compensating AND attempt >= %(max)s + 3 AS give_up, compensating, "
             "EXISTS (SELECT 1 FROM keel_tool_ledger l WHERE l.run_id = r.run_id::text AND l.status = 'succeeded' "
-            "AND coalesce(l.compensation, '') <> 'done') AS has_effects "
+            "AND coalesce(l.compensation, '') <> 'done') AS has_effects, "
+            "attempt >= %(max)s AND NOT compensating AND EXISTS (SELECT 1 FROM checkpoints c "
+            "WHERE c.thread_id = r.thread_id::text AND c.checkpoint_ns = '' "
+            "AND c.metadata->>'run_id' = r.run_id::text) AS finalize "
             "FROM keel_runs r WHERE status = 'running' AND lease_expires_at < now() "
-            # A worker never reaps its own runs: it knows they are alive (its heartbeat may merely be late).
-            "AND lease_owner IS DISTINCT FROM %(owner)s FOR UPDATE SKIP LOCKED) "
+            "AND run_id <> ALL(%(held)s::uuid[]) FOR UPDATE SKIP LOCKED) "
             "UPDATE keel_runs k SET "
-            "status = CASE WHEN e.give_up OR (e.exhausted AND NOT e.compensating AND NOT e.has_effects) "
-            "THEN 'error' ELSE 'pending' END, "
-            f"error = CASE WHEN e.give_up THEN {comp_failed} WHEN e.exhausted AND NOT e.compensating "
-            f"THEN {exhausted} ELSE k.error END, "
-            "compensating = k.compensating OR (e.exhausted AND e.has_effects), "
-            "finished_at = CASE WHEN e.give_up OR (e.exhausted AND NOT e.compensating AND NOT e.has_effects) "
-            "THEN now() END, "
-            "lease_owner = NULL, lease_expires_at = NULL, updated_at = now() "
+            f"status = CASE WHEN e.finalize THEN 'running' WHEN {dead} THEN 'error' ELSE 'pending' END, "
+            f"error = CASE WHEN e.finalize THEN k.error WHEN e.give_up THEN {comp_failed} "
+            f"WHEN e.exhausted AND NOT e.compensating THEN {exhausted} ELSE k.error END, "
+            "compensating = k.compensating OR (e.exhausted AND e.has_effects AND NOT e.finalize), "
+            f"finished_at = CASE WHEN NOT e.finalize AND {dead} THEN now() END, "
+            "lease_owner = CASE WHEN e.finalize THEN %(owner)s END, "
+            "lease_expires_at = CASE WHEN e.finalize THEN now() + make_interval(secs => %(lease)s) END, "
+            "lease_epoch = k.lease_epoch + CASE WHEN e.finalize THEN 1 ELSE 0 END, updated_at = now() "
             "FROM expired e WHERE k.run_id = e.run_id "
-            "RETURNING k.run_id::text, k.thread_id::text, k.status, k.attempt, k.error, k.compensating",
-            {"max": max_attempts, "owner": owner})
+            f"RETURNING {', '.join('k.' + c.strip() for c in RUN_COLUMNS.split(','))}, e.finalize",
+            {"max": max_attempts, "owner": owner, "lease": lease_s, "held": held})
         rows = await cur.fetchall()
         for r in rows:
             if r["status"] == "error":
-                await append_unfenced(conn, r["run_id"], r["attempt"], "error", r["error"])
-                await set_thread_after_run(conn, r["thread_id"], "error", None, {}, r["error"])
-        if rows:
+                await append_unfenced(conn, str(r["run_id"]), r["attempt"], "error", r["error"])
+                await set_thread_after_run(conn, str(r["thread_id"]), "error", None, {}, r["error"])
+        if rows:  # re-queued runs, and runs queued behind a dead-lettered one
             await conn.execute("SELECT pg_notify(%s, '')", (RUNS_CHANNEL,))
     return rows
 

@@ -140,16 +140,21 @@ class Worker:
 
     def lost(self, run_id: str) -> None:
         h = self.handles.get(run_id)
-        if h and not h.lost:
-            log.warning("lease of run %s lost; stopping it", run_id)
-            h.lost = True
-            if h.task:
-                h.task.cancel()
+        # A settling run is recording its outcome or tidying up after it: its finish() is fenced by itself,
+        # and once that commits the run is no longer `running`, which the heartbeat must not take for a loss.
+        if h is None or h.lost or h.phase == "settling":
+            return
+        log.warning("lease of run %s lost; stopping it", run_id)
+        h.lost = True
+        if h.phase != "queued" and h.task:  # a task that has not begun checks `lost` first
+            h.task.cancel()
 
     def cancel_local(self, run_id: str, action: str) -> None:
         h = self.handles.get(run_id)
-        if h and not h.cancel and h.task:
-            h.cancel = action
+        if h is None or h.cancel or h.phase not in ("queued", "running"):
+            return  # undoing effects or settling: the run ends by itself (see RunHandle)
+        h.cancel = action
+        if h.phase == "running" and h.task:  # a task that has not begun checks `cancel` first
             h.task.cancel()
 
     # ---------------------------------------------------------------- loops
@@ -180,7 +185,13 @@ class Worker:
             try:
                 if time.monotonic() - last_reap >= min(1.0, self.lease_s / 2):
                     last_reap = time.monotonic()
-                    for r in await queue.reap(self.svc.db.pool, self.max_attempts, self.owner):
+                    for r in await queue.reap(self.svc.db.pool, self.max_attempts, owner=self.owner,
+                                              lease_s=self.lease_s, held=list(self.handles)):
+                        if r["finalize"]:
+                            log.warning("run %s: lease expired on its last attempt (%s); finishing it from its "
+                                        "checkpoints", r["run_id"], r["attempt"])
+                            self._start(queue.Claim(r, int(r["lease_epoch"])), finalize=True)
+                            continue
                         log.warning("run %s: lease expired, %s (attempt %s)", r["run_id"],
                                     "dead-lettered" if r["status"] == "error" else "re-queued", r["attempt"])
                 if time.monotonic() - last_sweep >= self.sweep_s:
@@ -195,9 +206,7 @@ class Worker:
                     c = await queue.claim(self.svc.db.pool, self.owner, self.lease_s)
                     if c is None:
                         break
-                    h = RunHandle(c)
-                    self.handles[c.run_id] = h
-                    h.task = asyncio.create_task(self._execute(h), name=f"run-{c.run_id}")
+                    self._start(c)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - Postgres unavailable: back off, the pool reconnects
@@ -208,15 +217,24 @@ class Worker:
             except TimeoutError:
                 pass
 
+    def _start(self, c: queue.Claim, *, finalize: bool = False) -> None:
+        h = RunHandle(c, finalize=finalize)
+        self.handles[c.run_id] = h
+        h.task = asyncio.create_task(self._execute(h), name=f"run-{c.run_id}")
+        # A done callback, not a `finally`: it runs even for a task cancelled before its first step.
+        h.task.add_done_callback(lambda _t: self._release_handle(h))
+
+    def _release_handle(self, h: RunHandle) -> None:
+        if self.handles.get(h.claim.run_id) is h:  # not a later claim of the same run
+            del self.handles[h.claim.run_id]
+        self._wake.set()
+
     async def _execute(self, h: RunHandle) -> None:
         try:
             outcome = await self.executor.execute(h)
         except asyncio.CancelledError:
             outcome = "cancelled"
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - its lease expires and the reaper (any worker, this one too) re-queues it
             log.exception("executor crashed")
             outcome = "crashed"
-        finally:
-            self.handles.pop(h.claim.run_id, None)
-            self._wake.set()
         log.debug("run %s: %s", h.claim.run_id, outcome)
