@@ -1,7 +1,11 @@
-"""Errors in the LangGraph Server API shape: `{"detail": "..."}` with the right status code."""
+"""Errors in the LangGraph Server API shape: `{"detail": "..."}` with the right status code.
+
+Also the edge's input rule (`check_input`) and the last resort for unexpected exceptions (`CatchAll`).
+"""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
@@ -11,6 +15,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.serde import unstorable
+
+log = logging.getLogger("keel")
+
+INTERNAL_ERROR = "Internal server error"
 
 
 class ApiError(Exception):
@@ -38,26 +48,98 @@ def _loc(err: dict[str, Any]) -> str:
     return ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",)) or "body"
 
 
+def _safe(detail: Any) -> str:
+    """Detail text that always encodes (an echoed lone surrogate would make the error response itself fail)."""
+    text = detail if isinstance(detail, str) else str(detail)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def error_response(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": _safe(detail)}, status_code=status, headers=headers)
+
+
+async def check_input(request: Request) -> None:
+    """422 naming the field when a path or query parameter or the JSON body holds what cannot be stored.
+
+    A dependency of every router, solved before the handler runs (and after FastAPI parsed the body, whose
+    result Starlette caches), so a NUL, a lone surrogate, a 65-bit integer, NaN or 65 levels of nesting are
+    refused before anything is written.
+    """
+    for where, items in (("path", request.path_params.items()), ("query", request.query_params.multi_items())):
+        for name, value in items:
+            problem = unstorable({name: value}, where)
+            if problem:
+                raise ApiError(422, problem)
+    if getattr(request.scope.get("route"), "body_field", None) is None:
+        return
+    try:
+        body = await request.json()
+    except (ValueError, RecursionError):  # empty or not JSON: FastAPI's validation answers for it
+        return
+    problem = unstorable(body)
+    if problem:
+        raise ApiError(422, problem)
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Every error leaves as `{"detail": str}`."""
+    """Every error leaves as `{"detail": str}`, unexpected ones included (see CatchAll)."""
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+        return error_response(exc.status, exc.detail)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        return error_response(exc.status_code, exc.detail, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             msg = next(e for e in errors if e.get("type") == "json_invalid").get("ctx", {}).get("error", "")
-            return JSONResponse({"detail": f"Malformed JSON body: {msg}".rstrip(": ")}, status_code=400)
+            return error_response(400, f"Malformed JSON body: {msg}".rstrip(": "))
         parts = [f"{_loc(e)}: {e.get('msg', 'invalid')}" for e in errors[:5]]
-        return JSONResponse({"detail": "Invalid request: " + "; ".join(parts)}, status_code=422)
+        return error_response(422, "Invalid request: " + "; ".join(parts))
+
+    app.add_middleware(CatchAll)
+
+
+class CatchAll:
+    """ASGI middleware: an exception no handler took still gets a complete `{"detail"}` response.
+
+    Starlette's ServerErrorMiddleware answers a plain-text 500 and re-raises, and the server then drops the
+    keep-alive connection without `Connection: close`, so a pooled client's next request fails. Here the
+    exception is logged once, with its traceback, and answered in full; the connection stays usable. Once a
+    response has started (a stream), only closing the connection can tell the client it is incomplete, so
+    the exception goes on.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as exc:
+            if started:
+                raise
+            if isinstance(exc, StarletteHTTPException):
+                response = error_response(exc.status_code, exc.detail, getattr(exc, "headers", None))
+            else:
+                log.error("unhandled error in %s %s", scope.get("method"), scope.get("path"), exc_info=exc)
+                response = error_response(500, INTERNAL_ERROR)
+            await response(scope, receive, send)
 
 
 class BodyGuard:
