@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
+from pydantic import Field
 
 from server.auth import CurrentUser
 from server.deps import Service
-from server.schemas import AssistantSearch
+from server.schemas import AUTHENTICATED, AssistantSearch, errors
 
-router = APIRouter(prefix="/assistants", tags=["assistants"])
+XrayDepth = Annotated[int, Field(ge=0, le=100)]
+
+router = APIRouter(prefix="/assistants", tags=["assistants"], dependencies=AUTHENTICATED,
+                   responses=errors(401, 422))
 
 
 def _matches(a: dict[str, Any], q: AssistantSearch) -> bool:
@@ -21,7 +25,7 @@ def _matches(a: dict[str, Any], q: AssistantSearch) -> bool:
     return all(a["metadata"].get(k) == v for k, v in (q.metadata or {}).items())
 
 
-@router.post("/search")
+@router.post("/search", responses=errors(400, 413))
 async def search(body: AssistantSearch, svc: Service, user: CurrentUser, response: Response) -> list[dict]:
     """Assistants matching metadata / graph_id / name."""
     found = [a for a in svc.assistants.all() if _matches(a, body)]
@@ -32,34 +36,34 @@ async def search(body: AssistantSearch, svc: Service, user: CurrentUser, respons
     return page
 
 
-@router.post("/count")
+@router.post("/count", responses=errors(400, 413))
 async def count(body: AssistantSearch, svc: Service, user: CurrentUser) -> int:
     """How many assistants match."""
     return len([a for a in svc.assistants.all() if _matches(a, body)])
 
 
-@router.get("/{assistant_id}")
+@router.get("/{assistant_id}", responses=errors(404))
 async def get(assistant_id: str, svc: Service, user: CurrentUser) -> dict:
     """One assistant, by id or graph name."""
     return svc.assistants.resolve(assistant_id)
 
 
-@router.get("/{assistant_id}/graph")
-async def graph(assistant_id: str, svc: Service, user: CurrentUser, xray: str = "false") -> dict:
+@router.get("/{assistant_id}/graph", responses=errors(404))
+async def graph(assistant_id: str, svc: Service, user: CurrentUser,
+                xray: bool | XrayDepth = Query(False, description="true, or how many subgraph levels")) -> dict:
     """Nodes and edges, including __start__ and __end__."""
     svc.assistants.resolve(assistant_id)
-    x: bool | int = xray.lower() in ("true", "1") if not xray.isdigit() or xray in ("0", "1") else int(xray)
-    return svc.graph.get_graph(xray=x).to_json()
+    return svc.graph.get_graph(xray=xray).to_json()
 
 
-@router.get("/{assistant_id}/subgraphs")
+@router.get("/{assistant_id}/subgraphs", responses=errors(404))
 async def subgraphs(assistant_id: str, svc: Service, user: CurrentUser) -> dict:
     """Schemas of subgraphs (this graph has none)."""
     svc.assistants.resolve(assistant_id)
     return {}
 
 
-@router.get("/{assistant_id}/schemas")
+@router.get("/{assistant_id}/schemas", responses=errors(404))
 async def schemas(assistant_id: str, svc: Service, user: CurrentUser) -> dict:
     """JSON Schemas of input, output, state, config and context."""
     a = svc.assistants.resolve(assistant_id)

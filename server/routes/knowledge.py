@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import json
 import re
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
-import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import ConfigDict, Field, ValidationError
 
@@ -25,10 +25,11 @@ from memory.search import search_docs
 from server.auth import CurrentUser, User
 from server.deps import Service
 from server.errors import ApiError
-from server.schemas import _Body
+from server.schemas import AUTHENTICATED, _Body, errors
+from server.serde import unstorable
 from server.service import KeelService
 
-router = APIRouter(prefix="/knowledge", tags=["knowledge"])
+router = APIRouter(prefix="/knowledge", tags=["knowledge"], dependencies=AUTHENTICATED, responses=errors(401, 422))
 
 WRITER_ROLE = "admin"
 # Corpus names the API accepts (no dots: the store joins namespace labels with ".").
@@ -76,7 +77,7 @@ def corpus(svc: KeelService, name: str | None) -> str:
     """The corpus a request names (or the configured default), validated."""
     if name is None:
         return svc.settings.keel_namespace
-    if not isinstance(name, str) or not CORPUS_NAME.match(name):
+    if not isinstance(name, str) or not CORPUS_NAME.fullmatch(name):
         raise ApiError(422, f"Invalid namespace {name!r}: use 1-64 letters, digits, '_' or '-'")
     return name
 
@@ -135,10 +136,10 @@ def _decode(i: int, doc: DocumentIn, fmt: str) -> bytes:
             raise ApiError(422, f"Invalid documents[{i}].content ({doc.source}): not valid base64 ({exc})") from None
     if fmt == ".pdf":
         raise ApiError(422, f"Invalid documents[{i}] ({doc.source}): a PDF must be sent with encoding 'base64'")
-    return doc.content.encode("utf-8", errors="replace")  # lone surrogates from JSON become '?'
+    return doc.content.encode("utf-8")  # check_input refused NUL and lone surrogates already
 
 
-@router.post("/ingest")
+@router.post("/ingest", responses=errors(400, 403, 413))
 async def ingest(body: IngestBody, request: Request, svc: Service, user: Writer) -> dict:
     """Chunk, embed and store documents in a corpus, idempotently (as `keel ingest`)."""
     name = corpus(svc, body.namespace)
@@ -159,7 +160,7 @@ async def ingest(body: IngestBody, request: Request, svc: Service, user: Writer)
     return {"namespace": name, **report.to_dict(details=True)}
 
 
-@router.post("/search")
+@router.post("/search", responses=errors(400, 413))
 async def search(body: SearchBody, svc: Service, user: CurrentUser) -> list[dict[str, Any]]:
     """Top-k chunks of a corpus (as `keel search --json` and the retrieve node)."""
     name = corpus(svc, body.namespace)
@@ -194,11 +195,14 @@ async def _delete_request(request: Request, svc: KeelService, namespace: str | N
     if not raw.strip():
         raise ApiError(422, "Invalid request: source is required (query parameter or JSON body)")
     try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
+        data = json.loads(raw)  # the parser FastAPI uses, so every body reads (and is checked) alike
+    except (ValueError, RecursionError) as exc:
         raise ApiError(400, f"Malformed JSON body: {exc}") from None
     if not isinstance(data, dict):
         raise ApiError(422, "Invalid request: the body must be a JSON object")
+    problem = unstorable(data)  # this body is read here, not by FastAPI, so check_input did not see it
+    if problem:
+        raise ApiError(422, problem)
     if namespace is not None:
         data.setdefault("namespace", namespace)
     try:
@@ -208,7 +212,7 @@ async def _delete_request(request: Request, svc: KeelService, namespace: str | N
         raise ApiError(422, "Invalid request: " + "; ".join(parts)) from None
 
 
-@router.delete("/sources")
+@router.delete("/sources", responses=errors(400, 403, 404, 413))
 async def delete(request: Request, svc: Service, user: Writer, namespace: str | None = Query(None),
                  source: str | None = Query(None)) -> dict:
     """Remove one document (its chunks and manifest entry) from a corpus; 404 when the corpus has no such source."""

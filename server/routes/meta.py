@@ -8,8 +8,9 @@ import langgraph.version
 from fastapi import APIRouter
 
 from server.deps import Service
+from server.schemas import PUBLIC
 
-router = APIRouter(tags=["meta"])
+router = APIRouter(tags=["meta"], dependencies=PUBLIC)
 
 
 @router.get("/ok")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,15 +18,23 @@ from server.routes.threads import owned_thread
 from server.runs.events import Event
 from server.runs.manager import run_json
 from server.runs.queue import RUN_COLUMNS
-from server.schemas import RunCreate
+from server.schemas import AUTHENTICATED, MAX_OFFSET, SSE_EVENTS, RunCreate, RunId, ThreadId, errors
 from server.serde import dumps, jsonable
 from server.service import KeelService
 
-router = APIRouter(tags=["runs"])
+router = APIRouter(tags=["runs"], dependencies=AUTHENTICATED, responses=errors(401, 422))
+
+log = logging.getLogger("keel")
 
 KEEPALIVE_S = 5.0
 SSE_HEADERS = {"cache-control": "no-store", "x-accel-buffering": "no"}
 ALWAYS = {"metadata", "error", "end"}
+
+
+class EventStream(StreamingResponse):
+    """Server-sent events (documents the routes' 200 as text/event-stream)."""
+
+    media_type = "text/event-stream"
 
 
 def sse(event: Event, with_id: bool) -> bytes:
@@ -86,11 +95,16 @@ def _stream_response(svc: KeelService, run: dict[str, Any], *, modes: list[str] 
     async def body() -> AsyncIterator[bytes]:
         finished = False
         try:
-            async for ev in _events_with_keepalive(svc, str(run["run_id"]), after):
-                if ev is None:
-                    yield b": heartbeat\r\n\r\n"
-                elif _wanted(ev.event, modes):
-                    yield sse(ev, with_id)
+            try:
+                async for ev in _events_with_keepalive(svc, str(run["run_id"]), after):
+                    if ev is None:
+                        yield b": heartbeat\r\n\r\n"
+                    elif _wanted(ev.event, modes):
+                        yield sse(ev, with_id)
+            except Exception:  # noqa: BLE001 - the 200 is sent: end the stream with an error event, not a cut
+                log.exception("streaming run %s failed", run["run_id"])
+                yield sse(Event(0, "error", {"error": "InternalServerError", "message": "the stream failed; "
+                                             "join the run again to continue"}), False)
             finished = True
         finally:
             if not finished and cancel_on_disconnect:
@@ -135,7 +149,12 @@ def _wait_response(svc: KeelService, run: dict[str, Any], *, cancel_on_disconnec
                     break
                 yield b"\n"
             finished = True
-            yield dumps(task.result())
+            if task.exception() is not None:  # the 200 is sent: answer in the body, as a failed run would
+                log.error("waiting for run %s failed", run["run_id"], exc_info=task.exception())
+                yield dumps({"__error__": {"error": "InternalServerError", "message": "waiting for the run failed; "
+                                                                                     "join it again"}})
+            else:
+                yield dumps(task.result())
         finally:
             if not task.done():
                 task.cancel()
@@ -163,16 +182,16 @@ def _foreground(body: RunCreate) -> RunCreate:
     return body
 
 
-@router.post("/threads/{thread_id}/runs")
-async def create_run(thread_id: str, body: RunCreate, svc: Service, user: CurrentUser, response: Response) -> dict:
+@router.post("/threads/{thread_id}/runs", responses=errors(400, 404, 409, 413))
+async def create_run(thread_id: ThreadId, body: RunCreate, svc: Service, user: CurrentUser, response: Response) -> dict:
     """Start a run in the background."""
     run = await svc.runs.create(user, parse_uuid(thread_id, "thread"), _background(body))
     response.headers["content-location"] = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
     return run_json(run)
 
 
-@router.post("/threads/{thread_id}/runs/wait")
-async def wait_run(thread_id: str, body: RunCreate, svc: Service, user: CurrentUser):
+@router.post("/threads/{thread_id}/runs/wait", responses=errors(400, 404, 409, 413))
+async def wait_run(thread_id: ThreadId, body: RunCreate, svc: Service, user: CurrentUser):
     """Start a run and answer with its final values."""
     run = await svc.runs.create(user, parse_uuid(thread_id, "thread"), _foreground(body))
     base = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
@@ -180,8 +199,9 @@ async def wait_run(thread_id: str, body: RunCreate, svc: Service, user: CurrentU
                           headers={"location": base + "/join", "content-location": base})
 
 
-@router.post("/threads/{thread_id}/runs/stream")
-async def stream_run(thread_id: str, body: RunCreate, svc: Service, user: CurrentUser):
+@router.post("/threads/{thread_id}/runs/stream", response_class=EventStream,
+             responses={**SSE_EVENTS, **errors(401, 400, 404, 409, 413, 422, stream=True)})
+async def stream_run(thread_id: ThreadId, body: RunCreate, svc: Service, user: CurrentUser):
     """Start a run and stream its events as SSE."""
     run = await svc.runs.create(user, parse_uuid(thread_id, "thread"), _foreground(body))
     base = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
@@ -201,9 +221,9 @@ async def owned_run(svc: KeelService, user: User, thread_id: str, run_id: str) -
     return row
 
 
-@router.get("/threads/{thread_id}/runs")
-async def list_runs(thread_id: str, svc: Service, user: CurrentUser, limit: int = Query(10, ge=1, le=1000),
-                    offset: int = Query(0, ge=0), status: str | None = None) -> list[dict]:
+@router.get("/threads/{thread_id}/runs", responses=errors(404))
+async def list_runs(thread_id: ThreadId, svc: Service, user: CurrentUser, limit: int = Query(10, ge=1, le=1000),
+                    offset: int = Query(0, ge=0, le=MAX_OFFSET), status: str | None = None) -> list[dict]:
     """The thread's runs, newest first."""
     row = await owned_thread(svc, user, thread_id)
     where, params = "thread_id = %s", [row["thread_id"]]
@@ -217,21 +237,22 @@ async def list_runs(thread_id: str, svc: Service, user: CurrentUser, limit: int 
         return [run_json(r) for r in await cur.fetchall()]
 
 
-@router.get("/threads/{thread_id}/runs/{run_id}")
-async def get_run(thread_id: str, run_id: str, svc: Service, user: CurrentUser) -> dict:
+@router.get("/threads/{thread_id}/runs/{run_id}", responses=errors(404))
+async def get_run(thread_id: ThreadId, run_id: RunId, svc: Service, user: CurrentUser) -> dict:
     """One run."""
     return run_json(await owned_run(svc, user, thread_id, run_id))
 
 
-@router.get("/threads/{thread_id}/runs/{run_id}/join")
-async def join_run(thread_id: str, run_id: str, svc: Service, user: CurrentUser):
+@router.get("/threads/{thread_id}/runs/{run_id}/join", responses=errors(404))
+async def join_run(thread_id: ThreadId, run_id: RunId, svc: Service, user: CurrentUser):
     """Wait for a run and answer with its final values."""
     run = await owned_run(svc, user, thread_id, run_id)
     return _wait_response(svc, run, cancel_on_disconnect=False, headers={})
 
 
-@router.get("/threads/{thread_id}/runs/{run_id}/stream")
-async def join_stream(thread_id: str, run_id: str, svc: Service, user: CurrentUser,
+@router.get("/threads/{thread_id}/runs/{run_id}/stream", response_class=EventStream,
+            responses={**SSE_EVENTS, **errors(401, 404, 422, stream=True)})
+async def join_stream(thread_id: ThreadId, run_id: RunId, svc: Service, user: CurrentUser,
                       stream_mode: list[str] | None = Query(None), cancel_on_disconnect: bool = False,
                       last_event_id: str | None = Header(None)):
     """Stream a run's events; with Last-Event-ID, only the events after it."""
@@ -241,6 +262,8 @@ async def join_stream(thread_id: str, run_id: str, svc: Service, user: CurrentUs
     if last_event_id not in (None, ""):
         try:
             after = max(0, int(last_event_id))
+            if after > MAX_OFFSET:
+                raise ValueError(last_event_id)
         except ValueError:
             raise ApiError(422, "Last-Event-ID must be an event id from this run's stream") from None
     base = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
@@ -248,8 +271,8 @@ async def join_stream(thread_id: str, run_id: str, svc: Service, user: CurrentUs
                             location=base + "/stream", content_location=base)
 
 
-@router.post("/threads/{thread_id}/runs/{run_id}/cancel")
-async def cancel_run(thread_id: str, run_id: str, svc: Service, user: CurrentUser, wait: bool = False,
+@router.post("/threads/{thread_id}/runs/{run_id}/cancel", responses=errors(404, 409))
+async def cancel_run(thread_id: ThreadId, run_id: RunId, svc: Service, user: CurrentUser, wait: bool = False,
                      action: str = "interrupt") -> dict:
     """Cancel a pending or running run."""
     if action not in ("interrupt", "rollback"):
@@ -263,8 +286,8 @@ async def cancel_run(thread_id: str, run_id: str, svc: Service, user: CurrentUse
     return {}
 
 
-@router.delete("/threads/{thread_id}/runs/{run_id}", status_code=204)
-async def delete_run(thread_id: str, run_id: str, svc: Service, user: CurrentUser) -> Response:
+@router.delete("/threads/{thread_id}/runs/{run_id}", status_code=204, responses=errors(404, 409))
+async def delete_run(thread_id: ThreadId, run_id: RunId, svc: Service, user: CurrentUser) -> Response:
     """Delete a finished run's record."""
     run = await owned_run(svc, user, thread_id, run_id)
     if run["status"] in ("pending", "running"):
@@ -278,7 +301,7 @@ async def delete_run(thread_id: str, run_id: str, svc: Service, user: CurrentUse
 # -------------------------------------------------------------------------------------------- stateless
 
 
-@router.post("/runs")
+@router.post("/runs", responses=errors(400, 413))
 async def create_stateless(body: RunCreate, svc: Service, user: CurrentUser, response: Response) -> dict:
     """Start a run on a temporary thread, in the background."""
     run = await svc.runs.create(user, None, _background(body))
@@ -286,7 +309,7 @@ async def create_stateless(body: RunCreate, svc: Service, user: CurrentUser, res
     return run_json(run)
 
 
-@router.post("/runs/wait")
+@router.post("/runs/wait", responses=errors(400, 413))
 async def wait_stateless(body: RunCreate, svc: Service, user: CurrentUser):
     """Run on a temporary thread and answer with its final values."""
     run = await svc.runs.create(user, None, _foreground(body))
@@ -294,7 +317,8 @@ async def wait_stateless(body: RunCreate, svc: Service, user: CurrentUser):
                           headers={"content-location": f"/threads/{run['thread_id']}/runs/{run['run_id']}"})
 
 
-@router.post("/runs/stream")
+@router.post("/runs/stream", response_class=EventStream,
+             responses={**SSE_EVENTS, **errors(401, 400, 413, 422, stream=True)})
 async def stream_stateless(body: RunCreate, svc: Service, user: CurrentUser):
     """Run on a temporary thread and stream its events."""
     run = await svc.runs.create(user, None, _foreground(body))

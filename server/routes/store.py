@@ -16,11 +16,14 @@ from memory.search import CORPUS_LABELS
 from server.auth import CurrentUser, User
 from server.deps import Service
 from server.errors import ApiError
-from server.schemas import _Body
+from server.schemas import AUTHENTICATED, MAX_OFFSET, MAX_TTL_MINUTES, _Body, errors
 from server.serde import jsonable
 from tools.memory_tools import memories_namespace
 
-router = APIRouter(prefix="/store", tags=["store"])
+router = APIRouter(prefix="/store", tags=["store"], dependencies=AUTHENTICATED, responses=errors(401, 422))
+
+FILTER_OPERATORS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte")
+RESERVED_ROOT = "langgraph"  # the store refuses it as a first label
 
 
 class PutItem(_Body):
@@ -28,7 +31,8 @@ class PutItem(_Body):
     key: str = Field(..., min_length=1, max_length=512)
     value: dict[str, Any]
     index: bool | list[str] | None = None
-    ttl: float | None = None
+    ttl: float | None = Field(None, ge=1 / 60, le=MAX_TTL_MINUTES,
+                              description="minutes until the item expires (at least one second)")
 
 
 class DeleteItem(_Body):
@@ -40,7 +44,7 @@ class SearchItems(_Body):
     namespace_prefix: list[str] = Field(default_factory=list, max_length=10)
     filter: dict[str, Any] | None = None
     limit: int = Field(10, ge=1, le=1000)
-    offset: int = Field(0, ge=0)
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
     query: str | None = None
     refresh_ttl: bool | None = None
 
@@ -50,7 +54,7 @@ class ListNamespaces(_Body):
     suffix: list[str] | None = None
     max_depth: int | None = Field(None, ge=1, le=10)
     limit: int = Field(100, ge=1, le=1000)
-    offset: int = Field(0, ge=0)
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
 
 
 def _check_labels(labels: list[str]) -> None:
@@ -65,6 +69,8 @@ def real(user: User, namespace: list[str]) -> tuple[str, ...]:
     if namespace and namespace[0] in CORPUS_LABELS:
         # ("docs", <user id>) would be the corpus named like the user: corpora are managed via /knowledge only.
         raise ApiError(422, f"Namespace label {namespace[0]!r} is reserved for document corpora; use /knowledge")
+    if namespace and namespace[0] == RESERVED_ROOT:
+        raise ApiError(422, f"Namespace label {RESERVED_ROOT!r} is reserved by LangGraph as a first label")
     return (namespace[0], memories_namespace(user.id)[1], *namespace[1:])
 
 
@@ -81,7 +87,16 @@ def item_json(user: User, item: Any) -> dict[str, Any]:
     return out
 
 
-@router.put("/items", status_code=204)
+def _check_filter(flt: dict[str, Any] | None) -> None:
+    """Store filters: {field: value} for equality, or {field: {"$op": value}} with the store's operators."""
+    for field, cond in (flt or {}).items():
+        if isinstance(cond, dict):
+            for op in cond:
+                if op not in FILTER_OPERATORS:
+                    raise ApiError(422, f"filter.{field}: unknown operator {op!r}; use {', '.join(FILTER_OPERATORS)}")
+
+
+@router.put("/items", status_code=204, responses=errors(400, 413))
 async def put_item(body: PutItem, svc: Service, user: CurrentUser) -> Response:
     """Create or replace an item in one of the caller's namespaces."""
     index = False if body.index is False else (body.index if isinstance(body.index, list) else None)
@@ -90,7 +105,7 @@ async def put_item(body: PutItem, svc: Service, user: CurrentUser) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/items")
+@router.get("/items", responses=errors(404))
 async def get_item(svc: Service, user: CurrentUser, key: str, namespace: str = Query(""),
                    refresh_ttl: bool | None = None) -> dict:
     """One item; the namespace is dot-separated, as the SDK sends it."""
@@ -103,23 +118,24 @@ async def get_item(svc: Service, user: CurrentUser, key: str, namespace: str = Q
     return item_json(user, item)
 
 
-@router.delete("/items", status_code=204)
+@router.delete("/items", status_code=204, responses=errors(400))
 async def delete_item(body: DeleteItem, svc: Service, user: CurrentUser) -> Response:
     """Delete one of the caller's items."""
     await svc.db.store.adelete(real(user, body.namespace), body.key)
     return Response(status_code=204)
 
 
-@router.post("/items/search")
+@router.post("/items/search", responses=errors(400, 413))
 async def search_items(body: SearchItems, svc: Service, user: CurrentUser) -> dict:
     """Filter and/or semantic search within the caller's namespaces (default: ["memories"])."""
     prefix = body.namespace_prefix or ["memories"]
+    _check_filter(body.filter)
     items = await svc.db.store.asearch(real(user, prefix), query=body.query, filter=body.filter, limit=body.limit,
                                        offset=body.offset, refresh_ttl=body.refresh_ttl)
     return {"items": [item_json(user, i) for i in items]}
 
 
-@router.post("/namespaces")
+@router.post("/namespaces", responses=errors(400, 413))
 async def list_namespaces(body: ListNamespaces, svc: Service, user: CurrentUser) -> dict:
     """The caller's namespaces."""
     me = memories_namespace(user.id)[1]

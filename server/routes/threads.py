@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from typing import Any
 
+import psycopg
 from fastapi import APIRouter, Query, Response
 from psycopg.types.json import Jsonb
 
@@ -13,12 +14,22 @@ from server.auth import CurrentUser, User
 from server.deps import Service
 from server.errors import ApiError, not_found, parse_uuid
 from server.retention import delete_thread_everywhere
-from server.schemas import CheckpointQuery, HistoryQuery, StateUpdate, ThreadCreate, ThreadPatch, ThreadSearch
+from server.schemas import (
+    AUTHENTICATED,
+    CheckpointQuery,
+    HistoryQuery,
+    StateUpdate,
+    ThreadCreate,
+    ThreadId,
+    ThreadPatch,
+    ThreadSearch,
+    errors,
+)
 from server.serde import jsonable
 from server.service import KeelService
 from server.threadstate import snapshot_json
 
-router = APIRouter(prefix="/threads", tags=["threads"])
+router = APIRouter(prefix="/threads", tags=["threads"], dependencies=AUTHENTICATED, responses=errors(401, 422))
 
 THREAD_COLUMNS = ('thread_id, user_id, metadata, status, config, "values", interrupts, error, created_at, '
                   "updated_at, state_updated_at")
@@ -59,23 +70,12 @@ def thread_config(thread_id: str, checkpoint: dict[str, Any] | None = None) -> d
     return {"configurable": configurable}
 
 
-def _ttl_minutes(ttl: dict[str, Any] | int | None) -> float | None:
-    """A thread TTL in minutes: `{"ttl": minutes, "strategy": "delete"}` (SDK shape) or a number."""
-    if ttl is None:
-        return None
-    value = ttl.get("ttl") if isinstance(ttl, dict) else ttl
-    strategy = ttl.get("strategy", "delete") if isinstance(ttl, dict) else "delete"
-    if strategy != "delete" or isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ApiError(422, 'ttl must be a positive number of minutes, or {"ttl": minutes, "strategy": "delete"}')
-    return float(value)
-
-
-@router.post("")
+@router.post("", responses=errors(400, 409, 413))
 async def create(body: ThreadCreate, svc: Service, user: CurrentUser) -> dict:
     """Create a thread (409 if the id exists, unless if_exists=do_nothing)."""
     tid = parse_uuid(body.thread_id, "thread") if body.thread_id else str(uuid.uuid4())
     metadata = jsonable(body.metadata or {})
-    ttl_minutes = _ttl_minutes(body.ttl)
+    ttl_minutes = body.ttl_minutes()
     async with svc.db.pool.connection() as conn:
         cur = await conn.execute(
             f"INSERT INTO keel_threads (thread_id, user_id, metadata, expires_at) VALUES (%s, %s, %s, "
@@ -108,7 +108,7 @@ def _filters(body: ThreadSearch, user: User) -> tuple[str, list]:
     return " AND ".join(where), params
 
 
-@router.post("/search")
+@router.post("/search", responses=errors(400, 413))
 async def search(body: ThreadSearch, svc: Service, user: CurrentUser, response: Response) -> list[dict]:
     """The caller's threads filtered by metadata, values, ids and status."""
     sql_where, params = _filters(body, user)
@@ -127,7 +127,7 @@ async def search(body: ThreadSearch, svc: Service, user: CurrentUser, response: 
     return out
 
 
-@router.post("/count")
+@router.post("/count", responses=errors(400, 413))
 async def count(body: ThreadSearch, svc: Service, user: CurrentUser) -> int:
     """How many of the caller's threads match (same filters as search)."""
     sql_where, params = _filters(body, user)
@@ -136,14 +136,14 @@ async def count(body: ThreadSearch, svc: Service, user: CurrentUser) -> int:
         return (await cur.fetchone())["n"]
 
 
-@router.get("/{thread_id}")
-async def get(thread_id: str, svc: Service, user: CurrentUser) -> dict:
+@router.get("/{thread_id}", responses=errors(404))
+async def get(thread_id: ThreadId, svc: Service, user: CurrentUser) -> dict:
     """One thread."""
     return thread_json(await owned_thread(svc, user, thread_id))
 
 
-@router.patch("/{thread_id}")
-async def patch(thread_id: str, body: ThreadPatch, svc: Service, user: CurrentUser) -> dict:
+@router.patch("/{thread_id}", responses=errors(400, 404, 413))
+async def patch(thread_id: ThreadId, body: ThreadPatch, svc: Service, user: CurrentUser) -> dict:
     """Merge metadata into a thread."""
     row = await owned_thread(svc, user, thread_id)
     async with svc.db.pool.connection() as conn:
@@ -153,8 +153,8 @@ async def patch(thread_id: str, body: ThreadPatch, svc: Service, user: CurrentUs
         return thread_json(await cur.fetchone())
 
 
-@router.delete("/{thread_id}", status_code=204)
-async def delete(thread_id: str, svc: Service, user: CurrentUser) -> Response:
+@router.delete("/{thread_id}", status_code=204, responses=errors(404, 409))
+async def delete(thread_id: ThreadId, svc: Service, user: CurrentUser) -> Response:
     """Delete a thread, its runs and its checkpoints."""
     row = await owned_thread(svc, user, thread_id)
     tid = str(row["thread_id"])
@@ -173,8 +173,8 @@ async def delete(thread_id: str, svc: Service, user: CurrentUser) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/{thread_id}/state")
-async def get_state(thread_id: str, svc: Service, user: CurrentUser, subgraphs: bool = False,
+@router.get("/{thread_id}/state", responses=errors(404))
+async def get_state(thread_id: ThreadId, svc: Service, user: CurrentUser, subgraphs: bool = False,
                     select: list[str] | None = Query(None)) -> dict:
     """The thread's latest state."""
     row = await owned_thread(svc, user, thread_id)
@@ -182,16 +182,16 @@ async def get_state(thread_id: str, svc: Service, user: CurrentUser, subgraphs: 
     return snapshot_json(snap, select=select)
 
 
-@router.get("/{thread_id}/state/{checkpoint_id}")
-async def get_state_at(thread_id: str, checkpoint_id: str, svc: Service, user: CurrentUser,
+@router.get("/{thread_id}/state/{checkpoint_id}", responses=errors(404))
+async def get_state_at(thread_id: ThreadId, checkpoint_id: str, svc: Service, user: CurrentUser,
                        subgraphs: bool = False) -> dict:
     """The thread's state at one checkpoint."""
     row = await owned_thread(svc, user, thread_id)
     return await _state_at(svc, str(row["thread_id"]), {"checkpoint_id": checkpoint_id}, subgraphs)
 
 
-@router.post("/{thread_id}/state/checkpoint")
-async def post_state_at(thread_id: str, body: CheckpointQuery, svc: Service, user: CurrentUser) -> dict:
+@router.post("/{thread_id}/state/checkpoint", responses=errors(400, 404, 413))
+async def post_state_at(thread_id: ThreadId, body: CheckpointQuery, svc: Service, user: CurrentUser) -> dict:
     """The thread's state at the checkpoint in the body."""
     row = await owned_thread(svc, user, thread_id)
     return await _state_at(svc, str(row["thread_id"]), body.checkpoint, body.subgraphs, body.select)
@@ -207,8 +207,8 @@ async def _state_at(svc: KeelService, tid: str, checkpoint: dict[str, Any], subg
     return snapshot_json(await svc.graph.aget_state(config, subgraphs=subgraphs), select=select)
 
 
-@router.post("/{thread_id}/state")
-async def update_state(thread_id: str, body: StateUpdate, svc: Service, user: CurrentUser) -> dict:
+@router.post("/{thread_id}/state", responses=errors(400, 404, 409, 413))
+async def update_state(thread_id: ThreadId, body: StateUpdate, svc: Service, user: CurrentUser) -> dict:
     """Write values as if a node produced them (or fork a checkpoint with as_node="__copy__")."""
     row = await owned_thread(svc, user, thread_id)
     tid = str(row["thread_id"])
@@ -222,6 +222,8 @@ async def update_state(thread_id: str, body: StateUpdate, svc: Service, user: Cu
         raise ApiError(422, f"as_node: unknown node {body.as_node!r}")
     try:
         new_config = await svc.graph.aupdate_state(config, body.values, as_node=body.as_node)
+    except psycopg.Error:
+        raise  # the database's trouble, not the request's: a logged 500 without its internals
     except Exception as exc:  # noqa: BLE001 - LangGraph raises InvalidUpdateError etc. for bad input
         raise ApiError(400, f"Could not update state: {exc}") from exc
     snap = await svc.graph.aget_state(thread_config(tid))
@@ -241,9 +243,10 @@ def _before(value: str | dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     if isinstance(value, str):
         return {"configurable": {"checkpoint_id": value}}
-    if "configurable" in value:
-        return {"configurable": dict(value["configurable"])}
-    if value.get("checkpoint_id"):
+    configurable = value.get("configurable")
+    if isinstance(configurable, dict) and isinstance(configurable.get("checkpoint_id", ""), str):
+        return {"configurable": dict(configurable)}
+    if isinstance(value.get("checkpoint_id"), str) and value["checkpoint_id"]:
         return {"configurable": {"checkpoint_id": value["checkpoint_id"]}}
     raise ApiError(422, "before must be a checkpoint id, a checkpoint or a config")
 
@@ -257,15 +260,15 @@ async def _history(svc: KeelService, tid: str, q: HistoryQuery) -> list[dict]:
     return out
 
 
-@router.post("/{thread_id}/history")
-async def history(thread_id: str, body: HistoryQuery, svc: Service, user: CurrentUser) -> list[dict]:
+@router.post("/{thread_id}/history", responses=errors(400, 404, 413))
+async def history(thread_id: ThreadId, body: HistoryQuery, svc: Service, user: CurrentUser) -> list[dict]:
     """Past states, newest first."""
     row = await owned_thread(svc, user, thread_id)
     return await _history(svc, str(row["thread_id"]), body)
 
 
-@router.get("/{thread_id}/history")
-async def history_get(thread_id: str, svc: Service, user: CurrentUser, limit: int = Query(10, ge=1, le=1000),
+@router.get("/{thread_id}/history", responses=errors(404))
+async def history_get(thread_id: ThreadId, svc: Service, user: CurrentUser, limit: int = Query(10, ge=1, le=1000),
                       before: str | None = None) -> list[dict]:
     """Past states, newest first (query-string form)."""
     row = await owned_thread(svc, user, thread_id)
