@@ -79,12 +79,56 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     configure_logging(settings.keel_log_level, settings.keel_log_json)
     concurrency = args.concurrency or settings.keel_worker_concurrency
 
+    async def connect(stop: asyncio.Event) -> KeelService | None:
+        """Start the service, retrying while Postgres cannot be reached (capped backoff); None if stopped first.
+
+        A worker is often started together with its database (Compose, Kubernetes): it waits for Postgres rather
+        than exiting. `keel serve` still fails fast. Anything else (no pgvector, an embedding mismatch, bad
+        settings, the embedded Postgres failing) is not a matter of waiting and fails at once.
+        """
+        import psycopg
+        from psycopg_pool import PoolTimeout
+
+        from server.db import DatabaseUnavailable
+
+        delay, attempt = 0.5, 0
+        while True:
+            attempt += 1
+            starting = asyncio.ensure_future(KeelService.start(settings))
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not starting.done():  # SIGTERM/SIGINT in the middle of an attempt
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+                return None
+            exc = starting.exception()
+            if exc is None:
+                svc = starting.result()
+                if stop.is_set():
+                    await svc.close()
+                    return None
+                return svc
+            reason = exc.__cause__ if isinstance(exc, DatabaseUnavailable) else exc
+            if not settings.database_url or not isinstance(reason, (psycopg.OperationalError, PoolTimeout)):
+                raise exc
+            log.warning("Postgres is not reachable yet (attempt %d): %s; retrying in %.1fs", attempt,
+                        " ".join(str(exc).split()), delay)
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+                return None
+            except TimeoutError:
+                delay = min(delay * 2, 10.0)
+
     async def run() -> None:
-        svc = await KeelService.start(settings)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        svc = await connect(stop)
+        if svc is None:
+            log.info("stopped before Postgres could be reached")
+            return
         worker = await svc.start_worker(concurrency, name=args.name)
         print(f"keel worker {worker.owner}: {concurrency} slot(s), lease {settings.keel_lease_seconds:g}s",
               file=sys.stderr, flush=True)
