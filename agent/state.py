@@ -32,8 +32,11 @@ class OutputState(TypedDict):
 class State(InputState, OutputState, total=False):
     """Everything the nodes read and write."""
 
+    turn_of: str
+    """Id of the human message this turn answers; with `question`, how retrieve tells a new message from a
+    revision (agent/nodes/retrieve.py)."""
     question: str
-    """This turn's question (the last human message)."""
+    """This turn's question (the text of that human message)."""
     query: str
     """The current retrieval query; the critic may revise it."""
     passages: list[dict[str, Any]]
@@ -55,6 +58,6 @@ class State(InputState, OutputState, total=False):
     tool_calls: int
     """Tool executions used in this turn."""
     phase: str
-    """Where the turn is: "revise" while the critic sends it back, "done" at the end."""
+    """Where the turn is: "answer" after retrieve, "revise" while the critic sends it back, "done" at the end."""
     summary: str
     """Running summary of earlier turns folded out of `messages` (history mode "summarize")."""

@@ -1,11 +1,11 @@
-"""retrieve: find passages for the current query in the document corpus."""
+"""retrieve: start or continue a turn, then find passages for its query in the document corpus."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from langchain_core.messages import HumanMessage
+from langchain_core.messages import AnyMessage, HumanMessage
 from langgraph.runtime import Runtime
 
 from agent.budgets import RUNNING, finish, next_step
@@ -15,15 +15,48 @@ from memory.search import search_docs
 from tools.memory_tools import memories_namespace
 
 
-def last_human_text(state: State) -> str:
-    """Text of the most recent human message ("" if none)."""
-    for msg in reversed(state.get("messages", [])):
-        if isinstance(msg, HumanMessage):
-            content = msg.content
-            if isinstance(content, list):
-                content = " ".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
-            return str(content)
-    return ""
+def last_human(messages: list[AnyMessage]) -> HumanMessage | None:
+    """The most recent human message (None if there is none)."""
+    return next((m for m in reversed(messages) if isinstance(m, HumanMessage)), None)
+
+
+def message_text(msg: AnyMessage) -> str:
+    """A message's text, the text parts of multimodal content joined."""
+    content = msg.content
+    if isinstance(content, list):
+        content = " ".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
+    return str(content)
+
+
+def continues_turn(state: State) -> bool:
+    """Whether this retrieve revises the turn in progress (True) or starts a new one (False).
+
+    A turn is the answer to one human message. Only the critic continues a turn: it is in "revise" and the
+    last human message is still the one it answers, by id and by text (a message edited in place keeps its
+    id but is a new question). So however the previous run ended (finished, interrupted, cancelled, rolled
+    back, crashed, forked), a new message starts a new turn: new input always re-enters at START -> retrieve,
+    while a resume continues the pending retrieve of the same turn. Checkpoints written before `turn_of`
+    existed are judged by the question's text alone.
+    """
+    if state.get("phase") != "revise":
+        return False
+    msg = last_human(state.get("messages", []))
+    if msg is None:
+        return False
+    if "turn_of" in state and state["turn_of"] != (msg.id or ""):
+        return False
+    return state.get("question") == message_text(msg)
+
+
+def fresh_turn(state: State) -> dict[str, Any]:
+    """Every per-turn field reset for the last human message; only `messages` and `summary` carry over."""
+    msg = last_human(state.get("messages", []))
+    question = message_text(msg) if msg is not None else ""
+    return {
+        "turn_of": (msg.id or "") if msg is not None else "", "question": question, "query": question,
+        "passages": [], "sources": [], "draft": "", "draft_id": "", "best_answer": "", "best_score": -1.0,
+        "critique": {}, "revisions": 0, "tool_calls": 0, "answer": "", "status": RUNNING,
+    }
 
 
 async def recall_memories(store: Any, ctx: Context, query: str) -> list[dict[str, Any]]:
@@ -37,20 +70,15 @@ async def recall_memories(store: Any, ctx: Context, query: str) -> list[dict[str
 
 
 async def retrieve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Start a turn (reset budgets) or continue a revision, then search the corpus."""
+    """Start a turn for a new human message (every per-turn field reset) or continue the critic's revision,
+    then search the corpus."""
     ctx = runtime.context or Context()
-    new_turn = state.get("phase") != "revise"
+    new_turn = not continues_turn(state)
     step, over = next_step(state, ctx, new_turn=new_turn)
-    update: dict[str, Any] = {}
-    if new_turn:
-        question = last_human_text(state)
-        update = {
-            "question": question, "query": question, "revisions": 0, "tool_calls": 0, "best_answer": "",
-            "best_score": -1.0, "draft": "", "draft_id": "", "critique": {}, "answer": "", "status": RUNNING,
-        }
+    update: dict[str, Any] = fresh_turn(state) if new_turn else {}
     if over:
         return {**update, **finish({**state, **update}, "max_steps", step=step)}
-    query = update.get("query") or state.get("query") or ""
+    query = update["query"] if new_turn else state.get("query", "")
     hits = []
     if runtime.store is not None and query.strip():
         docs, memories = await asyncio.gather(  # independent lookups: one round trip of latency, not two

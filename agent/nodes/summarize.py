@@ -6,7 +6,7 @@ import html
 import uuid
 from typing import Any
 
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langgraph.runtime import Runtime
 
 from agent.budgets import finish, next_step
@@ -16,6 +16,9 @@ from agent.models import get_chat_model
 from agent.prompts import DOCUMENT_TEMPLATE, DOCUMENTS_TEMPLATE, NO_DOCUMENTS, SUMMARY_SECTION, SYSTEM_PROMPT
 from agent.state import State
 from agent.toolbox import registry
+
+NOT_EXECUTED = "Not executed: the turn that asked for this call ended before it ran."
+"""The result the prompt gives a tool call of an earlier turn that never got one."""
 
 
 def _attr(value: Any) -> str:
@@ -36,6 +39,29 @@ def documents_block(passages: list[dict[str, Any]]) -> str:
     return DOCUMENTS_TEMPLATE.format(documents=docs)
 
 
+def answer_unanswered_tool_calls(messages: list[BaseMessage]) -> list[BaseMessage]:
+    """`messages` with an error result after each tool call that never got one.
+
+    A turn stopped before execute_tools ran (cancelled, interrupted, left waiting for an approval) keeps the
+    model's tool calls in the thread without results; providers reject such a history, so the prompt of the
+    next turn says they were not executed. The thread's own messages stay as they are.
+    """
+    answered = {m.tool_call_id for m in messages if isinstance(m, ToolMessage)}
+    out: list[BaseMessage] = []
+    missing: list[dict[str, Any]] = []
+    for msg in [*messages, None]:
+        if missing and not isinstance(msg, ToolMessage):
+            out.extend(ToolMessage(content=NOT_EXECUTED, tool_call_id=c["id"], name=c.get("name"), status="error")
+                       for c in missing)
+            missing = []
+        if msg is None:
+            break
+        out.append(msg)
+        if isinstance(msg, AIMessage):
+            missing = [c for c in msg.tool_calls if c.get("id") and c["id"] not in answered]
+    return out
+
+
 def build_prompt(state: State, history_tokens: int = 3000) -> list[BaseMessage]:
     """System prompt (with the summary of folded turns), earlier turns (trimmed to budget), the passages as
     data, then this turn."""
@@ -43,7 +69,7 @@ def build_prompt(state: State, history_tokens: int = 3000) -> list[BaseMessage]:
     docs = HumanMessage(content=documents_block(state.get("passages", [])), name="retrieved_documents")
     # The passages go right before this turn's question, so tool calls and results follow the question.
     last_human = current_turn_start(messages)
-    earlier = trim_history(messages[:last_human], history_tokens)
+    earlier = answer_unanswered_tool_calls(trim_history(messages[:last_human], history_tokens))
     system = SYSTEM_PROMPT
     if state.get("summary"):
         system += SUMMARY_SECTION.format(summary=html.escape(str(state["summary"]), quote=False))

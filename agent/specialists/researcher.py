@@ -32,6 +32,8 @@ class ResearchIn(TypedDict):
 class ResearchOut(TypedDict, total=False):
     """What the specialist reports back."""
 
+    question: str
+    """The question these findings answer (the tool checks it is the one it asked)."""
     findings: str
     """A cited summary."""
     score: float
@@ -46,12 +48,13 @@ class ResearchState(ResearchIn, ResearchOut, total=False):
 
 
 async def r_retrieve(state: ResearchState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """The first node: every per-question field starts over from this invocation's question."""
     ctx = runtime.context or Context()
     hits = []
     if runtime.store is not None:
         hits = await search_docs(runtime.store, state["question"], namespace=ctx.namespace, k=ctx.retrieve_k)
     passages = [{"index": i, **h} for i, h in enumerate(hits, start=1)]
-    return {"passages": passages,
+    return {"passages": passages, "findings": "", "score": 0.0,
             "sources": [{k: p.get(k) for k in ("index", "source", "heading")} for p in passages]}
 
 
@@ -90,6 +93,8 @@ _b.add_edge("research_retrieve", "research_draft")
 _b.add_edge("research_draft", "research_check")
 _b.add_edge("research_check", END)
 researcher_graph = _b.compile(name="researcher")
+# The same graph without checkpoints, for a call that must not continue a checkpoint (see _research).
+_unsaved_researcher = _b.compile(name="researcher", checkpointer=False)
 
 
 class ResearchInput(BaseModel):
@@ -106,6 +111,11 @@ async def _research(args: ResearchInput, ctx: ToolContext) -> ResearchOutput:
     # Invoked inside the execute_tools node: LangGraph runs it as a subgraph of the parent run (its
     # checkpoints live under the parent's namespace; its trace is a subtree of the parent's).
     out = await researcher_graph.ainvoke({"question": args.question}, {"recursion_limit": 10})
+    if out.get("question") != args.question:
+        # A resumed parent run resumes its subgraph calls by their order within the task, not by their input:
+        # this call was handed another call's checkpoint (the calls ran in another order before the
+        # interruption). Those findings answer another question; research this one afresh.
+        out = await _unsaved_researcher.ainvoke({"question": args.question}, {"recursion_limit": 10})
     return ResearchOutput(findings=out.get("findings", ""), score=out.get("score", 0.0),
                           sources=out.get("sources", []))
 
