@@ -41,6 +41,11 @@ bench: $(STAMP) ## benchmarks; figures go to docs/benchmarks.md
 soak: $(STAMP) ## chaos soak, not in CI: worker SIGKILLs + a Postgres restart under load (SOAK_ARGS="--duration 600")
 	$(BIN)/python -m tests.soak.chaos $(SOAK_ARGS)
 
+.PHONY: fuzz
+FUZZ_EXAMPLES ?= 300
+fuzz: $(STAMP) ## long property-based fuzz of the OpenAPI surface (make test runs a short one): FUZZ_EXAMPLES cases per route
+	KEEL_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) KEEL_FUZZ_COVERAGE=1 $(BIN)/python -m pytest -q tests/fuzz
+
 studio: $(STAMP) ## LangGraph Studio against `langgraph dev` (offline, in-memory)
 	LANGGRAPH_NO_VERSION_CHECK=true LANGGRAPH_CLI_NO_ANALYTICS=1 \
 	$(BIN)/langgraph dev --no-browser --no-reload --host 127.0.0.1 --port 2124
