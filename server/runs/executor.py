@@ -40,7 +40,7 @@ class RunHandle:
     - "queued": the task has not begun; a cancel or a lost lease is only recorded, the executor acts on it first;
     - "running": a cancel or a lost lease cancels the task (the executor records the cancel, or stops silently);
     - "undoing": compensating side effects; a lost lease stops it (another worker resumes the undo), a cancel
-      does not (the run ends in error, or is being rolled back, either way);
+      does not: it is recorded, and a rollback then deletes the run once its effects are undone;
     - "settling": the outcome is known and being recorded, then housekeeping (checkpoint trim, temporary
       thread clean-up, reflection); nothing stops it: `finish()` is fenced by itself, and once it commits the
       run is no longer `running`, which a heartbeat must not mistake for a lost lease.
@@ -144,11 +144,11 @@ class RunExecutor:
         try:
             if h.finalize:
                 return await self._finalize(h)
-            if c.run.get("compensating"):
-                h.phase = "undoing"  # a failed run undoing its effects ends in error, whatever is asked meanwhile
-                return await self._run(h)
             if h.cancel is None and c.run.get("cancel_requested"):
                 h.cancel = c.run["cancel_requested"]  # cancelled in an earlier attempt, or while re-queued
+            if c.run.get("compensating"):
+                h.phase = "undoing"  # a failed run finishes undoing its effects, whatever is asked meanwhile
+                return await self._run(h)
             if h.cancel is None:
                 try:
                     return await self._run(h)
@@ -353,6 +353,11 @@ class RunExecutor:
             return "fenced"
         await self._compensate(c)
         h.phase = "settling"
+        if h.cancel == "rollback":  # asked for while undoing: the effects are undone, now the run goes too
+            await writer.close()
+            await rollback(self.svc, c.run_id, c.thread_id, epoch=c.epoch)
+            log.info("failed run rolled back after compensating its effects")
+            return "rolled-back"
         error = error or {"error": "RunFailed", "message": "the run failed"}
         writer.publish("error", {**error, "compensated": True})
         try:

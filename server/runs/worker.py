@@ -151,10 +151,10 @@ class Worker:
 
     def cancel_local(self, run_id: str, action: str) -> None:
         h = self.handles.get(run_id)
-        if h is None or h.cancel or h.phase not in ("queued", "running"):
-            return  # undoing effects or settling: the run ends by itself (see RunHandle)
-        h.cancel = action
-        if h.phase == "running" and h.task:  # a task that has not begun checks `cancel` first
+        if h is None or h.cancel or h.phase == "settling":
+            return  # the outcome is being recorded: the run ends by itself (see RunHandle)
+        h.cancel = action  # queued: checked when the task begins; undoing: a rollback follows the undo
+        if h.phase == "running" and h.task:
             h.task.cancel()
 
     # ---------------------------------------------------------------- loops

@@ -18,6 +18,7 @@ from psycopg.rows import dict_row
 
 from server.settings import Settings
 from tests.support.cluster import PLAIN, TERMINAL, assert_event_log
+from tests.support.fault_graph import _TABLE as EFFECTS_TABLE
 from tests.support.inprocess import api_client, running_service
 
 KEEP = 5  # checkpoints kept per thread in this module
@@ -186,6 +187,65 @@ async def test_rollback_before_the_run_started_keeps_earlier_history(client, svc
             assert state["values"]["log"] == ["a", "b", "c", "d"], state["values"]
         else:
             assert run["status"] == "success", run
+        await assert_thread_usable(client, pg, tid)
+
+
+async def waiting_on_lock(pg: Sql, query_prefix: str, timeout: float = 15) -> None:
+    """Until a backend of this database waits for a lock in a statement starting with `query_prefix`."""
+    deadline = time.monotonic() + timeout
+    while not pg.sql(
+        "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' "
+        "AND query LIKE %s",
+        query_prefix + "%",
+    ):
+        assert time.monotonic() < deadline, f"nothing waits in {query_prefix!r}"
+        await asyncio.sleep(0.01)
+
+
+async def test_cancel_while_a_failed_run_undoes_its_effects(client, svc, pg, database_url, tmp_path):
+    """A run fails after two side effects and is cancelled in the middle of undoing them (row and table locks
+    stop it first before it marks itself compensating, then inside its first compensation): it finishes the
+    undo, then ends in error (interrupt) or is deleted (rollback). Each effect is undone exactly once."""
+    await pg.run(EFFECTS_TABLE)
+    for action in ("interrupt", "rollback"):
+        marker = tmp_path / action
+        plan = {
+            "a": {"sleep": 0.3, "touch": str(marker)},
+            "b": {"effects": [{"id": "s1"}, {"id": "s2"}], "fail": True},
+        }
+        tid = await new_thread(client)
+        rid = (await client.post(f"/threads/{tid}/runs", json=body(plan))).json()["run_id"]
+        deadline = time.monotonic() + 15
+        while not marker.exists():
+            assert time.monotonic() < deadline, "node a never started"
+            await asyncio.sleep(0.005)
+        async with (
+            await psycopg.AsyncConnection.connect(database_url) as row_lock,
+            await psycopg.AsyncConnection.connect(database_url) as table_lock,
+        ):
+            await row_lock.execute("SELECT 1 FROM keel_runs WHERE run_id = %s FOR NO KEY UPDATE", (rid,))
+            await waiting_on_lock(pg, "UPDATE keel_runs SET compensating")  # b acted and failed
+            await table_lock.execute("LOCK TABLE fault_effects IN EXCLUSIVE MODE")
+            await row_lock.rollback()
+            await waiting_on_lock(pg, "INSERT INTO fault_effects")  # inside the first compensation
+            r = await client.post(f"/threads/{tid}/runs/{rid}/cancel", params={"action": action})
+            assert r.status_code == 200, r.text
+            while (h := svc.worker.handles.get(rid)) is not None and h.cancel != action:
+                assert time.monotonic() < deadline, "the worker never heard of the cancel"
+                await asyncio.sleep(0.005)
+            await table_lock.rollback()
+        run = await wait_terminal(client, tid, rid)
+        if action == "interrupt":
+            assert run["status"] == "error" and "injected permanent failure" in run["error"]["message"], run
+        else:
+            assert run["status"] == "deleted", run
+            assert (await client.get(f"/threads/{tid}/state")).json()["values"] == {}
+        ledger = pg.sql("SELECT status, compensation FROM keel_tool_ledger WHERE thread_id = %s", tid)
+        assert [(r["status"], r["compensation"]) for r in ledger] == [("succeeded", "done")] * 2, ledger
+        undone = pg.sql(
+            "SELECT key FROM fault_effects WHERE key LIKE %s AND kind = 'compensation'", f"{tid}%"
+        )
+        assert sorted(k["key"][-2:] for k in undone) == ["s1", "s2"], undone
         await assert_thread_usable(client, pg, tid)
 
 
