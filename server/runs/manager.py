@@ -223,6 +223,10 @@ class RunManager:
                     "updated_at = now() WHERE run_id = %s AND status = 'pending' RETURNING attempt", (action, run_id))
                 row = await cur.fetchone()
                 if row is not None:
+                    cur = await conn.execute("SELECT 1 FROM keel_run_events WHERE run_id = %s LIMIT 1", (run_id,))
+                    if await cur.fetchone() is None:  # a stream starts with its metadata event, this one too
+                        await append_unfenced(conn, run_id, row["attempt"], "metadata",
+                                              {"run_id": run_id, "attempt": row["attempt"]})
                     await append_unfenced(conn, run_id, row["attempt"], "error",
                                           {"error": "Cancelled", "message": "the run was cancelled before it started"})
             return []
