@@ -146,6 +146,8 @@ async def reap(pool: AsyncConnectionPool, max_attempts: int, *, owner: str, leas
     worker undoes those effects (saga) before the run ends in error. A run on its last attempt that had
     written checkpoints is not dead-lettered here: its graph may have completed before the worker died, so
     the caller takes it over (row `finalize`, lease held by `owner`) to record what the checkpoints say.
+    That pass happens once: it sets `finished_at` on the still running row (finish() sets it again), so if
+    the pass dies too, the next reap dead-letters the run.
     """
     exhausted = ("jsonb_build_object('error', 'RunAttemptsExhausted', 'message', format('the worker running this "
                  "run died %%s times (lease expired each time); giving up', k.attempt))")
@@ -159,7 +161,7 @@ async def reap(pool: AsyncConnectionPool, max_attempts: int, *, owner: str, leas
             "compensating AND attempt >= %(max)s + 3 AS give_up, compensating, "
             "EXISTS (SELECT 1 FROM keel_tool_ledger l WHERE l.run_id = r.run_id::text AND l.status = 'succeeded' "
             "AND coalesce(l.compensation, '') <> 'done') AS has_effects, "
-            "attempt >= %(max)s AND NOT compensating AND EXISTS (SELECT 1 FROM checkpoints c "
+            "attempt >= %(max)s AND NOT compensating AND finished_at IS NULL AND EXISTS (SELECT 1 FROM checkpoints c "
             "WHERE c.thread_id = r.thread_id::text AND c.checkpoint_ns = '' "
             "AND c.metadata->>'run_id' = r.run_id::text) AS finalize "
             "FROM keel_runs r WHERE status = 'running' AND lease_expires_at < now() "
@@ -169,7 +171,7 @@ async def reap(pool: AsyncConnectionPool, max_attempts: int, *, owner: str, leas
             f"error = CASE WHEN e.finalize THEN k.error WHEN e.give_up THEN {comp_failed} "
             f"WHEN e.exhausted AND NOT e.compensating THEN {exhausted} ELSE k.error END, "
             "compensating = k.compensating OR (e.exhausted AND e.has_effects AND NOT e.finalize), "
-            f"finished_at = CASE WHEN NOT e.finalize AND {dead} THEN now() END, "
+            f"finished_at = CASE WHEN e.finalize OR {dead} THEN now() END, "
             "lease_owner = CASE WHEN e.finalize THEN %(owner)s END, "
             "lease_expires_at = CASE WHEN e.finalize THEN now() + make_interval(secs => %(lease)s) END, "
             "lease_epoch = k.lease_epoch + CASE WHEN e.finalize THEN 1 ELSE 0 END, updated_at = now() "
