@@ -99,16 +99,13 @@ def _run_config(value: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"{key} must be {'an object' if kind is dict else 'a list'}")
     if not all(isinstance(t, str) for t in value.get("tags") or ()):
         raise ValueError("tags must be strings")
-    limit = value.get("recursion_limit")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError("recursion_limit must be a positive integer")
-    return value
+    return value  # recursion_limit: checked against this server's ceiling when the run is created
 
 
 CheckpointRef = Annotated[dict[str, Any], AfterValidator(_checkpoint_ref)]
 """A checkpoint as the API sends it: {"checkpoint_id": str, "checkpoint_ns": str, ...}."""
 RunConfig = Annotated[dict[str, Any], AfterValidator(_run_config)]
-"""LangGraph config: configurable (object), tags (strings), metadata (object), recursion_limit (integer)."""
+"""LangGraph config: configurable (object), tags (strings), metadata (object), recursion_limit."""
 
 
 class AssistantSearch(_Body):
