@@ -86,10 +86,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         than exiting. `keel serve` still fails fast. Anything else (no pgvector, an embedding mismatch, bad
         settings, the embedded Postgres failing) is not a matter of waiting and fails at once.
         """
-        import psycopg
-        from psycopg_pool import PoolTimeout
-
-        from server.db import DatabaseUnavailable
+        from server.db import DatabaseUnavailable, is_transient_error
 
         delay, attempt = 0.5, 0
         while True:
@@ -110,7 +107,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
                     return None
                 return svc
             reason = exc.__cause__ if isinstance(exc, DatabaseUnavailable) else exc
-            if not settings.database_url or not isinstance(reason, (psycopg.OperationalError, PoolTimeout)):
+            if not settings.database_url or reason is None or not is_transient_error(reason):
                 raise exc
             log.warning("Postgres is not reachable yet (attempt %d): %s; retrying in %.1fs", attempt,
                         " ".join(str(exc).split()), delay)

@@ -23,7 +23,7 @@ from langgraph.store.postgres.aio import AsyncPostgresStore
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from memory.embeddings import DEFAULT_EMBEDDINGS, embedding_index_config
 from memory.fts import ensure_fts_index
@@ -37,6 +37,12 @@ _SETUP_LOCK_KEY = 0x6B65656C  # "keel"
 
 class DatabaseUnavailable(RuntimeError):
     """Postgres could not be reached or is missing something Keel needs."""
+
+
+def is_transient_error(exc: BaseException) -> bool:
+    """Postgres unreachable, a connection lost mid-way, a deadlock or serialization failure, or the pool
+    starved or closing: the same work may succeed when tried again a moment later."""
+    return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, PoolClosed))
 
 
 # Keel's own tables. Ordered and append-only: never edit a shipped entry, add a new one.

@@ -5,7 +5,11 @@ Also the edge's input rule (`check_input`) and the last resort for unexpected ex
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
+import re
+import time
 import uuid
 from typing import Any
 
@@ -16,11 +20,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.db import is_transient_error
 from server.serde import unstorable
 
 log = logging.getLogger("keel")
 
 INTERNAL_ERROR = "Internal server error"
+DB_UNAVAILABLE = "The database is unavailable at the moment; retry shortly"
+READ_RETRY_S = 10.0  # how long a read-only request keeps trying through a Postgres restart
 
 
 class ApiError(Exception):
@@ -112,34 +119,79 @@ class CatchAll:
     exception is logged once, with its traceback, and answered in full; the connection stays usable. Once a
     response has started (a stream), only closing the connection can tell the client it is incomplete, so
     the exception goes on.
+
+    Postgres restarting (or a connection cut at that instant) is not a bug: a request that only reads is
+    tried again for a few seconds, and what still fails answers 503 with Retry-After, never a bare 500.
+    Requests that write retry where they know it is safe (run creation) and otherwise get the 503.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, retry_s: float = READ_RETRY_S) -> None:
         self.app = app
+        self.retry_s = retry_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
+        replay: list[Message] | None = None
+        if _reads_only(scope):
+            replay = []  # the body (bounded by BodyGuard), kept so the request can be tried again
+            while True:
+                message = await receive()
+                replay.append(message)
+                if message["type"] != "http.request" or not message.get("more_body"):
+                    break
+        deadline = time.monotonic() + self.retry_s
+        for attempt in itertools.count(1):
+            started = False
 
-        async def sending(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
+            async def sending(message: Message) -> None:
+                nonlocal started
+                if message["type"] == "http.response.start":
+                    started = True
+                await send(message)
 
-        try:
-            await self.app(scope, receive, sending)
-        except Exception as exc:
-            if started:
-                raise
-            if isinstance(exc, StarletteHTTPException):
-                response = error_response(exc.status_code, exc.detail, getattr(exc, "headers", None))
-            else:
-                log.error("unhandled error in %s %s", scope.get("method"), scope.get("path"), exc_info=exc)
-                response = error_response(500, INTERNAL_ERROR)
-            await response(scope, receive, send)
+            try:
+                await self.app(scope, _replaying(replay, receive) if replay is not None else receive, sending)
+                return
+            except Exception as exc:
+                if started:
+                    raise
+                if is_transient_error(exc):
+                    if replay is not None and time.monotonic() < deadline:
+                        log.warning("database unavailable during %s %s (%s); trying again", scope.get("method"),
+                                    scope.get("path"), " ".join(str(exc).split())[:200])
+                        await asyncio.sleep(min(0.1 * 2**attempt, 1.0))
+                        continue
+                    log.warning("database unavailable during %s %s: %s", scope.get("method"), scope.get("path"),
+                                " ".join(str(exc).split())[:200])
+                    response = error_response(503, DB_UNAVAILABLE, {"retry-after": "1"})
+                elif isinstance(exc, StarletteHTTPException):
+                    response = error_response(exc.status_code, exc.detail, getattr(exc, "headers", None))
+                else:
+                    log.error("unhandled error in %s %s", scope.get("method"), scope.get("path"), exc_info=exc)
+                    response = error_response(500, INTERNAL_ERROR)
+                await response(scope, receive, send)
+                return
+
+
+# Routes that change nothing, whatever their method: safe to run again after a lost connection.
+_READ_ONLY_POST = re.compile(r".*/(search|count|history|namespaces|state/checkpoint)")
+
+
+def _reads_only(scope: Scope) -> bool:
+    method = scope.get("method")
+    return method in ("GET", "HEAD") or (method == "POST" and bool(_READ_ONLY_POST.fullmatch(scope.get("path", ""))))
+
+
+def _replaying(messages: list[Message], receive: Receive) -> Receive:
+    """`receive` that hands out the buffered body again, then waits on the real one (for a disconnect)."""
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replayed
 
 
 class BodyGuard:

@@ -34,6 +34,7 @@ _ERRORS = {
     409: "Conflict with the resource's current state",
     413: "Request body too large (KEEL_MAX_BODY_BYTES)",
     422: "Invalid request; the detail names the field",
+    503: "The database is unavailable for the moment (e.g. Postgres restarting); retry after Retry-After seconds",
 }
 
 
@@ -43,6 +44,7 @@ def errors(*codes: int, stream: bool = False) -> dict[int | str, dict[str, Any]]
     With `stream`, for routes whose 200 is text/event-stream: spelled out as application/json, since FastAPI
     would file a `model` under the route's media type.
     """
+    codes = (*codes, 503)  # any route that touches Postgres
     if stream:
         body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
         return {code: {"description": _ERRORS[code], "content": body} for code in codes}

@@ -18,6 +18,7 @@ from langgraph.errors import GraphDrained
 from langgraph.runtime import RunControl
 
 from server.auth import User
+from server.db import is_transient_error
 from server.logs import run_id_var, thread_id_var
 from server.runs.events import EVENTS_CHANNEL, EventWriter, Fenced
 from server.runs.queue import Claim, finish, mark_compensating, release
@@ -56,9 +57,6 @@ class RunHandle:
     writer: EventWriter | None = None
 
 
-def _is_transient_db_error(exc: BaseException) -> bool:
-    return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)) or type(exc).__name__ in (
-        "PoolTimeout", "PoolClosed")
 
 
 def _is_database_error(exc: BaseException) -> bool:
@@ -169,7 +167,7 @@ class RunExecutor:
         try:
             start_seq, resume = await self._prepare(c)
         except Exception as exc:  # noqa: BLE001
-            if _is_transient_db_error(exc):
+            if is_transient_error(exc):
                 return "lost-db"  # the lease expires and the reaper re-queues the run
             raise
         writer = self._writer(h, start_seq)
@@ -204,7 +202,7 @@ class RunExecutor:
             if h.lost or _is_fence_error(exc):
                 log.warning("lease lost during the run (%s); stopping", exc)
                 return "fenced"
-            if _is_transient_db_error(exc):
+            if is_transient_error(exc):
                 log.warning("database unavailable during the run (%s); handing it back", exc)
                 try:
                     await release(self.svc.db.pool, c, count_attempt=True)

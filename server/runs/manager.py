@@ -6,7 +6,10 @@ persisted event log. No run executes inside a request, so no HTTP timeout can ki
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -15,6 +18,7 @@ from langgraph.types import Command, Send
 from psycopg.types.json import Jsonb
 
 from server.auth import User
+from server.db import is_transient_error
 from server.errors import ApiError, not_found, parse_uuid
 from server.logs import run_id_var, thread_id_var
 from server.runs.events import append_unfenced
@@ -30,6 +34,7 @@ log = logging.getLogger("keel.runs")
 
 SUPPORTED_MODES = {"values", "updates", "messages", "messages-tuple", "custom", "tasks", "checkpoints", "debug"}
 ACTIVE = ("pending", "running")
+CREATE_RETRY_S = 15.0  # how long run creation keeps trying through a Postgres restart before the client gets 503
 BUSY_DETAIL = "Thread is already running a task. Wait for it to finish or choose a different multitask strategy."
 
 
@@ -139,58 +144,87 @@ class RunManager:
             "user": {"id": user.id, "roles": list(user.roles), "tenant": user.tenant},
         }
         graph_meta = {"graph_id": prep.assistant["graph_id"], "assistant_id": assistant_id}
-        cancels: list[tuple[str, str]] = []
-        async with self.svc.db.pool.connection() as conn, conn.transaction():
-            if temporary:
-                await conn.execute(
-                    "INSERT INTO keel_threads (thread_id, user_id, metadata, status) VALUES (%s, %s, %s, 'busy')",
-                    (tid, user.id, Jsonb(graph_meta)))
-                thread_meta: dict[str, Any] = graph_meta
-            else:
-                cur = await conn.execute("SELECT user_id, metadata FROM keel_threads WHERE thread_id = %s FOR UPDATE",
-                                         (tid,))
-                row = await cur.fetchone()
-                if row is None and body.if_not_exists == "create":
-                    await conn.execute(
-                        "INSERT INTO keel_threads (thread_id, user_id, metadata) VALUES (%s, %s, %s)",
-                        (tid, user.id, Jsonb(graph_meta)))
-                    row = {"user_id": user.id, "metadata": graph_meta}
-                if row is None or row["user_id"] != user.id:
-                    raise ApiError(404, "Thread or assistant not found.")
-                if checkpoint.get("checkpoint_id"):
-                    await self._check_checkpoint(tid, checkpoint)
-                cur = await conn.execute(
-                    "SELECT run_id::text, status, kwargs FROM keel_runs WHERE thread_id = %s AND status = ANY(%s) "
-                    "ORDER BY created_at", (tid, list(ACTIVE)))
-                active = await cur.fetchall()
-                if active and body.multitask_strategy == "reject":
-                    raise ApiError(409, BUSY_DETAIL)
-                if body.command is not None and "resume" in body.command.model_fields_set:
-                    for a in active:
-                        if (a["kwargs"] or {}).get("command") and "resume" in a["kwargs"]["command"]:
-                            raise ApiError(409, f"This thread's interrupt is already being resumed by run {a['run_id']}")
-                if active and body.multitask_strategy in ("interrupt", "rollback"):
-                    cancels = await self._cancel_active(conn, active, body.multitask_strategy)
-                thread_meta = {**(row["metadata"] or {}), **graph_meta}
-                await conn.execute(
-                    "UPDATE keel_threads SET status = 'busy', metadata = %s, updated_at = now() WHERE thread_id = %s",
-                    (Jsonb(thread_meta), tid))
-            # The thread's metadata is copied into each run's metadata, not the other way round.
-            run_meta = {**thread_meta, **(body.metadata or {})}
-            cur = await conn.execute(
-                f"INSERT INTO keel_runs (run_id, thread_id, assistant_id, user_id, status, metadata, kwargs, "
-                f"multitask_strategy, temporary) VALUES (%s, %s, %s, %s, 'pending', %s, %s, %s, %s) "
-                f"RETURNING {RUN_COLUMNS}",
-                (rid, tid, assistant_id, user.id, Jsonb(jsonable(run_meta)), Jsonb(jsonable(kwargs)),
-                 body.multitask_strategy, temporary))
-            run = await cur.fetchone()
-            await conn.execute("SELECT pg_notify(%s, '')", (RUNS_CHANNEL,))
-            for crid, action in cancels:
-                await conn.execute("SELECT pg_notify(%s, %s)", (RUNS_CHANNEL, f"cancel:{crid}:{action}"))
+        deadline = time.monotonic() + CREATE_RETRY_S
+        for attempt in itertools.count():
+            try:
+                if attempt:  # the connection died mid-way: the last attempt may still have committed
+                    found = await self._find(rid)
+                    if found is not None:
+                        run = found
+                        break
+                async with self.svc.db.pool.connection() as conn, conn.transaction():
+                    run, cancels = await self._record(conn, user, body, prep, rid=rid, tid=tid, temporary=temporary,
+                                                      checkpoint=checkpoint, kwargs=kwargs, graph_meta=graph_meta)
+                    await conn.execute("SELECT pg_notify(%s, '')", (RUNS_CHANNEL,))
+                    for crid, action in cancels:
+                        await conn.execute("SELECT pg_notify(%s, %s)", (RUNS_CHANNEL, f"cancel:{crid}:{action}"))
+                break
+            except Exception as exc:
+                # Postgres restarting or a connection cut at the wrong instant: the run ids were chosen above, so
+                # trying again (and looking for the row first) records the run at most once.
+                if not is_transient_error(exc) or time.monotonic() >= deadline:
+                    raise
+                log.warning("recording the run failed (%s); retrying", " ".join(str(exc).split())[:200])
+                await asyncio.sleep(min(0.1 * 2 ** attempt, 1.0))
         thread_id_var.set(tid)
         run_id_var.set(rid)
         log.info("run queued (%s)", body.multitask_strategy)
         return run
+
+    async def _record(self, conn: Any, user: User, body: RunCreate, prep: Prepared, *, rid: str, tid: str,
+                      temporary: bool, checkpoint: dict[str, Any], kwargs: dict[str, Any],
+                      graph_meta: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+        """The run's row (and its thread's), in the caller's transaction; returns the row and the cancels to send."""
+        cancels: list[tuple[str, str]] = []
+        if temporary:
+            await conn.execute(
+                "INSERT INTO keel_threads (thread_id, user_id, metadata, status) VALUES (%s, %s, %s, 'busy')",
+                (tid, user.id, Jsonb(graph_meta)))
+            thread_meta: dict[str, Any] = graph_meta
+        else:
+            cur = await conn.execute("SELECT user_id, metadata FROM keel_threads WHERE thread_id = %s FOR UPDATE",
+                                     (tid,))
+            row = await cur.fetchone()
+            if row is None and body.if_not_exists == "create":
+                await conn.execute(
+                    "INSERT INTO keel_threads (thread_id, user_id, metadata) VALUES (%s, %s, %s)",
+                    (tid, user.id, Jsonb(graph_meta)))
+                row = {"user_id": user.id, "metadata": graph_meta}
+            if row is None or row["user_id"] != user.id:
+                raise ApiError(404, "Thread or assistant not found.")
+            if checkpoint.get("checkpoint_id"):
+                await self._check_checkpoint(tid, checkpoint)
+            cur = await conn.execute(
+                "SELECT run_id::text, status, kwargs FROM keel_runs WHERE thread_id = %s AND status = ANY(%s) "
+                "ORDER BY created_at", (tid, list(ACTIVE)))
+            active = await cur.fetchall()
+            if active and body.multitask_strategy == "reject":
+                raise ApiError(409, BUSY_DETAIL)
+            if body.command is not None and "resume" in body.command.model_fields_set:
+                for a in active:
+                    if (a["kwargs"] or {}).get("command") and "resume" in a["kwargs"]["command"]:
+                        raise ApiError(409, f"This thread's interrupt is already being resumed by run {a['run_id']}")
+            if active and body.multitask_strategy in ("interrupt", "rollback"):
+                cancels = await self._cancel_active(conn, active, body.multitask_strategy)
+            thread_meta = {**(row["metadata"] or {}), **graph_meta}
+            await conn.execute(
+                "UPDATE keel_threads SET status = 'busy', metadata = %s, updated_at = now() WHERE thread_id = %s",
+                (Jsonb(thread_meta), tid))
+        # The thread's metadata is copied into each run's metadata, not the other way round.
+        run_meta = {**thread_meta, **(body.metadata or {})}
+        cur = await conn.execute(
+            f"INSERT INTO keel_runs (run_id, thread_id, assistant_id, user_id, status, metadata, kwargs, "
+            f"multitask_strategy, temporary) VALUES (%s, %s, %s, %s, 'pending', %s, %s, %s, %s) "
+            f"RETURNING {RUN_COLUMNS}",
+            (rid, tid, prep.assistant["assistant_id"], user.id, Jsonb(jsonable(run_meta)), Jsonb(jsonable(kwargs)),
+             body.multitask_strategy, temporary))
+        run = await cur.fetchone()
+        return run, cancels
+
+    async def _find(self, run_id: str) -> dict[str, Any] | None:
+        async with self.svc.db.pool.connection() as conn:
+            cur = await conn.execute(f"SELECT {RUN_COLUMNS} FROM keel_runs WHERE run_id = %s", (run_id,))
+            return await cur.fetchone()
 
     async def _check_checkpoint(self, thread_id: str, checkpoint: dict[str, Any]) -> None:
         """A run from a checkpoint the thread does not have would silently start from an empty state: 404."""

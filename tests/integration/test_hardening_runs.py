@@ -18,7 +18,6 @@ from psycopg.rows import dict_row
 
 from server.settings import Settings
 from tests.support.cluster import PLAIN, TERMINAL, assert_event_log
-from tests.support.fault_graph import _TABLE as EFFECTS_TABLE
 from tests.support.inprocess import api_client, running_service
 
 KEEP = 5  # checkpoints kept per thread in this module
@@ -201,6 +200,10 @@ async def test_cancel_while_a_failed_run_undoes_its_effects(client, svc, pg, dat
     """A run fails after two side effects and is cancelled in the middle of undoing them (row and table locks
     stop it first before it marks itself compensating, then inside its first compensation): it finishes the
     undo, then ends in error (interrupt) or is deleted (rollback). Each effect is undone exactly once."""
+    # Imported here, not at collection: importing the fault graph registers its tool in the process's registry,
+    # which the tool-contract snapshot (tests/unit) must not see.
+    from tests.support.fault_graph import _TABLE as EFFECTS_TABLE
+
     await pg.run(EFFECTS_TABLE)
     for action in ("interrupt", "rollback"):
         marker = tmp_path / action
