@@ -45,6 +45,24 @@ def is_transient_error(exc: BaseException) -> bool:
     return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, PoolClosed))
 
 
+async def retry_transient(attempt: Any, *, seconds: float = 15.0) -> Any:
+    """`await attempt(n)` (n = 0, 1, ...) until it does not fail with a transient error, for up to `seconds`.
+
+    Only for work that is safe to repeat; `n > 0` tells the attempt that an earlier one may have committed.
+    """
+    deadline = time.monotonic() + seconds
+    n = 0
+    while True:
+        try:
+            return await attempt(n)
+        except Exception as exc:
+            if not is_transient_error(exc) or time.monotonic() >= deadline:
+                raise
+            log.warning("database unavailable (%s); trying again", " ".join(str(exc).split())[:200])
+            await asyncio.sleep(min(0.1 * 2 ** (n + 1), 1.0))
+            n += 1
+
+
 # Keel's own tables. Ordered and append-only: never edit a shipped entry, add a new one.
 MIGRATIONS: list[str] = [
     # 1: threads, owned by a user; values/interrupts are a JSON snapshot for search and GET.

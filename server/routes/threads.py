@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query, Response
 from psycopg.types.json import Jsonb
 
 from server.auth import CurrentUser, User
+from server.db import retry_transient
 from server.deps import Service
 from server.errors import ApiError, not_found, parse_uuid
 from server.retention import delete_thread_everywhere
@@ -76,15 +77,21 @@ async def create(body: ThreadCreate, svc: Service, user: CurrentUser) -> dict:
     tid = parse_uuid(body.thread_id, "thread") if body.thread_id else str(uuid.uuid4())
     metadata = jsonable(body.metadata or {})
     ttl_minutes = body.ttl_minutes()
-    async with svc.db.pool.connection() as conn:
-        cur = await conn.execute(
-            f"INSERT INTO keel_threads (thread_id, user_id, metadata, expires_at) VALUES (%s, %s, %s, "
-            f"CASE WHEN %s::float IS NULL THEN NULL ELSE now() + %s::float * interval '1 minute' END) "
-            f"ON CONFLICT (thread_id) DO NOTHING RETURNING {THREAD_COLUMNS}",
-            (tid, user.id, Jsonb(metadata), ttl_minutes, ttl_minutes))
-        row = await cur.fetchone()
+    async def insert(attempt: int) -> tuple[dict[str, Any] | None, bool]:
+        async with svc.db.pool.connection() as conn:
+            cur = await conn.execute(
+                f"INSERT INTO keel_threads (thread_id, user_id, metadata, expires_at) VALUES (%s, %s, %s, "
+                f"CASE WHEN %s::float IS NULL THEN NULL ELSE now() + %s::float * interval '1 minute' END) "
+                f"ON CONFLICT (thread_id) DO NOTHING RETURNING {THREAD_COLUMNS}",
+                (tid, user.id, Jsonb(metadata), ttl_minutes, ttl_minutes))
+            return await cur.fetchone(), attempt > 0
+
+    if body.thread_id and body.if_exists == "raise":
+        row, retried = await insert(0)  # a repeat could not tell our own insert from a conflict: 503 instead
+    else:  # an id chosen here, or do_nothing: a repeat after a lost connection is harmless
+        row, retried = await retry_transient(insert)
     if row is None:
-        if body.if_exists == "do_nothing":
+        if body.if_exists == "do_nothing" or retried:
             return thread_json(await owned_thread(svc, user, tid))
         raise ApiError(409, f"Thread with ID {tid} already exists")
     return thread_json(row)

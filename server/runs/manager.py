@@ -6,10 +6,7 @@ persisted event log. No run executes inside a request, so no HTTP timeout can ki
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import logging
-import time
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -18,7 +15,7 @@ from langgraph.types import Command, Send
 from psycopg.types.json import Jsonb
 
 from server.auth import User
-from server.db import is_transient_error
+from server.db import retry_transient
 from server.errors import ApiError, not_found, parse_uuid
 from server.logs import run_id_var, thread_id_var
 from server.runs.events import append_unfenced
@@ -34,7 +31,6 @@ log = logging.getLogger("keel.runs")
 
 SUPPORTED_MODES = {"values", "updates", "messages", "messages-tuple", "custom", "tasks", "checkpoints", "debug"}
 ACTIVE = ("pending", "running")
-CREATE_RETRY_S = 15.0  # how long run creation keeps trying through a Postgres restart before the client gets 503
 BUSY_DETAIL = "Thread is already running a task. Wait for it to finish or choose a different multitask strategy."
 
 
@@ -144,28 +140,21 @@ class RunManager:
             "user": {"id": user.id, "roles": list(user.roles), "tenant": user.tenant},
         }
         graph_meta = {"graph_id": prep.assistant["graph_id"], "assistant_id": assistant_id}
-        deadline = time.monotonic() + CREATE_RETRY_S
-        for attempt in itertools.count():
-            try:
-                if attempt:  # the connection died mid-way: the last attempt may still have committed
-                    found = await self._find(rid)
-                    if found is not None:
-                        run = found
-                        break
-                async with self.svc.db.pool.connection() as conn, conn.transaction():
-                    run, cancels = await self._record(conn, user, body, prep, rid=rid, tid=tid, temporary=temporary,
-                                                      checkpoint=checkpoint, kwargs=kwargs, graph_meta=graph_meta)
-                    await conn.execute("SELECT pg_notify(%s, '')", (RUNS_CHANNEL,))
-                    for crid, action in cancels:
-                        await conn.execute("SELECT pg_notify(%s, %s)", (RUNS_CHANNEL, f"cancel:{crid}:{action}"))
-                break
-            except Exception as exc:
-                # Postgres restarting or a connection cut at the wrong instant: the run ids were chosen above, so
-                # trying again (and looking for the row first) records the run at most once.
-                if not is_transient_error(exc) or time.monotonic() >= deadline:
-                    raise
-                log.warning("recording the run failed (%s); retrying", " ".join(str(exc).split())[:200])
-                await asyncio.sleep(min(0.1 * 2 ** attempt, 1.0))
+
+        async def record(attempt: int) -> dict[str, Any]:
+            # The ids were chosen above, so after a lost connection a repeat looks for the row first: the earlier
+            # attempt may have committed. The run is recorded at most once.
+            if attempt and (found := await self._find(rid)) is not None:
+                return found
+            async with self.svc.db.pool.connection() as conn, conn.transaction():
+                run, cancels = await self._record(conn, user, body, prep, rid=rid, tid=tid, temporary=temporary,
+                                                  checkpoint=checkpoint, kwargs=kwargs, graph_meta=graph_meta)
+                await conn.execute("SELECT pg_notify(%s, '')", (RUNS_CHANNEL,))
+                for crid, action in cancels:
+                    await conn.execute("SELECT pg_notify(%s, %s)", (RUNS_CHANNEL, f"cancel:{crid}:{action}"))
+            return run
+
+        run = await retry_transient(record)
         thread_id_var.set(tid)
         run_id_var.set(rid)
         log.info("run queued (%s)", body.multitask_strategy)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from contextlib import asynccontextmanager
 
 import psycopg
@@ -100,3 +101,21 @@ async def test_a_write_that_cannot_be_repeated_answers_503_and_the_connection_st
     assert r.json() == {"detail": "The database is unavailable at the moment; retry shortly"}
     r = await client.patch(f"/threads/{tid}", json={"metadata": {"a": 2}})
     assert r.status_code == 200 and r.json()["metadata"] == {"a": 2}
+
+
+async def test_thread_creation_with_an_id_chosen_by_the_server_survives_its_connection_dying(client, db):
+    async with cut_while_waiting(db.url, "keel_threads") as terminate_waiters:
+        create = asyncio.create_task(client.post("/threads", json={"metadata": {"survived": True}}))
+        await terminate_waiters()
+    r = await create
+    assert r.status_code == 200, r.text
+    r = await client.post("/threads/search", json={"metadata": {"survived": True}})
+    assert len(r.json()) == 1
+    # A caller-chosen id with if_exists=raise cannot be repeated blindly (it could not tell its own insert from
+    # a conflict): 503, and the caller retries.
+    tid = str(uuid.uuid4())
+    async with cut_while_waiting(db.url, "keel_threads") as terminate_waiters:
+        create = asyncio.create_task(client.post("/threads", json={"thread_id": tid}))
+        await terminate_waiters()
+    assert (await create).status_code == 503
+    assert (await client.post("/threads", json={"thread_id": tid})).status_code == 200
