@@ -156,7 +156,12 @@ async def reap(pool: AsyncConnectionPool, max_attempts: int, *, owner: str, leas
     dead = "(e.give_up OR (e.exhausted AND NOT e.compensating AND NOT e.has_effects))"
     async with pool.connection() as conn, conn.transaction():
         cur = await conn.execute(
-            "WITH expired AS (SELECT run_id, attempt >= %(max)s AS exhausted, "
+            # Threads first, then runs: the order run creation and finish() lock them in (no deadlock). A thread
+            # some request holds right now is skipped, with its runs, until the next reap.
+            "WITH threads AS (SELECT t.thread_id FROM keel_threads t WHERE t.thread_id IN (SELECT x.thread_id "
+            "FROM keel_runs x WHERE x.status = 'running' AND x.lease_expires_at < now() "
+            "AND x.run_id <> ALL(%(held)s::uuid[])) FOR UPDATE OF t SKIP LOCKED), "
+            "expired AS (SELECT run_id, attempt >= %(max)s AS exhausted, "
             # A run stuck undoing its effects gets a few more attempts, then stops looping.
             "compensating AND attempt >= %(max)s + 3 AS give_up, compensating, "
             "EXISTS (SELECT 1 FROM keel_tool_ledger l WHERE l.run_id = r.run_id::text AND l.status = 'succeeded' "
@@ -165,7 +170,9 @@ async def reap(pool: AsyncConnectionPool, max_attempts: int, *, owner: str, leas
             "WHERE c.thread_id = r.thread_id::text AND c.checkpoint_ns = '' "
             "AND c.metadata->>'run_id' = r.run_id::text) AS finalize "
             "FROM keel_runs r WHERE status = 'running' AND lease_expires_at < now() "
-            "AND run_id <> ALL(%(held)s::uuid[]) FOR UPDATE SKIP LOCKED) "
+            "AND run_id <> ALL(%(held)s::uuid[]) AND (r.thread_id IN (SELECT thread_id FROM threads) "
+            "OR NOT EXISTS (SELECT 1 FROM keel_threads t2 WHERE t2.thread_id = r.thread_id)) "
+            "FOR UPDATE OF r SKIP LOCKED) "
             "UPDATE keel_runs k SET "
             f"status = CASE WHEN e.finalize THEN 'running' WHEN {dead} THEN 'error' ELSE 'pending' END, "
             f"error = CASE WHEN e.finalize THEN k.error WHEN e.give_up THEN {comp_failed} "
