@@ -103,7 +103,7 @@ def _stream_response(svc: KeelService, run: dict[str, Any], *, modes: list[str] 
                         yield sse(ev, with_id)
             except Exception:  # noqa: BLE001 - the 200 is sent: end the stream with an error event, not a cut
                 log.exception("streaming run %s failed", run["run_id"])
-                yield sse(Event(0, "error", {"error": "InternalServerError", "message": "the stream failed; "
+                yield sse(Event(0, "error", {"error": "InternalError", "message": "the stream failed; "
                                              "join the run again to continue"}), False)
             finished = True
         finally:
@@ -151,7 +151,7 @@ def _wait_response(svc: KeelService, run: dict[str, Any], *, cancel_on_disconnec
             finished = True
             if task.exception() is not None:  # the 200 is sent: answer in the body, as a failed run would
                 log.error("waiting for run %s failed", run["run_id"], exc_info=task.exception())
-                yield dumps({"__error__": {"error": "InternalServerError", "message": "waiting for the run failed; "
+                yield dumps({"__error__": {"error": "InternalError", "message": "waiting for the run failed; "
                                                                                      "join it again"}})
             else:
                 yield dumps(task.result())
