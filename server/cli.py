@@ -464,6 +464,15 @@ def main(argv: list[str] | None = None) -> int:
     from memory.embeddings import EmbeddingModelError
     from server.db import DatabaseUnavailable
 
+    if args.command not in ("serve", "worker"):  # those two drain on SIGTERM themselves
+        import signal
+
+        def terminate(signum: int, frame: object) -> None:
+            # Unwind like Ctrl+C does (finally blocks, the database closed), so the process lets go of the
+            # embedded Postgres and the last Keel process to leave can still stop it.
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, terminate)
     try:
         return args.func(args, settings)
     except (DatabaseUnavailable, EmbeddingModelError, ValueError) as exc:

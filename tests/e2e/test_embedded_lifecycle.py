@@ -184,3 +184,26 @@ def test_a_keel_home_too_long_for_a_socket_is_refused(tmp_path):
     finally:
         if postmaster(long_home):  # the old behaviour: started with its socket in /tmp/<hash>/
             keel(long_home, "db", "stop")
+
+
+def test_a_one_shot_command_ended_by_sigterm_lets_go_of_the_server(home, tmp_path):
+    """`keel ingest` (like search, ask, mcp) has no drain of its own: SIGTERM unwinds it like Ctrl+C, so it
+    leaves the holder list and, as the last user, stops the server it started."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(400):  # minutes of embedding: still running when the signal comes
+        (corpus / f"doc{i}.md").write_text(f"# Page {i}\n\n" + " ".join(f"word{i}x{j}" for j in range(300)))
+    handles = home / "pgdata" / ".handle_pids.json"
+    proc = subprocess.Popen([KEEL, "ingest", str(corpus), "--quiet"], env=env(home), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: handles.exists() and str(proc.pid) in handles.read_text(), "keel ingest to join the server")
+        pid = postmaster(home)
+        assert pid, "keel ingest started the embedded Postgres"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(DEADLINE_S) == 128 + signal.SIGTERM, proc.stdout.read().decode() if proc.stdout else ""
+        wait_stopped(home, pid)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(DEADLINE_S)
