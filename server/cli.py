@@ -464,21 +464,27 @@ def main(argv: list[str] | None = None) -> int:
     from memory.embeddings import EmbeddingModelError
     from server.db import DatabaseUnavailable
 
+    terminated: list[int] = []
     if args.command not in ("serve", "worker"):  # those two drain on SIGTERM themselves
         import signal
 
         def terminate(signum: int, frame: object) -> None:
             # Unwind like Ctrl+C does (finally blocks, the database closed), so the process lets go of the
             # embedded Postgres and the last Keel process to leave can still stop it.
+            terminated.append(signum)
             raise SystemExit(128 + signum)
 
         signal.signal(signal.SIGTERM, terminate)
     try:
         return args.func(args, settings)
-    except (DatabaseUnavailable, EmbeddingModelError, ValueError) as exc:
-        return _fail(str(exc))
-    except KeyboardInterrupt:
-        return 130
+    except BaseException as exc:
+        if terminated:  # whatever the unwinding turned the SystemExit into (an import wraps it in ImportError)
+            return 128 + terminated[0]
+        if isinstance(exc, DatabaseUnavailable | EmbeddingModelError | ValueError):
+            return _fail(str(exc))
+        if isinstance(exc, KeyboardInterrupt):
+            return 130
+        raise
 
 
 if __name__ == "__main__":
