@@ -110,13 +110,19 @@ RunConfig = Annotated[dict[str, Any], AfterValidator(_run_config)]
 """LangGraph config: configurable (object), tags (strings), metadata (object), recursion_limit."""
 
 
+def unsupported(value: Any, what: str, why: str) -> None:
+    """Refuse a field this server accepts in the schema (for the SDKs) but cannot honour: never ignore it."""
+    if value not in (None, [], {}, 0, 0.0):
+        raise ValueError(f"{what} is not supported by this server: {why}")
+
+
 class AssistantSearch(_Body):
     metadata: dict[str, Any] | None = None
     graph_id: str | None = None
     name: str | None = None
     limit: int = Field(10, ge=1, le=1000)
     offset: int = Field(0, ge=0, le=MAX_OFFSET)
-    sort_by: str | None = None
+    sort_by: Literal["assistant_id", "graph_id", "name", "created_at", "updated_at"] | None = None
     sort_order: Literal["asc", "desc"] | None = None
     select: list[str] | None = None
 
@@ -151,6 +157,12 @@ class ThreadCreate(_WithTTL):
     if_exists: Literal["raise", "do_nothing"] = "raise"
     supersteps: list[dict[str, Any]] | None = None
 
+    @field_validator("supersteps")
+    @classmethod
+    def _no_supersteps(cls, value: Any) -> Any:
+        unsupported(value, "supersteps", "create the thread, then apply updates with POST /threads/{id}/state")
+        return value
+
 
 class ThreadPatch(_WithTTL):
     metadata: dict[str, Any] | None = None
@@ -167,6 +179,12 @@ class ThreadSearch(_Body):
     sort_order: Literal["asc", "desc"] | None = None
     select: list[str] | None = None
     extract: dict[str, Any] | None = None
+
+    @field_validator("extract")
+    @classmethod
+    def _no_extract(cls, value: Any) -> Any:
+        unsupported(value, "extract", "use select, and read values from each thread")
+        return value
 
 
 class HistoryQuery(_Body):
@@ -229,6 +247,24 @@ class RunCreate(_Body):
     after_seconds: float | None = None
     webhook: str | None = None
     feedback_keys: list[str] | None = None
+
+    @field_validator("after_seconds")
+    @classmethod
+    def _no_delay(cls, value: Any) -> Any:
+        unsupported(value, "after_seconds", "runs start as soon as a worker is free")
+        return value
+
+    @field_validator("webhook")
+    @classmethod
+    def _no_webhook(cls, value: Any) -> Any:
+        unsupported(value, "webhook", "join the run, or stream it, to learn when it ends")
+        return value
+
+    @field_validator("feedback_keys")
+    @classmethod
+    def _no_feedback_keys(cls, value: Any) -> Any:
+        unsupported(value, "feedback_keys", "LangSmith feedback tokens are not issued")
+        return value
     record_modes: list[StreamMode] | None = None
     """Modes the event log records besides `stream_mode` (set by the server for background runs)."""
 

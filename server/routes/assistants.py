@@ -29,6 +29,7 @@ def _matches(a: dict[str, Any], q: AssistantSearch) -> bool:
 async def search(body: AssistantSearch, svc: Service, user: CurrentUser, response: Response) -> list[dict]:
     """Assistants matching metadata / graph_id / name."""
     found = [a for a in svc.assistants.all() if _matches(a, body)]
+    found.sort(key=lambda a: str(a[body.sort_by or "created_at"]), reverse=(body.sort_order or "desc") == "desc")
     response.headers["x-pagination-total"] = str(len(found))
     page = found[body.offset: body.offset + body.limit]
     if body.select:
