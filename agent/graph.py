@@ -4,8 +4,9 @@ START -> retrieve -> summarize --(tool calls)--> execute_tools -> summarize
                         +--(draft)--> critique --(score < threshold, revisions left)--> retrieve
                                          +--(pass or budget exhausted)--> END
 
-`graph` is compiled without a checkpointer or store (what `langgraph dev` / Studio expect); the server
-compiles the same `builder` with the Postgres saver and store.
+`build(toolbox)` wires the nodes to a `Toolbox` (the tools and the services they need). `graph` is the
+default toolbox's graph compiled without a checkpointer or store (what `langgraph dev` / Studio expect);
+the server builds its own with its pool and settings, then compiles it with the Postgres saver and store.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from langgraph.graph import END, START, StateGraph
 
 from agent.context import Context
 from agent.nodes.critique import critique
-from agent.nodes.execute_tools import execute_tools
+from agent.nodes.execute_tools import make_execute_tools
 from agent.nodes.retrieve import retrieve
-from agent.nodes.summarize import summarize
+from agent.nodes.summarize import make_summarize
 from agent.retry import MODEL_RETRY, STORE_RETRY
 from agent.routing import (
     route_after_critique,
@@ -25,19 +26,28 @@ from agent.routing import (
     route_after_summarize,
 )
 from agent.state import InputState, OutputState, State
+from agent.toolbox import Toolbox
 
-builder = StateGraph(State, context_schema=Context, input_schema=InputState, output_schema=OutputState)
-builder.add_node("retrieve", retrieve, retry_policy=STORE_RETRY)
-builder.add_node("summarize", summarize, retry_policy=MODEL_RETRY)
-builder.add_node("execute_tools", execute_tools)
-builder.add_node("critique", critique, retry_policy=MODEL_RETRY)
 
-builder.add_edge(START, "retrieve")
-builder.add_conditional_edges("retrieve", route_after_retrieve, ["summarize", END])
-builder.add_conditional_edges("summarize", route_after_summarize, ["execute_tools", "critique", END])
-builder.add_conditional_edges("execute_tools", route_after_execute_tools, ["summarize", END])
-builder.add_conditional_edges("critique", route_after_critique, ["retrieve", END])
+def build(toolbox: Toolbox | None = None) -> StateGraph:
+    """The uncompiled agent graph, its tool nodes using `toolbox` (default: Keel's tools, no services)."""
+    toolbox = toolbox if toolbox is not None else Toolbox()
+    b = StateGraph(State, context_schema=Context, input_schema=InputState, output_schema=OutputState)
+    b.add_node("retrieve", retrieve, retry_policy=STORE_RETRY)
+    b.add_node("summarize", make_summarize(toolbox.registry), retry_policy=MODEL_RETRY)
+    b.add_node("execute_tools", make_execute_tools(toolbox))
+    b.add_node("critique", critique, retry_policy=MODEL_RETRY)
 
+    b.add_edge(START, "retrieve")
+    b.add_conditional_edges("retrieve", route_after_retrieve, ["summarize", END])
+    b.add_conditional_edges("summarize", route_after_summarize, ["execute_tools", "critique", END])
+    b.add_conditional_edges("execute_tools", route_after_execute_tools, ["summarize", END])
+    b.add_conditional_edges("critique", route_after_critique, ["retrieve", END])
+    return b
+
+
+builder = build()
+"""The graph with the default toolbox: no database pool, so tools with side effects refuse (tests, Studio)."""
 graph = builder.compile(name="agent")
 
 

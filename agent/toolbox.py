@@ -1,7 +1,7 @@
-"""The tools the graph uses, and the services they need (set once per process by the server).
+"""The tools a graph offers and the services they need, handed to the graph when it is built.
 
-Tools take everything explicitly; this module is the one place the graph finds the registry, the
-database pool for the side-effect ledger, and tool settings such as the webhook URL.
+No module state: whoever builds the graph (the server, a test, `langgraph dev` through agent/graph.py)
+creates a `Toolbox` and passes it to `agent.graph.build`; the nodes that call tools close over it.
 """
 
 from __future__ import annotations
@@ -9,42 +9,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.specialists.researcher import RESEARCHER
 from tools.builtin import default_registry
 from tools.registry import ToolRegistry
 
-_registry: ToolRegistry | None = None
+
+def default_tools() -> ToolRegistry:
+    """A new registry of Keel's tools: the built-in ones plus the researcher specialist."""
+    reg = default_registry()
+    reg.register(RESEARCHER)
+    return reg
 
 
 @dataclass
-class ToolServices:
-    """Process-wide services for tools: None/empty under `langgraph dev` (no Keel database)."""
+class Toolbox:
+    """A graph's tools and their services: the server passes its pool and tool settings; without them (under
+    `langgraph dev`, with no Keel database) tools that need the database refuse cleanly."""
 
+    registry: ToolRegistry = field(default_factory=default_tools)
+    """The tools the model may call (the server adds tools imported from MCP servers at start-up)."""
     pool: Any = None
+    """The database pool for the side-effect ledger, audit and tools that write (None: none)."""
     settings: dict[str, Any] = field(default_factory=dict)
-
-
-services = ToolServices()
-
-
-def registry() -> ToolRegistry:
-    """The active registry (the built-in tools, plus the researcher specialist, unless replaced)."""
-    global _registry
-    if _registry is None:
-        reg = default_registry()
-        from agent.specialists.researcher import RESEARCHER
-
-        reg.register(RESEARCHER)
-        _registry = reg
-    return _registry
-
-
-def set_registry(reg: ToolRegistry | None) -> None:
-    """Install a registry (None restores the built-in one)."""
-    global _registry
-    _registry = reg
-
-
-def configure(*, pool: Any = None, settings: dict[str, Any] | None = None) -> None:
-    """Called by the server at start-up."""
-    services.pool = pool
-    services.settings = dict(settings or {})
+    """Tool settings, such as `webhook_url`."""

@@ -358,9 +358,9 @@ def cmd_mcp(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_tools(args: argparse.Namespace, settings: Settings) -> int:
-    from agent.toolbox import registry
+    from agent.toolbox import default_tools
 
-    reg = registry()
+    reg = default_tools()
     if args.json:
         print(json.dumps(reg.schemas(), indent=2, sort_keys=True))
         return 0

@@ -15,7 +15,6 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from agent import toolbox
 from server.auth import LOCAL_USER, User, user_for
 from server.errors import ApiError
 from server.settings import Settings
@@ -27,7 +26,7 @@ from tools.registry import ToolContext
 def _context(svc: Any, user: User) -> ToolContext:
     return ToolContext(user=UserAttrs(user.id, frozenset(user.roles), user.tenant),
                        namespace=svc.settings.keel_namespace, store=svc.db.store, thread_id=f"mcp-{user.id}",
-                       pool=svc.db.pool, settings=toolbox.services.settings)
+                       pool=svc.toolbox.pool, settings=svc.toolbox.settings)
 
 
 def mount_mcp(app: FastAPI, settings: Settings):
@@ -42,7 +41,9 @@ def mount_mcp(app: FastAPI, settings: Settings):
             raise PermissionError(exc.detail) from None
         return _context(svc, user)
 
-    server = build_mcp_server(toolbox.registry(), context_for, allow_approval=settings.keel_mcp_approval)
+    # The service (and its toolbox) starts with the app's lifespan, after this: look the registry up per request.
+    server = build_mcp_server(lambda: app.state.keel.toolbox.registry, context_for,
+                              allow_approval=settings.keel_mcp_approval)
     from mcp.server.transport_security import TransportSecuritySettings
 
     # With API keys, every call is authenticated; without them (local mode) keep DNS-rebinding protection,
@@ -86,7 +87,7 @@ async def serve_stdio(svc: Any) -> None:
     """`keel mcp`: the registry over stdin/stdout, as the local user."""
     from mcp.server.stdio import stdio_server
 
-    server = build_mcp_server(toolbox.registry(), lambda request: _context(svc, User(LOCAL_USER)),
+    server = build_mcp_server(svc.toolbox.registry, lambda request: _context(svc, User(LOCAL_USER)),
                               allow_approval=svc.settings.keel_mcp_approval)
     async with stdio_server() as (read, write):
         await server.run(read, write, server.create_initialization_options())

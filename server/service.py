@@ -9,8 +9,11 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from langgraph.graph import StateGraph
+
 from agent.context import Context
-from agent.graph import builder, recursion_limit
+from agent.graph import build, recursion_limit
+from agent.toolbox import Toolbox
 from memory.embeddings import DEFAULT_EMBEDDINGS, EMBED_DIMS, get_embeddings
 from server.auth import User
 from server.db import Database, DatabaseUnavailable, embedded_server, open_database
@@ -32,15 +35,17 @@ REQUEST_CONTEXT_FIELDS = {"namespace", "retrieve_k", "critic_threshold", "max_re
                           "max_tool_calls", "tools", "history_tokens", "history"}
 
 
-def load_builder(spec: str | None):
-    """The graph builder: Keel's agent, or `module:attr` from KEEL_GRAPH (tests, custom agents)."""
+def load_builder(spec: str | None, toolbox: Toolbox):
+    """The graph builder: Keel's agent, or `module:attr` from KEEL_GRAPH (tests, custom agents) naming an
+    uncompiled `StateGraph`, or a function that builds one from the service's `Toolbox`."""
     if not spec:
-        return builder
+        return build(toolbox)
     module, _, attr = spec.partition(":")
     try:
-        return getattr(importlib.import_module(module), attr or "builder")
+        found = getattr(importlib.import_module(module), attr or "builder")
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"KEEL_GRAPH={spec!r}: cannot load the graph builder ({exc})") from exc
+    return found if isinstance(found, StateGraph) or not callable(found) else found(toolbox)
 
 
 class Assistants:
@@ -104,16 +109,15 @@ class KeelService:
     def __init__(self, settings: Settings, db: Database) -> None:
         self.settings = settings
         self.db = db
-        self.graph = load_builder(settings.keel_graph).compile(checkpointer=db.checkpointer, store=db.store,
-                                                                name=GRAPH_ID)
+        self.toolbox = Toolbox(pool=db.pool, settings={"webhook_url": settings.keel_webhook_url})
+        """The tools runs and MCP callers use, and their services."""
+        self.graph = load_builder(settings.keel_graph, self.toolbox).compile(
+            checkpointer=db.checkpointer, store=db.store, name=GRAPH_ID)
         self.node_names = set(self.graph.nodes) - {"__start__"}
         self.assistants = Assistants([GRAPH_ID])
         self.runs = RunManager(self)
         self.feed = EventFeed(db.url, db.pool)
         self.worker = None
-        from agent import toolbox
-
-        toolbox.configure(pool=db.pool, settings={"webhook_url": settings.keel_webhook_url})
 
     async def start_feed(self) -> None:
         """Follow the run event log (API processes)."""
@@ -142,7 +146,6 @@ class KeelService:
 
         if not self.settings.keel_mcp_servers.strip():
             return 0
-        from agent import toolbox
         from tools.mcp_client import load_mcp_tools, register_all
 
         try:
@@ -151,7 +154,7 @@ class KeelService:
         except (ValueError, AssertionError) as exc:
             raise ValueError(f"KEEL_MCP_SERVERS must be a JSON object of servers: {exc}") from None
         specs = await load_mcp_tools(servers)
-        register_all(toolbox.registry(), specs)
+        register_all(self.toolbox.registry, specs)
         log.info("imported %d tool(s) from %d MCP server(s)", len(specs), len(servers))
         return len(specs)
 
@@ -159,10 +162,6 @@ class KeelService:
         if self.worker is not None:
             await self.worker.drain(self.settings.keel_drain_seconds)
         await self.feed.stop()
-        from agent import toolbox
-
-        if toolbox.services.pool is self.db.pool:
-            toolbox.configure()
         await self.db.close()
 
     def default_context(self, user_id: str, roles: tuple[str, ...] = (), tenant: str | None = None) -> Context:

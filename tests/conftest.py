@@ -80,11 +80,3 @@ async def db(database_url, embeddings):
         yield database
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fresh_tool_services():
-    """Tool services are process-wide (set by a KeelService); no module inherits another's closed pool."""
-    from agent import toolbox
-
-    toolbox.configure()
-    yield
-    toolbox.configure()

@@ -37,19 +37,22 @@ def tool_definition(spec: ToolSpec) -> types.Tool:
     )
 
 
-def build_mcp_server(registry: ToolRegistry, context_for: Callable[[Any], ToolContext], *,
-                     allow_approval: bool = False, name: str = "keel") -> Server:
-    """An MCP server over `registry`; `context_for(request)` authenticates (raise PermissionError to refuse)."""
+def build_mcp_server(registry: ToolRegistry | Callable[[], ToolRegistry], context_for: Callable[[Any], ToolContext],
+                     *, allow_approval: bool = False, name: str = "keel") -> Server:
+    """An MCP server over `registry` (or the registry a function returns at each request, for a server built
+    before its registry); `context_for(request)` authenticates (raise PermissionError to refuse)."""
+    current = (lambda: registry) if isinstance(registry, ToolRegistry) else registry
 
     def offered() -> list[ToolSpec]:
-        return [s for s in registry.select(None) if s.mcp]
+        return [s for s in current().select(None) if s.mcp]
 
     async def on_list_tools(ctx, params) -> types.ListToolsResult:
         context_for(getattr(ctx, "request", None))  # authenticate: an unknown caller sees no tools
         return types.ListToolsResult(tools=[tool_definition(s) for s in offered()])
 
     async def on_call_tool(ctx, params: types.CallToolRequestParams) -> types.CallToolResult:
-        spec = registry.get(params.name)
+        reg = current()
+        spec = reg.get(params.name)
         if spec is None or not spec.mcp:
             return _error(f"unknown tool {params.name!r}")
         try:
@@ -62,7 +65,7 @@ def build_mcp_server(registry: ToolRegistry, context_for: Callable[[Any], ToolCo
         call_id = str(meta.get("idempotency_key") or meta.get("idempotencyKey") or f"mcp-{uuid.uuid4()}")
         call = {"name": params.name, "args": params.arguments or {}, "id": call_id}
         result = await execute_tool_call(
-            registry, call, tctx, caller_approves=allow_approval,
+            reg, call, tctx, caller_approves=allow_approval,
             refusal=(f"Error: {params.name} needs a human's approval; MCP calls cannot give it "
                      "(set KEEL_MCP_APPROVAL=true to let MCP callers approve their own calls)."))
         structured = result.output if isinstance(result.output, dict) else None

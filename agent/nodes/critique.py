@@ -6,22 +6,14 @@ from typing import Any
 
 from langchain_core.messages import HumanMessage, RemoveMessage, SystemMessage, ToolMessage
 from langgraph.runtime import Runtime
-from pydantic import BaseModel, Field
 
 from agent.budgets import DONE, finish, next_step
 from agent.context import Context
 from agent.models import get_chat_model
-from agent.nodes.summarize import documents_block
 from agent.prompts import CRITIC_SYSTEM_PROMPT, CRITIC_TEMPLATE
+from agent.render import documents_block
+from agent.schemas import Critique
 from agent.state import State
-
-
-class Critique(BaseModel):
-    """The critic's structured verdict on a draft."""
-
-    score: float = Field(..., ge=0.0, le=1.0, description="0 = unsupported or off-topic, 1 = fully supported and complete")
-    reasons: list[str] = Field(default_factory=list, description="Short reasons for the score")
-    revised_query: str = Field("", description="A better search query when the score is low")
 
 
 def evidence(state: State) -> list[dict[str, Any]]:

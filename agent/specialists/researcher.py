@@ -18,6 +18,8 @@ from typing_extensions import TypedDict
 from agent.context import Context
 from agent.models import get_chat_model
 from agent.prompts import CRITIC_SYSTEM_PROMPT, CRITIC_TEMPLATE, SYSTEM_PROMPT
+from agent.render import documents_block
+from agent.schemas import Critique
 from memory.search import search_docs
 from tools.registry import ToolContext, ToolSpec
 
@@ -59,8 +61,6 @@ async def r_retrieve(state: ResearchState, runtime: Runtime[Context]) -> dict[st
 
 
 async def r_draft(state: ResearchState, runtime: Runtime[Context]) -> dict[str, Any]:
-    from agent.nodes.summarize import documents_block
-
     ctx = runtime.context or Context()
     reply = await get_chat_model("answer", ctx).ainvoke([
         SystemMessage(content=SYSTEM_PROMPT),
@@ -71,9 +71,6 @@ async def r_draft(state: ResearchState, runtime: Runtime[Context]) -> dict[str, 
 
 
 async def r_check(state: ResearchState, runtime: Runtime[Context]) -> dict[str, Any]:
-    from agent.nodes.critique import Critique
-    from agent.nodes.summarize import documents_block
-
     ctx = runtime.context or Context()
     verdict = await get_chat_model("critic", ctx).with_structured_output(Critique).ainvoke([
         SystemMessage(content=CRITIC_SYSTEM_PROMPT),

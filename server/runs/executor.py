@@ -328,7 +328,6 @@ class RunExecutor:
 
     async def _compensate(self, c: Claim) -> int:
         """Undo the run's completed side effects, newest first (saga); resumable after a crash."""
-        from agent import toolbox
         from tools.policy import UserAttrs
         from tools.registry import ToolContext
         from tools.saga import compensate_run
@@ -337,8 +336,8 @@ class RunExecutor:
         ctx = ToolContext(user=UserAttrs(user.id, frozenset(user.roles), user.tenant),
                           namespace=self.svc.settings.keel_namespace, store=self.svc.db.store,
                           thread_id=c.thread_id, run_id=c.run_id, pool=self.svc.db.pool,
-                          settings=toolbox.services.settings)
-        n = await compensate_run(toolbox.registry(), ctx, c.run_id)
+                          settings=self.svc.toolbox.settings)
+        n = await compensate_run(self.svc.toolbox.registry, ctx, c.run_id)
         log.info("compensated %d effect(s) of the run", n)
         return n
 

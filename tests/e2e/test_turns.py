@@ -48,7 +48,7 @@ def cluster(database_url, tmp_path_factory) -> Iterator[Cluster]:
     """API + one worker process serving the real agent graph on an ingested corpus."""
     tmp = tmp_path_factory.mktemp("turns")
     ingest(database_url, write_corpus(tmp / "corpus"), keel_home=tmp / "home")
-    c = Cluster(database_url, env_extra={"KEEL_GRAPH": "agent.graph:builder"})
+    c = Cluster(database_url, env_extra={"KEEL_GRAPH": "agent.graph:build"})
     try:
         c.start_api()
         c.start_worker()

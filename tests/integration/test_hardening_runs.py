@@ -46,7 +46,7 @@ class Sql:
 @pytest.fixture(scope="module")
 async def svc(db):
     settings = Settings(
-        keel_graph="tests.support.fault_graph:builder",
+        keel_graph="tests.support.fault_graph:build",
         keel_lease_seconds=1.0,
         keel_keep_checkpoints=KEEP,
         keel_max_attempts=3,
@@ -200,8 +200,6 @@ async def test_cancel_while_a_failed_run_undoes_its_effects(client, svc, pg, dat
     """A run fails after two side effects and is cancelled in the middle of undoing them (row and table locks
     stop it first before it marks itself compensating, then inside its first compensation): it finishes the
     undo, then ends in error (interrupt) or is deleted (rollback). Each effect is undone exactly once."""
-    # Imported here, not at collection: importing the fault graph registers its tool in the process's registry,
-    # which the tool-contract snapshot (tests/unit) must not see.
     from tests.support.fault_graph import _TABLE as EFFECTS_TABLE
 
     await pg.run(EFFECTS_TABLE)

@@ -12,9 +12,9 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langgraph.types import Command
 
-from agent import toolbox
 from agent.context import Context
-from agent.graph import builder
+from agent.graph import build
+from agent.toolbox import Toolbox
 from tests.support.scripted import scripted_models
 from tools import ledger
 from tools.builtin import default_registry
@@ -29,9 +29,7 @@ OK = {"score": 0.9, "reasons": ["fine"], "revised_query": ""}
 
 @pytest.fixture(scope="module")
 def graph(db):
-    toolbox.configure(pool=db.pool, settings={})
-    yield builder.compile(checkpointer=db.checkpointer, store=db.store, name="agent")
-    toolbox.configure()
+    return build(Toolbox(pool=db.pool)).compile(checkpointer=db.checkpointer, store=db.store, name="agent")
 
 
 @pytest.fixture

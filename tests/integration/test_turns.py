@@ -19,7 +19,7 @@ from typing_extensions import TypedDict
 
 from agent.context import Context
 from agent.graph import builder, recursion_limit
-from agent.nodes.summarize import NOT_EXECUTED
+from agent.render import NOT_EXECUTED
 from agent.specialists.researcher import RESEARCHER, ResearchInput
 from tests.support.scripted import scripted_models
 

@@ -58,7 +58,7 @@ class Cluster:
 
     def env(self) -> dict[str, str]:
         return keel_env(self.database_url, self.tmp / "home", {
-            "KEEL_GRAPH": "tests.support.fault_graph:builder", "PYTHONPATH": str(REPO),
+            "KEEL_GRAPH": "tests.support.fault_graph:build", "PYTHONPATH": str(REPO),
             "KEEL_LEASE_SECONDS": "3", "KEEL_MAX_ATTEMPTS": "3", "KEEL_DRAIN_SECONDS": "20",
             "KEEL_LOG_LEVEL": "INFO", **self.env_extra})
 

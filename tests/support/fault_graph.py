@@ -1,6 +1,7 @@
 """A 4-node linear graph (a -> b -> c -> d) whose steps do what the input's `plan` says.
 
-Used by the fault tests and the benchmarks through `KEEL_GRAPH=tests.support.fault_graph:builder`.
+Used by the fault tests and the benchmarks through `KEEL_GRAPH=tests.support.fault_graph:build`, which the server
+calls with its `Toolbox`: the graph registers its test tools there and runs them with the toolbox's pool.
 With an empty plan it is the no-op 4-node graph. Per node, the plan may ask it to:
   touch: a file path; the node appends "<pid>\n" when it starts (tests watch it to time signals)
   sleep: seconds of `await asyncio.sleep` (an async step)
@@ -32,10 +33,10 @@ from langgraph.types import interrupt
 from pydantic import BaseModel
 from typing_extensions import TypedDict
 
-from agent import toolbox
+from agent.toolbox import Toolbox
 from tools.execute import apply_decisions, approval_request, prepare_call, run_prepared
 from tools.policy import UserAttrs
-from tools.registry import ToolContext, ToolRetry, ToolSpec, TransientToolError
+from tools.registry import ToolContext, ToolRegistry, ToolRetry, ToolSpec, TransientToolError
 
 NODES = ("a", "b", "c", "d")
 
@@ -112,23 +113,21 @@ FX = ToolSpec(name="fx", version="1", description="test effect (reconcilable)", 
 FX_NO_RECONCILE = ToolSpec(name="fx_noreconcile", version="1", description="test effect (outcome unknowable)",
                            input_model=FxInput, output_model=FxOutput, func=_fx, side_effect="external",
                            compensator=_fx_undo, mcp=False)
-_reg = toolbox.registry()
-for _spec in (FX, FX_NO_RECONCILE):
-    if _reg.get(_spec.name) is None:
-        _reg.register(_spec)
+TOOLS = (FX, FX_NO_RECONCILE)
+"""The graph's tools; `build` registers them in the toolbox it is given (the server compensates with it)."""
 
 
-async def _run_effects(effects: list[dict[str, Any]], runtime, config) -> list[str]:
+async def _run_effects(toolbox: Toolbox, effects: list[dict[str, Any]], runtime, config) -> list[str]:
     ctx = runtime.context
     tctx = ToolContext(user=UserAttrs(getattr(ctx, "user_id", "local")), namespace="default", store=runtime.store,
                        thread_id=str(config["configurable"]["thread_id"]),
                        run_id=str((config.get("metadata") or {}).get("run_id") or "") or None,
-                       pool=toolbox.services.pool)
+                       pool=toolbox.pool)
     prepared = []
     for e in effects:
         name = "fx" if e.get("reconcile", True) else "fx_noreconcile"
         args = {k: e[k] for k in ("kill_after", "fail", "comp_kill", "counter") if e.get(k)}
-        prepared.append(await prepare_call(_reg, {"name": name, "args": {"label": e["id"], **args}, "id": e["id"]},
+        prepared.append(await prepare_call(toolbox.registry, {"name": name, "args": {"label": e["id"], **args}, "id": e["id"]},
                                            tctx, checkpoint_ns=config["configurable"].get("checkpoint_ns", "")))
     pending = [p for p in prepared if p.human]
     if pending:
@@ -148,7 +147,7 @@ class FaultState(TypedDict, total=False):
     outcomes: Annotated[list[str], operator.add]
 
 
-def _node(name: str):
+def _node(name: str, toolbox: Toolbox):
     async def node(state: FaultState, runtime) -> dict[str, Any]:
         plan = (state.get("plan") or {}).get(name, {})
         thread_id = str(get_config()["configurable"]["thread_id"])
@@ -159,7 +158,7 @@ def _node(name: str):
         if plan.get("interrupt"):
             update["approved"] = interrupt({"question": f"approve {name}?"})
         if plan.get("effects"):
-            update["outcomes"] = await _run_effects(plan["effects"], runtime, get_config())
+            update["outcomes"] = await _run_effects(toolbox, plan["effects"], runtime, get_config())
         if plan.get("fail"):
             raise RuntimeError(f"injected permanent failure in {name}")
         if runtime.store is not None:
@@ -178,12 +177,21 @@ def _node(name: str):
     return node
 
 
-builder = StateGraph(FaultState)
-for _n in NODES:
-    builder.add_node(_n, _node(_n))
-builder.add_edge(START, "a")
-for _x, _y in zip(NODES, NODES[1:], strict=False):
-    builder.add_edge(_x, _y)
-builder.add_edge(NODES[-1], END)
+def build(toolbox: Toolbox) -> StateGraph:
+    """The uncompiled graph, its effects running through `toolbox` (where its tools are registered)."""
+    for spec in TOOLS:
+        if toolbox.registry.get(spec.name) is None:
+            toolbox.registry.register(spec)
+    b = StateGraph(FaultState)
+    for n in NODES:
+        b.add_node(n, _node(n, toolbox))
+    b.add_edge(START, "a")
+    for x, y in zip(NODES, NODES[1:], strict=False):
+        b.add_edge(x, y)
+    b.add_edge(NODES[-1], END)
+    return b
 
+
+builder = build(Toolbox(registry=ToolRegistry()))
+"""Without Keel's database (no pool): for plans without effects (benchmarks, `langgraph dev`)."""
 graph = builder.compile(name="agent")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from langchain_core.messages import AIMessage, HumanMessage, RemoveMessage, ToolMessage
 
 from agent.history import apply_fold, approx_tokens, cap_summary, fold_history, transcript, turns_to_fold
-from agent.nodes.summarize import build_prompt
 from agent.offline import OfflineChatModel
+from agent.render import build_prompt
 
 
 def turn(i: int, with_tool: bool = False, size: int = 400) -> list:

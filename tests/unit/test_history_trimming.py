@@ -3,7 +3,7 @@
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
 from agent.history import approx_tokens, trim_history
-from agent.nodes.summarize import build_prompt
+from agent.render import build_prompt
 
 
 def turn(i: int, with_tool: bool = False) -> list:

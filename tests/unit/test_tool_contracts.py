@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.toolbox import registry
+from agent.toolbox import default_tools
 
 SNAPSHOT = json.loads((Path(__file__).parent / "snapshots" / "tools.json").read_text())
-CURRENT = registry().schemas()
+CURRENT = default_tools().schemas()
 
 
 @pytest.mark.parametrize("name", sorted(set(SNAPSHOT) | set(CURRENT)))
@@ -38,7 +38,7 @@ def test_every_tool_is_fully_declared():
 
 
 def test_model_binding_and_registry_agree():
-    for spec in registry().select(None):
+    for spec in default_tools().select(None):
         tool = spec.as_langchain_tool()
         assert tool.name == spec.name and tool.metadata["version"] == spec.version
         assert tool.args_schema is spec.input_model

@@ -8,7 +8,7 @@ from langgraph.runtime import Runtime
 
 from agent.context import Context
 from agent.nodes.retrieve import continues_turn, retrieve
-from agent.nodes.summarize import NOT_EXECUTED, answer_unanswered_tool_calls, build_prompt
+from agent.render import NOT_EXECUTED, answer_unanswered_tool_calls, build_prompt
 from agent.specialists.researcher import r_retrieve
 from agent.state import State
 
