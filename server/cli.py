@@ -358,9 +358,12 @@ def cmd_mcp(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_tools(args: argparse.Namespace, settings: Settings) -> int:
-    from agent.toolbox import default_tools
+    from agent.toolbox import Toolbox
+    from server.service import load_builder
 
-    reg = default_tools()
+    toolbox = Toolbox()
+    load_builder(settings.keel_graph, toolbox)  # a KEEL_GRAPH function may register tools of its own
+    reg = toolbox.registry
     if args.json:
         print(json.dumps(reg.schemas(), indent=2, sort_keys=True))
         return 0
