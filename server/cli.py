@@ -190,6 +190,7 @@ def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
     from psycopg.types.json import Jsonb
 
     from server.auth import LOCAL_USER
+    from server.runs import store
     from server.serde import jsonable
     from server.service import KeelService
 
@@ -200,11 +201,9 @@ def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
             ctx = svc.default_context(LOCAL_USER)
             # Record the thread like the API does, so it is visible over HTTP and in Studio afterwards.
             async with svc.db.pool.connection() as conn:
-                cur = await conn.execute(
-                    "INSERT INTO keel_threads (thread_id, user_id, metadata) VALUES (%s, %s, %s) "
-                    "ON CONFLICT (thread_id) DO UPDATE SET updated_at = now() RETURNING user_id",
-                    (tid, LOCAL_USER, Jsonb({"graph_id": "agent", "source": "keel ask"})))
-                if (await cur.fetchone())["user_id"] != LOCAL_USER:
+                row = await store.fetchone(conn, store.UPSERT_CLI_THREAD,
+                                           (tid, LOCAL_USER, Jsonb({"graph_id": "agent", "source": "keel ask"})))
+                if row["user_id"] != LOCAL_USER:
                     raise ValueError(f"thread {tid} belongs to another user")
             from agent.graph import recursion_limit
 
@@ -226,9 +225,8 @@ def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
                     print(f"· {node}{': ' + detail if detail else ''}", file=sys.stderr, flush=True)
             state = await svc.graph.aget_state(config)
             async with svc.db.pool.connection() as conn:
-                await conn.execute(
-                    'UPDATE keel_threads SET "values" = %s, status = %s, state_updated_at = now() WHERE thread_id = %s',
-                    (Jsonb(jsonable(state.values)), "interrupted" if state.next else "idle", tid))
+                await conn.execute(store.SET_CLI_THREAD_STATE,
+                                   (Jsonb(jsonable(state.values)), "interrupted" if state.next else "idle", tid))
             return {"thread_id": tid, **state.values}
         finally:
             await svc.close()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from server.runs.events import TERMINAL
+from server.runs import store
 
 log = logging.getLogger("keel.retention")
 
@@ -18,11 +18,10 @@ THREAD_SCOPED_PREFIXES = ("effects",)
 async def delete_thread_everywhere(db: Any, thread_id: str) -> None:
     """Remove every trace of a thread except the audit trail (kept for accountability)."""
     async with db.pool.connection() as conn, conn.transaction():
-        await conn.execute("DELETE FROM keel_run_events WHERE run_id IN (SELECT run_id FROM keel_runs "
-                           "WHERE thread_id = %s)", (thread_id,))
-        await conn.execute("DELETE FROM keel_runs WHERE thread_id = %s", (thread_id,))
+        await conn.execute(store.DELETE_THREAD_RUN_EVENTS, (thread_id,))
+        await conn.execute(store.DELETE_THREAD_RUNS, (thread_id,))
         await conn.execute("DELETE FROM keel_tool_ledger WHERE thread_id = %s", (thread_id,))
-        await conn.execute("DELETE FROM keel_threads WHERE thread_id = %s", (thread_id,))
+        await conn.execute(store.DELETE_THREAD, (thread_id,))
         for prefix in THREAD_SCOPED_PREFIXES:
             await conn.execute("DELETE FROM store WHERE prefix = %s OR prefix LIKE %s",
                                (f"{prefix}.{thread_id}", f"{prefix}.{thread_id}.%"))
@@ -32,12 +31,7 @@ async def delete_thread_everywhere(db: Any, thread_id: str) -> None:
 async def sweep(db: Any, *, idle_days: float | None = None, limit: int = 500) -> list[str]:
     """Delete threads past their TTL (and, with idle_days, threads untouched that long); never busy ones."""
     async with db.pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT thread_id::text AS id FROM keel_threads t WHERE status <> 'busy' AND (expires_at < now() "
-            "OR (%s::float IS NOT NULL AND updated_at < now() - %s::float * interval '1 day')) "
-            "AND NOT EXISTS (SELECT 1 FROM keel_runs r WHERE r.thread_id = t.thread_id AND r.status IN "
-            "('pending', 'running')) ORDER BY updated_at LIMIT %s", (idle_days, idle_days, limit))
-        ids = [r["id"] for r in await cur.fetchall()]
+        ids = [r["id"] for r in await store.fetchall(conn, store.EXPIRED_THREADS, (idle_days, idle_days, limit))]
     for tid in ids:
         await delete_thread_everywhere(db, tid)
     if ids:
@@ -47,31 +41,10 @@ async def sweep(db: Any, *, idle_days: float | None = None, limit: int = 500) ->
 
 EVENTS_BATCH = 5000
 
-# The oldest finished runs (terminal status) that ended before the cutoff and may still have events, read
-# from the partial index keel_runs_events_ttl_idx (migration 6): finished_at set, events_pruned_at unset.
-_EXPIRED_RUNS = (
-    "SELECT run_id, finished_at FROM keel_runs WHERE finished_at < now() - make_interval(secs => %(ttl)s) "
-    "AND finished_at <= coalesce(%(upto)s::timestamptz, 'infinity') AND events_pruned_at IS NULL "
-    "AND status IN (" + ", ".join(f"'{s}'" for s in TERMINAL) + ") ORDER BY finished_at LIMIT %(batch)s")
-
-# At most `batch` event rows of those runs, oldest run first; deleted by ctid (a TID scan, whatever the
-# planner makes of the join). SKIP LOCKED: concurrent sweeps take disjoint rows and never wait on a thread
-# being deleted. `upto` is the finish time of the last run touched: the runs up to it are the ones to mark.
-_DELETE_EVENTS = (
-    "WITH doomed AS MATERIALIZED (SELECT r.finished_at, e.ctid "
-    f"FROM ({_EXPIRED_RUNS}) r CROSS JOIN LATERAL ("
-    "SELECT ctid FROM keel_run_events x WHERE x.run_id = r.run_id ORDER BY seq LIMIT %(batch)s "
-    "FOR UPDATE SKIP LOCKED) e LIMIT %(batch)s), "
-    "gone AS (DELETE FROM keel_run_events WHERE ctid = ANY(ARRAY(SELECT ctid FROM doomed)) RETURNING 1) "
-    "SELECT (SELECT count(*) FROM gone) AS deleted, (SELECT max(finished_at) FROM doomed) AS upto")
-
-# Runs of that window (up to `upto`; all of it when nothing was deleted) whose events are all gone leave the
-# index, so later sweeps never look at them again. Only those rows are locked, SKIP LOCKED again.
-_MARK_PRUNED = (
-    "UPDATE keel_runs k SET events_pruned_at = now() FROM (SELECT run_id FROM keel_runs d "
-    f"WHERE run_id = ANY(ARRAY(SELECT run_id FROM ({_EXPIRED_RUNS}) w)) "
-    "AND NOT EXISTS (SELECT 1 FROM keel_run_events e WHERE e.run_id = d.run_id) FOR UPDATE SKIP LOCKED) r "
-    "WHERE k.run_id = r.run_id")
+# The statements live in the run store; these names stay for readers (and tests) of this module.
+_EXPIRED_RUNS = store.EXPIRED_RUNS
+_DELETE_EVENTS = store.DELETE_EXPIRED_EVENTS
+_MARK_PRUNED = store.MARK_EVENTS_PRUNED
 
 
 async def prune_run_events(db: Any, ttl_seconds: float, *, batch: int = EVENTS_BATCH,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import logging
 import uuid
@@ -12,15 +11,17 @@ from typing import Any
 from langgraph.graph import StateGraph
 
 from agent.context import Context
-from agent.graph import build, recursion_limit
+from agent.graph import build
 from agent.toolbox import Toolbox
 from memory.embeddings import DEFAULT_EMBEDDINGS, EMBED_DIMS, get_embeddings
 from server.auth import User
 from server.db import Database, DatabaseUnavailable, embedded_server, open_database
 from server.errors import ApiError
 from server.runs.events import EventFeed
+from server.runs.executor import RunExecutor
 from server.runs.manager import RunManager
-from server.schemas import RunCreate
+from server.runs.planner import Planner
+from server.runs.worker import Worker
 from server.settings import Settings
 
 log = logging.getLogger("keel")
@@ -30,9 +31,6 @@ NAMESPACE_GRAPH = uuid.UUID("6ba7b821-9dad-11d1-80b4-00c04fd430c8")
 GRAPH_ID = "agent"
 _STARTED = datetime.now(UTC).isoformat()
 
-# Run settings a request may change through `context`; identity and models come from the server only.
-REQUEST_CONTEXT_FIELDS = {"namespace", "retrieve_k", "critic_threshold", "max_revisions", "max_steps",
-                          "max_tool_calls", "tools", "history_tokens", "history"}
 
 
 def load_builder(spec: str | None, toolbox: Toolbox):
@@ -115,7 +113,8 @@ class KeelService:
             checkpointer=db.checkpointer, store=db.store, name=GRAPH_ID)
         self.node_names = set(self.graph.nodes) - {"__start__"}
         self.assistants = Assistants([GRAPH_ID])
-        self.runs = RunManager(self)
+        self.planner = Planner(settings, self.assistants, self.node_names)
+        self.runs = RunManager(db.pool, db.checkpointer, self.planner)
         self.feed = EventFeed(db.url, db.pool)
         self.worker = None
 
@@ -125,10 +124,9 @@ class KeelService:
 
     async def start_worker(self, concurrency: int, name: str | None = None):
         """Execute queued runs in this process."""
-        from server.runs.worker import Worker
-
         s = self.settings
-        self.worker = Worker(self, concurrency=concurrency, lease_s=s.keel_lease_seconds,
+        executor = RunExecutor(self.db, self.graph, self.planner, s, self.toolbox)
+        self.worker = Worker(self.db, executor, s, concurrency=concurrency, lease_s=s.keel_lease_seconds,
                              max_attempts=s.keel_max_attempts, name=name)
         await self.worker.start()
         return self.worker
@@ -164,91 +162,22 @@ class KeelService:
         await self.feed.stop()
         await self.db.close()
 
+    # Request planning lives in server.runs.planner (pure); these delegates serve the CLI, benchmarks and tests.
     def default_context(self, user_id: str, roles: tuple[str, ...] = (), tenant: str | None = None) -> Context:
         """Run settings from configuration, for the authenticated user."""
-        s = self.settings
-        return Context(user_id=user_id, roles=list(roles), tenant=tenant, model=s.keel_model, critic_model=s.keel_critic_model,
-                       namespace=s.keel_namespace, retrieve_k=s.keel_retrieve_k,
-                       critic_threshold=s.keel_critic_threshold, max_revisions=s.keel_max_revisions,
-                       max_steps=s.keel_max_steps, max_tool_calls=s.keel_max_tool_calls,
-                       history=s.keel_history)
+        return self.planner.default_context(user_id, roles, tenant)
 
     def build_context(self, user: User, overrides: dict[str, Any] | None) -> Context:
         """The run's Context: configuration defaults plus the request's allowed overrides."""
-        ctx = self.default_context(user.id, user.roles, user.tenant)
-        if not overrides:
-            return ctx
-        unknown = sorted(set(overrides) - REQUEST_CONTEXT_FIELDS)
-        if unknown:
-            raise ApiError(422, f"context.{unknown[0]} cannot be set by a request; allowed: "
-                                f"{', '.join(sorted(REQUEST_CONTEXT_FIELDS))}")
-        clean: dict[str, Any] = {}
-        for key, value in overrides.items():
-            if key == "tools":
-                if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-                    raise ApiError(422, "context.tools must be a list of tool names or null")
-            elif key == "namespace":
-                if not isinstance(value, str) or not value or "." in value:
-                    raise ApiError(422, "context.namespace must be a non-empty string without dots")
-            elif key == "critic_threshold":
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-                    raise ApiError(422, "context.critic_threshold must be a number between 0 and 1")
-            elif key == "history":
-                if value not in ("summarize", "trim"):
-                    raise ApiError(422, 'context.history must be "summarize" or "trim"')
-            else:
-                ceiling, setting = self.ceilings()[key]
-                if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= ceiling:
-                    raise ApiError(422, f"context.{key} must be an integer between 0 and {ceiling} "
-                                        f"(this server's ceiling, {setting})")
-            clean[key] = value
-        return dataclasses.replace(ctx, **clean)
+        return self.planner.build_context(user, overrides)
 
     def ceilings(self) -> dict[str, tuple[int, str]]:
         """Highest value a request may give each integer budget, and the setting that sets it."""
-        s = self.settings
-        return {"max_steps": (s.keel_limit_steps, "KEEL_LIMIT_STEPS"),
-                "max_revisions": (s.keel_limit_revisions, "KEEL_LIMIT_REVISIONS"),
-                "max_tool_calls": (s.keel_limit_tool_calls, "KEEL_LIMIT_TOOL_CALLS"),
-                "retrieve_k": (s.keel_limit_retrieve_k, "KEEL_LIMIT_RETRIEVE_K"),
-                "history_tokens": (s.keel_limit_history_tokens, "KEEL_LIMIT_HISTORY_TOKENS")}
+        return self.planner.ceilings()
 
     def check_config(self, config: dict[str, Any] | None) -> None:
         """Refuse a request's `config` that would buy more work than this deployment allows."""
-        limit = (config or {}).get("recursion_limit")
-        if limit is None:
-            return
-        ceiling = self.settings.keel_limit_recursion
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= ceiling:
-            raise ApiError(422, f"config.recursion_limit must be an integer between 1 and {ceiling} "
-                                "(this server's ceiling, KEEL_LIMIT_RECURSION)")
-
-    def run_config(self, body: RunCreate, *, thread_id: str, run_id: str, user: User, assistant: dict[str, Any],
-                   run_metadata: dict[str, Any]) -> dict[str, Any]:
-        """LangGraph config: thread, checkpoint, limits, and trace metadata (thread_id, run_id, user)."""
-        cfg = body.config or {}
-        configurable = {k: v for k, v in (cfg.get("configurable") or {}).items()
-                        if k not in ("thread_id", "checkpoint_id", "checkpoint_ns", "checkpoint_map")}
-        configurable["thread_id"] = thread_id
-        checkpoint = dict(body.checkpoint or {})
-        if body.checkpoint_id:
-            checkpoint["checkpoint_id"] = body.checkpoint_id
-        if checkpoint.get("checkpoint_id"):
-            configurable["checkpoint_id"] = checkpoint["checkpoint_id"]
-            configurable["checkpoint_ns"] = checkpoint.get("checkpoint_ns", "")
-        max_steps = self.default_context(user.id).max_steps
-        if body.context and isinstance(body.context.get("max_steps"), int):
-            max_steps = body.context["max_steps"]
-        limit = cfg.get("recursion_limit")  # validated against KEEL_LIMIT_RECURSION when the run was created
-        metadata = {**run_metadata, **(cfg.get("metadata") or {}), "thread_id": thread_id, "run_id": run_id,
-                    "user_id": user.id, "assistant_id": assistant["assistant_id"], "graph_id": assistant["graph_id"]}
-        return {
-            "configurable": configurable,
-            "run_id": uuid.UUID(run_id),
-            "recursion_limit": limit if isinstance(limit, int) and limit > 0 else recursion_limit(max_steps),
-            "tags": list(cfg.get("tags") or []),
-            "metadata": metadata,
-        }
+        self.planner.check_config(config)
 
 
 def _state_schema() -> dict[str, Any]:

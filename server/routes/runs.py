@@ -15,9 +15,10 @@ from server.auth import CurrentUser, User
 from server.deps import Service
 from server.errors import ApiError, not_found, parse_uuid
 from server.routes.threads import owned_thread
+from server.runs import store
 from server.runs.events import Event
 from server.runs.manager import run_json
-from server.runs.queue import RUN_COLUMNS
+from server.runs.store import ACTIVE, RunStatus
 from server.schemas import AUTHENTICATED, MAX_OFFSET, SSE_EVENTS, RunCreate, RunId, ThreadId, errors
 from server.serde import dumps, jsonable
 from server.service import KeelService
@@ -127,7 +128,7 @@ async def _result(svc: KeelService, run: dict[str, Any]) -> Any:
     row = await svc.feed.wait_terminal(str(run["run_id"]))
     if row is None:
         return {"__error__": {"error": "RunDeleted", "message": "the run was cancelled and rolled back"}}
-    if row["status"] == "error":
+    if row["status"] == RunStatus.ERROR:
         return {"__error__": row["error"] or {"error": "RunError", "message": "the run failed"}}
     if row["result"] is not None:
         return row["result"]
@@ -213,9 +214,7 @@ async def owned_run(svc: KeelService, user: User, thread_id: str, run_id: str) -
     await owned_thread(svc, user, thread_id)
     rid = parse_uuid(run_id, "run")
     async with svc.db.pool.connection() as conn:
-        cur = await conn.execute(f"SELECT {RUN_COLUMNS} FROM keel_runs WHERE run_id = %s AND thread_id = %s",
-                                 (rid, parse_uuid(thread_id, "thread")))
-        row = await cur.fetchone()
+        row = await store.get_run(conn, rid, parse_uuid(thread_id, "thread"))
     if row is None:
         raise not_found("Run", rid)
     return row
@@ -226,15 +225,9 @@ async def list_runs(thread_id: ThreadId, svc: Service, user: CurrentUser, limit:
                     offset: int = Query(0, ge=0, le=MAX_OFFSET), status: str | None = None) -> list[dict]:
     """The thread's runs, newest first."""
     row = await owned_thread(svc, user, thread_id)
-    where, params = "thread_id = %s", [row["thread_id"]]
-    if status:
-        where += " AND status = %s"
-        params.append(status)
+    params = [row["thread_id"], *([status] if status else []), limit, offset]
     async with svc.db.pool.connection() as conn:
-        cur = await conn.execute(
-            f"SELECT {RUN_COLUMNS} FROM keel_runs WHERE {where} ORDER BY created_at DESC LIMIT %s OFFSET %s",
-            [*params, limit, offset])
-        return [run_json(r) for r in await cur.fetchall()]
+        return [run_json(r) for r in await store.fetchall(conn, store.list_runs_sql(bool(status)), params)]
 
 
 @router.get("/threads/{thread_id}/runs/{run_id}", responses=errors(404))
@@ -278,7 +271,7 @@ async def cancel_run(thread_id: ThreadId, run_id: RunId, svc: Service, user: Cur
     if action not in ("interrupt", "rollback"):
         raise ApiError(422, "action must be 'interrupt' or 'rollback'")
     run = await owned_run(svc, user, thread_id, run_id)
-    if run["status"] not in ("pending", "running"):
+    if run["status"] not in ACTIVE:
         raise ApiError(409, f"Run {run['run_id']} is already {run['status']}")
     await svc.runs.cancel(run, action=action)
     if wait:
@@ -290,11 +283,10 @@ async def cancel_run(thread_id: ThreadId, run_id: RunId, svc: Service, user: Cur
 async def delete_run(thread_id: ThreadId, run_id: RunId, svc: Service, user: CurrentUser) -> Response:
     """Delete a finished run's record."""
     run = await owned_run(svc, user, thread_id, run_id)
-    if run["status"] in ("pending", "running"):
+    if run["status"] in ACTIVE:
         raise ApiError(409, "Cancel the run before deleting it")
     async with svc.db.pool.connection() as conn, conn.transaction():
-        await conn.execute("DELETE FROM keel_run_events WHERE run_id = %s", (run["run_id"],))
-        await conn.execute("DELETE FROM keel_runs WHERE run_id = %s", (run["run_id"],))
+        await store.delete_run(conn, run["run_id"])
     return Response(status_code=204)
 
 

@@ -15,6 +15,8 @@ from server.db import retry_transient
 from server.deps import Service
 from server.errors import ApiError, not_found, parse_uuid
 from server.retention import delete_thread_everywhere
+from server.runs import store
+from server.runs.store import ACTIVE, ThreadStatus
 from server.schemas import (
     AUTHENTICATED,
     CheckpointQuery,
@@ -32,8 +34,7 @@ from server.threadstate import snapshot_json
 
 router = APIRouter(prefix="/threads", tags=["threads"], dependencies=AUTHENTICATED, responses=errors(401, 422))
 
-THREAD_COLUMNS = ('thread_id, user_id, metadata, status, config, "values", interrupts, error, created_at, '
-                  "updated_at, state_updated_at")
+THREAD_COLUMNS = store.THREAD_COLUMNS
 
 
 def thread_json(row: dict[str, Any]) -> dict[str, Any]:
@@ -56,8 +57,7 @@ async def owned_thread(svc: KeelService, user: User, thread_id: str) -> dict[str
     """The caller's thread, or 404 (another user's thread is indistinguishable from a missing one)."""
     tid = parse_uuid(thread_id, "thread")
     async with svc.db.pool.connection() as conn:
-        cur = await conn.execute(f"SELECT {THREAD_COLUMNS} FROM keel_threads WHERE thread_id = %s", (tid,))
-        row = await cur.fetchone()
+        row = await store.get_thread(conn, tid)
     if row is None or row["user_id"] != user.id:
         raise not_found("Thread", tid)
     return row
@@ -79,12 +79,9 @@ async def create(body: ThreadCreate, svc: Service, user: CurrentUser) -> dict:
     ttl_minutes = body.ttl_minutes()
     async def insert(attempt: int) -> tuple[dict[str, Any] | None, bool]:
         async with svc.db.pool.connection() as conn:
-            cur = await conn.execute(
-                f"INSERT INTO keel_threads (thread_id, user_id, metadata, expires_at) VALUES (%s, %s, %s, "
-                f"CASE WHEN %s::float IS NULL THEN NULL ELSE now() + %s::float * interval '1 minute' END) "
-                f"ON CONFLICT (thread_id) DO NOTHING RETURNING {THREAD_COLUMNS}",
-                (tid, user.id, Jsonb(metadata), ttl_minutes, ttl_minutes))
-            return await cur.fetchone(), attempt > 0
+            row = await store.fetchone(conn, store.INSERT_THREAD_WITH_TTL,
+                                       (tid, user.id, Jsonb(metadata), ttl_minutes, ttl_minutes))
+            return row, attempt > 0
 
     if body.thread_id and body.if_exists == "raise":
         row, retried = await insert(0)  # a repeat could not tell our own insert from a conflict: 503 instead
@@ -121,12 +118,8 @@ async def search(body: ThreadSearch, svc: Service, user: CurrentUser, response: 
     sql_where, params = _filters(body, user)
     order = f"{body.sort_by or 'updated_at'} {(body.sort_order or 'desc').upper()}"
     async with svc.db.pool.connection() as conn:
-        cur = await conn.execute(f"SELECT count(*) AS n FROM keel_threads WHERE {sql_where}", params)
-        total = (await cur.fetchone())["n"]
-        cur = await conn.execute(
-            f"SELECT {THREAD_COLUMNS} FROM keel_threads WHERE {sql_where} ORDER BY {order}, thread_id "
-            f"LIMIT %s OFFSET %s", [*params, body.limit, body.offset])
-        rows = await cur.fetchall()
+        total = (await store.fetchone(conn, store.count_threads_sql(sql_where), params))["n"]
+        rows = await store.fetchall(conn, store.search_threads_sql(sql_where, order), [*params, body.limit, body.offset])
     response.headers["x-pagination-total"] = str(total)
     out = [thread_json(r) for r in rows]
     if body.select:
@@ -139,8 +132,7 @@ async def count(body: ThreadSearch, svc: Service, user: CurrentUser) -> int:
     """How many of the caller's threads match (same filters as search)."""
     sql_where, params = _filters(body, user)
     async with svc.db.pool.connection() as conn:
-        cur = await conn.execute(f"SELECT count(*) AS n FROM keel_threads WHERE {sql_where}", params)
-        return (await cur.fetchone())["n"]
+        return (await store.fetchone(conn, store.count_threads_sql(sql_where), params))["n"]
 
 
 @router.get("/{thread_id}", responses=errors(404))
@@ -154,10 +146,8 @@ async def patch(thread_id: ThreadId, body: ThreadPatch, svc: Service, user: Curr
     """Merge metadata into a thread."""
     row = await owned_thread(svc, user, thread_id)
     async with svc.db.pool.connection() as conn:
-        cur = await conn.execute(
-            f"UPDATE keel_threads SET metadata = metadata || %s, updated_at = now() WHERE thread_id = %s "
-            f"RETURNING {THREAD_COLUMNS}", (Jsonb(jsonable(body.metadata or {})), row["thread_id"]))
-        return thread_json(await cur.fetchone())
+        return thread_json(await store.fetchone(conn, store.PATCH_THREAD_METADATA,
+                                                (Jsonb(jsonable(body.metadata or {})), row["thread_id"])))
 
 
 @router.delete("/{thread_id}", status_code=204, responses=errors(404, 409))
@@ -166,9 +156,7 @@ async def delete(thread_id: ThreadId, svc: Service, user: CurrentUser) -> Respon
     row = await owned_thread(svc, user, thread_id)
     tid = str(row["thread_id"])
     async with svc.db.pool.connection() as conn:
-        cur = await conn.execute("SELECT run_id, thread_id FROM keel_runs WHERE thread_id = %s AND status = ANY(%s)",
-                                 (tid, ["pending", "running"]))
-        active = await cur.fetchall()
+        active = await store.fetchall(conn, store.THREAD_ACTIVE_RUN_IDS, (tid, list(ACTIVE)))
     for run in active:
         await svc.runs.cancel(run)
     for run in active:
@@ -235,10 +223,8 @@ async def update_state(thread_id: ThreadId, body: StateUpdate, svc: Service, use
         raise ApiError(400, f"Could not update state: {exc}") from exc
     snap = await svc.graph.aget_state(thread_config(tid))
     async with svc.db.pool.connection() as conn:
-        await conn.execute(
-            'UPDATE keel_threads SET "values" = %s, status = %s, state_updated_at = now(), updated_at = now() '
-            "WHERE thread_id = %s",
-            (Jsonb(jsonable(snap.values)), "interrupted" if snap.next else "idle", tid))
+        await store.set_thread_state(conn, tid, jsonable(snap.values),
+                                     ThreadStatus.INTERRUPTED if snap.next else ThreadStatus.IDLE)
     c = new_config["configurable"]
     checkpoint_out = {"thread_id": tid, "checkpoint_ns": c.get("checkpoint_ns", ""), "checkpoint_id": c["checkpoint_id"]}
     return {"checkpoint": checkpoint_out, "configurable": checkpoint_out, "checkpoint_id": c["checkpoint_id"]}

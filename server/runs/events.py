@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-log = logging.getLogger("keel.events")
+from server.runs import store
+from server.runs.store import EVENTS_CHANNEL, TERMINAL, append_unfenced
 
-EVENTS_CHANNEL = "keel_run_events"  # payload: run id (new events) or "done:<run id>" (run ended)
-TERMINAL = ("success", "error", "interrupted", "timeout")
+__all__ = ["EVENTS_CHANNEL", "TERMINAL", "Event", "EventFeed", "EventWriter", "Fenced", "append_unfenced"]
+
+log = logging.getLogger("keel.events")
 
 
 class Fenced(Exception):
@@ -80,13 +81,8 @@ class EventWriter:
             try:
                 async with self.pool.connection() as conn, conn.transaction():
                     await conn.execute("SET LOCAL synchronous_commit = off")
-                    # Fence and log position in one round trip. FOR KEY SHARE keeps the reaper (FOR UPDATE)
-                    # off the run until this commits, yet never blocks this worker's own lease heartbeat.
-                    cur = await conn.execute(
-                        "SELECT (SELECT coalesce(max(seq), 0) FROM keel_run_events WHERE run_id = %s) AS s "
-                        "FROM keel_runs WHERE run_id = %s AND lease_epoch = %s AND status = 'running' FOR KEY SHARE",
-                        (self.run_id, self.run_id, self.epoch))
-                    row = await cur.fetchone()
+                    # Fence and log position in one round trip (see store.FENCED_LAST_SEQ).
+                    row = await store.fetchone(conn, store.FENCED_LAST_SEQ, (self.run_id, self.run_id, self.epoch))
                     if row is None:
                         raise Fenced(self.run_id)
                     have = row["s"]
@@ -104,29 +100,19 @@ class EventWriter:
     async def _verify(self) -> None:
         """Before a checkpoint: are the events appended since the last one still there (Postgres crash)?"""
         async with self.pool.connection() as conn:
-            cur = await conn.execute("SELECT coalesce(max(seq), 0) AS s FROM keel_run_events WHERE run_id = %s",
-                                     (self.run_id,))
-            have = (await cur.fetchone())["s"]
+            have = await store.last_seq(conn, self.run_id)
         if have >= self._unconfirmed[-1][0]:
             return
         lost = [e for e in self._unconfirmed if e[0] > have]
         log.warning("re-appending %d event(s) lost by a Postgres restart", len(lost))
         async with self.pool.connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                "SELECT 1 FROM keel_runs WHERE run_id = %s AND lease_epoch = %s AND status = 'running' FOR KEY SHARE",
-                (self.run_id, self.epoch))
-            if await cur.fetchone() is None:
+            if await store.fetchone(conn, store.FENCE, (self.run_id, self.epoch)) is None:
                 raise Fenced(self.run_id)
             await self._append(conn, lost)
 
     async def _append(self, conn: psycopg.AsyncConnection, rows: list[tuple[int, str, Any]]) -> None:
         """Insert events (in the caller's fenced transaction) and wake the run's readers."""
-        async with conn.cursor() as c:
-            await c.executemany(
-                "INSERT INTO keel_run_events (run_id, seq, attempt, event, data) VALUES (%s, %s, %s, %s, %s) "
-                "ON CONFLICT DO NOTHING",
-                [(self.run_id, seq, self.attempt, ev, Jsonb(data)) for seq, ev, data in rows])
-        await conn.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, self.run_id))
+        await store.append_events(conn, self.run_id, self.attempt, rows)
 
     def mark_durable(self, seq: int) -> None:
         """Events up to `seq` were followed by a synchronous commit (a checkpoint): forget them."""
@@ -137,17 +123,6 @@ class EventWriter:
         if self._pending is not None:
             await asyncio.gather(self._pending, return_exceptions=True)
         await self.flush()
-
-
-async def append_unfenced(conn: psycopg.AsyncConnection, run_id: str, attempt: int, event: str, data: Any) -> int:
-    """Append one event as the queue itself (reaper, cancel of a pending run): no lease involved."""
-    cur = await conn.execute(
-        "INSERT INTO keel_run_events (run_id, seq, attempt, event, data) "
-        "SELECT %s, coalesce(max(seq), 0) + 1, %s, %s, %s FROM keel_run_events WHERE run_id = %s RETURNING seq",
-        (run_id, attempt, event, Jsonb(data), run_id))
-    seq = (await cur.fetchone())["seq"]
-    await conn.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, f"done:{run_id}"))  # wakes readers too
-    return seq
 
 
 class EventFeed:
@@ -197,8 +172,7 @@ class EventFeed:
 
     async def status(self, run_id: str) -> dict[str, Any] | None:
         async with self.pool.connection() as conn:
-            cur = await conn.execute("SELECT status, result, error FROM keel_runs WHERE run_id = %s", (run_id,))
-            return await cur.fetchone()
+            return await store.run_status(conn, run_id)
 
     @contextmanager
     def _waiting(self, group: defaultdict[str, set[asyncio.Event]], run_id: str):
@@ -220,10 +194,7 @@ class EventFeed:
                 wake.clear()
                 row = await self.status(run_id)
                 async with self.pool.connection() as conn:
-                    cur = await conn.execute(
-                        "SELECT seq, event, data FROM keel_run_events WHERE run_id = %s AND seq > %s "
-                        "ORDER BY seq LIMIT 1000", (run_id, last))
-                    rows = await cur.fetchall()
+                    rows = await store.fetchall(conn, store.EVENTS_AFTER, (run_id, last))
                 for r in rows:
                     last = r["seq"]
                     yield Event(r["seq"], r["event"], r["data"])

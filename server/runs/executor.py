@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 from langgraph.errors import GraphDrained
@@ -20,15 +20,16 @@ from langgraph.runtime import RunControl
 from server.auth import User
 from server.db import is_transient_error
 from server.logs import run_id_var, thread_id_var
-from server.runs.events import EVENTS_CHANNEL, EventWriter, Fenced
+from server.runs import store
+from server.runs.events import EventWriter, Fenced
+from server.runs.planner import Planner
 from server.runs.queue import Claim, finish, mark_compensating, release
+from server.runs.store import Outcome, RunStatus, ThreadStatus
 from server.saver import current_event_writer
 from server.schemas import RunCreate
 from server.serde import jsonable
+from server.settings import Settings
 from server.threadstate import interrupts_by_task
-
-if TYPE_CHECKING:
-    from server.service import KeelService
 
 log = logging.getLogger("keel.runs")
 
@@ -55,8 +56,6 @@ class RunHandle:
     phase: str = "queued"
     finalize: bool = False  # taken over from a dead worker on its last attempt: only record what its checkpoints say
     writer: EventWriter | None = None
-
-
 
 
 def _is_database_error(exc: BaseException) -> bool:
@@ -90,14 +89,19 @@ def attempts_exhausted(attempt: int) -> dict[str, Any]:
 
 
 class RunExecutor:
-    """Runs claimed runs of one KeelService."""
+    """Runs claimed runs: the graph, its database (pool, checkpointer, store), the planner and the settings."""
 
-    def __init__(self, svc: KeelService) -> None:
-        self.svc = svc
+    def __init__(self, db: Any, graph: Any, planner: Planner, settings: Settings, toolbox: Any) -> None:
+        self.db = db  # server.db.Database: pool, checkpointer, store
+        self.pool = db.pool
+        self.graph = graph
+        self.planner = planner
+        self.settings = settings
+        self.toolbox = toolbox  # the tools a compensation undoes effects with
 
     async def _prepare(self, c: Claim) -> tuple[int, bool]:
         """(last durable event seq, resume?) — and trim events of the previous attempt past its last checkpoint."""
-        async with self.svc.db.pool.connection() as conn, conn.transaction():
+        async with self.pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "SELECT checkpoint_id, metadata FROM checkpoints WHERE thread_id = %s AND checkpoint_ns = '' "
                 "AND metadata->>'run_id' = %s ORDER BY checkpoint_id DESC LIMIT 1", (c.thread_id, c.run_id))
@@ -105,10 +109,7 @@ class RunExecutor:
             # Where the thread stood before this run wrote anything (a rollback deletes what comes after). Set by
             # the first attempt that gets this far, whatever its number: an attempt that died before this point
             # wrote no checkpoint.
-            await conn.execute(
-                "UPDATE keel_runs SET checkpoint_before = coalesce((SELECT max(checkpoint_id) FROM checkpoints "
-                "WHERE thread_id = %s AND checkpoint_ns = ''), '') WHERE run_id = %s AND checkpoint_before IS NULL",
-                (c.thread_id, c.run_id))
+            await conn.execute(store.SET_CHECKPOINT_BEFORE, (c.thread_id, c.run_id))
             if ck is None:
                 keep = 0
             else:
@@ -116,18 +117,16 @@ class RunExecutor:
                 if isinstance(mark, int):
                     keep = mark
                 else:
-                    cur = await conn.execute("SELECT coalesce(max(seq), 0) AS s FROM keel_run_events WHERE run_id = %s",
-                                             (c.run_id,))
-                    keep = (await cur.fetchone())["s"]
-            await conn.execute("DELETE FROM keel_run_events WHERE run_id = %s AND seq > %s", (c.run_id, keep))
+                    keep = await store.last_seq(conn, c.run_id)
+            await conn.execute(store.DELETE_EVENTS_AFTER, (c.run_id, keep))
         return keep, ck is not None
 
     def _writer(self, h: RunHandle, start_seq: int) -> EventWriter:
         c = h.claim
-        h.writer = EventWriter(self.svc.db.pool, c.run_id, c.epoch, c.attempt, start_seq)
+        h.writer = EventWriter(self.pool, c.run_id, c.epoch, c.attempt, start_seq)
         return h.writer
 
-    async def execute(self, h: RunHandle) -> str:
+    async def execute(self, h: RunHandle) -> Outcome:
         """Run to a terminal state, or hand the run back; returns what happened (for logs and tests).
 
         A cancel (API cancel, multitask interrupt/rollback) may arrive at any instant; every path below ends
@@ -138,7 +137,7 @@ class RunExecutor:
         run_id_var.set(c.run_id)
         h.phase = "running"  # from here on a cancel or a lost lease cancels this task (see RunHandle)
         if h.lost:
-            return "fenced"
+            return Outcome.FENCED
         try:
             if h.finalize:
                 return await self._finalize(h)
@@ -153,22 +152,22 @@ class RunExecutor:
                 except asyncio.CancelledError:
                     if h.lost:
                         log.warning("lease lost; stopped")
-                        return "fenced"
+                        return Outcome.FENCED
                     if h.cancel is None:
                         raise  # the worker itself is being torn down
                     _absorb_cancel()
             return await self._cancelled(h)
         except Fenced:
             log.warning("lease lost; stopping without further writes")
-            return "fenced"
+            return Outcome.FENCED
 
-    async def _run(self, h: RunHandle) -> str:
+    async def _run(self, h: RunHandle) -> Outcome:
         c = h.claim
         try:
             start_seq, resume = await self._prepare(c)
         except Exception as exc:  # noqa: BLE001
             if is_transient_error(exc):
-                return "lost-db"  # the lease expires and the reaper re-queues the run
+                return Outcome.LOST_DB  # the lease expires and the reaper re-queues the run
             raise
         writer = self._writer(h, start_seq)
         token = current_event_writer.set(writer)
@@ -179,7 +178,7 @@ class RunExecutor:
         finally:
             current_event_writer.reset(token)
 
-    async def _graph(self, h: RunHandle, resume: bool) -> str:
+    async def _graph(self, h: RunHandle, resume: bool) -> Outcome:
         c, writer = h.claim, h.writer
         assert writer is not None
         try:
@@ -191,46 +190,45 @@ class RunExecutor:
         except GraphDrained:
             h.phase = "settling"  # a cancel meanwhile stays in the row; the next claim honours it
             await writer.close()
-            await release(self.svc.db.pool, c, count_attempt=False)
+            await release(self.pool, c, count_attempt=False)
             log.info("run drained at a step boundary; handed back to the queue")
-            return "drained"
+            return Outcome.DRAINED
         except Fenced:
             log.warning("lease lost; stopping without further writes")
-            return "fenced"
+            return Outcome.FENCED
         except Exception as exc:  # noqa: BLE001 - recorded on the run, sent to the client
             h.phase = "settling"
             if h.lost or _is_fence_error(exc):
                 log.warning("lease lost during the run (%s); stopping", exc)
-                return "fenced"
+                return Outcome.FENCED
             if is_transient_error(exc):
                 log.warning("database unavailable during the run (%s); handing it back", exc)
                 try:
-                    await release(self.svc.db.pool, c, count_attempt=True)
+                    await release(self.pool, c, count_attempt=True)
                 except Exception:  # noqa: BLE001 - the reaper re-queues it when the lease expires
                     pass
-                return "released"
+                return Outcome.RELEASED
             log.exception("run %s on thread %s failed", c.run_id, c.thread_id)
             return await self._failed(h, public_error(exc, c.run_id))
 
-    async def _settle(self, h: RunHandle, last_values: Any) -> str:
+    async def _settle(self, h: RunHandle, last_values: Any) -> Outcome:
         """The graph stopped by itself (end or interrupt): record the outcome, then housekeeping."""
         c, writer = h.claim, h.writer
         assert writer is not None
-        snapshot = await self.svc.graph.aget_state({"configurable": {"thread_id": c.thread_id}})
+        snapshot = await self.graph.aget_state({"configurable": {"thread_id": c.thread_id}})
         pending = bool(snapshot.next) or any(t.interrupts for t in snapshot.tasks)
         writer.publish("end", None)
         await writer.close()
-        status = "interrupted" if pending else "success"
-        ok = await finish(self.svc.db.pool, c, status, result=last_values,
-                          thread_status="interrupted" if pending else "idle",
+        status = RunStatus.INTERRUPTED if pending else RunStatus.SUCCESS
+        ok = await finish(self.pool, c, status, result=last_values, thread_status=_thread_status(pending),
                           thread_values=jsonable(snapshot.values), interrupts=interrupts_by_task(snapshot))
         log.info("run finished with status %s", status if ok else f"{status} (fenced: lease lost)")
         if not ok:
-            return "fenced"
-        await self._housekeeping(c, snapshot.values if status == "success" else None)
-        return status
+            return Outcome.FENCED
+        await self._housekeeping(c, snapshot.values if status == RunStatus.SUCCESS else None)
+        return Outcome(status)
 
-    async def _failed(self, h: RunHandle, error: dict[str, Any]) -> str:
+    async def _failed(self, h: RunHandle, error: dict[str, Any]) -> Outcome:
         """End the run in error (undoing its side effects first, if it has any)."""
         c, writer = h.claim, h.writer
         assert writer is not None
@@ -239,18 +237,18 @@ class RunExecutor:
         try:
             writer.publish("error", error)
             await writer.close()
-            snapshot = await self.svc.graph.aget_state({"configurable": {"thread_id": c.thread_id}})
+            snapshot = await self.graph.aget_state({"configurable": {"thread_id": c.thread_id}})
             values, interrupts = jsonable(snapshot.values), interrupts_by_task(snapshot)
         except Fenced:
-            return "fenced"
+            return Outcome.FENCED
         except Exception:  # noqa: BLE001
             values, interrupts = None, {}
-        if await finish(self.svc.db.pool, c, "error", error=error, thread_status="error",
+        if await finish(self.pool, c, RunStatus.ERROR, error=error, thread_status=ThreadStatus.ERROR,
                         thread_values=values, interrupts=interrupts):
             await self._housekeeping(c, None)
-        return "error"
+        return Outcome.ERROR
 
-    async def _finalize(self, h: RunHandle) -> str:
+    async def _finalize(self, h: RunHandle) -> Outcome:
         """A run whose worker died on its last attempt, after it had written checkpoints: no node runs again.
 
         If its graph had completed (or stopped at an interrupt) before the worker died, only the bookkeeping
@@ -260,7 +258,7 @@ class RunExecutor:
         h.phase = "settling"
         start_seq, _ = await self._prepare(c)
         writer = self._writer(h, start_seq)
-        snapshot = await self.svc.graph.aget_state({"configurable": {"thread_id": c.thread_id}})
+        snapshot = await self.graph.aget_state({"configurable": {"thread_id": c.thread_id}})
         own = (snapshot.metadata or {}).get("run_id") == c.run_id
         at_interrupt = any(t.interrupts for t in snapshot.tasks)
         if own and (not snapshot.next or at_interrupt):
@@ -274,10 +272,8 @@ class RunExecutor:
         return await self._failed(h, attempts_exhausted(c.attempt))
 
     async def _last_event(self, c: Claim) -> str | None:
-        async with self.svc.db.pool.connection() as conn:
-            cur = await conn.execute("SELECT event FROM keel_run_events WHERE run_id = %s ORDER BY seq DESC LIMIT 1",
-                                     (c.run_id,))
-            row = await cur.fetchone()
+        async with self.pool.connection() as conn:
+            row = await store.fetchone(conn, store.LAST_EVENT, (c.run_id,))
         return row["event"] if row else None
 
     async def _housekeeping(self, c: Claim, values: dict[str, Any] | None) -> None:
@@ -287,23 +283,23 @@ class RunExecutor:
         except Exception:  # noqa: BLE001
             log.warning("deleting the temporary thread failed", exc_info=True)
         await self._trim(c)
-        if values is not None and self.svc.settings.keel_reflection:
+        if values is not None and self.settings.keel_reflection:
             await self._reflect(c, values)
 
     async def _cleanup_temporary(self, c: Claim) -> None:
         """Stateless runs (on_completion=delete) leave no thread behind; the run row keeps the result."""
         kwargs = c.run["kwargs"] or {}
         if kwargs.get("temporary") and kwargs.get("on_completion", "delete") == "delete":
-            async with self.svc.db.pool.connection() as conn:
-                await conn.execute("DELETE FROM keel_threads WHERE thread_id = %s", (c.thread_id,))
-            await self.svc.db.checkpointer.adelete_thread(c.thread_id)
+            async with self.pool.connection() as conn:
+                await conn.execute(store.DELETE_THREAD, (c.thread_id,))
+            await self.db.checkpointer.adelete_thread(c.thread_id)
 
     async def _trim(self, c: Claim) -> None:
         """Bound the thread's checkpoint storage (best effort)."""
         from server.retention import trim_checkpoints
 
         try:
-            await trim_checkpoints(self.svc.db, c.thread_id, self.svc.settings.keel_keep_checkpoints)
+            await trim_checkpoints(self.db, c.thread_id, self.settings.keel_keep_checkpoints)
         except Exception:  # noqa: BLE001
             log.warning("checkpoint trimming failed", exc_info=True)
 
@@ -313,8 +309,8 @@ class RunExecutor:
 
         try:
             user = run_user(c)
-            facts = await reflect(self.svc.db.store, list(values.get("messages", [])),
-                                  self.svc.default_context(user.id, user.roles, user.tenant))
+            facts = await reflect(self.db.store, list(values.get("messages", [])),
+                                  self.planner.default_context(user.id, user.roles, user.tenant))
             if facts:
                 log.info("reflection stored %d memory(ies)", len(facts))
         except Exception:  # noqa: BLE001
@@ -323,7 +319,7 @@ class RunExecutor:
     async def _has_effects(self, c: Claim) -> bool:
         from tools import ledger
 
-        async with self.svc.db.pool.connection() as conn:
+        async with self.pool.connection() as conn:
             return await ledger.has_compensable(conn, c.run_id)
 
     async def _compensate(self, c: Claim) -> int:
@@ -334,52 +330,52 @@ class RunExecutor:
 
         user = run_user(c)
         ctx = ToolContext(user=UserAttrs(user.id, frozenset(user.roles), user.tenant),
-                          namespace=self.svc.settings.keel_namespace, store=self.svc.db.store,
-                          thread_id=c.thread_id, run_id=c.run_id, pool=self.svc.db.pool,
-                          settings=self.svc.toolbox.settings)
-        n = await compensate_run(self.svc.toolbox.registry, ctx, c.run_id)
+                          namespace=self.settings.keel_namespace, store=self.db.store,
+                          thread_id=c.thread_id, run_id=c.run_id, pool=self.pool,
+                          settings=self.toolbox.settings)
+        n = await compensate_run(self.toolbox.registry, ctx, c.run_id)
         log.info("compensated %d effect(s) of the run", n)
         return n
 
-    async def _finish_compensation(self, h: RunHandle, error: Any) -> str:
+    async def _finish_compensation(self, h: RunHandle, error: Any) -> Outcome:
         """Mark the run compensating, undo its effects, then end it in error."""
         c, writer = h.claim, h.writer
         assert writer is not None
         h.phase = "undoing"
-        if not await mark_compensating(self.svc.db.pool, c, error):
-            return "fenced"
+        if not await mark_compensating(self.pool, c, error):
+            return Outcome.FENCED
         await self._compensate(c)
         h.phase = "settling"
         if h.cancel == "rollback":  # asked for while undoing: the effects are undone, now the run goes too
             await writer.close()
-            await rollback(self.svc, c.run_id, c.thread_id, epoch=c.epoch)
+            await rollback(self.pool, self.graph, c.run_id, c.thread_id, epoch=c.epoch)
             log.info("failed run rolled back after compensating its effects")
-            return "rolled-back"
+            return Outcome.ROLLED_BACK
         error = error or {"error": "RunFailed", "message": "the run failed"}
         writer.publish("error", {**error, "compensated": True})
         try:
             await writer.close()
         except Fenced:
-            return "fenced"
-        snapshot = await self.svc.graph.aget_state({"configurable": {"thread_id": c.thread_id}})
-        if await finish(self.svc.db.pool, c, "error", error=error, thread_status="error",
+            return Outcome.FENCED
+        snapshot = await self.graph.aget_state({"configurable": {"thread_id": c.thread_id}})
+        if await finish(self.pool, c, RunStatus.ERROR, error=error, thread_status=ThreadStatus.ERROR,
                         thread_values=jsonable(snapshot.values), interrupts=interrupts_by_task(snapshot)):
             await self._housekeeping(c, None)
-        return "error"
+        return Outcome.ERROR
 
-    async def _cancelled(self, h: RunHandle) -> str:
+    async def _cancelled(self, h: RunHandle) -> Outcome:
         """Record a cancel, whatever the run had reached: not begun, preparing, streaming or failing."""
         c = h.claim
-        pool = self.svc.db.pool
+        pool = self.pool
         if h.cancel == "rollback":
             h.phase = "undoing"
             await self._compensate(c)
             if h.writer is not None:
                 await h.writer.close()  # no flush of this attempt may land after the rollback
             h.phase = "settling"
-            await rollback(self.svc, c.run_id, c.thread_id, epoch=c.epoch)
+            await rollback(self.pool, self.graph, c.run_id, c.thread_id, epoch=c.epoch)
             log.info("run cancelled and rolled back")
-            return "rolled-back"
+            return Outcome.ROLLED_BACK
         h.phase = "settling"
         writer = h.writer
         if writer is None:  # cancelled before this attempt began its part of the event log
@@ -388,18 +384,20 @@ class RunExecutor:
             writer.publish("metadata", {"run_id": c.run_id, "attempt": c.attempt})
         writer.publish("error", {"error": "Cancelled", "message": "the run was cancelled"})
         await writer.close()
-        snapshot = await self.svc.graph.aget_state({"configurable": {"thread_id": c.thread_id}})
-        await finish(pool, c, "interrupted", thread_status="interrupted" if snapshot.next else "idle",
+        snapshot = await self.graph.aget_state({"configurable": {"thread_id": c.thread_id}})
+        await finish(pool, c, RunStatus.INTERRUPTED, thread_status=_thread_status(bool(snapshot.next)),
                      thread_values=jsonable(snapshot.values), interrupts=interrupts_by_task(snapshot))
         log.info("run cancelled (interrupt); its checkpoints stay resumable")
-        return "interrupted"
+        return Outcome.INTERRUPTED
 
     async def _stream(self, h: RunHandle, writer: EventWriter, resume: bool) -> Any:
         c = h.claim
         kwargs = c.run["kwargs"] or {}
+        # The request as planned (and validated) when the run was created, planned again: the plan holds Python
+        # objects (Command, Context) a JSON column cannot, and the pure planner gives the same answer every time.
         body = RunCreate.model_validate({**kwargs.get("request", {}), "assistant_id": str(c.run["assistant_id"])})
         user = run_user(c)
-        prep = self.svc.runs.prepare(user, body)
+        prep = self.planner.plan(user, body)
         assistant = prep.assistant
         if resume:
             graph_input: Any = None
@@ -407,10 +405,10 @@ class RunExecutor:
         else:
             graph_input = prep.graph_input
             if body.command is not None and "resume" in body.command.model_fields_set:
-                snap = await self.svc.graph.aget_state({"configurable": {"thread_id": c.thread_id}})
+                snap = await self.graph.aget_state({"configurable": {"thread_id": c.thread_id}})
                 if not snap.next:
                     raise StaleResume("the thread has no pending interrupt to resume (already resumed?)")
-        config = self.svc.run_config(body, thread_id=c.thread_id, run_id=c.run_id, user=user, assistant=assistant,
+        config = self.planner.run_config(body, thread_id=c.thread_id, run_id=c.run_id, user=user, assistant=assistant,
                                      run_metadata={**(c.run["metadata"] or {}), "keel_epoch": c.epoch})
         recorded = set(prep.modes) | set(body.record_modes or ())
         internal = recorded | {"values"}
@@ -418,7 +416,7 @@ class RunExecutor:
         subgraphs = bool(body.stream_subgraphs)
         partial: dict[str, Any] = {}
         last_values: Any = None
-        async for item in self.svc.graph.astream(
+        async for item in self.graph.astream(
             graph_input, config, context=prep.context, stream_mode=lg_modes, subgraphs=subgraphs,
             interrupt_before=body.interrupt_before, interrupt_after=body.interrupt_after,
             durability=kwargs.get("durability") or "sync", control=h.control,
@@ -454,6 +452,11 @@ def _recorded_modes(c: Claim) -> set[str]:
     return set(kwargs.get("stream_mode") or ()) | set((kwargs.get("request") or {}).get("record_modes") or ())
 
 
+def _thread_status(pending: bool) -> ThreadStatus:
+    """A thread's status once its run stopped: waiting at an interrupt (or a next step), or idle."""
+    return ThreadStatus.INTERRUPTED if pending else ThreadStatus.IDLE
+
+
 def _absorb_cancel() -> None:
     """This task handles the cancel it just caught (records it) rather than ending: forget the request."""
     task = asyncio.current_task()
@@ -475,16 +478,14 @@ def _is_fence_error(exc: BaseException) -> bool:
     return getattr(getattr(exc, "diag", None), "sqlstate", None) == "KL001" or "lost its lease" in str(exc)
 
 
-async def rollback(svc: KeelService, run_id: str, thread_id: str, epoch: int | None = None) -> None:
+async def rollback(pool: Any, graph: Any, run_id: str, thread_id: str, epoch: int | None = None) -> None:
     """Undo a run: delete the checkpoints it wrote (those after `checkpoint_before`), its events and its row.
 
     `checkpoint_before` is unset when the run was cancelled before any attempt began: then only checkpoints
     carrying the run's id (none, normally) go, never the thread's earlier history.
     """
-    async with svc.db.pool.connection() as conn, conn.transaction():
-        cur = await conn.execute("SELECT lease_epoch, checkpoint_before FROM keel_runs WHERE run_id = %s FOR UPDATE",
-                                 (run_id,))
-        row = await cur.fetchone()
+    async with pool.connection() as conn, conn.transaction():
+        row = await store.fetchone(conn, store.LOCK_RUN_FOR_ROLLBACK, (run_id,))
         if row is None or (epoch is not None and row["lease_epoch"] != epoch):
             return
         if row["checkpoint_before"] is not None:
@@ -497,13 +498,10 @@ async def rollback(svc: KeelService, run_id: str, thread_id: str, epoch: int | N
             for table in ("checkpoint_writes", "checkpoints"):
                 await conn.execute(f"DELETE FROM {table} WHERE thread_id = %s AND checkpoint_id {op} %s",
                                    (thread_id, cut))
-        await conn.execute("DELETE FROM keel_run_events WHERE run_id = %s", (run_id,))
-        await conn.execute("DELETE FROM keel_runs WHERE run_id = %s", (run_id,))
-        await conn.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, f"done:{run_id}"))
-    snapshot = await svc.graph.aget_state({"configurable": {"thread_id": thread_id}})
-    async with svc.db.pool.connection() as conn:
-        from server.runs.queue import set_thread_after_run
-
-        await set_thread_after_run(conn, thread_id, "interrupted" if snapshot.next else "idle",
+        await store.delete_run(conn, run_id)
+        await store.notify_done(conn, run_id)
+    snapshot = await graph.aget_state({"configurable": {"thread_id": thread_id}})
+    async with pool.connection() as conn:
+        await store.set_thread_after_run(conn, thread_id, _thread_status(bool(snapshot.next)),
                                    jsonable(snapshot.values) if snapshot.values else None,
                                    interrupts_by_task(snapshot), None)

@@ -8,29 +8,24 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from langgraph.types import Command, Send
 from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
 
 from server.auth import User
 from server.db import retry_transient
 from server.errors import ApiError, not_found, parse_uuid
 from server.logs import run_id_var, thread_id_var
-from server.runs.events import append_unfenced
-from server.runs.queue import RUN_COLUMNS, RUNS_CHANNEL
+from server.runs import store
+from server.runs.planner import Plan, Planner
+from server.runs.store import ACTIVE, RunStatus
 from server.schemas import RunCreate
 from server.serde import jsonable
 from tools import ledger
 
-if TYPE_CHECKING:
-    from server.service import KeelService
-
 log = logging.getLogger("keel.runs")
 
-SUPPORTED_MODES = {"values", "updates", "messages", "messages-tuple", "custom", "tasks", "checkpoints", "debug"}
-ACTIVE = ("pending", "running")
 BUSY_DETAIL = "Thread is already running a task. Wait for it to finish or choose a different multitask strategy."
 
 
@@ -51,74 +46,17 @@ def run_json(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@dataclass
-class Prepared:
-    """A validated run request, ready to record and execute."""
-
-    body: RunCreate
-    assistant: dict[str, Any]
-    context: Any
-    modes: list[str]
-    graph_input: Any
-
-
-def _command(body: RunCreate) -> Command | None:
-    if body.command is None:
-        return None
-    goto = body.command.goto
-
-    def one(g: Any) -> Any:
-        if isinstance(g, dict):
-            if "node" not in g:
-                raise ApiError(422, "command.goto: a Send needs a 'node'")
-            return Send(g["node"], g.get("input"))
-        return g
-
-    if isinstance(goto, list):
-        goto = [one(g) for g in goto]
-    elif goto is not None:
-        goto = one(goto)
-    kwargs: dict[str, Any] = {}
-    fields = body.command.model_fields_set
-    if "resume" in fields:
-        kwargs["resume"] = body.command.resume
-    if body.command.update is not None:
-        update = body.command.update
-        kwargs["update"] = [tuple(p) for p in update] if isinstance(update, list) else update
-    if goto is not None:
-        kwargs["goto"] = goto
-    if not kwargs:
-        raise ApiError(422, "command must set at least one of resume, update or goto")
-    return Command(**kwargs)
-
-
 class RunManager:
     """Creates and cancels runs; execution happens in queue workers."""
 
-    def __init__(self, svc: KeelService) -> None:
-        self.svc = svc
-
-    def prepare(self, user: User, body: RunCreate) -> Prepared:
-        """Validate everything that can be validated before touching the database."""
-        assistant = self.svc.assistants.resolve(body.assistant_id, for_run=True)
-        modes = body.modes()
-        bad = [m for m in modes if m not in SUPPORTED_MODES]
-        if bad:
-            raise ApiError(422, f"Unsupported stream_mode {bad[0]!r}; supported: {', '.join(sorted(SUPPORTED_MODES))}")
-        context = self.svc.build_context(user, body.context)
-        self.svc.check_config(body.config)
-        command = _command(body)
-        graph_input = command if command is not None else body.input
-        for name, nodes in (("interrupt_before", body.interrupt_before), ("interrupt_after", body.interrupt_after)):
-            if isinstance(nodes, list):
-                unknown = [n for n in nodes if n not in self.svc.node_names]
-                if unknown:
-                    raise ApiError(422, f"{name}: unknown node {unknown[0]!r}")
-        return Prepared(body=body, assistant=assistant, context=context, modes=modes, graph_input=graph_input)
+    def __init__(self, pool: AsyncConnectionPool, checkpointer: Any, planner: Planner) -> None:
+        self.pool = pool
+        self.checkpointer = checkpointer  # to refuse a run from a checkpoint the thread does not have
+        self.planner = planner
 
     async def create(self, user: User, thread_id: str | None, body: RunCreate) -> dict[str, Any]:
         """Record a run (and its thread when needed) atomically, apply the multitask strategy, wake workers."""
-        prep = self.prepare(user, body)
+        prep = self.planner.plan(user, body)
         temporary = thread_id is None
         checkpoint = {**(body.checkpoint or {}), **({"checkpoint_id": body.checkpoint_id} if body.checkpoint_id else {})}
         if checkpoint.get("checkpoint_id") and temporary:
@@ -133,7 +71,7 @@ class RunManager:
             "interrupt_before": body.interrupt_before, "interrupt_after": body.interrupt_after,
             "webhook": body.webhook, "feedback_keys": body.feedback_keys, "temporary": temporary,
             "subgraphs": body.stream_subgraphs, "resumable": body.stream_resumable,
-            "durability": body.durability or self.svc.settings.keel_durability,
+            "durability": body.durability or self.planner.default_durability,
             "checkpoint_id": body.checkpoint_id or (body.checkpoint or {}).get("checkpoint_id"),
             "on_disconnect": body.on_disconnect, "on_completion": body.on_completion,
             "request": request,
@@ -146,12 +84,12 @@ class RunManager:
             # attempt may have committed. The run is recorded at most once.
             if attempt and (found := await self._find(rid)) is not None:
                 return found
-            async with self.svc.db.pool.connection() as conn, conn.transaction():
+            async with self.pool.connection() as conn, conn.transaction():
                 run, cancels = await self._record(conn, user, body, prep, rid=rid, tid=tid, temporary=temporary,
                                                   checkpoint=checkpoint, kwargs=kwargs, graph_meta=graph_meta)
-                await conn.execute("SELECT pg_notify(%s, '')", (RUNS_CHANNEL,))
+                await store.notify_work(conn)
                 for crid, action in cancels:
-                    await conn.execute("SELECT pg_notify(%s, %s)", (RUNS_CHANNEL, f"cancel:{crid}:{action}"))
+                    await store.notify_cancel(conn, crid, action)
             return run
 
         run = await retry_transient(record)
@@ -160,33 +98,24 @@ class RunManager:
         log.info("run queued (%s)", body.multitask_strategy)
         return run
 
-    async def _record(self, conn: Any, user: User, body: RunCreate, prep: Prepared, *, rid: str, tid: str,
+    async def _record(self, conn: Any, user: User, body: RunCreate, prep: Plan, *, rid: str, tid: str,
                       temporary: bool, checkpoint: dict[str, Any], kwargs: dict[str, Any],
                       graph_meta: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
         """The run's row (and its thread's), in the caller's transaction; returns the row and the cancels to send."""
         cancels: list[tuple[str, str]] = []
         if temporary:
-            await conn.execute(
-                "INSERT INTO keel_threads (thread_id, user_id, metadata, status) VALUES (%s, %s, %s, 'busy')",
-                (tid, user.id, Jsonb(graph_meta)))
+            await conn.execute(store.INSERT_TEMPORARY_THREAD, (tid, user.id, Jsonb(graph_meta)))
             thread_meta: dict[str, Any] = graph_meta
         else:
-            cur = await conn.execute("SELECT user_id, metadata FROM keel_threads WHERE thread_id = %s FOR UPDATE",
-                                     (tid,))
-            row = await cur.fetchone()
+            row = await store.fetchone(conn, store.LOCK_THREAD_OWNER, (tid,))
             if row is None and body.if_not_exists == "create":
-                await conn.execute(
-                    "INSERT INTO keel_threads (thread_id, user_id, metadata) VALUES (%s, %s, %s)",
-                    (tid, user.id, Jsonb(graph_meta)))
+                await conn.execute(store.INSERT_THREAD, (tid, user.id, Jsonb(graph_meta)))
                 row = {"user_id": user.id, "metadata": graph_meta}
             if row is None or row["user_id"] != user.id:
                 raise ApiError(404, "Thread or assistant not found.")
             if checkpoint.get("checkpoint_id"):
                 await self._check_checkpoint(tid, checkpoint)
-            cur = await conn.execute(
-                "SELECT run_id::text, status, kwargs FROM keel_runs WHERE thread_id = %s AND status = ANY(%s) "
-                "ORDER BY created_at", (tid, list(ACTIVE)))
-            active = await cur.fetchall()
+            active = await store.fetchall(conn, store.THREAD_ACTIVE_RUNS, (tid, list(ACTIVE)))
             if active and body.multitask_strategy == "reject":
                 raise ApiError(409, BUSY_DETAIL)
             if body.command is not None and "resume" in body.command.model_fields_set:
@@ -196,30 +125,24 @@ class RunManager:
             if active and body.multitask_strategy in ("interrupt", "rollback"):
                 cancels = await self._cancel_active(conn, active, body.multitask_strategy)
             thread_meta = {**(row["metadata"] or {}), **graph_meta}
-            await conn.execute(
-                "UPDATE keel_threads SET status = 'busy', metadata = %s, updated_at = now() WHERE thread_id = %s",
-                (Jsonb(thread_meta), tid))
+            await conn.execute(store.MARK_THREAD_BUSY, (Jsonb(thread_meta), tid))
         # The thread's metadata is copied into each run's metadata, not the other way round.
         run_meta = {**thread_meta, **(body.metadata or {})}
-        cur = await conn.execute(
-            f"INSERT INTO keel_runs (run_id, thread_id, assistant_id, user_id, status, metadata, kwargs, "
-            f"multitask_strategy, temporary) VALUES (%s, %s, %s, %s, 'pending', %s, %s, %s, %s) "
-            f"RETURNING {RUN_COLUMNS}",
+        run = await store.fetchone(
+            conn, store.INSERT_RUN,
             (rid, tid, prep.assistant["assistant_id"], user.id, Jsonb(jsonable(run_meta)), Jsonb(jsonable(kwargs)),
              body.multitask_strategy, temporary))
-        run = await cur.fetchone()
         return run, cancels
 
     async def _find(self, run_id: str) -> dict[str, Any] | None:
-        async with self.svc.db.pool.connection() as conn:
-            cur = await conn.execute(f"SELECT {RUN_COLUMNS} FROM keel_runs WHERE run_id = %s", (run_id,))
-            return await cur.fetchone()
+        async with self.pool.connection() as conn:
+            return await store.get_run(conn, run_id)
 
     async def _check_checkpoint(self, thread_id: str, checkpoint: dict[str, Any]) -> None:
         """A run from a checkpoint the thread does not have would silently start from an empty state: 404."""
         config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": checkpoint.get("checkpoint_ns") or "",
                                    "checkpoint_id": checkpoint["checkpoint_id"]}}
-        if await self.svc.db.checkpointer.aget_tuple(config) is None:
+        if await self.checkpointer.aget_tuple(config) is None:
             raise not_found("Checkpoint", checkpoint["checkpoint_id"])
 
     async def _cancel_active(self, conn, active: list[dict[str, Any]], action: str) -> list[tuple[str, str]]:
@@ -230,48 +153,39 @@ class RunManager:
         return notify
 
     async def _cancel_row(self, conn, run_id: str, status: str, action: str) -> list[tuple[str, str]]:
-        if status == "pending":
+        if status == RunStatus.PENDING:
             if action == "rollback":
                 if await ledger.has_compensable(conn, run_id):
                     # A re-queued run that already acted: a worker must undo its effects before it goes.
-                    await conn.execute("UPDATE keel_runs SET cancel_requested = 'rollback', updated_at = now() "
-                                       "WHERE run_id = %s", (run_id,))
-                    await conn.execute("SELECT pg_notify(%s, '')", (RUNS_CHANNEL,))
+                    await conn.execute(store.REQUEST_ROLLBACK, (run_id,))
+                    await store.notify_work(conn)
                     return []
-                await conn.execute("DELETE FROM keel_run_events WHERE run_id = %s", (run_id,))
-                await conn.execute("DELETE FROM keel_runs WHERE run_id = %s AND status = 'pending'", (run_id,))
+                await conn.execute(store.DELETE_RUN_EVENTS, (run_id,))
+                await conn.execute(store.DELETE_PENDING_RUN, (run_id,))
             else:
-                cur = await conn.execute(
-                    "UPDATE keel_runs SET status = 'interrupted', cancel_requested = %s, finished_at = now(), "
-                    "updated_at = now() WHERE run_id = %s AND status = 'pending' RETURNING attempt", (action, run_id))
-                row = await cur.fetchone()
+                row = await store.fetchone(conn, store.CANCEL_PENDING, (action, run_id))
                 if row is not None:
-                    cur = await conn.execute("SELECT 1 FROM keel_run_events WHERE run_id = %s LIMIT 1", (run_id,))
-                    if await cur.fetchone() is None:  # a stream starts with its metadata event, this one too
-                        await append_unfenced(conn, run_id, row["attempt"], "metadata",
+                    if await store.fetchone(conn, store.HAS_EVENTS, (run_id,)) is None:
+                        # a stream starts with its metadata event, this one too
+                        await store.append_unfenced(conn, run_id, row["attempt"], "metadata",
                                               {"run_id": run_id, "attempt": row["attempt"]})
-                    await append_unfenced(conn, run_id, row["attempt"], "error",
+                    await store.append_unfenced(conn, run_id, row["attempt"], "error",
                                           {"error": "Cancelled", "message": "the run was cancelled before it started"})
             return []
-        await conn.execute("UPDATE keel_runs SET cancel_requested = %s, updated_at = now() WHERE run_id = %s",
-                           (action, run_id))
+        await conn.execute(store.REQUEST_CANCEL, (action, run_id))
         return [(run_id, action)]
 
     async def cancel(self, run: dict[str, Any], action: str = "interrupt") -> None:
         """Cancel one run: a pending run ends at once; a running one is stopped by its worker."""
-        async with self.svc.db.pool.connection() as conn, conn.transaction():
+        async with self.pool.connection() as conn, conn.transaction():
             # Thread first, then run: the order run creation and finish() lock them in (no deadlock).
-            await conn.execute("SELECT 1 FROM keel_threads WHERE thread_id = %s FOR UPDATE", (run["thread_id"],))
-            cur = await conn.execute("SELECT status FROM keel_runs WHERE run_id = %s FOR UPDATE", (run["run_id"],))
-            row = await cur.fetchone()
+            await conn.execute(store.LOCK_THREAD, (run["thread_id"],))
+            row = await store.fetchone(conn, store.LOCK_RUN_STATUS, (run["run_id"],))
             if row is None or row["status"] not in ACTIVE:
                 return
             notify = await self._cancel_row(conn, str(run["run_id"]), row["status"], action)
-            if row["status"] == "pending":
-                cur = await conn.execute("SELECT 1 FROM keel_runs WHERE thread_id = %s AND status = ANY(%s)",
-                                         (run["thread_id"], list(ACTIVE)))
-                if await cur.fetchone() is None:
-                    await conn.execute("UPDATE keel_threads SET status = 'idle', updated_at = now() "
-                                       "WHERE thread_id = %s AND status = 'busy'", (run["thread_id"],))
+            if row["status"] == RunStatus.PENDING:
+                if await store.fetchone(conn, store.THREAD_HAS_ACTIVE_RUN, (run["thread_id"], list(ACTIVE))) is None:
+                    await conn.execute(store.MARK_THREAD_IDLE, (run["thread_id"],))
             for crid, act in notify:
-                await conn.execute("SELECT pg_notify(%s, %s)", (RUNS_CHANNEL, f"cancel:{crid}:{act}"))
+                await store.notify_cancel(conn, crid, act)

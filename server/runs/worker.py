@@ -15,15 +15,15 @@ import socket
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING
+from typing import Any
 
 import psycopg
 
+from server.retention import prune_run_events, sweep
 from server.runs import queue
 from server.runs.executor import RunExecutor, RunHandle
-
-if TYPE_CHECKING:
-    from server.service import KeelService
+from server.runs.store import Outcome
+from server.settings import Settings
 
 log = logging.getLogger("keel.worker")
 
@@ -45,7 +45,7 @@ class Heartbeat(threading.Thread):
                 continue
             try:
                 if conn is None or conn.closed:
-                    conn = psycopg.connect(self.worker.svc.db.url, autocommit=True, connect_timeout=5,
+                    conn = psycopg.connect(self.worker.db.url, autocommit=True, connect_timeout=5,
                                            prepare_threshold=None)
                 rows = conn.execute(queue.heartbeat_sql(),
                                     (self.worker.lease_s, ids, self.worker.owner)).fetchall()
@@ -73,15 +73,17 @@ class Heartbeat(threading.Thread):
 class Worker:
     """Executes up to `concurrency` runs at a time from the shared queue."""
 
-    def __init__(self, svc: KeelService, *, concurrency: int, lease_s: float, poll_s: float = 2.0,
-                 max_attempts: int = 3, name: str | None = None) -> None:
-        self.svc = svc
+    def __init__(self, db: Any, executor: RunExecutor, settings: Settings, *, concurrency: int, lease_s: float,
+                 poll_s: float = 2.0, max_attempts: int = 3, name: str | None = None) -> None:
+        self.db = db  # server.db.Database: its pool, URL (LISTEN, heartbeat) and checkpointer (retention)
+        self.pool = db.pool
+        self.settings = settings  # webhook outbox, event retention
         self.concurrency = concurrency
         self.lease_s = lease_s
         self.poll_s = poll_s
         self.max_attempts = max_attempts
         self.owner = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.executor = RunExecutor(svc)
+        self.executor = executor
         self.handles: dict[str, RunHandle] = {}
         self._wake = asyncio.Event()
         self._stopping = False
@@ -99,10 +101,10 @@ class Worker:
         self._listener = asyncio.create_task(self._listen(), name="keel-worker-listen")
         self._main = asyncio.create_task(self._run(), name="keel-worker")
         self._dispatcher = None
-        if self.svc.settings.keel_webhook_url:
+        if self.settings.keel_webhook_url:
             from tools.webhook import dispatcher
 
-            self._dispatcher = asyncio.create_task(dispatcher(self.svc.db.pool), name="keel-outbox")
+            self._dispatcher = asyncio.create_task(dispatcher(self.pool), name="keel-outbox")
         log.info("worker %s started (%d slots, lease %.1fs)", self.owner, self.concurrency, self.lease_s)
 
     async def drain(self, grace_s: float = 30.0) -> None:
@@ -162,7 +164,7 @@ class Worker:
     async def _listen(self) -> None:
         while not self._stopping:
             try:
-                async with await psycopg.AsyncConnection.connect(self.svc.db.url, autocommit=True) as conn:
+                async with await psycopg.AsyncConnection.connect(self.db.url, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {queue.RUNS_CHANNEL}")
                     self._wake.set()
                     async for n in conn.notifies():
@@ -185,7 +187,7 @@ class Worker:
             try:
                 if time.monotonic() - last_reap >= min(1.0, self.lease_s / 2):
                     last_reap = time.monotonic()
-                    for r in await queue.reap(self.svc.db.pool, self.max_attempts, owner=self.owner,
+                    for r in await queue.reap(self.pool, self.max_attempts, owner=self.owner,
                                               lease_s=self.lease_s, held=list(self.handles)):
                         if r["finalize"]:
                             log.warning("run %s: lease expired on its last attempt (%s); finishing it from its "
@@ -196,14 +198,12 @@ class Worker:
                                     "dead-lettered" if r["status"] == "error" else "re-queued", r["attempt"])
                 if time.monotonic() - last_sweep >= self.sweep_s:
                     last_sweep = time.monotonic()
-                    from server.retention import prune_run_events, sweep
-
-                    await sweep(self.svc.db)  # expired thread TTLs
+                    await sweep(self.db)  # expired thread TTLs
                     # Bounded per tick (10 x 5,000 rows) so claims and reaping never wait long; a backlog
                     # drains over the following minutes, or at once with `keel prune`.
-                    await prune_run_events(self.svc.db, self.svc.settings.keel_events_ttl_seconds, max_batches=10)
+                    await prune_run_events(self.db, self.settings.keel_events_ttl_seconds, max_batches=10)
                 while len(self.handles) < self.concurrency and not self._stopping:
-                    c = await queue.claim(self.svc.db.pool, self.owner, self.lease_s)
+                    c = await queue.claim(self.pool, self.owner, self.lease_s)
                     if c is None:
                         break
                     self._start(c)
@@ -233,8 +233,8 @@ class Worker:
         try:
             outcome = await self.executor.execute(h)
         except asyncio.CancelledError:
-            outcome = "cancelled"
+            outcome = Outcome.CANCELLED
         except Exception:  # noqa: BLE001 - its lease expires and the reaper (any worker, this one too) re-queues it
             log.exception("executor crashed")
-            outcome = "crashed"
+            outcome = Outcome.CRASHED
         log.debug("run %s: %s", h.claim.run_id, outcome)
