@@ -11,7 +11,7 @@ from tools.registry import ToolContext, ToolSpec
 
 # A namespace label may not contain "." (the Postgres store joins labels with it), so a user id is escaped:
 # "%" and "." (and NUL, which Postgres text cannot hold) become %XX. Injective and reversible, and the ids of
-# typical users ("local", "alice", "eve_x") are their own label. Migration 8 (server/db.py) moved older rows.
+# typical users ("local", "alice", "eve_x") are their own label. Migration 8 (server/db/) moved older rows.
 _ESCAPES = {"%": "%25", ".": "%2E", "\x00": "%00"}
 _EMPTY = "%"  # no escape is a bare "%", so the empty id cannot collide with another
 

@@ -14,7 +14,6 @@ from agent.offline.tools import TOOL_COMMAND, parse_tool_command
 CRITIC_TOOL_NAME = "Critique"
 """Name of the critic's structured-output schema; forcing it switches the engine to grading."""
 
-
 _SOURCES_RE = re.compile(r"(?im)^[ \t]*[*_]*sources[*_]*[ \t]*:")
 
 

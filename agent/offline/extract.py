@@ -13,22 +13,16 @@ from agent.offline.text import SENTENCE_SPLIT_RE, WORD_RE, stems
 NO_ANSWER_TEXT = "I could not find an answer to that in the knowledge base."
 """The whole answer when the retrieved documents do not contain one."""
 
-
 SOURCES_HEADER = "Sources:"
 """First line of the sources section that ends every extractive answer."""
 
-
 _HEADING_RE = re.compile(r"^#{1,6}\s+(.*?)\s*#*$")
-
 
 _BULLET_RE = re.compile(r"^(?:[-*+]|\d+[.)])\s+(.*)$")
 
-
 _RULE_RE = re.compile(r"^(?:-{3,}|\*{3,}|_{3,})$")
 
-
 _FENCE_RE = re.compile(r"^(?:```|~~~)")
-
 
 _ABBREVIATIONS = ("e.g.", "i.e.", "etc.", "vs.", "cf.", "approx.", "no.", "dr.", "mr.", "ms.")
 

@@ -11,9 +11,7 @@ from langchain_core.messages import BaseMessage
 
 DOCS_BLOCK_RE = re.compile(r"<retrieved_documents\b[^>]*>(.*?)</retrieved_documents>", re.S)
 
-
 _DOC_RE = re.compile(r"<document\b([^>]*)>(.*?)</document>", re.S)
-
 
 _ATTR_RE = re.compile(r'([\w-]+)\s*=\s*"([^"]*)"')
 

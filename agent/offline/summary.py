@@ -11,7 +11,6 @@ from agent.offline.text import CITATION_RE, SENTENCE_SPLIT_RE
 
 SUMMARY_TAG = "conversation_to_summarize"
 
-
 _SUMMARY_CLIP = 200
 
 

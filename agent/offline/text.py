@@ -18,12 +18,9 @@ _STOPWORDS = frozenset(
     """.split()
 )
 
-
 WORD_RE = re.compile(r"[^\W_]+")
 
-
 CITATION_RE = re.compile(r"\s*\[\d+(?:\s*,\s*\d+)*\]")
-
 
 SENTENCE_SPLIT_RE = re.compile(r"(?<=[.!?])\s+(?=\S)|(?<=[。！？])\s*(?=\S)")
 

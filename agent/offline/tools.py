@@ -19,12 +19,9 @@ from agent.offline.messages import message_text
 TOOL_COMMAND = "/tool"
 """Prefix of the explicit tool-call command in a human message: `/tool NAME {json args}`."""
 
-
 _FORCING_CHOICES = {"any", "required"}
 
-
 _NOT_FORCING_CHOICES = {"auto", "none"}
-
 
 _TOOL_RE = re.compile(r"^\s*/tool(?![\w-])(?:[ \t]+(?P<name>[^\s{]+))?\s*(?P<args>.*)$", re.S)
 
