@@ -187,48 +187,46 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
-    from psycopg.types.json import Jsonb
-
-    from server.auth import LOCAL_USER
-    from server.runs import store
-    from server.serde import jsonable
-    from server.service import KeelService
+    from server.auth import LOCAL_USER, User
+    from server.errors import ApiError
+    from server.schemas import RunCreate
+    from server.service import GRAPH_ID, KeelService
 
     async def run() -> dict[str, Any]:
         svc = await KeelService.start(settings)
+        created: dict[str, Any] | None = None
+        ended = False
         try:
             tid = str(uuid.UUID(args.thread)) if args.thread else str(uuid.uuid4())
-            ctx = svc.default_context(LOCAL_USER)
-            # Record the thread like the API does, so it is visible over HTTP and in Studio afterwards.
-            async with svc.db.pool.connection() as conn:
-                row = await store.fetchone(conn, store.UPSERT_CLI_THREAD,
-                                           (tid, LOCAL_USER, Jsonb({"graph_id": "agent", "source": "keel ask"})))
-                if row["user_id"] != LOCAL_USER:
-                    raise ValueError(f"thread {tid} belongs to another user")
-            from agent.graph import recursion_limit
-
-            config = {"configurable": {"thread_id": tid}, "recursion_limit": recursion_limit(ctx.max_steps),
-                      "metadata": {"thread_id": tid, "user_id": LOCAL_USER, "source": "keel ask"}}
-            async for update in svc.graph.astream({"messages": [{"role": "user", "content": args.question}]},
-                                                  config, context=ctx, stream_mode="updates",
-                                                  durability=settings.keel_durability):
-                for node, value in update.items():
-                    detail = ""
-                    if node == "retrieve" and isinstance(value, dict):
-                        detail = f"{len(value.get('passages', []))} passages for {value.get('query', '')!r}"
-                    elif node == "critique" and isinstance(value, dict) and value.get("critique"):
-                        c = value["critique"]
-                        detail = f"score {c['score']:.2f}" + (" -> revise" if value.get("phase") == "revise" else "")
-                    elif node == "execute_tools" and isinstance(value, dict):
-                        detail = ", ".join(f"{m.name}: {m.status}" for m in value.get("messages", [])
-                                           if getattr(m, "type", "") == "tool")
-                    print(f"· {node}{': ' + detail if detail else ''}", file=sys.stderr, flush=True)
-            state = await svc.graph.aget_state(config)
-            async with svc.db.pool.connection() as conn:
-                await conn.execute(store.SET_CLI_THREAD_STATE,
-                                   (Jsonb(jsonable(state.values)), "interrupted" if state.next else "idle", tid))
+            # The same engine as the API: a queued run (lease, event log, checkpoint trim), executed by a worker
+            # of this process (or any other on the same database), followed through its event log.
+            await svc.start_feed()
+            await svc.start_worker(1)
+            body = RunCreate(assistant_id=GRAPH_ID, input={"messages": [{"role": "user", "content": args.question}]},
+                             stream_mode=["updates"], if_not_exists="create", metadata={"source": "keel ask"})
+            try:
+                created = await svc.runs.create(User(LOCAL_USER), tid, body)
+            except ApiError as exc:
+                if exc.status == 404:
+                    raise ValueError(f"thread {tid} belongs to another user") from None
+                raise ValueError(exc.detail) from None
+            async for ev in svc.feed.subscribe(str(created["run_id"])):
+                if ev.event == "error":
+                    raise ValueError(f"the run failed: {ev.data.get('error')}: {ev.data.get('message')}")
+                if ev.event == "updates" and isinstance(ev.data, dict):
+                    for node, value in ev.data.items():
+                        _print_progress(node, value)
+            ended = True
+            state = await svc.graph.aget_state({"configurable": {"thread_id": tid}})
             return {"thread_id": tid, **state.values}
         finally:
+            if created is not None and not ended:  # Ctrl+C or SIGTERM: stop the run, don't leave it queued
+                try:
+                    await svc.runs.cancel(created)
+                    if svc.worker is not None:
+                        svc.worker.cancel_local(str(created["run_id"]), "interrupt")
+                except Exception:  # noqa: BLE001 - unwinding anyway; a run left behind is reaped or run later
+                    log.warning("could not cancel the run", exc_info=True)
             await svc.close()
 
     values = asyncio.run(run())
@@ -236,6 +234,20 @@ def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
     print(values.get("answer") or (values["messages"][-1].content if values.get("messages") else ""))
     print(f"\n(status: {values.get('status')}; thread: {values['thread_id']})", file=sys.stderr)
     return 0
+
+
+def _print_progress(node: str, value: Any) -> None:
+    """One line on stderr per graph step of `keel ask` (an `updates` event of its run)."""
+    detail = ""
+    if node == "retrieve" and isinstance(value, dict):
+        detail = f"{len(value.get('passages', []))} passages for {value.get('query', '')!r}"
+    elif node == "critique" and isinstance(value, dict) and value.get("critique"):
+        c = value["critique"]
+        detail = f"score {c['score']:.2f}" + (" -> revise" if value.get("phase") == "revise" else "")
+    elif node == "execute_tools" and isinstance(value, dict):
+        detail = ", ".join(f"{m.get('name')}: {m.get('status')}" for m in value.get("messages", [])
+                           if isinstance(m, dict) and m.get("type") == "tool")
+    print(f"· {node}{': ' + detail if detail else ''}", file=sys.stderr, flush=True)
 
 
 def cmd_db(args: argparse.Namespace, settings: Settings) -> int:

@@ -85,9 +85,6 @@ INSERT_THREAD_WITH_TTL = (
 INSERT_TEMPORARY_THREAD = (
     "INSERT INTO keel_threads (thread_id, user_id, metadata, status) VALUES (%s, %s, %s, 'busy')")
 INSERT_THREAD = "INSERT INTO keel_threads (thread_id, user_id, metadata) VALUES (%s, %s, %s)"
-UPSERT_CLI_THREAD = (
-    "INSERT INTO keel_threads (thread_id, user_id, metadata) VALUES (%s, %s, %s) "
-    "ON CONFLICT (thread_id) DO UPDATE SET updated_at = now() RETURNING user_id")
 LOCK_THREAD_OWNER = "SELECT user_id, metadata FROM keel_threads WHERE thread_id = %s FOR UPDATE"
 LOCK_THREAD = "SELECT 1 FROM keel_threads WHERE thread_id = %s FOR UPDATE"
 LOCK_THREAD_NO_KEY = "SELECT 1 FROM keel_threads WHERE thread_id = %s FOR NO KEY UPDATE"
@@ -98,7 +95,6 @@ PATCH_THREAD_METADATA = (f"UPDATE keel_threads SET metadata = metadata || %s, up
                          f"RETURNING {THREAD_COLUMNS}")
 SET_THREAD_STATE = ('UPDATE keel_threads SET "values" = %s, status = %s, state_updated_at = now(), updated_at = now() '
                     "WHERE thread_id = %s")
-SET_CLI_THREAD_STATE = 'UPDATE keel_threads SET "values" = %s, status = %s, state_updated_at = now() WHERE thread_id = %s'
 # Thread status after a run: busy while other runs are queued, else the run's outcome.
 SET_THREAD_AFTER_RUN = (
     "UPDATE keel_threads SET status = CASE WHEN EXISTS (SELECT 1 FROM keel_runs WHERE thread_id = %s "

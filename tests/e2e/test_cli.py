@@ -68,6 +68,31 @@ def test_ask_continues_a_thread(cli_env):
     assert "recovery.md" in second.stdout, second.stdout
 
 
+def test_ask_goes_through_the_run_engine(cli_env):
+    """`keel ask` queues a run like the API: a run row with its lease attempt and event log, the thread's
+    status and values recorded by the worker that executed it."""
+    import uuid
+
+    import psycopg
+    from psycopg.rows import dict_row
+
+    tid = str(uuid.uuid4())
+    r = keel(cli_env, "ask", "How do I scale out workers?", "--thread", tid)
+    assert r.returncode == 0, r.stderr
+    with psycopg.connect(cli_env["env"]["DATABASE_URL"], row_factory=dict_row) as conn:
+        runs = conn.execute("SELECT run_id, status, attempt, metadata, kwargs FROM keel_runs WHERE thread_id = %s",
+                            (tid,)).fetchall()
+        assert len(runs) == 1 and runs[0]["status"] == "success" and runs[0]["attempt"] == 1, runs
+        assert runs[0]["metadata"]["source"] == "keel ask" and runs[0]["kwargs"]["stream_mode"] == ["updates"]
+        events = [e["event"] for e in conn.execute(
+            "SELECT event FROM keel_run_events WHERE run_id = %s ORDER BY seq", (runs[0]["run_id"],))]
+        assert events[0] == "metadata" and events[-1] == "end" and "updates" in events, events
+        thread = conn.execute('SELECT user_id, status, "values" FROM keel_threads WHERE thread_id = %s',
+                              (tid,)).fetchone()
+    assert thread["user_id"] == "local" and thread["status"] == "idle", thread
+    assert thread["values"]["messages"][0]["content"] == "How do I scale out workers?"
+
+
 def test_search_json(cli_env):
     r = keel(cli_env, "search", "recovery after a crash", "--json", "--k", "2")
     assert r.returncode == 0, r.stderr
