@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -52,7 +52,7 @@ class EventWriter:
         self._buffer: list[tuple[int, str, Any]] = []
         self._unconfirmed: list[tuple[int, str, Any]] = []  # appended, not yet known to be durable
         self._lock = asyncio.Lock()
-        self._pending: asyncio.Task | None = None
+        self._pending: asyncio.Task[None] | None = None
 
     def publish(self, event: str, data: Any) -> int:
         """Queue an event; a background flush picks it up (batching whatever arrives meanwhile)."""
@@ -132,7 +132,7 @@ class EventFeed:
         self.url, self.pool, self.poll_s = url, pool, poll_s
         self._waiters: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
         self._done_waiters: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
     async def start(self) -> None:
@@ -175,7 +175,7 @@ class EventFeed:
             return await store.run_status(conn, run_id)
 
     @contextmanager
-    def _waiting(self, group: defaultdict[str, set[asyncio.Event]], run_id: str):
+    def _waiting(self, group: defaultdict[str, set[asyncio.Event]], run_id: str) -> Iterator[asyncio.Event]:
         """An event the LISTEN loop sets for this run while the block runs."""
         wake = asyncio.Event()
         group[run_id].add(wake)

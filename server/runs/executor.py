@@ -50,7 +50,7 @@ class RunHandle:
 
     claim: Claim
     control: RunControl = field(default_factory=RunControl)
-    task: asyncio.Task | None = None
+    task: asyncio.Task[None] | None = None
     lost: bool = False  # the lease was lost: stop without writing anything
     cancel: str | None = None  # "interrupt" | "rollback" when a cancel was requested
     phase: str = "queued"

@@ -10,6 +10,7 @@ import logging
 import uuid
 from typing import Any
 
+from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
@@ -61,7 +62,7 @@ class RunManager:
         checkpoint = {**(body.checkpoint or {}), **({"checkpoint_id": body.checkpoint_id} if body.checkpoint_id else {})}
         if checkpoint.get("checkpoint_id") and temporary:
             raise ApiError(422, "checkpoint_id: a stateless run has no thread to start from a checkpoint of")
-        tid = str(uuid.uuid4()) if temporary else parse_uuid(thread_id, "thread")
+        tid = str(uuid.uuid4()) if thread_id is None else parse_uuid(thread_id, "thread")
         rid = str(uuid.uuid4())
         assistant_id = prep.assistant["assistant_id"]
         request = jsonable(body.model_dump(exclude={"assistant_id"}, exclude_unset=True))
@@ -92,7 +93,7 @@ class RunManager:
                     await store.notify_cancel(conn, crid, action)
             return run
 
-        run = await retry_transient(record)
+        run: dict[str, Any] = await retry_transient(record)
         thread_id_var.set(tid)
         run_id_var.set(rid)
         log.info("run queued (%s)", body.multitask_strategy)
@@ -132,6 +133,7 @@ class RunManager:
             conn, store.INSERT_RUN,
             (rid, tid, prep.assistant["assistant_id"], user.id, Jsonb(jsonable(run_meta)), Jsonb(jsonable(kwargs)),
              body.multitask_strategy, temporary))
+        assert run is not None  # INSERT ... RETURNING
         return run, cancels
 
     async def _find(self, run_id: str) -> dict[str, Any] | None:
@@ -145,14 +147,14 @@ class RunManager:
         if await self.checkpointer.aget_tuple(config) is None:
             raise not_found("Checkpoint", checkpoint["checkpoint_id"])
 
-    async def _cancel_active(self, conn, active: list[dict[str, Any]], action: str) -> list[tuple[str, str]]:
+    async def _cancel_active(self, conn: AsyncConnection[Any], active: list[dict[str, Any]], action: str) -> list[tuple[str, str]]:
         """Cancel a thread's queued and running runs (multitask interrupt/rollback). Running ones are told."""
         notify = []
         for a in active:
             notify.extend(await self._cancel_row(conn, a["run_id"], a["status"], action))
         return notify
 
-    async def _cancel_row(self, conn, run_id: str, status: str, action: str) -> list[tuple[str, str]]:
+    async def _cancel_row(self, conn: AsyncConnection[Any], run_id: str, status: str, action: str) -> list[tuple[str, str]]:
         if status == RunStatus.PENDING:
             if action == "rollback":
                 if await ledger.has_compensable(conn, run_id):

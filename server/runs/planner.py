@@ -45,7 +45,7 @@ class Plan:
     graph_input: Any
 
 
-def command_of(body: RunCreate) -> Command | None:
+def command_of(body: RunCreate) -> Command[Any] | None:
     """The request's `command` as a LangGraph Command (Send for goto objects), or None."""
     if body.command is None:
         return None

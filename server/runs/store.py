@@ -12,7 +12,7 @@ the exact value the API has always used.
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -282,47 +282,49 @@ def _json(value: Any) -> Jsonb | None:
     return Jsonb(value) if value is not None else None
 
 
-async def fetchone(conn: psycopg.AsyncConnection, sql: str, params: Any = None) -> dict[str, Any] | None:
+async def fetchone(conn: psycopg.AsyncConnection[Any], sql: str, params: Any = None) -> dict[str, Any] | None:
+    """One row (the pool's connections return dict rows), or None."""
     cur = await conn.execute(sql, params)
-    return await cur.fetchone()
+    return cast("dict[str, Any] | None", await cur.fetchone())
 
 
-async def fetchall(conn: psycopg.AsyncConnection, sql: str, params: Any = None) -> list[dict[str, Any]]:
+async def fetchall(conn: psycopg.AsyncConnection[Any], sql: str, params: Any = None) -> list[dict[str, Any]]:
+    """Every row (dict rows)."""
     cur = await conn.execute(sql, params)
-    return await cur.fetchall()
+    return cast("list[dict[str, Any]]", await cur.fetchall())
 
 
-async def notify_work(conn: psycopg.AsyncConnection) -> None:
+async def notify_work(conn: psycopg.AsyncConnection[Any]) -> None:
     """Wake the workers: there is something to claim."""
     await conn.execute(NOTIFY_WORK, (RUNS_CHANNEL,))
 
 
-async def notify_cancel(conn: psycopg.AsyncConnection, run_id: str, action: str) -> None:
+async def notify_cancel(conn: psycopg.AsyncConnection[Any], run_id: str, action: str) -> None:
     """Tell the worker running `run_id` to stop it (interrupt or rollback)."""
     await conn.execute(NOTIFY, (RUNS_CHANNEL, f"cancel:{run_id}:{action}"))
 
 
-async def notify_done(conn: psycopg.AsyncConnection, run_id: str) -> None:
+async def notify_done(conn: psycopg.AsyncConnection[Any], run_id: str) -> None:
     """Wake the run's readers and waiters: it ended (or was deleted)."""
     await conn.execute(NOTIFY, (EVENTS_CHANNEL, f"done:{run_id}"))
 
 
-async def get_thread(conn: psycopg.AsyncConnection, thread_id: str) -> dict[str, Any] | None:
+async def get_thread(conn: psycopg.AsyncConnection[Any], thread_id: str) -> dict[str, Any] | None:
     return await fetchone(conn, SELECT_THREAD, (thread_id,))
 
 
-async def get_run(conn: psycopg.AsyncConnection, run_id: str, thread_id: str | None = None) -> dict[str, Any] | None:
+async def get_run(conn: psycopg.AsyncConnection[Any], run_id: str, thread_id: str | None = None) -> dict[str, Any] | None:
     if thread_id is None:
         return await fetchone(conn, SELECT_RUN, (run_id,))
     return await fetchone(conn, SELECT_THREAD_RUN, (run_id, thread_id))
 
 
-async def run_status(conn: psycopg.AsyncConnection, run_id: str) -> dict[str, Any] | None:
+async def run_status(conn: psycopg.AsyncConnection[Any], run_id: str) -> dict[str, Any] | None:
     """(status, result, error) of a run, or None when it does not exist (any more)."""
     return await fetchone(conn, SELECT_RUN_STATUS, (run_id,))
 
 
-async def set_thread_after_run(conn: psycopg.AsyncConnection, thread_id: str, status: str, values: Any,
+async def set_thread_after_run(conn: psycopg.AsyncConnection[Any], thread_id: str, status: str, values: Any,
                                interrupts: Any, error: Any) -> None:
     """Thread status after a run: busy while other runs are queued, else the run's outcome."""
     await conn.execute(SET_THREAD_AFTER_RUN,
@@ -330,18 +332,18 @@ async def set_thread_after_run(conn: psycopg.AsyncConnection, thread_id: str, st
                         Jsonb(error) if error else None, thread_id))
 
 
-async def set_thread_state(conn: psycopg.AsyncConnection, thread_id: str, values: Any, status: str) -> None:
+async def set_thread_state(conn: psycopg.AsyncConnection[Any], thread_id: str, values: Any, status: str) -> None:
     """The thread's cached values and status after its state changed outside a run (update_state)."""
     await conn.execute(SET_THREAD_STATE, (Jsonb(values), status, thread_id))
 
 
-async def delete_run(conn: psycopg.AsyncConnection, run_id: str) -> None:
+async def delete_run(conn: psycopg.AsyncConnection[Any], run_id: str) -> None:
     """A run's events and row (caller's transaction)."""
     await conn.execute(DELETE_RUN_EVENTS, (run_id,))
     await conn.execute(DELETE_RUN, (run_id,))
 
 
-async def append_unfenced(conn: psycopg.AsyncConnection, run_id: str, attempt: int, event: str, data: Any) -> int:
+async def append_unfenced(conn: psycopg.AsyncConnection[Any], run_id: str, attempt: int, event: str, data: Any) -> int:
     """Append one event as the queue itself (reaper, cancel of a pending run): no lease involved."""
     row = await fetchone(conn, APPEND_EVENT, (run_id, attempt, event, Jsonb(data), run_id))
     assert row is not None
@@ -349,7 +351,7 @@ async def append_unfenced(conn: psycopg.AsyncConnection, run_id: str, attempt: i
     return int(row["seq"])
 
 
-async def append_events(conn: psycopg.AsyncConnection, run_id: str, attempt: int,
+async def append_events(conn: psycopg.AsyncConnection[Any], run_id: str, attempt: int,
                         rows: list[tuple[int, str, Any]]) -> None:
     """Insert events (in the caller's fenced transaction) and wake the run's readers."""
     async with conn.cursor() as c:
@@ -357,7 +359,7 @@ async def append_events(conn: psycopg.AsyncConnection, run_id: str, attempt: int
     await conn.execute(NOTIFY, (EVENTS_CHANNEL, run_id))
 
 
-async def last_seq(conn: psycopg.AsyncConnection, run_id: str) -> int:
+async def last_seq(conn: psycopg.AsyncConnection[Any], run_id: str) -> int:
     row = await fetchone(conn, LAST_SEQ, (run_id,))
     assert row is not None
     return int(row["s"])

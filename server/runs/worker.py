@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -88,8 +89,8 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._main: asyncio.Task | None = None
-        self._listener: asyncio.Task | None = None
+        self._main: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
         self.heartbeat = Heartbeat(self, interval=max(0.2, lease_s / 4))
         self.sweep_s = 60.0
 
@@ -136,7 +137,7 @@ class Worker:
 
     # ---------------------------------------------------------------- signals from other threads
 
-    def call_soon(self, fn, *args) -> None:
+    def call_soon(self, fn: Callable[..., object], *args: Any) -> None:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(fn, *args)
 

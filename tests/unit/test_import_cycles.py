@@ -18,6 +18,6 @@ def cycles(package: str) -> list[tuple[str, str]]:
     )
 
 
-@pytest.mark.parametrize("package", ["agent", "tools", "memory"])
+@pytest.mark.parametrize("package", ["agent", "tools", "memory", "server"])
 def test_no_import_cycle_inside(package):
     assert cycles(package) == []
