@@ -30,6 +30,7 @@ test-unit: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check agent memory tools server tests
 	$(BIN)/lint-imports
+	$(BIN)/python -m tests.support.typecheck
 
 fmt: $(STAMP)
 	$(BIN)/ruff check --fix agent memory tools server tests

@@ -9,6 +9,7 @@ import html
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages.tool import ToolCall
 
 from agent.history import current_turn_start, trim_history
 from agent.prompts import DOCUMENT_TEMPLATE, DOCUMENTS_TEMPLATE, NO_DOCUMENTS, SUMMARY_SECTION, SYSTEM_PROMPT
@@ -49,7 +50,7 @@ def answer_unanswered_tool_calls(messages: list[BaseMessage]) -> list[BaseMessag
     """
     answered = {m.tool_call_id for m in messages if isinstance(m, ToolMessage)}
     out: list[BaseMessage] = []
-    missing: list[dict[str, Any]] = []
+    missing: list[ToolCall] = []
     for msg in [*messages, None]:
         if missing and not isinstance(msg, ToolMessage):
             out.extend(
@@ -68,7 +69,7 @@ def answer_unanswered_tool_calls(messages: list[BaseMessage]) -> list[BaseMessag
 def build_prompt(state: State, history_tokens: int = 3000) -> list[BaseMessage]:
     """System prompt (with the summary of folded turns), earlier turns (trimmed to budget), the passages as
     data, then this turn."""
-    messages = list(state.get("messages", []))
+    messages: list[BaseMessage] = list(state.get("messages", []))
     docs = HumanMessage(content=documents_block(state.get("passages", [])), name="retrieved_documents")
     # The passages go right before this turn's question, so tool calls and results follow the question.
     last_human = current_turn_start(messages)

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from server.auth import User
 
 # LangGraph Studio (a hosted page, US and EU) and pages served from this machine (e.g. agent-chat-ui in development).
 STUDIO_AND_LOOPBACK_ORIGINS = ("https://smith.langchain.com,https://eu.smith.langchain.com,"
@@ -114,11 +117,11 @@ class Settings(BaseSettings):
         return {k: u.id for k, u in self.api_users.items()}
 
     @property
-    def api_users(self):
+    def api_users(self) -> dict[str, User]:
         """Map of API key to the authenticated user (id, roles, tenant)."""
         from server.auth import User
 
-        out = {}
+        out: dict[str, User] = {}
         for entry in filter(None, (p.strip() for p in self.keel_api_keys.split(","))):
             key, _, rest = entry.partition(":")
             user, _, rest = rest.partition(":")
