@@ -36,22 +36,24 @@ async def client(svc):
 
 @asynccontextmanager
 async def cut_while_waiting(url: str, table: str):
-    """Hold an exclusive lock on `table`; yield a function that terminates the backends waiting for it."""
+    """Hold an exclusive lock on `table`; yield a function that terminates the backends waiting for it whose
+    statement matches a LIKE pattern (the request's; the in-process worker's polls may be waiting too)."""
     async with await psycopg.AsyncConnection.connect(url, autocommit=False) as holder:
         await holder.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
 
-        async def terminate_waiters(timeout: float = 20.0) -> int:
+        async def terminate_waiters(statement: str, timeout: float = 20.0) -> int:
             deadline = time.monotonic() + timeout
             async with await psycopg.AsyncConnection.connect(url, autocommit=True) as admin:
                 while time.monotonic() < deadline:
                     cur = await admin.execute(
                         "SELECT pg_terminate_backend(l.pid) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
-                        "WHERE c.relname = %s AND NOT l.granted AND l.pid <> pg_backend_pid()", (table,))
+                        "JOIN pg_stat_activity a ON a.pid = l.pid WHERE c.relname = %s AND NOT l.granted "
+                        "AND l.pid <> pg_backend_pid() AND a.query LIKE %s", (table, statement))
                     killed = len(await cur.fetchall())
                     if killed:
                         return killed
                     await asyncio.sleep(0.02)
-            raise AssertionError(f"no request waited for the lock on {table}")
+            raise AssertionError(f"no {statement!r} waited for the lock on {table}")
 
         try:
             yield terminate_waiters
@@ -68,7 +70,7 @@ async def test_run_creation_survives_its_connection_dying(client, db):
     before = await count_runs(db)
     async with cut_while_waiting(db.url, "keel_runs") as terminate_waiters:
         request = asyncio.create_task(client.post("/runs", json={"assistant_id": "agent", "input": Q}))
-        assert await terminate_waiters() == 1
+        assert await terminate_waiters("INSERT INTO keel_runs %") == 1
     r = await request
     assert r.status_code == 200, r.text
     assert await count_runs(db) == before + 1  # recorded once
@@ -80,12 +82,12 @@ async def test_reads_survive_their_connection_dying(client, db):
     tid = (await client.post("/threads", json={"metadata": {"k": "v"}})).json()["thread_id"]
     async with cut_while_waiting(db.url, "keel_threads") as terminate_waiters:
         get = asyncio.create_task(client.get(f"/threads/{tid}"))
-        await terminate_waiters()
+        assert await terminate_waiters("SELECT %FROM keel_threads WHERE thread_id = $1") == 1
     r = await get
     assert r.status_code == 200 and r.json()["metadata"] == {"k": "v"}
     async with cut_while_waiting(db.url, "keel_threads") as terminate_waiters:
         search = asyncio.create_task(client.post("/threads/search", json={"metadata": {"k": "v"}}))
-        await terminate_waiters()
+        assert await terminate_waiters("SELECT count(*) AS n FROM keel_threads %") == 1
     r = await search
     assert r.status_code == 200 and [t["thread_id"] for t in r.json()] == [tid]
 
@@ -94,7 +96,7 @@ async def test_a_write_that_cannot_be_repeated_answers_503_and_the_connection_st
     tid = (await client.post("/threads", json={})).json()["thread_id"]
     async with cut_while_waiting(db.url, "keel_threads") as terminate_waiters:
         patch = asyncio.create_task(client.patch(f"/threads/{tid}", json={"metadata": {"a": 1}}))
-        await terminate_waiters()
+        assert await terminate_waiters("SELECT %FROM keel_threads WHERE thread_id = $1") == 1
     r = await patch
     assert r.status_code == 503, r.text
     assert r.headers["retry-after"] == "1"
@@ -106,7 +108,7 @@ async def test_a_write_that_cannot_be_repeated_answers_503_and_the_connection_st
 async def test_thread_creation_with_an_id_chosen_by_the_server_survives_its_connection_dying(client, db):
     async with cut_while_waiting(db.url, "keel_threads") as terminate_waiters:
         create = asyncio.create_task(client.post("/threads", json={"metadata": {"survived": True}}))
-        await terminate_waiters()
+        assert await terminate_waiters("INSERT INTO keel_threads %") == 1
     r = await create
     assert r.status_code == 200, r.text
     r = await client.post("/threads/search", json={"metadata": {"survived": True}})
@@ -116,6 +118,6 @@ async def test_thread_creation_with_an_id_chosen_by_the_server_survives_its_conn
     tid = str(uuid.uuid4())
     async with cut_while_waiting(db.url, "keel_threads") as terminate_waiters:
         create = asyncio.create_task(client.post("/threads", json={"thread_id": tid}))
-        await terminate_waiters()
+        assert await terminate_waiters("INSERT INTO keel_threads %") == 1
     assert (await create).status_code == 503
     assert (await client.post("/threads", json={"thread_id": tid})).status_code == 200
