@@ -29,6 +29,7 @@ test-unit: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check agent memory tools server tests
+	$(BIN)/ruff format --check agent memory tools server tests
 	$(BIN)/lint-imports
 	$(BIN)/python -m tests.support.typecheck
 

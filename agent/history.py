@@ -36,8 +36,10 @@ TRANSCRIPT_CHARS = 2000
 
 def approx_tokens(message: BaseMessage) -> int:
     """A cheap token estimate (4 characters a token) of a message, tool calls included."""
-    size = len(str(message.content)) + sum(len(str(tc.get("args"))) + len(tc.get("name", ""))
-                                           for tc in getattr(message, "tool_calls", None) or [])
+    size = len(str(message.content)) + sum(
+        len(str(tc.get("args"))) + len(tc.get("name", ""))
+        for tc in getattr(message, "tool_calls", None) or []
+    )
     return size // 4 + 4
 
 
@@ -61,7 +63,7 @@ def current_turn_start(messages: list[BaseMessage]) -> int:
 def turns_to_fold(messages: list[BaseMessage], budget: int) -> list[BaseMessage]:
     """The oldest earlier turns to summarize away: none while the earlier turns fit in `budget`; otherwise
     all but the newest turns that fit in half of it (so folding happens every few turns, not every turn)."""
-    earlier = messages[:current_turn_start(messages)]
+    earlier = messages[: current_turn_start(messages)]
     if sum(approx_tokens(m) for m in earlier) <= budget:
         return []
     kept = trim_history(earlier, budget // 2)
@@ -83,7 +85,9 @@ def transcript(messages: list[BaseMessage]) -> str:
             if m.text.strip():
                 lines.append("assistant: " + _line(m.text))
             for call in m.tool_calls:
-                lines.append(f"assistant called {call['name']} " + _line(json.dumps(call.get("args"), default=str)))
+                lines.append(
+                    f"assistant called {call['name']} " + _line(json.dumps(call.get("args"), default=str))
+                )
         elif isinstance(m, ToolMessage):
             lines.append(f"tool {m.name or 'result'}: " + _line(m.text))
         else:
@@ -107,17 +111,22 @@ def cap_summary(text: str, tokens: int) -> str:
     return "\n".join(reversed([k for k in kept if k]))
 
 
-async def fold_history(messages: list[BaseMessage], summary: str, model: Any, *, budget: int,
-                       summary_tokens: int) -> dict[str, Any] | None:
+async def fold_history(
+    messages: list[BaseMessage], summary: str, model: Any, *, budget: int, summary_tokens: int
+) -> dict[str, Any] | None:
     """Summarize the turns over budget into `summary`; the state update (new summary, RemoveMessages) or None."""
     fold = turns_to_fold(messages, budget)
     if not fold:
         return None
-    request = SUMMARY_REQUEST.format(summary=html.escape(summary or "(none)", quote=False),
-                                     conversation=html.escape(transcript(fold), quote=False))
+    request = SUMMARY_REQUEST.format(
+        summary=html.escape(summary or "(none)", quote=False),
+        conversation=html.escape(transcript(fold), quote=False),
+    )
     # Tagged nostream: the summary is bookkeeping, not a reply, so it never reaches a client's token stream.
-    reply = await model.ainvoke([SystemMessage(content=SUMMARY_SYSTEM_PROMPT), HumanMessage(content=request)],
-                                config={"tags": [TAG_NOSTREAM], "run_name": "summarize_history"})
+    reply = await model.ainvoke(
+        [SystemMessage(content=SUMMARY_SYSTEM_PROMPT), HumanMessage(content=request)],
+        config={"tags": [TAG_NOSTREAM], "run_name": "summarize_history"},
+    )
     new_summary = cap_summary(reply.text, summary_tokens)
     return {"summary": new_summary, "messages": [RemoveMessage(id=m.id) for m in fold]}
 

@@ -47,7 +47,7 @@ def resolve_model(name: str | None) -> BaseChatModel:
 
     try:
         model = init_chat_model(name)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the model name users configured
+    except Exception as exc:  # re-raised with the model name users configured
         raise ValueError(f"cannot initialise chat model {name!r}: {exc}") from exc
     with _lock:
         _cache[name] = model

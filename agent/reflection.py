@@ -20,7 +20,9 @@ from tools.memory_tools import _key, memories_namespace
 
 _FACT = re.compile(
     r"\b(remember that|please remember|note that|i prefer|i like|i love|i hate|i use|i work|i live|i am|i'm|"
-    r"my name is|my [a-z]+ is|we decided|we agreed|always|never)\b", re.I)
+    r"my name is|my [a-z]+ is|we decided|we agreed|always|never)\b",
+    re.I,
+)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 REFLECTION_PROMPT = """Extract durable facts about the user from their messages: preferences, identity,
@@ -33,7 +35,11 @@ class Facts(BaseModel):
 
 
 def _user_texts(messages: list[BaseMessage]) -> list[str]:
-    return [str(m.content) for m in messages if isinstance(m, HumanMessage) and not str(m.content).startswith("/tool")]
+    return [
+        str(m.content)
+        for m in messages
+        if isinstance(m, HumanMessage) and not str(m.content).startswith("/tool")
+    ]
 
 
 def offline_facts(messages: list[BaseMessage]) -> list[str]:
@@ -54,8 +60,9 @@ async def extract_facts(messages: list[BaseMessage], ctx: Context) -> list[str]:
     if not ctx.model:
         return offline_facts(messages)
     model = get_chat_model("critic", ctx).with_structured_output(Facts)
-    result = await model.ainvoke([SystemMessage(content=REFLECTION_PROMPT),
-                                  HumanMessage(content="\n\n".join(_user_texts(messages)))])
+    result = await model.ainvoke(
+        [SystemMessage(content=REFLECTION_PROMPT), HumanMessage(content="\n\n".join(_user_texts(messages)))]
+    )
     facts = result.facts if isinstance(result, Facts) else Facts.model_validate(result).facts
     return [f.strip() for f in facts if f and f.strip()]
 
@@ -70,5 +77,7 @@ async def reflect(store: Any, messages: list[BaseMessage], ctx: Context) -> list
     found = await store.abatch([GetOp(ns, key) for key in facts])
     new = {key: fact for (key, fact), item in zip(facts.items(), found, strict=True) if item is None}
     if new:
-        await store.abatch([PutOp(ns, key, {"text": fact, "source": "reflection"}) for key, fact in new.items()])
+        await store.abatch(
+            [PutOp(ns, key, {"text": fact, "source": "reflection"}) for key, fact in new.items()]
+        )
     return list(new.values())

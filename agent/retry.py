@@ -6,10 +6,18 @@ from langgraph.types import RetryPolicy
 
 _TRANSIENT_NAMES = {
     # Provider SDK errors, matched by name so no provider package is imported here.
-    "APIConnectionError", "APITimeoutError", "RateLimitError", "InternalServerError",
-    "ServiceUnavailableError", "OverloadedError", "ReadTimeout", "ConnectTimeout", "RemoteProtocolError",
+    "APIConnectionError",
+    "APITimeoutError",
+    "RateLimitError",
+    "InternalServerError",
+    "ServiceUnavailableError",
+    "OverloadedError",
+    "ReadTimeout",
+    "ConnectTimeout",
+    "RemoteProtocolError",
     # Database connection drops (psycopg), which the pool heals on the next attempt.
-    "OperationalError", "PoolTimeout",
+    "OperationalError",
+    "PoolTimeout",
 }
 
 
@@ -36,8 +44,20 @@ def is_transient(exc: BaseException) -> bool:
 
 
 # Model calls: a few quick retries with backoff for transient provider errors only.
-MODEL_RETRY = RetryPolicy(initial_interval=0.5, backoff_factor=2.0, max_interval=8.0, max_attempts=3,
-                          jitter=True, retry_on=is_transient)
+MODEL_RETRY = RetryPolicy(
+    initial_interval=0.5,
+    backoff_factor=2.0,
+    max_interval=8.0,
+    max_attempts=3,
+    jitter=True,
+    retry_on=is_transient,
+)
 # Store reads: the pool recycles broken connections, so one retry rides over a dropped connection.
-STORE_RETRY = RetryPolicy(initial_interval=0.2, backoff_factor=2.0, max_interval=2.0, max_attempts=3,
-                          jitter=True, retry_on=is_transient)
+STORE_RETRY = RetryPolicy(
+    initial_interval=0.2,
+    backoff_factor=2.0,
+    max_interval=2.0,
+    max_attempts=3,
+    jitter=True,
+    retry_on=is_transient,
+)

@@ -68,7 +68,7 @@ def _sections(text: str) -> list[tuple[int, str]]:
         # A heading with nothing under it but a sub-heading ("## Ops" then "### Scaling") would be a
         # heading-only chunk that matches queries and says nothing. Fold it into the child section:
         # the child's path already names it, so the heading info stays right.
-        if nxt and path and nxt[2].startswith(path + " > ") and not text[line_end:nxt[0]].strip():
+        if nxt and path and nxt[2].startswith(path + " > ") and not text[line_end : nxt[0]].strip():
             if carry is None:
                 carry = start
             continue
@@ -116,13 +116,15 @@ def chunk_text(text: str, *, max_tokens: int = 200, overlap: int = 40, tokenizer
                     w -= 1
                 if w - start > overlap:
                     end = w
-            chunks.append(Chunk(
-                text=text[offsets[start][0]:offsets[end - 1][1]],
-                index=len(chunks),
-                start_token=start,
-                end_token=end,
-                heading=heading,
-            ))
+            chunks.append(
+                Chunk(
+                    text=text[offsets[start][0] : offsets[end - 1][1]],
+                    index=len(chunks),
+                    start_token=start,
+                    end_token=end,
+                    heading=heading,
+                )
+            )
             if end >= hi:
                 break
             start = end - overlap

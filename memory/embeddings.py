@@ -75,16 +75,30 @@ def _default_model_path() -> Path:
 class LocalMiniLMEmbeddings(Embeddings):
     """all-MiniLM-L6-v2 (int8 ONNX) on onnxruntime: 384-dim, L2-normalised, no torch, no network."""
 
-    def __init__(self, model_path: str | Path | None = None, tokenizer_path: str | Path | None = None, *,
-                 model_sha256: str = MODEL_SHA256, tokenizer_sha256: str = TOKENIZER_SHA256,
-                 max_length: int = MAX_LENGTH, batch_size: int = BATCH_SIZE, threads: int = 2) -> None:
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        tokenizer_path: str | Path | None = None,
+        *,
+        model_sha256: str = MODEL_SHA256,
+        tokenizer_sha256: str = TOKENIZER_SHA256,
+        max_length: int = MAX_LENGTH,
+        batch_size: int = BATCH_SIZE,
+        threads: int = 2,
+    ) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
-        model = verify_file(Path(model_path) if model_path else _default_model_path(), model_sha256,
-                            "embedding model (model.onnx)")
-        tok_file = verify_file(Path(tokenizer_path) if tokenizer_path else TOKENIZER_PATH, tokenizer_sha256,
-                               "tokenizer (tokenizer.json)")
+        model = verify_file(
+            Path(model_path) if model_path else _default_model_path(),
+            model_sha256,
+            "embedding model (model.onnx)",
+        )
+        tok_file = verify_file(
+            Path(tokenizer_path) if tokenizer_path else TOKENIZER_PATH,
+            tokenizer_sha256,
+            "tokenizer (tokenizer.json)",
+        )
         opts = ort.SessionOptions()
         # No arena / memory patterns: batch shapes vary, and the arena would keep the peak allocation forever.
         opts.enable_cpu_mem_arena = False
@@ -96,7 +110,7 @@ class LocalMiniLMEmbeddings(Embeddings):
         try:
             self._session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
             tok = Tokenizer.from_file(str(tok_file))
-        except Exception as exc:  # noqa: BLE001 - any load failure is a model problem for the caller
+        except Exception as exc:  # any load failure is a model problem for the caller
             raise EmbeddingModelError(f"could not load the embedding model {model}: {exc}") from exc
         # The vendored file pads to a fixed 128 and truncates at 128; we want longest-in-batch and 256.
         tok.enable_truncation(max_length=max_length)
@@ -116,7 +130,7 @@ class LocalMiniLMEmbeddings(Embeddings):
 
         out: list[list[float]] = []
         for i in range(0, len(texts), self._batch_size):
-            encs = self._tokenizer.encode_batch(texts[i:i + self._batch_size])
+            encs = self._tokenizer.encode_batch(texts[i : i + self._batch_size])
             ids = np.asarray([e.ids for e in encs], dtype=np.int64)
             mask = np.asarray([e.attention_mask for e in encs], dtype=np.int64)
             feed = {"input_ids": ids, "attention_mask": mask}
@@ -164,7 +178,7 @@ def get_embeddings(name: str | None = None) -> Embeddings:
         from langchain.embeddings import init_embeddings
 
         return init_embeddings(name.strip())
-    except Exception as exc:  # noqa: BLE001 - unknown provider, missing package, bad credentials...
+    except Exception as exc:  # unknown provider, missing package, bad credentials...
         raise EmbeddingModelError(f"could not initialise embeddings {name!r}: {exc}") from exc
 
 
@@ -186,7 +200,9 @@ def get_tokenizer() -> Any:
         if _tokenizer is None:
             from tokenizers import Tokenizer
 
-            tok = Tokenizer.from_file(str(verify_file(TOKENIZER_PATH, TOKENIZER_SHA256, "tokenizer (tokenizer.json)")))
+            tok = Tokenizer.from_file(
+                str(verify_file(TOKENIZER_PATH, TOKENIZER_SHA256, "tokenizer (tokenizer.json)"))
+            )
             tok.no_truncation()
             tok.no_padding()
             _tokenizer = tok

@@ -54,7 +54,11 @@ def _filter_sql(filter: dict[str, Any] | None) -> tuple[str, list[Any]]:
     parts: list[str] = []
     params: list[Any] = []
     for key, want in (filter or {}).items():
-        ops = want if isinstance(want, dict) and want and all(str(o).startswith("$") for o in want) else {"$eq": want}
+        ops = (
+            want
+            if isinstance(want, dict) and want and all(str(o).startswith("$") for o in want)
+            else {"$eq": want}
+        )
         for op, val in ops.items():
             if op not in _FILTER_OPS:
                 raise ValueError(f"unsupported filter operator: {op}")
@@ -63,8 +67,9 @@ def _filter_sql(filter: dict[str, Any] | None) -> tuple[str, list[Any]]:
     return "".join(f" AND {p}" for p in parts), params
 
 
-async def fts_search(pool: Any, prefix: str, query: str, *, limit: int,
-                     filter: dict[str, Any] | None = None) -> list[tuple[str, dict[str, Any], float]]:
+async def fts_search(
+    pool: Any, prefix: str, query: str, *, limit: int, filter: dict[str, Any] | None = None
+) -> list[tuple[str, dict[str, Any], float]]:
     """(key, value, rank) of the rows of one store prefix matching any query word, best first.
 
     The query's words are stemmed and OR-ed (a question rarely shares every word with its answer);

@@ -86,8 +86,10 @@ def document_format(source: str) -> str:
     """The format of a document, from its source name's extension (".md", ".pdf", ...), as the CLI decides."""
     suffix = PurePosixPath(source.replace("\\", "/")).suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
-        raise DocumentError(source, f"unsupported extension {suffix or '(none)'!r}; supported: "
-                                    + ", ".join(SUPPORTED_SUFFIXES))
+        raise DocumentError(
+            source,
+            f"unsupported extension {suffix or '(none)'!r}; supported: " + ", ".join(SUPPORTED_SUFFIXES),
+        )
     return suffix
 
 
@@ -107,12 +109,18 @@ def document_text(source: str, data: bytes) -> str:
     return text.replace("\x00", "")  # Postgres jsonb cannot hold NUL
 
 
-def prepare_document(source: str, data: bytes, *, max_tokens: int = 200, overlap: int = 40) -> PreparedDocument:
+def prepare_document(
+    source: str, data: bytes, *, max_tokens: int = 200, overlap: int = 40
+) -> PreparedDocument:
     """Read and chunk one document (blocking: run it in a thread)."""
     text = document_text(source, data)
     stem = PurePosixPath(source.replace("\\", "/")).stem
-    return PreparedDocument(source, content_hash(text), title_of(text, stem),
-                            chunk_text(text, max_tokens=max_tokens, overlap=overlap))
+    return PreparedDocument(
+        source,
+        content_hash(text),
+        title_of(text, stem),
+        chunk_text(text, max_tokens=max_tokens, overlap=overlap),
+    )
 
 
 def _walk(directory: Path, include: Sequence[str], exclude: Sequence[str] = ()) -> list[Path]:
@@ -130,8 +138,9 @@ def _walk(directory: Path, include: Sequence[str], exclude: Sequence[str] = ()) 
     return sorted(found)
 
 
-def _collect(paths: Iterable[str | Path], include: Sequence[str],
-             exclude: Sequence[str] = ()) -> tuple[list[Path], list[Path]]:
+def _collect(
+    paths: Iterable[str | Path], include: Sequence[str], exclude: Sequence[str] = ()
+) -> tuple[list[Path], list[Path]]:
     """(files to ingest, deduplicated and in order; directories walked)."""
     files: dict[Path, None] = {}
     dirs: list[Path] = []
@@ -152,7 +161,9 @@ def _collect(paths: Iterable[str | Path], include: Sequence[str],
     return list(files), dirs
 
 
-async def _list_items(store: BaseStore, ns: tuple[str, ...], filter: dict[str, Any] | None = None) -> list[Any]:
+async def _list_items(
+    store: BaseStore, ns: tuple[str, ...], filter: dict[str, Any] | None = None
+) -> list[Any]:
     """Every item of a namespace (optionally filtered)."""
     # Not offset paging: without a query the store orders by updated_at, and a batch shares one timestamp,
     # so pages could overlap or skip rows. Ask again with a bigger limit until the answer is short.
@@ -172,10 +183,12 @@ async def _chunk_keys(store: BaseStore, ns: tuple[str, ...], source: str) -> set
 async def _write(store: BaseStore, ops: list[PutOp]) -> None:
     """Apply ops in batches of PUT_BATCH."""
     for i in range(0, len(ops), PUT_BATCH):
-        await store.abatch(ops[i:i + PUT_BATCH])
+        await store.abatch(ops[i : i + PUT_BATCH])
 
 
-def _next_prepared(docs: Iterator[tuple[str, bytes]], max_tokens: int, overlap: int) -> PreparedDocument | None:
+def _next_prepared(
+    docs: Iterator[tuple[str, bytes]], max_tokens: int, overlap: int
+) -> PreparedDocument | None:
     """Pull the next (source, bytes) document and prepare it (blocking: reading a file may happen here)."""
     nxt = next(docs, None)
     return None if nxt is None else prepare_document(nxt[0], nxt[1], max_tokens=max_tokens, overlap=overlap)
@@ -196,10 +209,18 @@ async def _prepared(documents: Iterable[tuple[str, bytes]], max_tokens: int, ove
         yield doc
 
 
-async def ingest_documents(store: BaseStore, documents: Iterable[tuple[str, bytes]], *, namespace: str,
-                           max_tokens: int = 200, overlap: int = 40, prepare_all_first: bool = False,
-                           prune: Callable[[str], bool] | None = None, progress: bool = False,
-                           total: int | None = None) -> IngestReport:
+async def ingest_documents(
+    store: BaseStore,
+    documents: Iterable[tuple[str, bytes]],
+    *,
+    namespace: str,
+    max_tokens: int = 200,
+    overlap: int = 40,
+    prepare_all_first: bool = False,
+    prune: Callable[[str], bool] | None = None,
+    progress: bool = False,
+    total: int | None = None,
+) -> IngestReport:
     """Ingest (source name, bytes) documents into corpus `namespace`; the format comes from the source's
     extension. A document whose text and chunking parameters are unchanged is skipped, a changed one has its
     chunks replaced. `prune(source)` is asked about every source of the corpus not in `documents`; True
@@ -238,12 +259,15 @@ async def ingest_documents(store: BaseStore, documents: Iterable[tuple[str, byte
             old = manifest.get(source)
             if old and old.get("file_hash") == doc.file_hash and old.get("params") == params:
                 report.skipped += 1
-                report.documents.append({"source": source, "status": "unchanged", "chunks": old.get("chunks")})
+                report.documents.append(
+                    {"source": source, "status": "unchanged", "chunks": old.get("chunks")}
+                )
                 continue
             await _write_document(store, ns, meta_ns, doc, params)
             report.chunks += len(doc.chunks)
-            report.documents.append({"source": source, "status": "replaced" if old else "added",
-                                     "chunks": len(doc.chunks)})
+            report.documents.append(
+                {"source": source, "status": "replaced" if old else "added", "chunks": len(doc.chunks)}
+            )
     finally:
         bar.close()
 
@@ -257,8 +281,13 @@ async def ingest_documents(store: BaseStore, documents: Iterable[tuple[str, byte
     return report
 
 
-async def _write_document(store: BaseStore, ns: tuple[str, ...], meta_ns: tuple[str, ...], doc: PreparedDocument,
-                          params: dict[str, Any]) -> None:
+async def _write_document(
+    store: BaseStore,
+    ns: tuple[str, ...],
+    meta_ns: tuple[str, ...],
+    doc: PreparedDocument,
+    params: dict[str, Any],
+) -> None:
     """Replace a document's chunks, then record it in the manifest."""
     source = doc.source
     keys = [f"{source}#{c.index}" for c in doc.chunks]
@@ -266,18 +295,39 @@ async def _write_document(store: BaseStore, ns: tuple[str, ...], meta_ns: tuple[
     stale = await _chunk_keys(store, ns, source) - set(keys)
     ops = [PutOp(ns, k, None) for k in sorted(stale)]
     ops += [
-        PutOp(ns, key, {
-            "text": c.text, "source": source, "title": doc.title, "heading": c.heading,
-            "chunk_index": c.index, "content_hash": content_hash(c.text), "file_hash": doc.file_hash,
-        })
+        PutOp(
+            ns,
+            key,
+            {
+                "text": c.text,
+                "source": source,
+                "title": doc.title,
+                "heading": c.heading,
+                "chunk_index": c.index,
+                "content_hash": content_hash(c.text),
+                "file_hash": doc.file_hash,
+            },
+        )
         for key, c in zip(keys, doc.chunks, strict=True)
     ]
     await _write(store, ops)
     # The manifest goes last: if we die before this, the next run sees a changed document and redoes it.
-    await store.abatch([PutOp(meta_ns, source, {
-        "source": source, "file_hash": doc.file_hash, "chunks": len(doc.chunks), "title": doc.title,
-        "params": params,
-    }, index=False)])
+    await store.abatch(
+        [
+            PutOp(
+                meta_ns,
+                source,
+                {
+                    "source": source,
+                    "file_hash": doc.file_hash,
+                    "chunks": len(doc.chunks),
+                    "title": doc.title,
+                    "params": params,
+                },
+                index=False,
+            )
+        ]
+    )
 
 
 async def _remove_source(store: BaseStore, ns: tuple[str, ...], meta_ns: tuple[str, ...], source: str) -> int:
@@ -295,9 +345,16 @@ async def list_sources(store: BaseStore, *, namespace: str) -> list[dict[str, An
     out = []
     for it in items:
         v = it.value
-        out.append({"source": v.get("source", it.key), "chunks": v.get("chunks"), "file_hash": v.get("file_hash"),
-                    "title": v.get("title"), "params": v.get("params"),
-                    "updated_at": it.updated_at.isoformat() if getattr(it, "updated_at", None) else None})
+        out.append(
+            {
+                "source": v.get("source", it.key),
+                "chunks": v.get("chunks"),
+                "file_hash": v.get("file_hash"),
+                "title": v.get("title"),
+                "params": v.get("params"),
+                "updated_at": it.updated_at.isoformat() if getattr(it, "updated_at", None) else None,
+            }
+        )
     return sorted(out, key=lambda s: s["source"])
 
 
@@ -325,15 +382,28 @@ def _vanished_from(dirs: list[Path], root: Path, include: Sequence[str]) -> Call
 
     def gone(source: str) -> bool:
         path = Path(source) if Path(source).is_absolute() else root / source
-        return (not path.exists() and any(path.is_relative_to(d) for d in walked)
-                and any(fnmatch(path.name, g) for g in include))
+        return (
+            not path.exists()
+            and any(path.is_relative_to(d) for d in walked)
+            and any(fnmatch(path.name, g) for g in include)
+        )
 
     return gone
 
 
-async def ingest_paths(store: BaseStore, paths: list[str | Path], *, namespace: str, max_tokens: int = 200,
-                       overlap: int = 40, include: Sequence[str] = DEFAULT_INCLUDE, exclude: Sequence[str] = (),
-                       root: Path | None = None, progress: bool = False, prune: bool = False) -> IngestReport:
+async def ingest_paths(
+    store: BaseStore,
+    paths: list[str | Path],
+    *,
+    namespace: str,
+    max_tokens: int = 200,
+    overlap: int = 40,
+    include: Sequence[str] = DEFAULT_INCLUDE,
+    exclude: Sequence[str] = (),
+    root: Path | None = None,
+    progress: bool = False,
+    prune: bool = False,
+) -> IngestReport:
     """Ingest files and directories into corpus `namespace`; unchanged files are skipped, changed ones replaced;
     with `prune`, files that vanished from a walked directory lose their chunks."""
     docs_namespace(namespace)  # validate before touching the filesystem
@@ -344,5 +414,12 @@ async def ingest_paths(store: BaseStore, paths: list[str | Path], *, namespace: 
         paths = [paths]
     files, dirs = await asyncio.to_thread(_collect, paths, tuple(include), tuple(exclude))
     return await ingest_documents(
-        store, _read_files(files, root), namespace=namespace, max_tokens=max_tokens, overlap=overlap,
-        prune=_vanished_from(dirs, root, tuple(include)) if prune else None, progress=progress, total=len(files))
+        store,
+        _read_files(files, root),
+        namespace=namespace,
+        max_tokens=max_tokens,
+        overlap=overlap,
+        prune=_vanished_from(dirs, root, tuple(include)) if prune else None,
+        progress=progress,
+        total=len(files),
+    )

@@ -12,7 +12,21 @@ DEFAULT_INCLUDE = ("*.md", "*.markdown", "*.txt", "*.html", "*.htm", "*.pdf")
 
 class _HtmlText(HTMLParser):
     _SKIP = {"script", "style", "noscript", "template", "svg", "head"}
-    _BLOCK = {"p", "div", "section", "article", "li", "tr", "br", "pre", "blockquote", "table", "ul", "ol", "main"}
+    _BLOCK = {
+        "p",
+        "div",
+        "section",
+        "article",
+        "li",
+        "tr",
+        "br",
+        "pre",
+        "blockquote",
+        "table",
+        "ul",
+        "ol",
+        "main",
+    }
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)

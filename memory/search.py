@@ -48,8 +48,14 @@ def _trace_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
 
 def _trace_outputs(hits: Any) -> dict[str, Any]:
     """Retriever runs render as documents in LangSmith when outputs look like this."""
-    docs = [{"page_content": h.get("text", ""), "type": "Document",
-             "metadata": {k: v for k, v in h.items() if k != "text"}} for h in hits or []]
+    docs = [
+        {
+            "page_content": h.get("text", ""),
+            "type": "Document",
+            "metadata": {k: v for k, v in h.items() if k != "text"},
+        }
+        for h in hits or []
+    ]
     return {"documents": docs}
 
 
@@ -74,10 +80,18 @@ def _pool(store: BaseStore) -> Any:
     return conn
 
 
-@traceable(run_type="retriever", name="search_docs", process_inputs=_trace_inputs,
-           process_outputs=_trace_outputs)
-async def search_docs(store: BaseStore, query: str, *, namespace: str, k: int = 4,
-                      filter: dict[str, Any] | None = None, mode: str | None = None) -> list[dict[str, Any]]:
+@traceable(
+    run_type="retriever", name="search_docs", process_inputs=_trace_inputs, process_outputs=_trace_outputs
+)
+async def search_docs(
+    store: BaseStore,
+    query: str,
+    *,
+    namespace: str,
+    k: int = 4,
+    filter: dict[str, Any] | None = None,
+    mode: str | None = None,
+) -> list[dict[str, Any]]:
     """Top-k chunks of one corpus for a query, best first, as plain dicts.
 
     mode: "dense" (embedding similarity; score = cosine similarity), "fts" (Postgres full-text, any query
@@ -106,4 +120,3 @@ async def search_docs(store: BaseStore, query: str, *, namespace: str, k: int = 
     values.update({key: value for key, value, _ in rows})
     fused = rrf([[it.key for it in items], [key for key, _, _ in rows]], RRF_K)
     return [_hit(key, values[key], score) for key, score in fused[:k]]
-

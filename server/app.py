@@ -18,8 +18,9 @@ from server.settings import Settings, get_settings
 log = logging.getLogger("keel")
 
 
-def create_app(settings: Settings | None = None, service: KeelService | None = None,
-               workers: int | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, service: KeelService | None = None, workers: int | None = None
+) -> FastAPI:
     """Build the app. With `service`, reuse it (tests); otherwise start one, with `workers` run slots."""
     settings = settings or get_settings()
     workers = settings.keel_workers if workers is None else workers
@@ -39,8 +40,12 @@ def create_app(settings: Settings | None = None, service: KeelService | None = N
             if service is None:
                 await svc.close()
 
-    app = FastAPI(title="Keel", version="0.1.0", lifespan=lifespan,
-                  description="LangGraph Server API over Postgres: threads, runs, streaming, interrupts.")
+    app = FastAPI(
+        title="Keel",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="LangGraph Server API over Postgres: threads, runs, streaming, interrupts.",
+    )
     if service is not None:
         app.state.keel = service
     install_error_handlers(app)
@@ -54,12 +59,18 @@ def create_app(settings: Settings | None = None, service: KeelService | None = N
     origins = settings.cors_origins
     rx = origin_regex(origins)
     app.add_middleware(
-        CORSMiddleware, allow_origins=["*"] if rx is None else [], allow_origin_regex=rx, allow_methods=["*"],
-        allow_headers=["*"], allow_private_network=True,
+        CORSMiddleware,
+        allow_origins=["*"] if rx is None else [],
+        allow_origin_regex=rx,
+        allow_methods=["*"],
+        allow_headers=["*"],
+        allow_private_network=True,
         expose_headers=["x-pagination-total", "x-pagination-next", "content-location", "location"],
     )
     app.add_middleware(OriginGuard, patterns=origins)
     if rx is None and not settings.api_users:
-        log.warning("KEEL_CORS_ORIGINS allows every origin and no API keys are set: any web page this machine's "
-                    "browser opens can start runs and read threads")
+        log.warning(
+            "KEEL_CORS_ORIGINS allows every origin and no API keys are set: any web page this machine's "
+            "browser opens can start runs and read threads"
+        )
     return app

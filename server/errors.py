@@ -72,7 +72,10 @@ async def check_input(request: Request) -> None:
     result Starlette caches), so a NUL, a lone surrogate, a 65-bit integer, NaN or 65 levels of nesting are
     refused before anything is written.
     """
-    for where, items in (("path", request.path_params.items()), ("query", request.query_params.multi_items())):
+    for where, items in (
+        ("path", request.path_params.items()),
+        ("query", request.query_params.multi_items()),
+    ):
         for name, value in items:
             problem = unstorable({name: value}, where)
             if problem:
@@ -159,17 +162,27 @@ class CatchAll:
                     raise
                 if is_transient_error(exc):
                     if replay is not None and time.monotonic() < deadline:
-                        log.warning("database unavailable during %s %s (%s); trying again", scope.get("method"),
-                                    scope.get("path"), " ".join(str(exc).split())[:200])
+                        log.warning(
+                            "database unavailable during %s %s (%s); trying again",
+                            scope.get("method"),
+                            scope.get("path"),
+                            " ".join(str(exc).split())[:200],
+                        )
                         await asyncio.sleep(min(0.1 * 2**attempt, 1.0))
                         continue
-                    log.warning("database unavailable during %s %s: %s", scope.get("method"), scope.get("path"),
-                                " ".join(str(exc).split())[:200])
+                    log.warning(
+                        "database unavailable during %s %s: %s",
+                        scope.get("method"),
+                        scope.get("path"),
+                        " ".join(str(exc).split())[:200],
+                    )
                     response = error_response(503, DB_UNAVAILABLE, {"retry-after": "1"})
                 elif isinstance(exc, StarletteHTTPException):
                     response = error_response(exc.status_code, exc.detail, getattr(exc, "headers", None))
                 else:
-                    log.error("unhandled error in %s %s", scope.get("method"), scope.get("path"), exc_info=exc)
+                    log.error(
+                        "unhandled error in %s %s", scope.get("method"), scope.get("path"), exc_info=exc
+                    )
                     response = error_response(500, INTERNAL_ERROR)
                 await response(scope, receive, send)
                 return
@@ -181,7 +194,9 @@ _READ_ONLY_POST = re.compile(r".*/(search|count|history|namespaces|state/checkpo
 
 def _reads_only(scope: Scope) -> bool:
     method = scope.get("method")
-    return method in ("GET", "HEAD") or (method == "POST" and bool(_READ_ONLY_POST.fullmatch(scope.get("path", ""))))
+    return method in ("GET", "HEAD") or (
+        method == "POST" and bool(_READ_ONLY_POST.fullmatch(scope.get("path", "")))
+    )
 
 
 def _replaying(messages: list[Message], receive: Receive) -> Receive:
@@ -213,8 +228,9 @@ class BodyGuard:
         ctype = headers.get(b"content-type", b"")
         if ctype.startswith(b"text/plain"):
             scope = dict(scope)
-            scope["headers"] = [(k, b"application/json" if k == b"content-type" else v)
-                                for k, v in scope["headers"]]
+            scope["headers"] = [
+                (k, b"application/json" if k == b"content-type" else v) for k, v in scope["headers"]
+            ]
         seen = 0
 
         async def guarded() -> Message:
@@ -233,8 +249,16 @@ class BodyGuard:
 
     async def _reject(self, send: Send) -> None:
         body = orjson.dumps({"detail": f"Request body too large (limit {self.max_bytes} bytes)"})
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 

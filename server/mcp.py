@@ -24,9 +24,14 @@ from tools.registry import ToolContext
 
 
 def _context(svc: Any, user: User) -> ToolContext:
-    return ToolContext(user=UserAttrs(user.id, frozenset(user.roles), user.tenant),
-                       namespace=svc.settings.keel_namespace, store=svc.db.store, thread_id=f"mcp-{user.id}",
-                       pool=svc.toolbox.pool, settings=svc.toolbox.settings)
+    return ToolContext(
+        user=UserAttrs(user.id, frozenset(user.roles), user.tenant),
+        namespace=svc.settings.keel_namespace,
+        store=svc.db.store,
+        thread_id=f"mcp-{user.id}",
+        pool=svc.toolbox.pool,
+        settings=svc.toolbox.settings,
+    )
 
 
 def mount_mcp(app: FastAPI, settings: Settings):
@@ -42,15 +47,19 @@ def mount_mcp(app: FastAPI, settings: Settings):
         return _context(svc, user)
 
     # The service (and its toolbox) starts with the app's lifespan, after this: look the registry up per request.
-    server = build_mcp_server(lambda: app.state.keel.toolbox.registry, context_for,
-                              allow_approval=settings.keel_mcp_approval)
+    server = build_mcp_server(
+        lambda: app.state.keel.toolbox.registry, context_for, allow_approval=settings.keel_mcp_approval
+    )
     from mcp.server.transport_security import TransportSecuritySettings
 
     # With API keys, every call is authenticated; without them (local mode) keep DNS-rebinding protection,
     # so a web page in the user's browser cannot drive the local server through a rebound host name.
-    security = (TransportSecuritySettings(enable_dns_rebinding_protection=False) if settings.api_users else None)
-    mcp_app = server.streamable_http_app(streamable_http_path="/mcp", stateless_http=True, json_response=True,
-                                         transport_security=security)
+    security = (
+        TransportSecuritySettings(enable_dns_rebinding_protection=False) if settings.api_users else None
+    )
+    mcp_app = server.streamable_http_app(
+        streamable_http_path="/mcp", stateless_http=True, json_response=True, transport_security=security
+    )
     for route in mcp_app.routes:
         app.router.routes.append(Route(route.path, endpoint=KeyRequired(route.endpoint, app)))
     return server.session_manager
@@ -75,10 +84,15 @@ class KeyRequired:
             try:
                 user_for(keys, headers.get("authorization"), headers.get("x-api-key"))
             except ApiError as exc:
-                body = {"jsonrpc": "2.0", "id": None, "error": {"code": INVALID_REQUEST, "message": exc.detail},
-                        "detail": exc.detail}
-                await JSONResponse(body, status_code=401, headers={"WWW-Authenticate": 'Bearer realm="keel"'})(
-                    scope, receive, send)
+                body = {
+                    "jsonrpc": "2.0",
+                    "id": None,
+                    "error": {"code": INVALID_REQUEST, "message": exc.detail},
+                    "detail": exc.detail,
+                }
+                await JSONResponse(
+                    body, status_code=401, headers={"WWW-Authenticate": 'Bearer realm="keel"'}
+                )(scope, receive, send)
                 return
         await self.inner(scope, receive, send)
 
@@ -87,7 +101,10 @@ async def serve_stdio(svc: Any) -> None:
     """`keel mcp`: the registry over stdin/stdout, as the local user."""
     from mcp.server.stdio import stdio_server
 
-    server = build_mcp_server(svc.toolbox.registry, lambda request: _context(svc, User(LOCAL_USER)),
-                              allow_approval=svc.settings.keel_mcp_approval)
+    server = build_mcp_server(
+        svc.toolbox.registry,
+        lambda request: _context(svc, User(LOCAL_USER)),
+        allow_approval=svc.settings.keel_mcp_approval,
+    )
     async with stdio_server() as (read, write):
         await server.run(read, write, server.create_initialization_options())

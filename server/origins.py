@@ -63,9 +63,21 @@ class OriginGuard:
         if origin != "null" and (self.allowed(origin) or same_origin(origin, host)):
             await self.app(scope, receive, send)
             return
-        body = orjson.dumps({"detail": f"Origin {origin[:200]!r} is not allowed to call this server "
-                                       "(set KEEL_CORS_ORIGINS to allow it)"})
-        await send({"type": "http.response.start", "status": 403,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()), (b"vary", b"Origin")]})
+        body = orjson.dumps(
+            {
+                "detail": f"Origin {origin[:200]!r} is not allowed to call this server "
+                "(set KEEL_CORS_ORIGINS to allow it)"
+            }
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 403,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"vary", b"Origin"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

@@ -23,15 +23,19 @@ async def delete_thread_everywhere(db: Any, thread_id: str) -> None:
         await conn.execute("DELETE FROM keel_tool_ledger WHERE thread_id = %s", (thread_id,))
         await conn.execute(store.DELETE_THREAD, (thread_id,))
         for prefix in THREAD_SCOPED_PREFIXES:
-            await conn.execute("DELETE FROM store WHERE prefix = %s OR prefix LIKE %s",
-                               (f"{prefix}.{thread_id}", f"{prefix}.{thread_id}.%"))
+            await conn.execute(
+                "DELETE FROM store WHERE prefix = %s OR prefix LIKE %s",
+                (f"{prefix}.{thread_id}", f"{prefix}.{thread_id}.%"),
+            )
     await db.checkpointer.adelete_thread(thread_id)
 
 
 async def sweep(db: Any, *, idle_days: float | None = None, limit: int = 500) -> list[str]:
     """Delete threads past their TTL (and, with idle_days, threads untouched that long); never busy ones."""
     async with db.pool.connection() as conn:
-        ids = [r["id"] for r in await store.fetchall(conn, store.EXPIRED_THREADS, (idle_days, idle_days, limit))]
+        ids = [
+            r["id"] for r in await store.fetchall(conn, store.EXPIRED_THREADS, (idle_days, idle_days, limit))
+        ]
     for tid in ids:
         await delete_thread_everywhere(db, tid)
     if ids:
@@ -47,8 +51,9 @@ _DELETE_EVENTS = store.DELETE_EXPIRED_EVENTS
 _MARK_PRUNED = store.MARK_EVENTS_PRUNED
 
 
-async def prune_run_events(db: Any, ttl_seconds: float, *, batch: int = EVENTS_BATCH,
-                           max_batches: int | None = None) -> int:
+async def prune_run_events(
+    db: Any, ttl_seconds: float, *, batch: int = EVENTS_BATCH, max_batches: int | None = None
+) -> int:
     """Delete the stream events of runs that ended (success, error, interrupted, timeout) more than
     `ttl_seconds` ago; return how many rows went. 0 keeps events forever.
 
@@ -87,20 +92,26 @@ async def trim_checkpoints(db: Any, thread_id: str, keep: int) -> int:
     async with db.pool.connection() as conn, conn.transaction():
         cur = await conn.execute(
             "SELECT checkpoint_id FROM checkpoints WHERE thread_id = %s AND checkpoint_ns = '' "
-            "ORDER BY checkpoint_id DESC OFFSET %s LIMIT 1", (thread_id, keep - 1))
+            "ORDER BY checkpoint_id DESC OFFSET %s LIMIT 1",
+            (thread_id, keep - 1),
+        )
         row = await cur.fetchone()
         if row is None:
             return 0
         cut = row["checkpoint_id"]
-        cur = await conn.execute("DELETE FROM checkpoints WHERE thread_id = %s AND checkpoint_id < %s",
-                                 (thread_id, cut))
+        cur = await conn.execute(
+            "DELETE FROM checkpoints WHERE thread_id = %s AND checkpoint_id < %s", (thread_id, cut)
+        )
         deleted = cur.rowcount
         if not deleted:  # nothing older than the cut: every blob is still referenced
             return 0
-        await conn.execute("DELETE FROM checkpoint_writes WHERE thread_id = %s AND checkpoint_id < %s",
-                           (thread_id, cut))
+        await conn.execute(
+            "DELETE FROM checkpoint_writes WHERE thread_id = %s AND checkpoint_id < %s", (thread_id, cut)
+        )
         await conn.execute(
             "DELETE FROM checkpoint_blobs b WHERE b.thread_id = %s AND NOT EXISTS (SELECT 1 FROM checkpoints c "
             "WHERE c.thread_id = b.thread_id AND c.checkpoint_ns = b.checkpoint_ns "
-            "AND c.checkpoint -> 'channel_versions' ->> b.channel = b.version)", (thread_id,))
+            "AND c.checkpoint -> 'channel_versions' ->> b.channel = b.version)",
+            (thread_id,),
+        )
     return deleted

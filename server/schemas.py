@@ -51,24 +51,42 @@ def errors(*codes: int, stream: bool = False) -> dict[int | str, dict[str, Any]]
     return {code: {"model": ErrorBody, "description": _ERRORS[code]} for code in codes}
 
 
-SSE_EVENTS: dict[int | str, dict[str, Any]] = {200: {
-    "description": "Server-sent events: `event` is the stream mode (metadata, values, updates, ..., error, end), "
-                   "`data` one JSON value, `id` the event's sequence number when the run is resumable.",
-    "content": {"text/event-stream": {"itemSchema": {
-        "type": "object",
-        "properties": {"event": {"type": "string"}, "data": {"type": "string", "contentMediaType": "application/json"},
-                       "id": {"type": "string"}},
-    }}},
-}}
+SSE_EVENTS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Server-sent events: `event` is the stream mode (metadata, values, updates, ..., error, end), "
+        "`data` one JSON value, `id` the event's sequence number when the run is resumable.",
+        "content": {
+            "text/event-stream": {
+                "itemSchema": {
+                    "type": "object",
+                    "properties": {
+                        "event": {"type": "string"},
+                        "data": {"type": "string", "contentMediaType": "application/json"},
+                        "id": {"type": "string"},
+                    },
+                }
+            }
+        },
+    }
+}
 
 
-API_KEY = APIKeyHeader(name="x-api-key", scheme_name="ApiKey", auto_error=False,
-                       description="An API key from KEEL_API_KEYS (not needed when none are configured).")
-BEARER = HTTPBearer(scheme_name="Bearer", auto_error=False,
-                    description="`Authorization: Bearer <key>`, the same keys as x-api-key.")
+API_KEY = APIKeyHeader(
+    name="x-api-key",
+    scheme_name="ApiKey",
+    auto_error=False,
+    description="An API key from KEEL_API_KEYS (not needed when none are configured).",
+)
+BEARER = HTTPBearer(
+    scheme_name="Bearer",
+    auto_error=False,
+    description="`Authorization: Bearer <key>`, the same keys as x-api-key.",
+)
 
 
-async def _api_key_schemes(_bearer: Annotated[Any, Security(BEARER)], _key: Annotated[Any, Security(API_KEY)]) -> None:
+async def _api_key_schemes(
+    _bearer: Annotated[Any, Security(BEARER)], _key: Annotated[Any, Security(API_KEY)]
+) -> None:
     """Declares the two ways to send a key in the OpenAPI document; `current_user` does the checking."""
 
 
@@ -79,8 +97,19 @@ PUBLIC = [Depends(check_input)]
 ThreadId = Annotated[str, Path(description="a thread's UUID", json_schema_extra={"format": "uuid"})]
 RunId = Annotated[str, Path(description="a run's UUID", json_schema_extra={"format": "uuid"})]
 
-StreamMode = Literal["values", "updates", "messages", "messages-tuple", "custom", "events", "tasks",
-                     "checkpoints", "debug", "tools", "lifecycle"]
+StreamMode = Literal[
+    "values",
+    "updates",
+    "messages",
+    "messages-tuple",
+    "custom",
+    "events",
+    "tasks",
+    "checkpoints",
+    "debug",
+    "tools",
+    "lifecycle",
+]
 
 
 class _Body(BaseModel):
@@ -144,8 +173,10 @@ class _WithTTL(_Body):
         try:
             return handler(value)
         except ValidationError:
-            raise ValueError(f'ttl must be a number of minutes above 0 and at most {MAX_TTL_MINUTES}, or '
-                             f'{{"ttl": minutes, "strategy": "delete"}}') from None
+            raise ValueError(
+                f"ttl must be a number of minutes above 0 and at most {MAX_TTL_MINUTES}, or "
+                f'{{"ttl": minutes, "strategy": "delete"}}'
+            ) from None
 
     def ttl_minutes(self) -> float | None:
         return self.ttl.ttl if isinstance(self.ttl, ThreadTTL) else self.ttl
@@ -160,7 +191,9 @@ class ThreadCreate(_WithTTL):
     @field_validator("supersteps")
     @classmethod
     def _no_supersteps(cls, value: Any) -> Any:
-        unsupported(value, "supersteps", "create the thread, then apply updates with POST /threads/{id}/state")
+        unsupported(
+            value, "supersteps", "create the thread, then apply updates with POST /threads/{id}/state"
+        )
         return value
 
 
@@ -220,14 +253,16 @@ SendIn = Annotated[dict[str, Any], AfterValidator(_send)]
 class CommandIn(_Body):
     resume: Any = None
     update: dict[str, Any] | list[tuple[str, Any]] | None = Field(
-        None, description="values to write: an object, or a list of [channel, value] pairs")
+        None, description="values to write: an object, or a list of [channel, value] pairs"
+    )
     goto: str | SendIn | list[str | SendIn] | None = None
 
 
 class RunCreate(_Body):
     assistant_id: str = Field(..., description="a graph name or an assistant id", examples=["agent"])
     input: dict[str, Any] | list[Any] | str | int | float | bool | None = Field(
-        None, examples=[{"messages": [{"role": "user", "content": "How do workers scale out?"}]}])
+        None, examples=[{"messages": [{"role": "user", "content": "How do workers scale out?"}]}]
+    )
     command: CommandIn | None = None
     config: RunConfig | None = None
     context: dict[str, Any] | None = None
@@ -265,6 +300,7 @@ class RunCreate(_Body):
     def _no_feedback_keys(cls, value: Any) -> Any:
         unsupported(value, "feedback_keys", "LangSmith feedback tokens are not issued")
         return value
+
     record_modes: list[StreamMode] | None = None
     """Modes the event log records besides `stream_mode` (set by the server for background runs)."""
 

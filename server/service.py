@@ -32,7 +32,6 @@ GRAPH_ID = "agent"
 _STARTED = datetime.now(UTC).isoformat()
 
 
-
 def load_builder(spec: str | None, toolbox: Toolbox):
     """The graph builder: Keel's agent, or `module:attr` from KEEL_GRAPH (tests, custom agents) naming an
     uncompiled `StateGraph`, or a function that builds one from the service's `Toolbox`."""
@@ -54,9 +53,16 @@ class Assistants:
         for gid in graph_ids:
             aid = str(uuid.uuid5(NAMESPACE_GRAPH, gid))
             self._by_id[aid] = {
-                "assistant_id": aid, "graph_id": gid, "config": {}, "context": {},
-                "metadata": {"created_by": "system"}, "name": gid, "description": None, "version": 1,
-                "created_at": _STARTED, "updated_at": _STARTED,
+                "assistant_id": aid,
+                "graph_id": gid,
+                "config": {},
+                "context": {},
+                "metadata": {"created_by": "system"},
+                "name": gid,
+                "description": None,
+                "version": 1,
+                "created_at": _STARTED,
+                "updated_at": _STARTED,
             }
 
     def all(self) -> list[dict[str, Any]]:
@@ -77,7 +83,9 @@ class Assistants:
         found = self.find(ident)
         if found is None:
             if for_run:
-                raise ApiError(422, f"Invalid assistant: '{ident}'. Use a graph name ({GRAPH_ID}) or an assistant ID.")
+                raise ApiError(
+                    422, f"Invalid assistant: '{ident}'. Use a graph name ({GRAPH_ID}) or an assistant ID."
+                )
             raise ApiError(404, f"Assistant with ID {ident} not found")
         return found
 
@@ -94,11 +102,19 @@ async def open_db(settings: Settings, *, check_embeddings: bool = True) -> Datab
     dims = settings.keel_embed_dims or (EMBED_DIMS if not settings.keel_embeddings else None)
     if dims is None:
         raise DatabaseUnavailable("KEEL_EMBED_DIMS must be set together with KEEL_EMBEDDINGS")
-    return await open_database(url, embeddings=embeddings, dims=dims, pool_min=settings.keel_pool_min,
-                               pool_max=settings.keel_pool_max, max_idle=settings.keel_pool_max_idle,
-                               max_lifetime=settings.keel_pool_max_lifetime, server=server,
-                               embeddings_name=settings.keel_embeddings or DEFAULT_EMBEDDINGS,
-                               check_embeddings=check_embeddings, hnsw_ef_search=settings.keel_hnsw_ef_search)
+    return await open_database(
+        url,
+        embeddings=embeddings,
+        dims=dims,
+        pool_min=settings.keel_pool_min,
+        pool_max=settings.keel_pool_max,
+        max_idle=settings.keel_pool_max_idle,
+        max_lifetime=settings.keel_pool_max_lifetime,
+        server=server,
+        embeddings_name=settings.keel_embeddings or DEFAULT_EMBEDDINGS,
+        check_embeddings=check_embeddings,
+        hnsw_ef_search=settings.keel_hnsw_ef_search,
+    )
 
 
 class KeelService:
@@ -110,7 +126,8 @@ class KeelService:
         self.toolbox = Toolbox(pool=db.pool, settings={"webhook_url": settings.keel_webhook_url})
         """The tools runs and MCP callers use, and their services."""
         self.graph = load_builder(settings.keel_graph, self.toolbox).compile(
-            checkpointer=db.checkpointer, store=db.store, name=GRAPH_ID)
+            checkpointer=db.checkpointer, store=db.store, name=GRAPH_ID
+        )
         self.node_names = set(self.graph.nodes) - {"__start__"}
         self.assistants = Assistants([GRAPH_ID])
         self.planner = Planner(settings, self.assistants, self.node_names)
@@ -126,8 +143,15 @@ class KeelService:
         """Execute queued runs in this process."""
         s = self.settings
         executor = RunExecutor(self.db, self.graph, self.planner, s, self.toolbox)
-        self.worker = Worker(self.db, executor, s, concurrency=concurrency, lease_s=s.keel_lease_seconds,
-                             max_attempts=s.keel_max_attempts, name=name)
+        self.worker = Worker(
+            self.db,
+            executor,
+            s,
+            concurrency=concurrency,
+            lease_s=s.keel_lease_seconds,
+            max_attempts=s.keel_max_attempts,
+            name=name,
+        )
         await self.worker.start()
         return self.worker
 
@@ -163,7 +187,9 @@ class KeelService:
         await self.db.close()
 
     # Request planning lives in server.runs.planner (pure); these delegates serve the CLI, benchmarks and tests.
-    def default_context(self, user_id: str, roles: tuple[str, ...] = (), tenant: str | None = None) -> Context:
+    def default_context(
+        self, user_id: str, roles: tuple[str, ...] = (), tenant: str | None = None
+    ) -> Context:
         """Run settings from configuration, for the authenticated user."""
         return self.planner.default_context(user_id, roles, tenant)
 

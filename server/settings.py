@@ -16,8 +16,10 @@ if TYPE_CHECKING:
     from server.auth import User
 
 # LangGraph Studio (a hosted page, US and EU) and pages served from this machine (e.g. agent-chat-ui in development).
-STUDIO_AND_LOOPBACK_ORIGINS = ("https://smith.langchain.com,https://eu.smith.langchain.com,"
-                               "http://localhost:*,http://127.0.0.1:*,http://[::1]:*")
+STUDIO_AND_LOOPBACK_ORIGINS = (
+    "https://smith.langchain.com,https://eu.smith.langchain.com,"
+    "http://localhost:*,http://127.0.0.1:*,http://[::1]:*"
+)
 
 
 class Settings(BaseSettings):
@@ -27,16 +29,30 @@ class Settings(BaseSettings):
 
     database_url: str | None = Field(default=None, description="Postgres URL; unset = embedded Postgres")
     keel_home: Path = Field(default=Path(".keel"), description="embedded Postgres data and local state")
-    keel_model: str | None = Field(default=None, description="provider:model for init_chat_model; unset = offline engine")
-    keel_critic_model: str | None = Field(default=None, description="model for the critic; defaults to KEEL_MODEL")
-    keel_embeddings: str | None = Field(default=None, description="provider:model for init_embeddings; unset = offline MiniLM")
+    keel_model: str | None = Field(
+        default=None, description="provider:model for init_chat_model; unset = offline engine"
+    )
+    keel_critic_model: str | None = Field(
+        default=None, description="model for the critic; defaults to KEEL_MODEL"
+    )
+    keel_embeddings: str | None = Field(
+        default=None, description="provider:model for init_embeddings; unset = offline MiniLM"
+    )
     keel_embed_dims: int | None = Field(default=None, description="vector size when KEEL_EMBEDDINGS is set")
-    keel_api_keys: str = Field(default="", description="comma-separated key:user_id[:role+role[:tenant]]; empty = single local user")
+    keel_api_keys: str = Field(
+        default="", description="comma-separated key:user_id[:role+role[:tenant]]; empty = single local user"
+    )
     keel_keep_checkpoints: int = Field(default=100, ge=0, description="checkpoints kept per thread (0 = all)")
-    keel_events_ttl_seconds: float = Field(default=604800, ge=0, description="seconds a finished run keeps its stream events (0 = forever)")
-    keel_reflection: bool = Field(default=False, description="after each run, store durable user facts as memories")
+    keel_events_ttl_seconds: float = Field(
+        default=604800, ge=0, description="seconds a finished run keeps its stream events (0 = forever)"
+    )
+    keel_reflection: bool = Field(
+        default=False, description="after each run, store durable user facts as memories"
+    )
     keel_history: Literal["summarize", "trim"] = Field(
-        default="summarize", description="over-budget earlier turns: summarize and drop them, or only trim the prompt")
+        default="summarize",
+        description="over-budget earlier turns: summarize and drop them, or only trim the prompt",
+    )
     keel_webhook_url: str | None = Field(default=None, description="where send_webhook deliveries go")
     keel_mcp_approval: bool = Field(default=False, description="let MCP clients run approval-gated tools")
     keel_mcp_servers: str = Field(default="", description="JSON: external MCP servers to import as tools")
@@ -54,40 +70,74 @@ class Settings(BaseSettings):
     keel_max_tool_calls: int = 8
     keel_durability: Literal["sync", "async", "exit"] = "sync"
     keel_retrieve_k: int = 4
-    keel_hnsw_ef_search: int = Field(default=100, ge=1, le=1000, description="HNSW candidate list per vector search (pgvector default 40)")
-    keel_workers: int = Field(default=2, ge=0, le=64, description="run slots of the in-process worker of `keel serve`")
-    keel_worker_concurrency: int = Field(default=4, ge=1, le=256, description="run slots of one `keel worker`")
-    keel_lease_seconds: float = Field(default=5.0, gt=0.5, le=600, description="run lease; a dead worker's run resumes after it")
-    keel_max_attempts: int = Field(default=3, ge=1, le=100, description="attempts before a run whose worker keeps dying errors out")
-    keel_drain_seconds: float = Field(default=30.0, ge=0, description="SIGTERM grace period for in-flight runs")
-    keel_graph: str | None = Field(default=None, description="module:attr of an alternative StateGraph builder")
+    keel_hnsw_ef_search: int = Field(
+        default=100, ge=1, le=1000, description="HNSW candidate list per vector search (pgvector default 40)"
+    )
+    keel_workers: int = Field(
+        default=2, ge=0, le=64, description="run slots of the in-process worker of `keel serve`"
+    )
+    keel_worker_concurrency: int = Field(
+        default=4, ge=1, le=256, description="run slots of one `keel worker`"
+    )
+    keel_lease_seconds: float = Field(
+        default=5.0, gt=0.5, le=600, description="run lease; a dead worker's run resumes after it"
+    )
+    keel_max_attempts: int = Field(
+        default=3, ge=1, le=100, description="attempts before a run whose worker keeps dying errors out"
+    )
+    keel_drain_seconds: float = Field(
+        default=30.0, ge=0, description="SIGTERM grace period for in-flight runs"
+    )
+    keel_graph: str | None = Field(
+        default=None, description="module:attr of an alternative StateGraph builder"
+    )
     keel_cors_origins: str = Field(
         default=STUDIO_AND_LOOPBACK_ORIGINS,
         description="comma-separated browser origins allowed to call the API; '*' in an entry matches a host or "
-                    "port part; a lone '*' allows every origin")
+        "port part; a lone '*' allows every origin",
+    )
     # Ceilings a request cannot raise a run's budgets past (per deployment): one request buys bounded work.
-    keel_limit_steps: int = Field(default=100, ge=1, le=100_000, description="highest context.max_steps a request may set")
+    keel_limit_steps: int = Field(
+        default=100, ge=1, le=100_000, description="highest context.max_steps a request may set"
+    )
     keel_limit_revisions: int = Field(default=5, ge=0, le=1000, description="highest context.max_revisions")
-    keel_limit_tool_calls: int = Field(default=32, ge=0, le=10_000, description="highest context.max_tool_calls")
+    keel_limit_tool_calls: int = Field(
+        default=32, ge=0, le=10_000, description="highest context.max_tool_calls"
+    )
     keel_limit_retrieve_k: int = Field(default=50, ge=1, le=1000, description="highest context.retrieve_k")
-    keel_limit_history_tokens: int = Field(default=100_000, ge=0, le=10_000_000,
-                                           description="highest context.history_tokens")
-    keel_limit_recursion: int = Field(default=110, ge=1, le=1_000_000,
-                                      description="highest config.recursion_limit (super-steps of one run)")
+    keel_limit_history_tokens: int = Field(
+        default=100_000, ge=0, le=10_000_000, description="highest context.history_tokens"
+    )
+    keel_limit_recursion: int = Field(
+        default=110, ge=1, le=1_000_000, description="highest config.recursion_limit (super-steps of one run)"
+    )
 
     @model_validator(mode="after")
     def _defaults_within_ceilings(self) -> Settings:
-        pairs = [("KEEL_MAX_STEPS", self.keel_max_steps, "KEEL_LIMIT_STEPS", self.keel_limit_steps),
-                 ("KEEL_MAX_REVISIONS", self.keel_max_revisions, "KEEL_LIMIT_REVISIONS", self.keel_limit_revisions),
-                 ("KEEL_MAX_TOOL_CALLS", self.keel_max_tool_calls, "KEEL_LIMIT_TOOL_CALLS",
-                  self.keel_limit_tool_calls),
-                 ("KEEL_RETRIEVE_K", self.keel_retrieve_k, "KEEL_LIMIT_RETRIEVE_K", self.keel_limit_retrieve_k)]
+        pairs = [
+            ("KEEL_MAX_STEPS", self.keel_max_steps, "KEEL_LIMIT_STEPS", self.keel_limit_steps),
+            (
+                "KEEL_MAX_REVISIONS",
+                self.keel_max_revisions,
+                "KEEL_LIMIT_REVISIONS",
+                self.keel_limit_revisions,
+            ),
+            (
+                "KEEL_MAX_TOOL_CALLS",
+                self.keel_max_tool_calls,
+                "KEEL_LIMIT_TOOL_CALLS",
+                self.keel_limit_tool_calls,
+            ),
+            ("KEEL_RETRIEVE_K", self.keel_retrieve_k, "KEEL_LIMIT_RETRIEVE_K", self.keel_limit_retrieve_k),
+        ]
         for name, value, ceiling_name, ceiling in pairs:
             if value > ceiling:
                 raise ValueError(f"{name}={value} is above its ceiling {ceiling_name}={ceiling}")
         if self.keel_max_steps + 10 > self.keel_limit_recursion:
-            raise ValueError(f"KEEL_LIMIT_RECURSION={self.keel_limit_recursion} must be at least KEEL_MAX_STEPS + 10 "
-                             f"({self.keel_max_steps + 10}), the recursion limit of a run with the default budget")
+            raise ValueError(
+                f"KEEL_LIMIT_RECURSION={self.keel_limit_recursion} must be at least KEEL_MAX_STEPS + 10 "
+                f"({self.keel_max_steps + 10}), the recursion limit of a run with the default budget"
+            )
         return self
 
     @property

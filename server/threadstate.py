@@ -15,8 +15,12 @@ def _checkpoint(config: dict[str, Any] | None) -> dict[str, Any] | None:
     c = config.get("configurable") or {}
     if not c.get("checkpoint_id"):
         return None
-    return {"thread_id": str(c.get("thread_id")), "checkpoint_ns": c.get("checkpoint_ns", ""),
-            "checkpoint_id": c["checkpoint_id"], "checkpoint_map": c.get("checkpoint_map")}
+    return {
+        "thread_id": str(c.get("thread_id")),
+        "checkpoint_ns": c.get("checkpoint_ns", ""),
+        "checkpoint_id": c["checkpoint_id"],
+        "checkpoint_map": c.get("checkpoint_map"),
+    }
 
 
 def _interrupt(i: Any) -> dict[str, Any]:

@@ -78,5 +78,3 @@ async def db(database_url, embeddings):
 
     async with keel_database(database_url, embeddings, pool_max=6) as database:
         yield database
-
-

@@ -7,9 +7,19 @@ import logging
 log = logging.getLogger("keel.audit")
 
 
-async def record(pool, *, user_id: str, tool: str, version: str | None, args_hash: str | None, decision: str,
-                 outcome: str | None = None, thread_id: str | None = None, run_id: str | None = None,
-                 detail: str | None = None) -> None:
+async def record(
+    pool,
+    *,
+    user_id: str,
+    tool: str,
+    version: str | None,
+    args_hash: str | None,
+    decision: str,
+    outcome: str | None = None,
+    thread_id: str | None = None,
+    run_id: str | None = None,
+    detail: str | None = None,
+) -> None:
     """Append one audit row (best effort logging if there is no database, e.g. under `langgraph dev`)."""
     log.info("tool %s %s: %s%s", tool, decision, outcome or "", f" ({detail})" if detail else "")
     if pool is None:
@@ -18,4 +28,5 @@ async def record(pool, *, user_id: str, tool: str, version: str | None, args_has
         await conn.execute(
             "INSERT INTO keel_tool_audit (user_id, thread_id, run_id, tool, version, args_hash, decision, outcome, "
             "detail) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (user_id, thread_id, run_id, tool, version, args_hash, decision, outcome, (detail or "")[:1000]))
+            (user_id, thread_id, run_id, tool, version, args_hash, decision, outcome, (detail or "")[:1000]),
+        )

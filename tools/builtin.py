@@ -12,8 +12,13 @@ from memory.search import search_docs
 from tools.registry import ToolContext, ToolRegistry, ToolSpec
 
 _BINOPS = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
 }
 _UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 _FUNCS = {"sqrt": math.sqrt, "abs": abs, "round": round, "min": min, "max": max, "log": math.log}
@@ -29,7 +34,11 @@ def safe_eval(expression: str) -> float | int:
     def ev(node: ast.AST) -> float | int:
         if isinstance(node, ast.Expression):
             return ev(node.body)
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, (int, float))
+            and not isinstance(node.value, bool)
+        ):
             return node.value
         if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
             left, right = ev(node.left), ev(node.right)
@@ -40,8 +49,12 @@ def safe_eval(expression: str) -> float | int:
             return _UNARY[type(node.op)](ev(node.operand))
         if isinstance(node, ast.Name) and node.id in _CONSTS:
             return _CONSTS[node.id]
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCS
-                and not node.keywords):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in _FUNCS
+            and not node.keywords
+        ):
             return _FUNCS[node.func.id](*(ev(a) for a in node.args))
         raise ValueError(f"unsupported expression element: {ast.dump(node)[:60]}")
 
@@ -82,13 +95,23 @@ async def _search_docs(args: SearchDocsInput, ctx: ToolContext) -> SearchDocsOut
 
 
 CALCULATOR = ToolSpec(
-    name="calculator", version="1", description="Evaluate an arithmetic expression exactly.",
-    input_model=CalculatorInput, output_model=CalculatorOutput, func=_calculator, side_effect="none",
+    name="calculator",
+    version="1",
+    description="Evaluate an arithmetic expression exactly.",
+    input_model=CalculatorInput,
+    output_model=CalculatorOutput,
+    func=_calculator,
+    side_effect="none",
     timeout_s=5.0,
 )
 SEARCH_DOCS = ToolSpec(
-    name="search_docs", version="1", description="Search the knowledge base for passages about a topic.",
-    input_model=SearchDocsInput, output_model=SearchDocsOutput, func=_search_docs, side_effect="read",
+    name="search_docs",
+    version="1",
+    description="Search the knowledge base for passages about a topic.",
+    input_model=SearchDocsInput,
+    output_model=SearchDocsOutput,
+    func=_search_docs,
+    side_effect="read",
     timeout_s=15.0,
 )
 
@@ -99,5 +122,6 @@ def default_registry() -> ToolRegistry:
     from tools.tickets import CLOSE_TICKET, CREATE_TICKET, LIST_TICKETS
     from tools.webhook import SEND_WEBHOOK
 
-    return ToolRegistry([CALCULATOR, SEARCH_DOCS, REMEMBER, RECALL, CREATE_TICKET, LIST_TICKETS, CLOSE_TICKET,
-                         SEND_WEBHOOK])
+    return ToolRegistry(
+        [CALCULATOR, SEARCH_DOCS, REMEMBER, RECALL, CREATE_TICKET, LIST_TICKETS, CLOSE_TICKET, SEND_WEBHOOK]
+    )

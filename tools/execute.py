@@ -73,8 +73,14 @@ def _validation_text(name: str, exc: ValidationError) -> str:
     return f"Error: invalid arguments for {name}: {errs}"
 
 
-async def prepare_call(registry: ToolRegistry, call: dict[str, Any], ctx: ToolContext, *,
-                       allowed: set[str] | None = None, checkpoint_ns: str = "") -> PreparedCall:
+async def prepare_call(
+    registry: ToolRegistry,
+    call: dict[str, Any],
+    ctx: ToolContext,
+    *,
+    allowed: set[str] | None = None,
+    checkpoint_ns: str = "",
+) -> PreparedCall:
     """Validate and decide one call without side effects."""
     p = PreparedCall(call=call)
     spec = registry.get(p.name)
@@ -94,7 +100,9 @@ async def prepare_call(registry: ToolRegistry, call: dict[str, Any], ctx: ToolCo
     if spec.has_effects:
         p.key = ledger.make_key(ctx.thread_id, checkpoint_ns, p.call_id)
         if ctx.pool is None:
-            p.error = f"Error: {spec.name} needs Keel's database (its side-effect ledger); not available here."
+            p.error = (
+                f"Error: {spec.name} needs Keel's database (its side-effect ledger); not available here."
+            )
             return p
         p.row = await ledger.get(ctx.pool, p.key)
         if p.row is not None and p.row.status in ("succeeded", "failed"):
@@ -118,14 +126,17 @@ def approval_request(calls: list[PreparedCall]) -> dict[str, Any]:
     requests, configs = [], []
     for p in calls:
         if p.human == "unknown_outcome":
-            desc = (f"The outcome of an earlier {p.name} call is unknown (its worker stopped during the call). "
-                    "Approve to try it again (it may then happen twice), or reject to record it as not done.")
+            desc = (
+                f"The outcome of an earlier {p.name} call is unknown (its worker stopped during the call). "
+                "Approve to try it again (it may then happen twice), or reject to record it as not done."
+            )
             allowed = ["approve", "reject"]
         else:
             desc = f"{p.spec.description} ({p.decision.reason})" if p.spec and p.decision else p.name
             allowed = ["approve", "edit", "reject"]
-        requests.append({"name": p.name, "args": p.call.get("args") or {}, "description": desc,
-                         "tool_call_id": p.call_id})
+        requests.append(
+            {"name": p.name, "args": p.call.get("args") or {}, "description": desc, "tool_call_id": p.call_id}
+        )
         configs.append({"action_name": p.name, "allowed_decisions": allowed})
     return {"action_requests": requests, "review_configs": configs}
 
@@ -176,12 +187,14 @@ async def _attempts(spec: ToolSpec, args: BaseModel, ctx: ToolContext) -> Any:
         try:
             if spec.transactional:
                 async with ctx.pool.connection() as conn, conn.transaction():
-                    out = await asyncio.wait_for(spec.func(args, replace(ctx, conn=conn)), timeout=spec.timeout_s)
+                    out = await asyncio.wait_for(
+                        spec.func(args, replace(ctx, conn=conn)), timeout=spec.timeout_s
+                    )
                     _, data = _render(out)
                     await ledger.succeed(conn, ctx.idempotency_key, data)
                     return out
             return await asyncio.wait_for(spec.func(args, ctx), timeout=spec.timeout_s)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if attempt < spec.retry.max_attempts and spec.retry.retry_on(exc):
                 await asyncio.sleep(delay)
                 delay *= spec.retry.backoff
@@ -195,8 +208,14 @@ async def run_prepared(p: PreparedCall, ctx: ToolContext) -> ToolResult:
     spec = p.spec
     version = spec.version if spec else None
     h = args_hash(p.args) if p.args is not None else None
-    base = dict(user_id=ctx.user_id, tool=p.name, version=version, args_hash=h, thread_id=ctx.thread_id,
-                run_id=ctx.run_id)
+    base = dict(
+        user_id=ctx.user_id,
+        tool=p.name,
+        version=version,
+        args_hash=h,
+        thread_id=ctx.thread_id,
+        run_id=ctx.run_id,
+    )
     decision = "approved" if p.approved_by_human else (p.decision.kind if p.decision else "invalid")
     if p.error is not None:
         if p.key and p.rejected and p.human == "unknown_outcome":
@@ -212,7 +231,7 @@ async def run_prepared(p: PreparedCall, ctx: ToolContext) -> ToolResult:
         return await _run_with_ledger(p, ctx, base, decision)
     try:
         out = await _traced(spec, p, ctx, _attempts(spec, p.args, ctx))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return await _error(p, ctx, base, decision, exc)
     content, data = _render(out)
     await audit.record(ctx.pool, **base, decision=decision, outcome="succeeded")
@@ -222,9 +241,17 @@ async def run_prepared(p: PreparedCall, ctx: ToolContext) -> ToolResult:
 async def _traced(spec: ToolSpec, p: PreparedCall, ctx: ToolContext, coro):
     if _trace is None:
         return await coro
-    with _trace(spec.name, run_type="tool", inputs=p.call.get("args") or {},
-                metadata={"tool_version": spec.version, "side_effect": spec.side_effect,
-                          "idempotency_key": p.key, "thread_id": ctx.thread_id}) as rt:
+    with _trace(
+        spec.name,
+        run_type="tool",
+        inputs=p.call.get("args") or {},
+        metadata={
+            "tool_version": spec.version,
+            "side_effect": spec.side_effect,
+            "idempotency_key": p.key,
+            "thread_id": ctx.thread_id,
+        },
+    ) as rt:
         try:
             out = await coro
         except BaseException as exc:
@@ -234,7 +261,9 @@ async def _traced(spec: ToolSpec, p: PreparedCall, ctx: ToolContext, coro):
         return out
 
 
-async def _error(p: PreparedCall, ctx: ToolContext, base: dict, decision: str, exc: BaseException) -> ToolResult:
+async def _error(
+    p: PreparedCall, ctx: ToolContext, base: dict, decision: str, exc: BaseException
+) -> ToolResult:
     spec = p.spec
     if isinstance(exc, TimeoutError):
         text = f"Error: {p.name} timed out after {spec.timeout_s:g}s"
@@ -248,8 +277,16 @@ async def _run_with_ledger(p: PreparedCall, ctx: ToolContext, base: dict, decisi
     spec, key = p.spec, p.key
     row = p.row
     if row is None:
-        row = await ledger.start(ctx.pool, key, thread_id=ctx.thread_id, run_id=ctx.run_id, tool=spec.name,
-                                 version=spec.version, args=p.args.model_dump(mode="json"), args_hash=base["args_hash"])
+        row = await ledger.start(
+            ctx.pool,
+            key,
+            thread_id=ctx.thread_id,
+            run_id=ctx.run_id,
+            tool=spec.name,
+            version=spec.version,
+            args=p.args.model_dump(mode="json"),
+            args_hash=base["args_hash"],
+        )
     if row is not None and row.status == "succeeded":
         await audit.record(ctx.pool, **base, decision=decision, outcome="replayed", detail=f"key {key}")
         content, data = _render(row.result)
@@ -267,13 +304,18 @@ async def _run_with_ledger(p: PreparedCall, ctx: ToolContext, base: dict, decisi
         if not (p.approved_by_human or p.retry_started):
             # Started by someone else just now (a concurrent duplicate): never run it twice.
             await audit.record(ctx.pool, **base, decision=decision, outcome="skipped: in progress elsewhere")
-            return ToolResult(p.call_id, p.name, spec.version, "error",
-                              f"Error: this {p.name} call is already being executed; its outcome is not known yet.")
+            return ToolResult(
+                p.call_id,
+                p.name,
+                spec.version,
+                "error",
+                f"Error: this {p.name} call is already being executed; its outcome is not known yet.",
+            )
         await ledger.retry_started(ctx.pool, key)
     tctx = replace(ctx, idempotency_key=key)
     try:
         out = await _traced(spec, p, tctx, _attempts(spec, p.args, tctx))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         # A transactional tool rolled back: nothing happened, so the failure is final and safe to record.
         # Any other tool may have acted before failing: unless it is a plain error, its outcome is unknown.
         if spec.transactional or not isinstance(exc, TimeoutError):
@@ -287,9 +329,15 @@ async def _run_with_ledger(p: PreparedCall, ctx: ToolContext, base: dict, decisi
     return ToolResult(p.call_id, p.name, spec.version, "success", content, data)
 
 
-async def execute_tool_call(registry: ToolRegistry, call: dict[str, Any], ctx: ToolContext,
-                            allowed: set[str] | None = None, *, caller_approves: bool = False,
-                            refusal: str | None = None) -> ToolResult:
+async def execute_tool_call(
+    registry: ToolRegistry,
+    call: dict[str, Any],
+    ctx: ToolContext,
+    allowed: set[str] | None = None,
+    *,
+    caller_approves: bool = False,
+    refusal: str | None = None,
+) -> ToolResult:
     """One call end to end where no human can answer an interrupt (MCP, scripts). An approval-gated call runs
     only when the caller may approve its own calls (`caller_approves`); otherwise it is refused with `refusal`."""
     p = await prepare_call(registry, call, ctx, allowed=allowed)
@@ -303,5 +351,13 @@ async def execute_tool_call(registry: ToolRegistry, call: dict[str, Any], ctx: T
     return await run_prepared(p, ctx)
 
 
-__all__ = ["PreparedCall", "ToolResult", "UserAttrs", "apply_decisions", "approval_request", "execute_tool_call",
-           "prepare_call", "run_prepared"]
+__all__ = [
+    "PreparedCall",
+    "ToolResult",
+    "UserAttrs",
+    "apply_decisions",
+    "approval_request",
+    "execute_tool_call",
+    "prepare_call",
+    "run_prepared",
+]

@@ -34,19 +34,28 @@ def _row(r: dict[str, Any] | None) -> LedgerRow | None:
 
 async def get(pool, key: str) -> LedgerRow | None:
     async with pool.connection() as conn:
-        cur = await conn.execute("SELECT status, result, error FROM keel_tool_ledger "
-                                 "WHERE key = %s", (key,))
+        cur = await conn.execute("SELECT status, result, error FROM keel_tool_ledger WHERE key = %s", (key,))
         return _row(await cur.fetchone())
 
 
-async def start(pool, key: str, *, thread_id: str | None, run_id: str | None, tool: str, version: str,
-                args: dict[str, Any], args_hash: str) -> LedgerRow | None:
+async def start(
+    pool,
+    key: str,
+    *,
+    thread_id: str | None,
+    run_id: str | None,
+    tool: str,
+    version: str,
+    args: dict[str, Any],
+    args_hash: str,
+) -> LedgerRow | None:
     """Record the attempt (committed). Returns the existing row instead if another attempt got there first."""
     async with pool.connection() as conn:
         cur = await conn.execute(
             "INSERT INTO keel_tool_ledger (key, thread_id, run_id, tool, version, args, args_hash, status) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s, 'started') ON CONFLICT (key) DO NOTHING RETURNING key",
-            (key, thread_id or "-", run_id, tool, version, Jsonb(args), args_hash))
+            (key, thread_id or "-", run_id, tool, version, Jsonb(args), args_hash),
+        )
         if await cur.fetchone() is not None:
             return None
     return await get(pool, key)
@@ -55,20 +64,26 @@ async def start(pool, key: str, *, thread_id: str | None, run_id: str | None, to
 async def retry_started(pool, key: str) -> None:
     """A started row whose effect is known not to have happened (reconciled, or approved): try again."""
     async with pool.connection() as conn:
-        await conn.execute("UPDATE keel_tool_ledger SET attempts = attempts + 1, updated_at = now() WHERE key = %s",
-                           (key,))
+        await conn.execute(
+            "UPDATE keel_tool_ledger SET attempts = attempts + 1, updated_at = now() WHERE key = %s", (key,)
+        )
 
 
 async def succeed(conn, key: str, result: Any) -> None:
     """Mark succeeded; `conn` may be the tool's own transaction (exactly-once for transactional tools)."""
-    await conn.execute("UPDATE keel_tool_ledger SET status = 'succeeded', result = %s, error = NULL, "
-                       "updated_at = now() WHERE key = %s", (Jsonb(result), key))
+    await conn.execute(
+        "UPDATE keel_tool_ledger SET status = 'succeeded', result = %s, error = NULL, "
+        "updated_at = now() WHERE key = %s",
+        (Jsonb(result), key),
+    )
 
 
 async def fail(pool, key: str, error: str) -> None:
     async with pool.connection() as conn:
-        await conn.execute("UPDATE keel_tool_ledger SET status = 'failed', error = %s, updated_at = now() "
-                           "WHERE key = %s", (error, key))
+        await conn.execute(
+            "UPDATE keel_tool_ledger SET status = 'failed', error = %s, updated_at = now() WHERE key = %s",
+            (error, key),
+        )
 
 
 async def effects_to_compensate(pool, run_id: str) -> list[dict[str, Any]]:
@@ -76,17 +91,23 @@ async def effects_to_compensate(pool, run_id: str) -> list[dict[str, Any]]:
     async with pool.connection() as conn:
         cur = await conn.execute(
             "SELECT key, tool, args, result FROM keel_tool_ledger WHERE run_id = %s "
-            "AND status = 'succeeded' AND coalesce(compensation, '') <> 'done' ORDER BY seq DESC", (run_id,))
+            "AND status = 'succeeded' AND coalesce(compensation, '') <> 'done' ORDER BY seq DESC",
+            (run_id,),
+        )
         return await cur.fetchall()
 
 
 async def has_compensable(conn, run_id: str) -> bool:
     """Whether the run has succeeded effects not yet compensated (`conn` may be the caller's transaction)."""
-    cur = await conn.execute("SELECT 1 FROM keel_tool_ledger WHERE run_id = %s AND status = 'succeeded' "
-                             "AND coalesce(compensation, '') <> 'done' LIMIT 1", (run_id,))
+    cur = await conn.execute(
+        "SELECT 1 FROM keel_tool_ledger WHERE run_id = %s AND status = 'succeeded' "
+        "AND coalesce(compensation, '') <> 'done' LIMIT 1",
+        (run_id,),
+    )
     return await cur.fetchone() is not None
 
 
 async def mark_compensated(conn, key: str) -> None:
-    await conn.execute("UPDATE keel_tool_ledger SET compensation = 'done', updated_at = now() WHERE key = %s",
-                       (key,))
+    await conn.execute(
+        "UPDATE keel_tool_ledger SET compensation = 'done', updated_at = now() WHERE key = %s", (key,)
+    )

@@ -57,11 +57,17 @@ def _target(entry: dict[str, Any]):
             import httpx2
             from mcp.client.streamable_http import streamable_http_client
 
-            return lambda: streamable_http_client(entry["url"], http_client=httpx2.AsyncClient(
-                headers=entry["headers"], timeout=entry.get("timeout", 60)))
+            return lambda: streamable_http_client(
+                entry["url"],
+                http_client=httpx2.AsyncClient(headers=entry["headers"], timeout=entry.get("timeout", 60)),
+            )
         return lambda: entry["url"]
-    params = StdioServerParameters(command=entry["command"], args=list(entry.get("args") or []),
-                                   env=entry.get("env") or None, cwd=entry.get("cwd"))
+    params = StdioServerParameters(
+        command=entry["command"],
+        args=list(entry.get("args") or []),
+        env=entry.get("env") or None,
+        cwd=entry.get("cwd"),
+    )
     return lambda: params
 
 
@@ -98,9 +104,18 @@ def _spec(server: str, entry: dict[str, Any], target, tool) -> ToolSpec:
         structured = r.structured_content if isinstance(r.structured_content, dict) else None
         return McpResult(content=text, structured=structured)
 
-    return ToolSpec(name=name, version=f"mcp:{server}", description=tool.description or tool.name,
-                    input_model=input_model_for(name, dict(tool.input_schema)), output_model=McpResult, func=call,
-                    side_effect=side, needs_approval=needs, timeout_s=float(entry.get("timeout", 60)), mcp=False)
+    return ToolSpec(
+        name=name,
+        version=f"mcp:{server}",
+        description=tool.description or tool.name,
+        input_model=input_model_for(name, dict(tool.input_schema)),
+        output_model=McpResult,
+        func=call,
+        side_effect=side,
+        needs_approval=needs,
+        timeout_s=float(entry.get("timeout", 60)),
+        mcp=False,
+    )
 
 
 def register_all(registry: ToolRegistry, specs: list[ToolSpec]) -> None:

@@ -27,18 +27,26 @@ def tool_definition(spec: ToolSpec) -> types.Tool:
     return types.Tool(
         name=spec.name,
         description=f"{spec.description} (v{spec.version}; side effects: {spec.side_effect}"
-                    f"{'; needs approval' if spec.needs_approval else ''})",
+        f"{'; needs approval' if spec.needs_approval else ''})",
         input_schema=spec.input_model.model_json_schema(),
         output_schema=spec.output_model.model_json_schema(),
         annotations=types.ToolAnnotations(
-            title=spec.name, read_only_hint=spec.side_effect in ("none", "read"),
-            destructive_hint=spec.side_effect == "write", idempotent_hint=spec.has_effects,
-            open_world_hint=spec.side_effect == "external"),
+            title=spec.name,
+            read_only_hint=spec.side_effect in ("none", "read"),
+            destructive_hint=spec.side_effect == "write",
+            idempotent_hint=spec.has_effects,
+            open_world_hint=spec.side_effect == "external",
+        ),
     )
 
 
-def build_mcp_server(registry: ToolRegistry | Callable[[], ToolRegistry], context_for: Callable[[Any], ToolContext],
-                     *, allow_approval: bool = False, name: str = "keel") -> Server:
+def build_mcp_server(
+    registry: ToolRegistry | Callable[[], ToolRegistry],
+    context_for: Callable[[Any], ToolContext],
+    *,
+    allow_approval: bool = False,
+    name: str = "keel",
+) -> Server:
     """An MCP server over `registry` (or the registry a function returns at each request, for a server built
     before its registry); `context_for(request)` authenticates (raise PermissionError to refuse)."""
     current = (lambda: registry) if isinstance(registry, ToolRegistry) else registry
@@ -65,12 +73,21 @@ def build_mcp_server(registry: ToolRegistry | Callable[[], ToolRegistry], contex
         call_id = str(meta.get("idempotency_key") or meta.get("idempotencyKey") or f"mcp-{uuid.uuid4()}")
         call = {"name": params.name, "args": params.arguments or {}, "id": call_id}
         result = await execute_tool_call(
-            reg, call, tctx, caller_approves=allow_approval,
-            refusal=(f"Error: {params.name} needs a human's approval; MCP calls cannot give it "
-                     "(set KEEL_MCP_APPROVAL=true to let MCP callers approve their own calls)."))
+            reg,
+            call,
+            tctx,
+            caller_approves=allow_approval,
+            refusal=(
+                f"Error: {params.name} needs a human's approval; MCP calls cannot give it "
+                "(set KEEL_MCP_APPROVAL=true to let MCP callers approve their own calls)."
+            ),
+        )
         structured = result.output if isinstance(result.output, dict) else None
-        return types.CallToolResult(content=[types.TextContent(text=result.content)],
-                                    structured_content=structured, is_error=result.status == "error")
+        return types.CallToolResult(
+            content=[types.TextContent(text=result.content)],
+            structured_content=structured,
+            is_error=result.status == "error",
+        )
 
     return Server(name, version="1", on_list_tools=on_list_tools, on_call_tool=on_call_tool)
 

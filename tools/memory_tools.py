@@ -82,9 +82,24 @@ async def _recall(args: RecallInput, ctx: ToolContext) -> Recalled:
 
 
 REMEMBER = ToolSpec(
-    name="remember", version="1", description="Remember a durable fact or preference about the user.",
-    input_model=RememberInput, output_model=Remembered, func=_remember, side_effect="write",
-    reconcile=_reconcile_remember, compensator=_forget, timeout_s=15.0)
+    name="remember",
+    version="1",
+    description="Remember a durable fact or preference about the user.",
+    input_model=RememberInput,
+    output_model=Remembered,
+    func=_remember,
+    side_effect="write",
+    reconcile=_reconcile_remember,
+    compensator=_forget,
+    timeout_s=15.0,
+)
 RECALL = ToolSpec(
-    name="recall", version="1", description="Recall what is known about the user.",
-    input_model=RecallInput, output_model=Recalled, func=_recall, side_effect="read", timeout_s=15.0)
+    name="recall",
+    version="1",
+    description="Recall what is known about the user.",
+    input_model=RecallInput,
+    output_model=Recalled,
+    func=_recall,
+    side_effect="read",
+    timeout_s=15.0,
+)

@@ -42,5 +42,7 @@ def decide(user: UserAttrs, spec: Any, args: BaseModel, *, allowed: set[str] | N
     rule = spec.needs_approval
     needs = bool(rule(args, user)) if callable(rule) else bool(rule)
     if needs:
-        return Decision("approve", f"tool {spec.name!r} changes things outside the conversation; a human approves it")
+        return Decision(
+            "approve", f"tool {spec.name!r} changes things outside the conversation; a human approves it"
+        )
     return Decision("allow")

@@ -43,7 +43,11 @@ class ToolContext:
 
 def _transient(exc: BaseException) -> bool:
     return isinstance(exc, (ConnectionError, TimeoutError)) or type(exc).__name__ in (
-        "TransientToolError", "ConnectError", "ReadTimeout", "RemoteProtocolError")
+        "TransientToolError",
+        "ConnectError",
+        "ReadTimeout",
+        "RemoteProtocolError",
+    )
 
 
 class TransientToolError(Exception):
@@ -90,8 +94,11 @@ class ToolSpec:
     def schema(self) -> dict[str, Any]:
         """The public contract of this tool version (exported, and pinned by a test)."""
         return {
-            "name": self.name, "version": self.version, "description": self.description,
-            "side_effect": self.side_effect, "needs_approval": bool(self.needs_approval),
+            "name": self.name,
+            "version": self.version,
+            "description": self.description,
+            "side_effect": self.side_effect,
+            "needs_approval": bool(self.needs_approval),
             "input_schema": self.input_model.model_json_schema(),
             "output_schema": self.output_model.model_json_schema(),
         }
@@ -105,7 +112,10 @@ class ToolSpec:
         # Tools imported from MCP servers carry their JSON Schema as is (no pydantic fields to derive it from).
         schema = getattr(self.input_model, "__keel_json_schema__", None) or self.input_model
         return StructuredTool.from_function(
-            coroutine=_unbound, name=self.name, description=self.description, args_schema=schema,
+            coroutine=_unbound,
+            name=self.name,
+            description=self.description,
+            args_schema=schema,
             metadata={"version": self.version, "side_effect": self.side_effect},
         )
 

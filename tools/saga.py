@@ -29,14 +29,25 @@ async def compensate_run(registry: ToolRegistry, ctx: ToolContext, run_id: str) 
         args = spec.input_model.model_validate(row["args"])
         cctx = replace(ctx, idempotency_key=f"{key}:compensate")
         async with ctx.pool.connection() as conn, conn.transaction():
-            cur = await conn.execute("SELECT compensation FROM keel_tool_ledger WHERE key = %s FOR UPDATE", (key,))
+            cur = await conn.execute(
+                "SELECT compensation FROM keel_tool_ledger WHERE key = %s FOR UPDATE", (key,)
+            )
             if (await cur.fetchone())["compensation"] == "done":
                 continue
             await spec.compensator(args, row["result"], replace(cctx, conn=conn))
             await ledger.mark_compensated(conn, key)
         ran += 1
-        await audit.record(ctx.pool, user_id=ctx.user_id, tool=spec.name, version=spec.version, args_hash=None,
-                           decision="compensate", outcome="compensated", thread_id=ctx.thread_id, run_id=run_id,
-                           detail=f"key {key}")
+        await audit.record(
+            ctx.pool,
+            user_id=ctx.user_id,
+            tool=spec.name,
+            version=spec.version,
+            args_hash=None,
+            decision="compensate",
+            outcome="compensated",
+            thread_id=ctx.thread_id,
+            run_id=run_id,
+            detail=f"key {key}",
+        )
         log.info("compensated %s (%s)", spec.name, key)
     return ran

@@ -43,21 +43,24 @@ async def _create(args: CreateTicketInput, ctx: ToolContext) -> Ticket:
     cur = await ctx.conn.execute(
         f"INSERT INTO keel_tickets (owner, title, body, idempotency_key) VALUES (%s, %s, %s, %s) "
         f"ON CONFLICT (idempotency_key) DO UPDATE SET title = keel_tickets.title RETURNING {_COLS}",
-        (ctx.user_id, args.title, args.body, ctx.idempotency_key))
+        (ctx.user_id, args.title, args.body, ctx.idempotency_key),
+    )
     return Ticket(**await cur.fetchone())
 
 
 async def _reconcile_create(args: CreateTicketInput, ctx: ToolContext) -> Ticket | None:
     async with ctx.pool.connection() as conn:
-        cur = await conn.execute(f"SELECT {_COLS} FROM keel_tickets WHERE idempotency_key = %s",
-                                 (ctx.idempotency_key,))
+        cur = await conn.execute(
+            f"SELECT {_COLS} FROM keel_tickets WHERE idempotency_key = %s", (ctx.idempotency_key,)
+        )
         row = await cur.fetchone()
     return Ticket(**row) if row else None
 
 
 async def _undo_create(args: CreateTicketInput, result: dict, ctx: ToolContext) -> None:
-    await ctx.conn.execute("UPDATE keel_tickets SET status = 'cancelled', closed_at = now() WHERE id = %s",
-                           (result["id"],))
+    await ctx.conn.execute(
+        "UPDATE keel_tickets SET status = 'cancelled', closed_at = now() WHERE id = %s", (result["id"],)
+    )
 
 
 async def _list(args: ListTicketsInput, ctx: ToolContext) -> TicketList:
@@ -68,15 +71,18 @@ async def _list(args: ListTicketsInput, ctx: ToolContext) -> TicketList:
         where += " AND status = %s"
         params.append(args.status)
     async with ctx.pool.connection() as conn:
-        cur = await conn.execute(f"SELECT {_COLS} FROM keel_tickets WHERE {where} ORDER BY id DESC LIMIT %s",
-                                 [*params, args.limit])
+        cur = await conn.execute(
+            f"SELECT {_COLS} FROM keel_tickets WHERE {where} ORDER BY id DESC LIMIT %s", [*params, args.limit]
+        )
         return TicketList(tickets=[Ticket(**r) for r in await cur.fetchall()])
 
 
 async def _close(args: CloseTicketInput, ctx: ToolContext) -> Ticket:
     cur = await ctx.conn.execute(
         f"UPDATE keel_tickets SET status = 'closed', closed_at = now() WHERE id = %s AND owner = %s "
-        f"AND status = 'open' RETURNING {_COLS}", (args.ticket_id, ctx.user_id))
+        f"AND status = 'open' RETURNING {_COLS}",
+        (args.ticket_id, ctx.user_id),
+    )
     row = await cur.fetchone()
     if row is None:
         raise ValueError(f"no open ticket {args.ticket_id} of yours")
@@ -84,18 +90,46 @@ async def _close(args: CloseTicketInput, ctx: ToolContext) -> Ticket:
 
 
 async def _undo_close(args: CloseTicketInput, result: dict, ctx: ToolContext) -> None:
-    await ctx.conn.execute("UPDATE keel_tickets SET status = 'open', closed_at = NULL WHERE id = %s AND status = 'closed'",
-                           (result["id"],))
+    await ctx.conn.execute(
+        "UPDATE keel_tickets SET status = 'open', closed_at = NULL WHERE id = %s AND status = 'closed'",
+        (result["id"],),
+    )
 
 
 CREATE_TICKET = ToolSpec(
-    name="create_ticket", version="1", description="Open a support ticket on the user's behalf.",
-    input_model=CreateTicketInput, output_model=Ticket, func=_create, side_effect="write", needs_approval=True,
-    transactional=True, reconcile=_reconcile_create, compensator=_undo_create, timeout_s=10.0)
+    name="create_ticket",
+    version="1",
+    description="Open a support ticket on the user's behalf.",
+    input_model=CreateTicketInput,
+    output_model=Ticket,
+    func=_create,
+    side_effect="write",
+    needs_approval=True,
+    transactional=True,
+    reconcile=_reconcile_create,
+    compensator=_undo_create,
+    timeout_s=10.0,
+)
 LIST_TICKETS = ToolSpec(
-    name="list_tickets", version="1", description="List the user's tickets.",
-    input_model=ListTicketsInput, output_model=TicketList, func=_list, side_effect="read", timeout_s=10.0)
+    name="list_tickets",
+    version="1",
+    description="List the user's tickets.",
+    input_model=ListTicketsInput,
+    output_model=TicketList,
+    func=_list,
+    side_effect="read",
+    timeout_s=10.0,
+)
 CLOSE_TICKET = ToolSpec(
-    name="close_ticket", version="1", description="Close one of the user's open tickets.",
-    input_model=CloseTicketInput, output_model=Ticket, func=_close, side_effect="write", needs_approval=True,
-    transactional=True, compensator=_undo_close, timeout_s=10.0)
+    name="close_ticket",
+    version="1",
+    description="Close one of the user's open tickets.",
+    input_model=CloseTicketInput,
+    output_model=Ticket,
+    func=_close,
+    side_effect="write",
+    needs_approval=True,
+    transactional=True,
+    compensator=_undo_close,
+    timeout_s=10.0,
+)

@@ -37,14 +37,24 @@ async def _send(args: WebhookInput, ctx: ToolContext) -> Queued:
     cur = await ctx.conn.execute(
         "INSERT INTO keel_outbox (idempotency_key, url, payload) VALUES (%s, %s, %s) "
         "ON CONFLICT (idempotency_key) DO UPDATE SET url = keel_outbox.url RETURNING id",
-        (ctx.idempotency_key, url, Jsonb({"event": args.event, "data": args.data, "user_id": ctx.user_id})))
+        (ctx.idempotency_key, url, Jsonb({"event": args.event, "data": args.data, "user_id": ctx.user_id})),
+    )
     return Queued(outbox_id=(await cur.fetchone())["id"], idempotency_key=ctx.idempotency_key)
 
 
 SEND_WEBHOOK = ToolSpec(
-    name="send_webhook", version="1", description="Notify the configured external system of an event.",
-    input_model=WebhookInput, output_model=Queued, func=_send, side_effect="external", needs_approval=True,
-    transactional=True, timeout_s=10.0, retry=ToolRetry(max_attempts=2))
+    name="send_webhook",
+    version="1",
+    description="Notify the configured external system of an event.",
+    input_model=WebhookInput,
+    output_model=Queued,
+    func=_send,
+    side_effect="external",
+    needs_approval=True,
+    transactional=True,
+    timeout_s=10.0,
+    retry=ToolRetry(max_attempts=2),
+)
 
 
 async def dispatch_once(pool, client: httpx.AsyncClient, *, batch: int = 20, max_attempts: int = 8) -> int:
@@ -53,25 +63,33 @@ async def dispatch_once(pool, client: httpx.AsyncClient, *, batch: int = 20, max
     async with pool.connection() as conn, conn.transaction():
         cur = await conn.execute(
             "SELECT id, idempotency_key, url, payload, attempts FROM keel_outbox WHERE status = 'pending' "
-            "AND next_attempt_at <= now() ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED", (batch,))
+            "AND next_attempt_at <= now() ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
+            (batch,),
+        )
         rows = await cur.fetchall()
         for r in rows:
             try:
-                resp = await client.post(r["url"], json=r["payload"], headers={"Idempotency-Key": r["idempotency_key"]})
+                resp = await client.post(
+                    r["url"], json=r["payload"], headers={"Idempotency-Key": r["idempotency_key"]}
+                )
                 ok = resp.status_code < 300 or resp.status_code == 409
                 err = None if ok else f"HTTP {resp.status_code}"
             except httpx.HTTPError as exc:
                 ok, err = False, f"{type(exc).__name__}: {exc}"
             if ok:
                 delivered += 1
-                await conn.execute("UPDATE keel_outbox SET status = 'delivered', delivered_at = now(), "
-                                   "attempts = attempts + 1 WHERE id = %s", (r["id"],))
+                await conn.execute(
+                    "UPDATE keel_outbox SET status = 'delivered', delivered_at = now(), "
+                    "attempts = attempts + 1 WHERE id = %s",
+                    (r["id"],),
+                )
             else:
                 dead = r["attempts"] + 1 >= max_attempts
                 await conn.execute(
                     "UPDATE keel_outbox SET status = %s, attempts = attempts + 1, last_error = %s, "
                     "next_attempt_at = now() + make_interval(secs => %s) WHERE id = %s",
-                    ("dead" if dead else "pending", err, min(60.0, 0.5 * 2 ** r["attempts"]), r["id"]))
+                    ("dead" if dead else "pending", err, min(60.0, 0.5 * 2 ** r["attempts"]), r["id"]),
+                )
     return delivered
 
 
@@ -81,6 +99,6 @@ async def dispatcher(pool, *, interval_s: float = 0.5, stop: asyncio.Event | Non
         while stop is None or not stop.is_set():
             try:
                 await dispatch_once(pool, client)
-            except Exception:  # noqa: BLE001 - Postgres restarting: try again shortly
+            except Exception:  # Postgres restarting: try again shortly
                 log.warning("outbox dispatch failed", exc_info=True)
             await asyncio.sleep(interval_s)

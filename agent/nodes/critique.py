@@ -39,11 +39,16 @@ async def critique(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         return finish(state, "max_steps", step=step)
     question, draft = state.get("question", ""), state.get("draft", "")
     critic = get_chat_model("critic", ctx).with_structured_output(Critique)
-    verdict = await critic.ainvoke([
-        SystemMessage(content=CRITIC_SYSTEM_PROMPT),
-        HumanMessage(content=CRITIC_TEMPLATE.format(question=question, draft=draft,
-                                                    documents=documents_block(evidence(state)))),
-    ])
+    verdict = await critic.ainvoke(
+        [
+            SystemMessage(content=CRITIC_SYSTEM_PROMPT),
+            HumanMessage(
+                content=CRITIC_TEMPLATE.format(
+                    question=question, draft=draft, documents=documents_block(evidence(state))
+                )
+            ),
+        ]
+    )
     if isinstance(verdict, dict):  # some providers return dicts for structured output
         verdict = Critique.model_validate(verdict)
     score = float(verdict.score)

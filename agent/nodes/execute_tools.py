@@ -35,7 +35,10 @@ from tools.registry import ToolContext
 
 def _message(result: ToolResult) -> ToolMessage:
     return ToolMessage(
-        content=result.content, tool_call_id=result.tool_call_id, name=result.name, status=result.status,
+        content=result.content,
+        tool_call_id=result.tool_call_id,
+        name=result.name,
+        status=result.status,
         artifact=result.output,
         response_metadata={"tool": result.name, "tool_version": result.version, "replayed": result.replayed},
     )
@@ -67,16 +70,27 @@ def make_execute_tools(toolbox: Toolbox) -> Callable[[State, Runtime[Context]], 
         metadata = get_config().get("metadata") or {}
         thread_id = configurable.get("thread_id")
         tctx = ToolContext(
-            user=UserAttrs(ctx.user_id, frozenset(ctx.roles or ()), ctx.tenant), namespace=ctx.namespace,
-            store=runtime.store, thread_id=str(thread_id) if thread_id else None,
+            user=UserAttrs(ctx.user_id, frozenset(ctx.roles or ()), ctx.tenant),
+            namespace=ctx.namespace,
+            store=runtime.store,
+            thread_id=str(thread_id) if thread_id else None,
             run_id=str(metadata["run_id"]) if metadata.get("run_id") else None,
-            pool=toolbox.pool, settings=toolbox.settings)
+            pool=toolbox.pool,
+            settings=toolbox.settings,
+        )
         allowed = set(ctx.tools) if ctx.tools is not None else None
         reg = toolbox.registry
         # Concurrently: each may read the ledger (and reconcile); gather keeps the calls' order.
-        prepared: list[PreparedCall] = list(await asyncio.gather(*(
-            prepare_call(reg, c, tctx, allowed=allowed, checkpoint_ns=configurable.get("checkpoint_ns", ""))
-            for c in run_now)))
+        prepared: list[PreparedCall] = list(
+            await asyncio.gather(
+                *(
+                    prepare_call(
+                        reg, c, tctx, allowed=allowed, checkpoint_ns=configurable.get("checkpoint_ns", "")
+                    )
+                    for c in run_now
+                )
+            )
+        )
         pending = [p for p in prepared if p.human]
         edited: AIMessage | None = None
         if pending:
@@ -86,12 +100,21 @@ def make_execute_tools(toolbox: Toolbox) -> Callable[[State, Runtime[Context]], 
         results = list(await asyncio.gather(*(run_prepared(p, tctx) for p in prepared)))
         budget = "max_steps" if over else "max_tool_calls"
         for c in refused:
-            results.append(ToolResult(c.get("id") or "", c.get("name", ""), None, "error",
-                                      f"Error: not executed, the {budget} budget ran out."))
+            results.append(
+                ToolResult(
+                    c.get("id") or "",
+                    c.get("name", ""),
+                    None,
+                    "error",
+                    f"Error: not executed, the {budget} budget ran out.",
+                )
+            )
         # An edited call replaces the model's message (same id) first, so the transcript shows what really ran.
-        update: dict[str, Any] = {"messages": [*([edited] if edited else []), *(_message(r) for r in results)],
-                                  "tool_calls": used + len(run_now),
-                                  "steps": step}
+        update: dict[str, Any] = {
+            "messages": [*([edited] if edited else []), *(_message(r) for r in results)],
+            "tool_calls": used + len(run_now),
+            "steps": step,
+        }
         if refused:
             done = finish(state, budget, step=step)
             update["messages"] += done.pop("messages")

@@ -53,9 +53,20 @@ def fresh_turn(state: State) -> dict[str, Any]:
     msg = last_human(state.get("messages", []))
     question = message_text(msg) if msg is not None else ""
     return {
-        "turn_of": (msg.id or "") if msg is not None else "", "question": question, "query": question,
-        "passages": [], "sources": [], "draft": "", "draft_id": "", "best_answer": "", "best_score": -1.0,
-        "critique": {}, "revisions": 0, "tool_calls": 0, "answer": "", "status": RUNNING,
+        "turn_of": (msg.id or "") if msg is not None else "",
+        "question": question,
+        "query": question,
+        "passages": [],
+        "sources": [],
+        "draft": "",
+        "draft_id": "",
+        "best_answer": "",
+        "best_score": -1.0,
+        "critique": {},
+        "revisions": 0,
+        "tool_calls": 0,
+        "answer": "",
+        "status": RUNNING,
     }
 
 
@@ -64,9 +75,17 @@ async def recall_memories(store: Any, ctx: Context, query: str) -> list[dict[str
     if ctx.recall_k <= 0:
         return []
     found = await store.asearch(memories_namespace(ctx.user_id), query=query, limit=ctx.recall_k)
-    return [{"key": f"memory:{m.key}", "text": m.value.get("text", ""), "source": "memory",
-             "heading": "what the user told Keel before", "score": round(m.score or 0.0, 4)}
-            for m in found if m.value.get("text") and (m.score or 0.0) >= ctx.recall_min_score]
+    return [
+        {
+            "key": f"memory:{m.key}",
+            "text": m.value.get("text", ""),
+            "source": "memory",
+            "heading": "what the user told Keel before",
+            "score": round(m.score or 0.0, 4),
+        }
+        for m in found
+        if m.value.get("text") and (m.score or 0.0) >= ctx.recall_min_score
+    ]
 
 
 async def retrieve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -83,7 +102,8 @@ async def retrieve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     if runtime.store is not None and query.strip():
         docs, memories = await asyncio.gather(  # independent lookups: one round trip of latency, not two
             search_docs(runtime.store, query, namespace=ctx.namespace, k=ctx.retrieve_k),
-            recall_memories(runtime.store, ctx, query))
+            recall_memories(runtime.store, ctx, query),
+        )
         hits = [*docs, *memories]
     passages = [{"index": i, **h} for i, h in enumerate(hits, start=1)]
     sources = [{k: p.get(k) for k in ("index", "source", "heading", "score")} for p in passages]

@@ -33,10 +33,18 @@ def make_summarize(registry: ToolRegistry) -> Callable[[State, Runtime[Context]]
         messages = list(state.get("messages", []))
         folded = None
         if ctx.history == "summarize":
-            folded = await fold_history(messages, state.get("summary", ""), base, budget=ctx.history_tokens,
-                                        summary_tokens=ctx.summary_tokens)
-        view: State = state if folded is None else {
-            **state, "summary": folded["summary"], "messages": apply_fold(messages, folded)}
+            folded = await fold_history(
+                messages,
+                state.get("summary", ""),
+                base,
+                budget=ctx.history_tokens,
+                summary_tokens=ctx.summary_tokens,
+            )
+        view: State = (
+            state
+            if folded is None
+            else {**state, "summary": folded["summary"], "messages": apply_fold(messages, folded)}
+        )
         model = base
         tools = registry.select(ctx.tools)
         if tools and state.get("tool_calls", 0) < ctx.max_tool_calls:

@@ -56,27 +56,44 @@ async def r_retrieve(state: ResearchState, runtime: Runtime[Context]) -> dict[st
     if runtime.store is not None:
         hits = await search_docs(runtime.store, state["question"], namespace=ctx.namespace, k=ctx.retrieve_k)
     passages = [{"index": i, **h} for i, h in enumerate(hits, start=1)]
-    return {"passages": passages, "findings": "", "score": 0.0,
-            "sources": [{k: p.get(k) for k in ("index", "source", "heading")} for p in passages]}
+    return {
+        "passages": passages,
+        "findings": "",
+        "score": 0.0,
+        "sources": [{k: p.get(k) for k in ("index", "source", "heading")} for p in passages],
+    }
 
 
 async def r_draft(state: ResearchState, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = runtime.context or Context()
-    reply = await get_chat_model("answer", ctx).ainvoke([
-        SystemMessage(content=SYSTEM_PROMPT),
-        HumanMessage(content=documents_block(state.get("passages", [])), name="retrieved_documents"),
-        HumanMessage(content=state["question"]),
-    ])
+    reply = await get_chat_model("answer", ctx).ainvoke(
+        [
+            SystemMessage(content=SYSTEM_PROMPT),
+            HumanMessage(content=documents_block(state.get("passages", [])), name="retrieved_documents"),
+            HumanMessage(content=state["question"]),
+        ]
+    )
     return {"findings": str(reply.text)}
 
 
 async def r_check(state: ResearchState, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = runtime.context or Context()
-    verdict = await get_chat_model("critic", ctx).with_structured_output(Critique).ainvoke([
-        SystemMessage(content=CRITIC_SYSTEM_PROMPT),
-        HumanMessage(content=CRITIC_TEMPLATE.format(question=state["question"], draft=state.get("findings", ""),
-                                                    documents=documents_block(state.get("passages", [])))),
-    ])
+    verdict = (
+        await get_chat_model("critic", ctx)
+        .with_structured_output(Critique)
+        .ainvoke(
+            [
+                SystemMessage(content=CRITIC_SYSTEM_PROMPT),
+                HumanMessage(
+                    content=CRITIC_TEMPLATE.format(
+                        question=state["question"],
+                        draft=state.get("findings", ""),
+                        documents=documents_block(state.get("passages", [])),
+                    )
+                ),
+            ]
+        )
+    )
     score = verdict["score"] if isinstance(verdict, dict) else verdict.score
     return {"score": float(score)}
 
@@ -95,7 +112,9 @@ _unsaved_researcher = _b.compile(name="researcher", checkpointer=False)
 
 
 class ResearchInput(BaseModel):
-    question: str = Field(..., min_length=1, max_length=1000, description="What to research in the knowledge base")
+    question: str = Field(
+        ..., min_length=1, max_length=1000, description="What to research in the knowledge base"
+    )
 
 
 class ResearchOutput(BaseModel):
@@ -113,11 +132,18 @@ async def _research(args: ResearchInput, ctx: ToolContext) -> ResearchOutput:
         # this call was handed another call's checkpoint (the calls ran in another order before the
         # interruption). Those findings answer another question; research this one afresh.
         out = await _unsaved_researcher.ainvoke({"question": args.question}, {"recursion_limit": 10})
-    return ResearchOutput(findings=out.get("findings", ""), score=out.get("score", 0.0),
-                          sources=out.get("sources", []))
+    return ResearchOutput(
+        findings=out.get("findings", ""), score=out.get("score", 0.0), sources=out.get("sources", [])
+    )
 
 
 RESEARCHER = ToolSpec(
-    name="researcher", version="1",
+    name="researcher",
+    version="1",
     description="A research specialist: searches the knowledge base, drafts cited findings and checks them.",
-    input_model=ResearchInput, output_model=ResearchOutput, func=_research, side_effect="read", timeout_s=120.0)
+    input_model=ResearchInput,
+    output_model=ResearchOutput,
+    func=_research,
+    side_effect="read",
+    timeout_s=120.0,
+)

@@ -98,7 +98,7 @@ async def open_database(
     try:
         probe = await psycopg.AsyncConnection.connect(url, connect_timeout=int(connect_timeout))
         await probe.close()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise DatabaseUnavailable(f"cannot connect to Postgres at {describe(url)}: {exc}".strip()) from exc
     pool = make_pool(
         url,

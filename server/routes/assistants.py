@@ -13,8 +13,9 @@ from server.schemas import AUTHENTICATED, AssistantSearch, errors
 
 XrayDepth = Annotated[int, Field(ge=0, le=100)]
 
-router = APIRouter(prefix="/assistants", tags=["assistants"], dependencies=AUTHENTICATED,
-                   responses=errors(401, 422))
+router = APIRouter(
+    prefix="/assistants", tags=["assistants"], dependencies=AUTHENTICATED, responses=errors(401, 422)
+)
 
 
 def _matches(a: dict[str, Any], q: AssistantSearch) -> bool:
@@ -29,9 +30,11 @@ def _matches(a: dict[str, Any], q: AssistantSearch) -> bool:
 async def search(body: AssistantSearch, svc: Service, user: CurrentUser, response: Response) -> list[dict]:
     """Assistants matching metadata / graph_id / name."""
     found = [a for a in svc.assistants.all() if _matches(a, body)]
-    found.sort(key=lambda a: str(a[body.sort_by or "created_at"]), reverse=(body.sort_order or "desc") == "desc")
+    found.sort(
+        key=lambda a: str(a[body.sort_by or "created_at"]), reverse=(body.sort_order or "desc") == "desc"
+    )
     response.headers["x-pagination-total"] = str(len(found))
-    page = found[body.offset: body.offset + body.limit]
+    page = found[body.offset : body.offset + body.limit]
     if body.select:
         page = [{k: a[k] for k in body.select if k in a} for a in page]
     return page
@@ -50,8 +53,12 @@ async def get(assistant_id: str, svc: Service, user: CurrentUser) -> dict:
 
 
 @router.get("/{assistant_id}/graph", responses=errors(404))
-async def graph(assistant_id: str, svc: Service, user: CurrentUser,
-                xray: bool | XrayDepth = Query(False, description="true, or how many subgraph levels")) -> dict:
+async def graph(
+    assistant_id: str,
+    svc: Service,
+    user: CurrentUser,
+    xray: bool | XrayDepth = Query(False, description="true, or how many subgraph levels"),
+) -> dict:
     """Nodes and edges, including __start__ and __end__."""
     svc.assistants.resolve(assistant_id)
     return svc.graph.get_graph(xray=xray).to_json()

@@ -29,7 +29,9 @@ from server.schemas import AUTHENTICATED, _Body, errors
 from server.serde import unstorable
 from server.service import KeelService
 
-router = APIRouter(prefix="/knowledge", tags=["knowledge"], dependencies=AUTHENTICATED, responses=errors(401, 422))
+router = APIRouter(
+    prefix="/knowledge", tags=["knowledge"], dependencies=AUTHENTICATED, responses=errors(401, 422)
+)
 
 WRITER_ROLE = "admin"
 # Corpus names the API accepts (no dots: the store joins namespace labels with ".").
@@ -46,8 +48,12 @@ class _Strict(_Body):
 
 
 class DocumentIn(_Strict):
-    source: str = Field(..., min_length=1, max_length=MAX_SOURCE_CHARS,
-                        description="label and citation name, e.g. guide/intro.md; its extension picks the format")
+    source: str = Field(
+        ...,
+        min_length=1,
+        max_length=MAX_SOURCE_CHARS,
+        description="label and citation name, e.g. guide/intro.md; its extension picks the format",
+    )
     content: str = Field(..., description="the document: text, or base64 when encoding is base64 (PDFs)")
     encoding: Literal["utf-8", "base64"] = "utf-8"
 
@@ -121,7 +127,9 @@ def _check_source(i: int, source: str) -> None:
         raise ApiError(422, f"Invalid {where}: leading or trailing whitespace")
     parts = source.replace("\\", "/").split("/")
     if source.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", source) or ".." in parts:
-        raise ApiError(422, f"Invalid {where}: use a relative name such as guide/intro.md (no absolute path, no '..')")
+        raise ApiError(
+            422, f"Invalid {where}: use a relative name such as guide/intro.md (no absolute path, no '..')"
+        )
     try:
         document_format(source)
     except DocumentError as exc:
@@ -133,9 +141,13 @@ def _decode(i: int, doc: DocumentIn, fmt: str) -> bytes:
         try:
             return base64.b64decode("".join(doc.content.split()), validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise ApiError(422, f"Invalid documents[{i}].content ({doc.source}): not valid base64 ({exc})") from None
+            raise ApiError(
+                422, f"Invalid documents[{i}].content ({doc.source}): not valid base64 ({exc})"
+            ) from None
     if fmt == ".pdf":
-        raise ApiError(422, f"Invalid documents[{i}] ({doc.source}): a PDF must be sent with encoding 'base64'")
+        raise ApiError(
+            422, f"Invalid documents[{i}] ({doc.source}): a PDF must be sent with encoding 'base64'"
+        )
     return doc.content.encode("utf-8")  # check_input refused NUL and lone surrogates already
 
 
@@ -144,17 +156,27 @@ async def ingest(body: IngestBody, request: Request, svc: Service, user: Writer)
     """Chunk, embed and store documents in a corpus, idempotently (as `keel ingest`)."""
     name = corpus(svc, body.namespace)
     if body.overlap >= body.chunk_tokens:
-        raise ApiError(422, f"overlap ({body.overlap}) must be smaller than chunk_tokens ({body.chunk_tokens})")
+        raise ApiError(
+            422, f"overlap ({body.overlap}) must be smaller than chunk_tokens ({body.chunk_tokens})"
+        )
     docs: list[tuple[str, bytes]] = []
-    for i, doc in enumerate(body.documents):  # a repeated source is refused by ingest_documents, before any write
+    for i, doc in enumerate(
+        body.documents
+    ):  # a repeated source is refused by ingest_documents, before any write
         _check_source(i, doc.source)
         docs.append((doc.source, _decode(i, doc, document_format(doc.source))))
     async with corpus_write_lock(request, svc, name):
         try:
             # Every document is parsed and chunked before the first write: a bad one leaves the corpus as it was.
-            report = await ingest_documents(svc.db.store, docs, namespace=name, max_tokens=body.chunk_tokens,
-                                            overlap=body.overlap, prepare_all_first=True,
-                                            prune=(lambda _source: True) if body.prune else None)
+            report = await ingest_documents(
+                svc.db.store,
+                docs,
+                namespace=name,
+                max_tokens=body.chunk_tokens,
+                overlap=body.overlap,
+                prepare_all_first=True,
+                prune=(lambda _source: True) if body.prune else None,
+            )
         except DocumentError as exc:
             raise ApiError(422, f"Invalid document {exc.source!r}: {exc.message}") from None
     return {"namespace": name, **report.to_dict(details=True)}
@@ -165,8 +187,14 @@ async def search(body: SearchBody, svc: Service, user: CurrentUser) -> list[dict
     """Top-k chunks of a corpus (as `keel search --json` and the retrieve node)."""
     name = corpus(svc, body.namespace)
     try:
-        return await search_docs(svc.db.store, body.query, namespace=name, k=body.k or svc.settings.keel_retrieve_k,
-                                 filter=body.filter, mode=body.mode)
+        return await search_docs(
+            svc.db.store,
+            body.query,
+            namespace=name,
+            k=body.k or svc.settings.keel_retrieve_k,
+            filter=body.filter,
+            mode=body.mode,
+        )
     except ValueError as exc:  # unsupported filter operator and the like
         raise ApiError(422, f"Invalid search: {exc}") from None
 
@@ -178,8 +206,9 @@ async def sources(svc: Service, user: CurrentUser, namespace: str | None = Query
     return {"namespace": name, "sources": await list_sources(svc.db.store, namespace=name)}
 
 
-async def _delete_request(request: Request, svc: KeelService, namespace: str | None,
-                          source: str | None) -> DeleteSource:
+async def _delete_request(
+    request: Request, svc: KeelService, namespace: str | None, source: str | None
+) -> DeleteSource:
     """The delete target from the query string, or else from a (small) JSON body."""
     if source is not None:
         try:
@@ -213,8 +242,13 @@ async def _delete_request(request: Request, svc: KeelService, namespace: str | N
 
 
 @router.delete("/sources", responses=errors(400, 403, 404, 413))
-async def delete(request: Request, svc: Service, user: Writer, namespace: str | None = Query(None),
-                 source: str | None = Query(None)) -> dict:
+async def delete(
+    request: Request,
+    svc: Service,
+    user: Writer,
+    namespace: str | None = Query(None),
+    source: str | None = Query(None),
+) -> dict:
     """Remove one document (its chunks and manifest entry) from a corpus; 404 when the corpus has no such source."""
     target = await _delete_request(request, svc, namespace, source)
     name = corpus(svc, target.namespace)
@@ -225,4 +259,3 @@ async def delete(request: Request, svc: Service, user: Writer, namespace: str | 
     if removed is None:
         raise ApiError(404, f"Source {target.source!r} not found in namespace {name!r}")
     return {"namespace": name, "source": target.source, "chunks_removed": removed}
-

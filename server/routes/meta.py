@@ -28,7 +28,12 @@ async def info() -> dict:
         "version": "0.16.7",
         "keel_version": version("keel"),
         "langgraph_py_version": langgraph.version.__version__,
-        "flags": {"assistants": True, "crons": False, "langsmith": True, "langsmith_tracing_replicas": True,
-                  "langsmith_tracing_session_on_runs": True},
+        "flags": {
+            "assistants": True,
+            "crons": False,
+            "langsmith": True,
+            "langsmith_tracing_replicas": True,
+            "langsmith_tracing_session_on_runs": True,
+        },
         "host": {"kind": "keel", "project_id": None, "revision_id": None, "tenant_id": None},
     }

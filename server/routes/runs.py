@@ -86,9 +86,16 @@ async def _events_with_keepalive(svc: KeelService, run_id: str, after: int) -> A
         task.cancel()
 
 
-def _stream_response(svc: KeelService, run: dict[str, Any], *, modes: list[str] | None = None, after: int = 0,
-                     cancel_on_disconnect: bool = False, location: str | None,
-                     content_location: str) -> StreamingResponse:
+def _stream_response(
+    svc: KeelService,
+    run: dict[str, Any],
+    *,
+    modes: list[str] | None = None,
+    after: int = 0,
+    cancel_on_disconnect: bool = False,
+    location: str | None,
+    content_location: str,
+) -> StreamingResponse:
     kwargs = run["kwargs"] or {}
     modes = modes or kwargs.get("stream_mode") or ["values"]
     with_id = bool(kwargs.get("resumable"))
@@ -102,10 +109,19 @@ def _stream_response(svc: KeelService, run: dict[str, Any], *, modes: list[str] 
                         yield b": heartbeat\r\n\r\n"
                     elif _wanted(ev.event, modes):
                         yield sse(ev, with_id)
-            except Exception:  # noqa: BLE001 - the 200 is sent: end the stream with an error event, not a cut
+            except Exception:  # the 200 is sent: end the stream with an error event, not a cut
                 log.exception("streaming run %s failed", run["run_id"])
-                yield sse(Event(0, "error", {"error": "InternalError", "message": "the stream failed; "
-                                             "join the run again to continue"}), False)
+                yield sse(
+                    Event(
+                        0,
+                        "error",
+                        {
+                            "error": "InternalError",
+                            "message": "the stream failed; join the run again to continue",
+                        },
+                    ),
+                    False,
+                )
             finished = True
         finally:
             if not finished and cancel_on_disconnect:
@@ -136,8 +152,9 @@ async def _result(svc: KeelService, run: dict[str, Any]) -> Any:
     return jsonable(snap.values or {})
 
 
-def _wait_response(svc: KeelService, run: dict[str, Any], *, cancel_on_disconnect: bool,
-                   headers: dict[str, str]) -> StreamingResponse:
+def _wait_response(
+    svc: KeelService, run: dict[str, Any], *, cancel_on_disconnect: bool, headers: dict[str, str]
+) -> StreamingResponse:
     """JSON result, preceded by a newline every few seconds so proxies and clients keep the connection."""
 
     async def body() -> AsyncIterator[bytes]:
@@ -152,8 +169,14 @@ def _wait_response(svc: KeelService, run: dict[str, Any], *, cancel_on_disconnec
             finished = True
             if task.exception() is not None:  # the 200 is sent: answer in the body, as a failed run would
                 log.error("waiting for run %s failed", run["run_id"], exc_info=task.exception())
-                yield dumps({"__error__": {"error": "InternalError", "message": "waiting for the run failed; "
-                                                                                     "join it again"}})
+                yield dumps(
+                    {
+                        "__error__": {
+                            "error": "InternalError",
+                            "message": "waiting for the run failed; join it again",
+                        }
+                    }
+                )
             else:
                 yield dumps(task.result())
         finally:
@@ -184,7 +207,9 @@ def _foreground(body: RunCreate) -> RunCreate:
 
 
 @router.post("/threads/{thread_id}/runs", responses=errors(400, 404, 409, 413))
-async def create_run(thread_id: ThreadId, body: RunCreate, svc: Service, user: CurrentUser, response: Response) -> dict:
+async def create_run(
+    thread_id: ThreadId, body: RunCreate, svc: Service, user: CurrentUser, response: Response
+) -> dict:
     """Start a run in the background."""
     run = await svc.runs.create(user, parse_uuid(thread_id, "thread"), _background(body))
     response.headers["content-location"] = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
@@ -196,18 +221,30 @@ async def wait_run(thread_id: ThreadId, body: RunCreate, svc: Service, user: Cur
     """Start a run and answer with its final values."""
     run = await svc.runs.create(user, parse_uuid(thread_id, "thread"), _foreground(body))
     base = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
-    return _wait_response(svc, run, cancel_on_disconnect=body.on_disconnect == "cancel",
-                          headers={"location": base + "/join", "content-location": base})
+    return _wait_response(
+        svc,
+        run,
+        cancel_on_disconnect=body.on_disconnect == "cancel",
+        headers={"location": base + "/join", "content-location": base},
+    )
 
 
-@router.post("/threads/{thread_id}/runs/stream", response_class=EventStream,
-             responses={**SSE_EVENTS, **errors(401, 400, 404, 409, 413, 422, stream=True)})
+@router.post(
+    "/threads/{thread_id}/runs/stream",
+    response_class=EventStream,
+    responses={**SSE_EVENTS, **errors(401, 400, 404, 409, 413, 422, stream=True)},
+)
 async def stream_run(thread_id: ThreadId, body: RunCreate, svc: Service, user: CurrentUser):
     """Start a run and stream its events as SSE."""
     run = await svc.runs.create(user, parse_uuid(thread_id, "thread"), _foreground(body))
     base = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
-    return _stream_response(svc, run, cancel_on_disconnect=body.on_disconnect == "cancel",
-                            location=base + "/stream", content_location=base)
+    return _stream_response(
+        svc,
+        run,
+        cancel_on_disconnect=body.on_disconnect == "cancel",
+        location=base + "/stream",
+        content_location=base,
+    )
 
 
 async def owned_run(svc: KeelService, user: User, thread_id: str, run_id: str) -> dict[str, Any]:
@@ -221,8 +258,14 @@ async def owned_run(svc: KeelService, user: User, thread_id: str, run_id: str) -
 
 
 @router.get("/threads/{thread_id}/runs", responses=errors(404))
-async def list_runs(thread_id: ThreadId, svc: Service, user: CurrentUser, limit: int = Query(10, ge=1, le=1000),
-                    offset: int = Query(0, ge=0, le=MAX_OFFSET), status: str | None = None) -> list[dict]:
+async def list_runs(
+    thread_id: ThreadId,
+    svc: Service,
+    user: CurrentUser,
+    limit: int = Query(10, ge=1, le=1000),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
+    status: str | None = None,
+) -> list[dict]:
     """The thread's runs, newest first."""
     row = await owned_thread(svc, user, thread_id)
     params = [row["thread_id"], *([status] if status else []), limit, offset]
@@ -243,11 +286,20 @@ async def join_run(thread_id: ThreadId, run_id: RunId, svc: Service, user: Curre
     return _wait_response(svc, run, cancel_on_disconnect=False, headers={})
 
 
-@router.get("/threads/{thread_id}/runs/{run_id}/stream", response_class=EventStream,
-            responses={**SSE_EVENTS, **errors(401, 404, 422, stream=True)})
-async def join_stream(thread_id: ThreadId, run_id: RunId, svc: Service, user: CurrentUser,
-                      stream_mode: list[str] | None = Query(None), cancel_on_disconnect: bool = False,
-                      last_event_id: str | None = Header(None)):
+@router.get(
+    "/threads/{thread_id}/runs/{run_id}/stream",
+    response_class=EventStream,
+    responses={**SSE_EVENTS, **errors(401, 404, 422, stream=True)},
+)
+async def join_stream(
+    thread_id: ThreadId,
+    run_id: RunId,
+    svc: Service,
+    user: CurrentUser,
+    stream_mode: list[str] | None = Query(None),
+    cancel_on_disconnect: bool = False,
+    last_event_id: str | None = Header(None),
+):
     """Stream a run's events; with Last-Event-ID, only the events after it."""
     run = await owned_run(svc, user, thread_id, run_id)
     modes = [m for m in (stream_mode or []) if m] or None
@@ -260,13 +312,26 @@ async def join_stream(thread_id: ThreadId, run_id: RunId, svc: Service, user: Cu
         except ValueError:
             raise ApiError(422, "Last-Event-ID must be an event id from this run's stream") from None
     base = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
-    return _stream_response(svc, run, modes=modes, after=after, cancel_on_disconnect=cancel_on_disconnect,
-                            location=base + "/stream", content_location=base)
+    return _stream_response(
+        svc,
+        run,
+        modes=modes,
+        after=after,
+        cancel_on_disconnect=cancel_on_disconnect,
+        location=base + "/stream",
+        content_location=base,
+    )
 
 
 @router.post("/threads/{thread_id}/runs/{run_id}/cancel", responses=errors(404, 409))
-async def cancel_run(thread_id: ThreadId, run_id: RunId, svc: Service, user: CurrentUser, wait: bool = False,
-                     action: str = "interrupt") -> dict:
+async def cancel_run(
+    thread_id: ThreadId,
+    run_id: RunId,
+    svc: Service,
+    user: CurrentUser,
+    wait: bool = False,
+    action: str = "interrupt",
+) -> dict:
     """Cancel a pending or running run."""
     if action not in ("interrupt", "rollback"):
         raise ApiError(422, "action must be 'interrupt' or 'rollback'")
@@ -305,16 +370,24 @@ async def create_stateless(body: RunCreate, svc: Service, user: CurrentUser, res
 async def wait_stateless(body: RunCreate, svc: Service, user: CurrentUser):
     """Run on a temporary thread and answer with its final values."""
     run = await svc.runs.create(user, None, _foreground(body))
-    return _wait_response(svc, run, cancel_on_disconnect=body.on_disconnect == "cancel",
-                          headers={"content-location": f"/threads/{run['thread_id']}/runs/{run['run_id']}"})
+    return _wait_response(
+        svc,
+        run,
+        cancel_on_disconnect=body.on_disconnect == "cancel",
+        headers={"content-location": f"/threads/{run['thread_id']}/runs/{run['run_id']}"},
+    )
 
 
-@router.post("/runs/stream", response_class=EventStream,
-             responses={**SSE_EVENTS, **errors(401, 400, 413, 422, stream=True)})
+@router.post(
+    "/runs/stream",
+    response_class=EventStream,
+    responses={**SSE_EVENTS, **errors(401, 400, 413, 422, stream=True)},
+)
 async def stream_stateless(body: RunCreate, svc: Service, user: CurrentUser):
     """Run on a temporary thread and stream its events."""
     run = await svc.runs.create(user, None, _foreground(body))
     base = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
     # No Location: the temporary thread may be gone when a reconnect arrives.
-    return _stream_response(svc, run, cancel_on_disconnect=body.on_disconnect == "cancel", location=None,
-                            content_location=base)
+    return _stream_response(
+        svc, run, cancel_on_disconnect=body.on_disconnect == "cancel", location=None, content_location=base
+    )

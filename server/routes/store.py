@@ -31,8 +31,12 @@ class PutItem(_Body):
     key: str = Field(..., min_length=1, max_length=512)
     value: dict[str, Any]
     index: bool | list[str] | None = None
-    ttl: float | None = Field(None, ge=1 / 60, le=MAX_TTL_MINUTES,
-                              description="minutes until the item expires (at least one second)")
+    ttl: float | None = Field(
+        None,
+        ge=1 / 60,
+        le=MAX_TTL_MINUTES,
+        description="minutes until the item expires (at least one second)",
+    )
 
 
 class DeleteItem(_Body):
@@ -60,7 +64,9 @@ class ListNamespaces(_Body):
 def _check_labels(labels: list[str]) -> None:
     for label in labels:
         if not label or "." in label:
-            raise ApiError(422, f"Invalid namespace label {label!r}: labels are non-empty and contain no periods")
+            raise ApiError(
+                422, f"Invalid namespace label {label!r}: labels are non-empty and contain no periods"
+            )
 
 
 def real(user: User, namespace: list[str]) -> tuple[str, ...]:
@@ -68,7 +74,9 @@ def real(user: User, namespace: list[str]) -> tuple[str, ...]:
     _check_labels(namespace)
     if namespace and namespace[0] in CORPUS_LABELS:
         # ("docs", <user id>) would be the corpus named like the user: corpora are managed via /knowledge only.
-        raise ApiError(422, f"Namespace label {namespace[0]!r} is reserved for document corpora; use /knowledge")
+        raise ApiError(
+            422, f"Namespace label {namespace[0]!r} is reserved for document corpora; use /knowledge"
+        )
     if namespace and namespace[0] == RESERVED_ROOT:
         raise ApiError(422, f"Namespace label {RESERVED_ROOT!r} is reserved by LangGraph as a first label")
     return (namespace[0], memories_namespace(user.id)[1], *namespace[1:])
@@ -80,8 +88,13 @@ def visible(user: User, namespace: tuple[str, ...]) -> list[str]:
 
 
 def item_json(user: User, item: Any) -> dict[str, Any]:
-    out = {"namespace": visible(user, tuple(item.namespace)), "key": item.key, "value": jsonable(item.value),
-           "created_at": item.created_at.isoformat(), "updated_at": item.updated_at.isoformat()}
+    out = {
+        "namespace": visible(user, tuple(item.namespace)),
+        "key": item.key,
+        "value": jsonable(item.value),
+        "created_at": item.created_at.isoformat(),
+        "updated_at": item.updated_at.isoformat(),
+    }
     if getattr(item, "score", None) is not None:
         out["score"] = item.score
     return out
@@ -93,21 +106,23 @@ def _check_filter(flt: dict[str, Any] | None) -> None:
         if isinstance(cond, dict):
             for op in cond:
                 if op not in FILTER_OPERATORS:
-                    raise ApiError(422, f"filter.{field}: unknown operator {op!r}; use {', '.join(FILTER_OPERATORS)}")
+                    raise ApiError(
+                        422, f"filter.{field}: unknown operator {op!r}; use {', '.join(FILTER_OPERATORS)}"
+                    )
 
 
 @router.put("/items", status_code=204, responses=errors(400, 413))
 async def put_item(body: PutItem, svc: Service, user: CurrentUser) -> Response:
     """Create or replace an item in one of the caller's namespaces."""
     index = False if body.index is False else (body.index if isinstance(body.index, list) else None)
-    await svc.db.store.aput(real(user, body.namespace), body.key, body.value, index=index,
-                            ttl=body.ttl)
+    await svc.db.store.aput(real(user, body.namespace), body.key, body.value, index=index, ttl=body.ttl)
     return Response(status_code=204)
 
 
 @router.get("/items", responses=errors(404))
-async def get_item(svc: Service, user: CurrentUser, key: str, namespace: str = Query(""),
-                   refresh_ttl: bool | None = None) -> dict:
+async def get_item(
+    svc: Service, user: CurrentUser, key: str, namespace: str = Query(""), refresh_ttl: bool | None = None
+) -> dict:
     """One item; the namespace is dot-separated, as the SDK sends it."""
     labels = [p for p in namespace.split(".") if p] if namespace else []
     if not labels:
@@ -130,8 +145,14 @@ async def search_items(body: SearchItems, svc: Service, user: CurrentUser) -> di
     """Filter and/or semantic search within the caller's namespaces (default: ["memories"])."""
     prefix = body.namespace_prefix or ["memories"]
     _check_filter(body.filter)
-    items = await svc.db.store.asearch(real(user, prefix), query=body.query, filter=body.filter, limit=body.limit,
-                                       offset=body.offset, refresh_ttl=body.refresh_ttl)
+    items = await svc.db.store.asearch(
+        real(user, prefix),
+        query=body.query,
+        filter=body.filter,
+        limit=body.limit,
+        offset=body.offset,
+        refresh_ttl=body.refresh_ttl,
+    )
     return {"items": [item_json(user, i) for i in items]}
 
 
@@ -142,7 +163,14 @@ async def list_namespaces(body: ListNamespaces, svc: Service, user: CurrentUser)
     prefix = ("*", me) if not body.prefix else real(user, body.prefix)
     _check_labels(body.suffix or [])
     found = await svc.db.store.alist_namespaces(
-        prefix=prefix, suffix=tuple(body.suffix) if body.suffix else None,
-        max_depth=body.max_depth + 1 if body.max_depth else None, limit=body.limit, offset=body.offset)
-    return {"namespaces": [visible(user, ns) for ns in found
-                           if len(ns) > 1 and ns[1] == me and ns[0] not in CORPUS_LABELS]}
+        prefix=prefix,
+        suffix=tuple(body.suffix) if body.suffix else None,
+        max_depth=body.max_depth + 1 if body.max_depth else None,
+        limit=body.limit,
+        offset=body.offset,
+    )
+    return {
+        "namespaces": [
+            visible(user, ns) for ns in found if len(ns) > 1 and ns[1] == me and ns[0] not in CORPUS_LABELS
+        ]
+    }

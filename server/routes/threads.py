@@ -32,7 +32,9 @@ from server.serde import jsonable
 from server.service import KeelService
 from server.threadstate import snapshot_json
 
-router = APIRouter(prefix="/threads", tags=["threads"], dependencies=AUTHENTICATED, responses=errors(401, 422))
+router = APIRouter(
+    prefix="/threads", tags=["threads"], dependencies=AUTHENTICATED, responses=errors(401, 422)
+)
 
 THREAD_COLUMNS = store.THREAD_COLUMNS
 
@@ -77,10 +79,12 @@ async def create(body: ThreadCreate, svc: Service, user: CurrentUser) -> dict:
     tid = parse_uuid(body.thread_id, "thread") if body.thread_id else str(uuid.uuid4())
     metadata = jsonable(body.metadata or {})
     ttl_minutes = body.ttl_minutes()
+
     async def insert(attempt: int) -> tuple[dict[str, Any] | None, bool]:
         async with svc.db.pool.connection() as conn:
-            row = await store.fetchone(conn, store.INSERT_THREAD_WITH_TTL,
-                                       (tid, user.id, Jsonb(metadata), ttl_minutes, ttl_minutes))
+            row = await store.fetchone(
+                conn, store.INSERT_THREAD_WITH_TTL, (tid, user.id, Jsonb(metadata), ttl_minutes, ttl_minutes)
+            )
             return row, attempt > 0
 
     if body.thread_id and body.if_exists == "raise":
@@ -119,7 +123,9 @@ async def search(body: ThreadSearch, svc: Service, user: CurrentUser, response: 
     order = f"{body.sort_by or 'updated_at'} {(body.sort_order or 'desc').upper()}"
     async with svc.db.pool.connection() as conn:
         total = (await store.fetchone(conn, store.count_threads_sql(sql_where), params))["n"]
-        rows = await store.fetchall(conn, store.search_threads_sql(sql_where, order), [*params, body.limit, body.offset])
+        rows = await store.fetchall(
+            conn, store.search_threads_sql(sql_where, order), [*params, body.limit, body.offset]
+        )
     response.headers["x-pagination-total"] = str(total)
     out = [thread_json(r) for r in rows]
     if body.select:
@@ -146,8 +152,11 @@ async def patch(thread_id: ThreadId, body: ThreadPatch, svc: Service, user: Curr
     """Merge metadata into a thread."""
     row = await owned_thread(svc, user, thread_id)
     async with svc.db.pool.connection() as conn:
-        return thread_json(await store.fetchone(conn, store.PATCH_THREAD_METADATA,
-                                                (Jsonb(jsonable(body.metadata or {})), row["thread_id"])))
+        return thread_json(
+            await store.fetchone(
+                conn, store.PATCH_THREAD_METADATA, (Jsonb(jsonable(body.metadata or {})), row["thread_id"])
+            )
+        )
 
 
 @router.delete("/{thread_id}", status_code=204, responses=errors(404, 409))
@@ -169,8 +178,13 @@ async def delete(thread_id: ThreadId, svc: Service, user: CurrentUser) -> Respon
 
 
 @router.get("/{thread_id}/state", responses=errors(404))
-async def get_state(thread_id: ThreadId, svc: Service, user: CurrentUser, subgraphs: bool = False,
-                    select: list[str] | None = Query(None)) -> dict:
+async def get_state(
+    thread_id: ThreadId,
+    svc: Service,
+    user: CurrentUser,
+    subgraphs: bool = False,
+    select: list[str] | None = Query(None),
+) -> dict:
     """The thread's latest state."""
     row = await owned_thread(svc, user, thread_id)
     snap = await svc.graph.aget_state(thread_config(str(row["thread_id"])), subgraphs=subgraphs)
@@ -178,8 +192,9 @@ async def get_state(thread_id: ThreadId, svc: Service, user: CurrentUser, subgra
 
 
 @router.get("/{thread_id}/state/{checkpoint_id}", responses=errors(404))
-async def get_state_at(thread_id: ThreadId, checkpoint_id: str, svc: Service, user: CurrentUser,
-                       subgraphs: bool = False) -> dict:
+async def get_state_at(
+    thread_id: ThreadId, checkpoint_id: str, svc: Service, user: CurrentUser, subgraphs: bool = False
+) -> dict:
     """The thread's state at one checkpoint."""
     row = await owned_thread(svc, user, thread_id)
     return await _state_at(svc, str(row["thread_id"]), {"checkpoint_id": checkpoint_id}, subgraphs)
@@ -192,8 +207,9 @@ async def post_state_at(thread_id: ThreadId, body: CheckpointQuery, svc: Service
     return await _state_at(svc, str(row["thread_id"]), body.checkpoint, body.subgraphs, body.select)
 
 
-async def _state_at(svc: KeelService, tid: str, checkpoint: dict[str, Any], subgraphs: bool,
-                    select: list[str] | None = None) -> dict:
+async def _state_at(
+    svc: KeelService, tid: str, checkpoint: dict[str, Any], subgraphs: bool, select: list[str] | None = None
+) -> dict:
     if not checkpoint.get("checkpoint_id"):
         raise ApiError(422, "checkpoint.checkpoint_id is required")
     config = thread_config(tid, checkpoint)
@@ -219,14 +235,19 @@ async def update_state(thread_id: ThreadId, body: StateUpdate, svc: Service, use
         new_config = await svc.graph.aupdate_state(config, body.values, as_node=body.as_node)
     except psycopg.Error:
         raise  # the database's trouble, not the request's: a logged 500 without its internals
-    except Exception as exc:  # noqa: BLE001 - LangGraph raises InvalidUpdateError etc. for bad input
+    except Exception as exc:  # LangGraph raises InvalidUpdateError etc. for bad input
         raise ApiError(400, f"Could not update state: {exc}") from exc
     snap = await svc.graph.aget_state(thread_config(tid))
     async with svc.db.pool.connection() as conn:
-        await store.set_thread_state(conn, tid, jsonable(snap.values),
-                                     ThreadStatus.INTERRUPTED if snap.next else ThreadStatus.IDLE)
+        await store.set_thread_state(
+            conn, tid, jsonable(snap.values), ThreadStatus.INTERRUPTED if snap.next else ThreadStatus.IDLE
+        )
     c = new_config["configurable"]
-    checkpoint_out = {"thread_id": tid, "checkpoint_ns": c.get("checkpoint_ns", ""), "checkpoint_id": c["checkpoint_id"]}
+    checkpoint_out = {
+        "thread_id": tid,
+        "checkpoint_ns": c.get("checkpoint_ns", ""),
+        "checkpoint_id": c["checkpoint_id"],
+    }
     return {"checkpoint": checkpoint_out, "configurable": checkpoint_out, "checkpoint_id": c["checkpoint_id"]}
 
 
@@ -247,8 +268,9 @@ def _before(value: str | dict[str, Any] | None) -> dict[str, Any] | None:
 async def _history(svc: KeelService, tid: str, q: HistoryQuery) -> list[dict]:
     config = thread_config(tid, q.checkpoint)
     out = []
-    async for snap in svc.graph.aget_state_history(config, limit=q.limit, before=_before(q.before),
-                                                   filter=q.metadata or None):
+    async for snap in svc.graph.aget_state_history(
+        config, limit=q.limit, before=_before(q.before), filter=q.metadata or None
+    ):
         out.append(snapshot_json(snap, select=q.select))
     return out
 
@@ -261,8 +283,13 @@ async def history(thread_id: ThreadId, body: HistoryQuery, svc: Service, user: C
 
 
 @router.get("/{thread_id}/history", responses=errors(404))
-async def history_get(thread_id: ThreadId, svc: Service, user: CurrentUser, limit: int = Query(10, ge=1, le=1000),
-                      before: str | None = None) -> list[dict]:
+async def history_get(
+    thread_id: ThreadId,
+    svc: Service,
+    user: CurrentUser,
+    limit: int = Query(10, ge=1, le=1000),
+    before: str | None = None,
+) -> list[dict]:
     """Past states, newest first (query-string form)."""
     row = await owned_thread(svc, user, thread_id)
     return await _history(svc, str(row["thread_id"]), HistoryQuery(limit=limit, before=before))

@@ -45,7 +45,9 @@ class Event:
 class EventWriter:
     """Buffers a run's events and appends them in batches, fenced by the lease epoch."""
 
-    def __init__(self, pool: AsyncConnectionPool, run_id: str, epoch: int, attempt: int, start_seq: int) -> None:
+    def __init__(
+        self, pool: AsyncConnectionPool, run_id: str, epoch: int, attempt: int, start_seq: int
+    ) -> None:
         self.pool, self.run_id, self.epoch, self.attempt = pool, run_id, epoch, attempt
         self.last_seq = start_seq  # last seq handed out
         self.flushed_seq = start_seq  # last seq known to be in the table
@@ -67,7 +69,7 @@ class EventWriter:
             await self.flush()
         except Fenced:
             pass  # the run's owner finds out through its own flush, heartbeat or finish
-        except Exception:  # noqa: BLE001 - retried by the next flush (barrier before checkpoints, finish)
+        except Exception:  # retried by the next flush (barrier before checkpoints, finish)
             log.warning("event flush failed; will retry", exc_info=True)
 
     async def flush(self) -> None:
@@ -82,7 +84,9 @@ class EventWriter:
                 async with self.pool.connection() as conn, conn.transaction():
                     await conn.execute("SET LOCAL synchronous_commit = off")
                     # Fence and log position in one round trip (see store.FENCED_LAST_SEQ).
-                    row = await store.fetchone(conn, store.FENCED_LAST_SEQ, (self.run_id, self.run_id, self.epoch))
+                    row = await store.fetchone(
+                        conn, store.FENCED_LAST_SEQ, (self.run_id, self.run_id, self.epoch)
+                    )
                     if row is None:
                         raise Fenced(self.run_id)
                     have = row["s"]
@@ -160,7 +164,7 @@ class EventFeed:
                                 ev.set()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - Postgres restarts: readers poll meanwhile; reconnect
+            except Exception:  # Postgres restarts: readers poll meanwhile; reconnect
                 log.warning("event feed connection lost; reconnecting", exc_info=True)
                 await asyncio.sleep(0.5)
 

@@ -54,7 +54,9 @@ class RunHandle:
     lost: bool = False  # the lease was lost: stop without writing anything
     cancel: str | None = None  # "interrupt" | "rollback" when a cancel was requested
     phase: str = "queued"
-    finalize: bool = False  # taken over from a dead worker on its last attempt: only record what its checkpoints say
+    finalize: bool = (
+        False  # taken over from a dead worker on its last attempt: only record what its checkpoints say
+    )
     writer: EventWriter | None = None
 
 
@@ -77,15 +79,19 @@ def public_error(exc: BaseException, run_id: str) -> dict[str, Any]:
     """The error a client sees: a graph's own exception keeps its type and message; a database or pool
     error (even wrapped in another exception) says nothing about SQL, tables or connections."""
     if _is_database_error(exc):
-        return {"error": "InternalError",
-                "message": f"the run failed because of an internal error; see the server log for run {run_id}"}
+        return {
+            "error": "InternalError",
+            "message": f"the run failed because of an internal error; see the server log for run {run_id}",
+        }
     return {"error": type(exc).__name__, "message": str(exc)}
 
 
 def attempts_exhausted(attempt: int) -> dict[str, Any]:
     """The error of a run whose workers kept dying (the reaper's dead-letter message, same words)."""
-    return {"error": "RunAttemptsExhausted",
-            "message": f"the worker running this run died {attempt} times (lease expired each time); giving up"}
+    return {
+        "error": "RunAttemptsExhausted",
+        "message": f"the worker running this run died {attempt} times (lease expired each time); giving up",
+    }
 
 
 class RunExecutor:
@@ -104,7 +110,9 @@ class RunExecutor:
         async with self.pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "SELECT checkpoint_id, metadata FROM checkpoints WHERE thread_id = %s AND checkpoint_ns = '' "
-                "AND metadata->>'run_id' = %s ORDER BY checkpoint_id DESC LIMIT 1", (c.thread_id, c.run_id))
+                "AND metadata->>'run_id' = %s ORDER BY checkpoint_id DESC LIMIT 1",
+                (c.thread_id, c.run_id),
+            )
             ck = await cur.fetchone()
             # Where the thread stood before this run wrote anything (a rollback deletes what comes after). Set by
             # the first attempt that gets this far, whatever its number: an attempt that died before this point
@@ -165,7 +173,7 @@ class RunExecutor:
         c = h.claim
         try:
             start_seq, resume = await self._prepare(c)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if is_transient_error(exc):
                 return Outcome.LOST_DB  # the lease expires and the reaper re-queues the run
             raise
@@ -196,7 +204,7 @@ class RunExecutor:
         except Fenced:
             log.warning("lease lost; stopping without further writes")
             return Outcome.FENCED
-        except Exception as exc:  # noqa: BLE001 - recorded on the run, sent to the client
+        except Exception as exc:  # recorded on the run, sent to the client
             h.phase = "settling"
             if h.lost or _is_fence_error(exc):
                 log.warning("lease lost during the run (%s); stopping", exc)
@@ -205,7 +213,7 @@ class RunExecutor:
                 log.warning("database unavailable during the run (%s); handing it back", exc)
                 try:
                     await release(self.pool, c, count_attempt=True)
-                except Exception:  # noqa: BLE001 - the reaper re-queues it when the lease expires
+                except Exception:  # the reaper re-queues it when the lease expires
                     pass
                 return Outcome.RELEASED
             log.exception("run %s on thread %s failed", c.run_id, c.thread_id)
@@ -220,8 +228,15 @@ class RunExecutor:
         writer.publish("end", None)
         await writer.close()
         status = RunStatus.INTERRUPTED if pending else RunStatus.SUCCESS
-        ok = await finish(self.pool, c, status, result=last_values, thread_status=_thread_status(pending),
-                          thread_values=jsonable(snapshot.values), interrupts=interrupts_by_task(snapshot))
+        ok = await finish(
+            self.pool,
+            c,
+            status,
+            result=last_values,
+            thread_status=_thread_status(pending),
+            thread_values=jsonable(snapshot.values),
+            interrupts=interrupts_by_task(snapshot),
+        )
         log.info("run finished with status %s", status if ok else f"{status} (fenced: lease lost)")
         if not ok:
             return Outcome.FENCED
@@ -241,10 +256,17 @@ class RunExecutor:
             values, interrupts = jsonable(snapshot.values), interrupts_by_task(snapshot)
         except Fenced:
             return Outcome.FENCED
-        except Exception:  # noqa: BLE001
+        except Exception:
             values, interrupts = None, {}
-        if await finish(self.pool, c, RunStatus.ERROR, error=error, thread_status=ThreadStatus.ERROR,
-                        thread_values=values, interrupts=interrupts):
+        if await finish(
+            self.pool,
+            c,
+            RunStatus.ERROR,
+            error=error,
+            thread_status=ThreadStatus.ERROR,
+            thread_values=values,
+            interrupts=interrupts,
+        ):
             await self._housekeeping(c, None)
         return Outcome.ERROR
 
@@ -262,8 +284,9 @@ class RunExecutor:
         own = (snapshot.metadata or {}).get("run_id") == c.run_id
         at_interrupt = any(t.interrupts for t in snapshot.tasks)
         if own and (not snapshot.next or at_interrupt):
-            log.warning("run's worker died after its last checkpoint (attempt %d); finishing it from there",
-                        c.attempt)
+            log.warning(
+                "run's worker died after its last checkpoint (attempt %d); finishing it from there", c.attempt
+            )
             values = jsonable(snapshot.values)
             if "values" in _recorded_modes(c) and await self._last_event(c) != "values":
                 writer.publish("values", values)  # the final values event came after the last checkpoint
@@ -280,7 +303,7 @@ class RunExecutor:
         """After the run's outcome is recorded: each step best effort, none can undo the outcome."""
         try:
             await self._cleanup_temporary(c)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.warning("deleting the temporary thread failed", exc_info=True)
         await self._trim(c)
         if values is not None and self.settings.keel_reflection:
@@ -300,7 +323,7 @@ class RunExecutor:
 
         try:
             await trim_checkpoints(self.db, c.thread_id, self.settings.keel_keep_checkpoints)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.warning("checkpoint trimming failed", exc_info=True)
 
     async def _reflect(self, c: Claim, values: dict[str, Any]) -> None:
@@ -309,11 +332,14 @@ class RunExecutor:
 
         try:
             user = run_user(c)
-            facts = await reflect(self.db.store, list(values.get("messages", [])),
-                                  self.planner.default_context(user.id, user.roles, user.tenant))
+            facts = await reflect(
+                self.db.store,
+                list(values.get("messages", [])),
+                self.planner.default_context(user.id, user.roles, user.tenant),
+            )
             if facts:
                 log.info("reflection stored %d memory(ies)", len(facts))
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.warning("reflection failed", exc_info=True)
 
     async def _has_effects(self, c: Claim) -> bool:
@@ -329,10 +355,15 @@ class RunExecutor:
         from tools.saga import compensate_run
 
         user = run_user(c)
-        ctx = ToolContext(user=UserAttrs(user.id, frozenset(user.roles), user.tenant),
-                          namespace=self.settings.keel_namespace, store=self.db.store,
-                          thread_id=c.thread_id, run_id=c.run_id, pool=self.pool,
-                          settings=self.toolbox.settings)
+        ctx = ToolContext(
+            user=UserAttrs(user.id, frozenset(user.roles), user.tenant),
+            namespace=self.settings.keel_namespace,
+            store=self.db.store,
+            thread_id=c.thread_id,
+            run_id=c.run_id,
+            pool=self.pool,
+            settings=self.toolbox.settings,
+        )
         n = await compensate_run(self.toolbox.registry, ctx, c.run_id)
         log.info("compensated %d effect(s) of the run", n)
         return n
@@ -358,8 +389,15 @@ class RunExecutor:
         except Fenced:
             return Outcome.FENCED
         snapshot = await self.graph.aget_state({"configurable": {"thread_id": c.thread_id}})
-        if await finish(self.pool, c, RunStatus.ERROR, error=error, thread_status=ThreadStatus.ERROR,
-                        thread_values=jsonable(snapshot.values), interrupts=interrupts_by_task(snapshot)):
+        if await finish(
+            self.pool,
+            c,
+            RunStatus.ERROR,
+            error=error,
+            thread_status=ThreadStatus.ERROR,
+            thread_values=jsonable(snapshot.values),
+            interrupts=interrupts_by_task(snapshot),
+        ):
             await self._housekeeping(c, None)
         return Outcome.ERROR
 
@@ -385,8 +423,14 @@ class RunExecutor:
         writer.publish("error", {"error": "Cancelled", "message": "the run was cancelled"})
         await writer.close()
         snapshot = await self.graph.aget_state({"configurable": {"thread_id": c.thread_id}})
-        await finish(pool, c, RunStatus.INTERRUPTED, thread_status=_thread_status(bool(snapshot.next)),
-                     thread_values=jsonable(snapshot.values), interrupts=interrupts_by_task(snapshot))
+        await finish(
+            pool,
+            c,
+            RunStatus.INTERRUPTED,
+            thread_status=_thread_status(bool(snapshot.next)),
+            thread_values=jsonable(snapshot.values),
+            interrupts=interrupts_by_task(snapshot),
+        )
         log.info("run cancelled (interrupt); its checkpoints stay resumable")
         return Outcome.INTERRUPTED
 
@@ -395,7 +439,9 @@ class RunExecutor:
         kwargs = c.run["kwargs"] or {}
         # The request as planned (and validated) when the run was created, planned again: the plan holds Python
         # objects (Command, Context) a JSON column cannot, and the pure planner gives the same answer every time.
-        body = RunCreate.model_validate({**kwargs.get("request", {}), "assistant_id": str(c.run["assistant_id"])})
+        body = RunCreate.model_validate(
+            {**kwargs.get("request", {}), "assistant_id": str(c.run["assistant_id"])}
+        )
         user = run_user(c)
         prep = self.planner.plan(user, body)
         assistant = prep.assistant
@@ -408,8 +454,14 @@ class RunExecutor:
                 snap = await self.graph.aget_state({"configurable": {"thread_id": c.thread_id}})
                 if not snap.next:
                     raise StaleResume("the thread has no pending interrupt to resume (already resumed?)")
-        config = self.planner.run_config(body, thread_id=c.thread_id, run_id=c.run_id, user=user, assistant=assistant,
-                                     run_metadata={**(c.run["metadata"] or {}), "keel_epoch": c.epoch})
+        config = self.planner.run_config(
+            body,
+            thread_id=c.thread_id,
+            run_id=c.run_id,
+            user=user,
+            assistant=assistant,
+            run_metadata={**(c.run["metadata"] or {}), "keel_epoch": c.epoch},
+        )
         recorded = set(prep.modes) | set(body.record_modes or ())
         internal = recorded | {"values"}
         lg_modes = sorted({"messages" if m in ("messages", "messages-tuple") else m for m in internal})
@@ -417,9 +469,15 @@ class RunExecutor:
         partial: dict[str, Any] = {}
         last_values: Any = None
         async for item in self.graph.astream(
-            graph_input, config, context=prep.context, stream_mode=lg_modes, subgraphs=subgraphs,
-            interrupt_before=body.interrupt_before, interrupt_after=body.interrupt_after,
-            durability=kwargs.get("durability") or "sync", control=h.control,
+            graph_input,
+            config,
+            context=prep.context,
+            stream_mode=lg_modes,
+            subgraphs=subgraphs,
+            interrupt_before=body.interrupt_before,
+            interrupt_after=body.interrupt_after,
+            durability=kwargs.get("durability") or "sync",
+            control=h.control,
         ):
             ns, mode, chunk = item if subgraphs else ((), *item)
             suffix = "".join(f"|{n}" for n in ns)
@@ -491,17 +549,26 @@ async def rollback(pool: Any, graph: Any, run_id: str, thread_id: str, epoch: in
         if row["checkpoint_before"] is not None:
             cut, op = row["checkpoint_before"], ">"
         else:
-            cur = await conn.execute("SELECT min(checkpoint_id) AS id FROM checkpoints WHERE thread_id = %s "
-                                     "AND metadata->>'run_id' = %s", (thread_id, run_id))
+            cur = await conn.execute(
+                "SELECT min(checkpoint_id) AS id FROM checkpoints WHERE thread_id = %s "
+                "AND metadata->>'run_id' = %s",
+                (thread_id, run_id),
+            )
             cut, op = (await cur.fetchone())["id"], ">="
         if cut is not None:
             for table in ("checkpoint_writes", "checkpoints"):
-                await conn.execute(f"DELETE FROM {table} WHERE thread_id = %s AND checkpoint_id {op} %s",
-                                   (thread_id, cut))
+                await conn.execute(
+                    f"DELETE FROM {table} WHERE thread_id = %s AND checkpoint_id {op} %s", (thread_id, cut)
+                )
         await store.delete_run(conn, run_id)
         await store.notify_done(conn, run_id)
     snapshot = await graph.aget_state({"configurable": {"thread_id": thread_id}})
     async with pool.connection() as conn:
-        await store.set_thread_after_run(conn, thread_id, _thread_status(bool(snapshot.next)),
-                                   jsonable(snapshot.values) if snapshot.values else None,
-                                   interrupts_by_task(snapshot), None)
+        await store.set_thread_after_run(
+            conn,
+            thread_id,
+            _thread_status(bool(snapshot.next)),
+            jsonable(snapshot.values) if snapshot.values else None,
+            interrupts_by_task(snapshot),
+            None,
+        )

@@ -27,7 +27,9 @@ from tools import ledger
 
 log = logging.getLogger("keel.runs")
 
-BUSY_DETAIL = "Thread is already running a task. Wait for it to finish or choose a different multitask strategy."
+BUSY_DETAIL = (
+    "Thread is already running a task. Wait for it to finish or choose a different multitask strategy."
+)
 
 
 def run_json(row: dict[str, Any]) -> dict[str, Any]:
@@ -59,7 +61,10 @@ class RunManager:
         """Record a run (and its thread when needed) atomically, apply the multitask strategy, wake workers."""
         prep = self.planner.plan(user, body)
         temporary = thread_id is None
-        checkpoint = {**(body.checkpoint or {}), **({"checkpoint_id": body.checkpoint_id} if body.checkpoint_id else {})}
+        checkpoint = {
+            **(body.checkpoint or {}),
+            **({"checkpoint_id": body.checkpoint_id} if body.checkpoint_id else {}),
+        }
         if checkpoint.get("checkpoint_id") and temporary:
             raise ApiError(422, "checkpoint_id: a stateless run has no thread to start from a checkpoint of")
         tid = str(uuid.uuid4()) if thread_id is None else parse_uuid(thread_id, "thread")
@@ -67,14 +72,22 @@ class RunManager:
         assistant_id = prep.assistant["assistant_id"]
         request = jsonable(body.model_dump(exclude={"assistant_id"}, exclude_unset=True))
         kwargs = {
-            "input": body.input, "command": body.command.model_dump(exclude_unset=True) if body.command else None,
-            "config": body.config or {}, "context": body.context or {}, "stream_mode": prep.modes,
-            "interrupt_before": body.interrupt_before, "interrupt_after": body.interrupt_after,
-            "webhook": body.webhook, "feedback_keys": body.feedback_keys, "temporary": temporary,
-            "subgraphs": body.stream_subgraphs, "resumable": body.stream_resumable,
+            "input": body.input,
+            "command": body.command.model_dump(exclude_unset=True) if body.command else None,
+            "config": body.config or {},
+            "context": body.context or {},
+            "stream_mode": prep.modes,
+            "interrupt_before": body.interrupt_before,
+            "interrupt_after": body.interrupt_after,
+            "webhook": body.webhook,
+            "feedback_keys": body.feedback_keys,
+            "temporary": temporary,
+            "subgraphs": body.stream_subgraphs,
+            "resumable": body.stream_resumable,
             "durability": body.durability or self.planner.default_durability,
             "checkpoint_id": body.checkpoint_id or (body.checkpoint or {}).get("checkpoint_id"),
-            "on_disconnect": body.on_disconnect, "on_completion": body.on_completion,
+            "on_disconnect": body.on_disconnect,
+            "on_completion": body.on_completion,
             "request": request,
             "user": {"id": user.id, "roles": list(user.roles), "tenant": user.tenant},
         }
@@ -86,8 +99,18 @@ class RunManager:
             if attempt and (found := await self._find(rid)) is not None:
                 return found
             async with self.pool.connection() as conn, conn.transaction():
-                run, cancels = await self._record(conn, user, body, prep, rid=rid, tid=tid, temporary=temporary,
-                                                  checkpoint=checkpoint, kwargs=kwargs, graph_meta=graph_meta)
+                run, cancels = await self._record(
+                    conn,
+                    user,
+                    body,
+                    prep,
+                    rid=rid,
+                    tid=tid,
+                    temporary=temporary,
+                    checkpoint=checkpoint,
+                    kwargs=kwargs,
+                    graph_meta=graph_meta,
+                )
                 await store.notify_work(conn)
                 for crid, action in cancels:
                     await store.notify_cancel(conn, crid, action)
@@ -99,9 +122,20 @@ class RunManager:
         log.info("run queued (%s)", body.multitask_strategy)
         return run
 
-    async def _record(self, conn: Any, user: User, body: RunCreate, prep: Plan, *, rid: str, tid: str,
-                      temporary: bool, checkpoint: dict[str, Any], kwargs: dict[str, Any],
-                      graph_meta: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    async def _record(
+        self,
+        conn: Any,
+        user: User,
+        body: RunCreate,
+        prep: Plan,
+        *,
+        rid: str,
+        tid: str,
+        temporary: bool,
+        checkpoint: dict[str, Any],
+        kwargs: dict[str, Any],
+        graph_meta: dict[str, Any],
+    ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
         """The run's row (and its thread's), in the caller's transaction; returns the row and the cancels to send."""
         cancels: list[tuple[str, str]] = []
         if temporary:
@@ -122,7 +156,9 @@ class RunManager:
             if body.command is not None and "resume" in body.command.model_fields_set:
                 for a in active:
                     if (a["kwargs"] or {}).get("command") and "resume" in a["kwargs"]["command"]:
-                        raise ApiError(409, f"This thread's interrupt is already being resumed by run {a['run_id']}")
+                        raise ApiError(
+                            409, f"This thread's interrupt is already being resumed by run {a['run_id']}"
+                        )
             if active and body.multitask_strategy in ("interrupt", "rollback"):
                 cancels = await self._cancel_active(conn, active, body.multitask_strategy)
             thread_meta = {**(row["metadata"] or {}), **graph_meta}
@@ -130,9 +166,19 @@ class RunManager:
         # The thread's metadata is copied into each run's metadata, not the other way round.
         run_meta = {**thread_meta, **(body.metadata or {})}
         run = await store.fetchone(
-            conn, store.INSERT_RUN,
-            (rid, tid, prep.assistant["assistant_id"], user.id, Jsonb(jsonable(run_meta)), Jsonb(jsonable(kwargs)),
-             body.multitask_strategy, temporary))
+            conn,
+            store.INSERT_RUN,
+            (
+                rid,
+                tid,
+                prep.assistant["assistant_id"],
+                user.id,
+                Jsonb(jsonable(run_meta)),
+                Jsonb(jsonable(kwargs)),
+                body.multitask_strategy,
+                temporary,
+            ),
+        )
         assert run is not None  # INSERT ... RETURNING
         return run, cancels
 
@@ -142,19 +188,28 @@ class RunManager:
 
     async def _check_checkpoint(self, thread_id: str, checkpoint: dict[str, Any]) -> None:
         """A run from a checkpoint the thread does not have would silently start from an empty state: 404."""
-        config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": checkpoint.get("checkpoint_ns") or "",
-                                   "checkpoint_id": checkpoint["checkpoint_id"]}}
+        config = {
+            "configurable": {
+                "thread_id": thread_id,
+                "checkpoint_ns": checkpoint.get("checkpoint_ns") or "",
+                "checkpoint_id": checkpoint["checkpoint_id"],
+            }
+        }
         if await self.checkpointer.aget_tuple(config) is None:
             raise not_found("Checkpoint", checkpoint["checkpoint_id"])
 
-    async def _cancel_active(self, conn: AsyncConnection[Any], active: list[dict[str, Any]], action: str) -> list[tuple[str, str]]:
+    async def _cancel_active(
+        self, conn: AsyncConnection[Any], active: list[dict[str, Any]], action: str
+    ) -> list[tuple[str, str]]:
         """Cancel a thread's queued and running runs (multitask interrupt/rollback). Running ones are told."""
         notify = []
         for a in active:
             notify.extend(await self._cancel_row(conn, a["run_id"], a["status"], action))
         return notify
 
-    async def _cancel_row(self, conn: AsyncConnection[Any], run_id: str, status: str, action: str) -> list[tuple[str, str]]:
+    async def _cancel_row(
+        self, conn: AsyncConnection[Any], run_id: str, status: str, action: str
+    ) -> list[tuple[str, str]]:
         if status == RunStatus.PENDING:
             if action == "rollback":
                 if await ledger.has_compensable(conn, run_id):
@@ -169,10 +224,20 @@ class RunManager:
                 if row is not None:
                     if await store.fetchone(conn, store.HAS_EVENTS, (run_id,)) is None:
                         # a stream starts with its metadata event, this one too
-                        await store.append_unfenced(conn, run_id, row["attempt"], "metadata",
-                                              {"run_id": run_id, "attempt": row["attempt"]})
-                    await store.append_unfenced(conn, run_id, row["attempt"], "error",
-                                          {"error": "Cancelled", "message": "the run was cancelled before it started"})
+                        await store.append_unfenced(
+                            conn,
+                            run_id,
+                            row["attempt"],
+                            "metadata",
+                            {"run_id": run_id, "attempt": row["attempt"]},
+                        )
+                    await store.append_unfenced(
+                        conn,
+                        run_id,
+                        row["attempt"],
+                        "error",
+                        {"error": "Cancelled", "message": "the run was cancelled before it started"},
+                    )
             return []
         await conn.execute(store.REQUEST_CANCEL, (action, run_id))
         return [(run_id, action)]
@@ -187,7 +252,10 @@ class RunManager:
                 return
             notify = await self._cancel_row(conn, str(run["run_id"]), row["status"], action)
             if row["status"] == RunStatus.PENDING:
-                if await store.fetchone(conn, store.THREAD_HAS_ACTIVE_RUN, (run["thread_id"], list(ACTIVE))) is None:
+                if (
+                    await store.fetchone(conn, store.THREAD_HAS_ACTIVE_RUN, (run["thread_id"], list(ACTIVE)))
+                    is None
+                ):
                     await conn.execute(store.MARK_THREAD_IDLE, (run["thread_id"],))
             for crid, act in notify:
                 await store.notify_cancel(conn, crid, act)

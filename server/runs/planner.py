@@ -23,11 +23,29 @@ from server.errors import ApiError
 from server.schemas import RunCreate
 from server.settings import Settings
 
-SUPPORTED_MODES = {"values", "updates", "messages", "messages-tuple", "custom", "tasks", "checkpoints", "debug"}
+SUPPORTED_MODES = {
+    "values",
+    "updates",
+    "messages",
+    "messages-tuple",
+    "custom",
+    "tasks",
+    "checkpoints",
+    "debug",
+}
 
 # Run settings a request may change through `context`; identity and models come from the server only.
-REQUEST_CONTEXT_FIELDS = {"namespace", "retrieve_k", "critic_threshold", "max_revisions", "max_steps",
-                          "max_tool_calls", "tools", "history_tokens", "history"}
+REQUEST_CONTEXT_FIELDS = {
+    "namespace",
+    "retrieve_k",
+    "critic_threshold",
+    "max_revisions",
+    "max_steps",
+    "max_tool_calls",
+    "tools",
+    "history_tokens",
+    "history",
+}
 
 
 class AssistantResolver(Protocol):
@@ -94,26 +112,42 @@ class Planner:
         modes = body.modes()
         bad = [m for m in modes if m not in SUPPORTED_MODES]
         if bad:
-            raise ApiError(422, f"Unsupported stream_mode {bad[0]!r}; supported: {', '.join(sorted(SUPPORTED_MODES))}")
+            raise ApiError(
+                422, f"Unsupported stream_mode {bad[0]!r}; supported: {', '.join(sorted(SUPPORTED_MODES))}"
+            )
         context = self.build_context(user, body.context)
         self.check_config(body.config)
         command = command_of(body)
         graph_input = command if command is not None else body.input
-        for name, nodes in (("interrupt_before", body.interrupt_before), ("interrupt_after", body.interrupt_after)):
+        for name, nodes in (
+            ("interrupt_before", body.interrupt_before),
+            ("interrupt_after", body.interrupt_after),
+        ):
             if isinstance(nodes, list):
                 unknown = [n for n in nodes if n not in self.node_names]
                 if unknown:
                     raise ApiError(422, f"{name}: unknown node {unknown[0]!r}")
         return Plan(body=body, assistant=assistant, context=context, modes=modes, graph_input=graph_input)
 
-    def default_context(self, user_id: str, roles: tuple[str, ...] = (), tenant: str | None = None) -> Context:
+    def default_context(
+        self, user_id: str, roles: tuple[str, ...] = (), tenant: str | None = None
+    ) -> Context:
         """Run settings from configuration, for the authenticated user."""
         s = self.settings
-        return Context(user_id=user_id, roles=list(roles), tenant=tenant, model=s.keel_model, critic_model=s.keel_critic_model,
-                       namespace=s.keel_namespace, retrieve_k=s.keel_retrieve_k,
-                       critic_threshold=s.keel_critic_threshold, max_revisions=s.keel_max_revisions,
-                       max_steps=s.keel_max_steps, max_tool_calls=s.keel_max_tool_calls,
-                       history=s.keel_history)
+        return Context(
+            user_id=user_id,
+            roles=list(roles),
+            tenant=tenant,
+            model=s.keel_model,
+            critic_model=s.keel_critic_model,
+            namespace=s.keel_namespace,
+            retrieve_k=s.keel_retrieve_k,
+            critic_threshold=s.keel_critic_threshold,
+            max_revisions=s.keel_max_revisions,
+            max_steps=s.keel_max_steps,
+            max_tool_calls=s.keel_max_tool_calls,
+            history=s.keel_history,
+        )
 
     def build_context(self, user: User, overrides: dict[str, Any] | None) -> Context:
         """The run's Context: configuration defaults plus the request's allowed overrides."""
@@ -122,12 +156,17 @@ class Planner:
             return ctx
         unknown = sorted(set(overrides) - REQUEST_CONTEXT_FIELDS)
         if unknown:
-            raise ApiError(422, f"context.{unknown[0]} cannot be set by a request; allowed: "
-                                f"{', '.join(sorted(REQUEST_CONTEXT_FIELDS))}")
+            raise ApiError(
+                422,
+                f"context.{unknown[0]} cannot be set by a request; allowed: "
+                f"{', '.join(sorted(REQUEST_CONTEXT_FIELDS))}",
+            )
         clean: dict[str, Any] = {}
         for key, value in overrides.items():
             if key == "tools":
-                if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                if value is not None and not (
+                    isinstance(value, list) and all(isinstance(v, str) for v in value)
+                ):
                     raise ApiError(422, "context.tools must be a list of tool names or null")
             elif key == "namespace":
                 if not isinstance(value, str) or not value or "." in value:
@@ -141,19 +180,24 @@ class Planner:
             else:
                 ceiling, setting = self.ceilings()[key]
                 if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= ceiling:
-                    raise ApiError(422, f"context.{key} must be an integer between 0 and {ceiling} "
-                                        f"(this server's ceiling, {setting})")
+                    raise ApiError(
+                        422,
+                        f"context.{key} must be an integer between 0 and {ceiling} "
+                        f"(this server's ceiling, {setting})",
+                    )
             clean[key] = value
         return dataclasses.replace(ctx, **clean)
 
     def ceilings(self) -> dict[str, tuple[int, str]]:
         """Highest value a request may give each integer budget, and the setting that sets it."""
         s = self.settings
-        return {"max_steps": (s.keel_limit_steps, "KEEL_LIMIT_STEPS"),
-                "max_revisions": (s.keel_limit_revisions, "KEEL_LIMIT_REVISIONS"),
-                "max_tool_calls": (s.keel_limit_tool_calls, "KEEL_LIMIT_TOOL_CALLS"),
-                "retrieve_k": (s.keel_limit_retrieve_k, "KEEL_LIMIT_RETRIEVE_K"),
-                "history_tokens": (s.keel_limit_history_tokens, "KEEL_LIMIT_HISTORY_TOKENS")}
+        return {
+            "max_steps": (s.keel_limit_steps, "KEEL_LIMIT_STEPS"),
+            "max_revisions": (s.keel_limit_revisions, "KEEL_LIMIT_REVISIONS"),
+            "max_tool_calls": (s.keel_limit_tool_calls, "KEEL_LIMIT_TOOL_CALLS"),
+            "retrieve_k": (s.keel_limit_retrieve_k, "KEEL_LIMIT_RETRIEVE_K"),
+            "history_tokens": (s.keel_limit_history_tokens, "KEEL_LIMIT_HISTORY_TOKENS"),
+        }
 
     def check_config(self, config: dict[str, Any] | None) -> None:
         """Refuse a request's `config` that would buy more work than this deployment allows."""
@@ -162,15 +206,29 @@ class Planner:
             return
         ceiling = self.settings.keel_limit_recursion
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= ceiling:
-            raise ApiError(422, f"config.recursion_limit must be an integer between 1 and {ceiling} "
-                                "(this server's ceiling, KEEL_LIMIT_RECURSION)")
+            raise ApiError(
+                422,
+                f"config.recursion_limit must be an integer between 1 and {ceiling} "
+                "(this server's ceiling, KEEL_LIMIT_RECURSION)",
+            )
 
-    def run_config(self, body: RunCreate, *, thread_id: str, run_id: str, user: User, assistant: dict[str, Any],
-                   run_metadata: dict[str, Any]) -> dict[str, Any]:
+    def run_config(
+        self,
+        body: RunCreate,
+        *,
+        thread_id: str,
+        run_id: str,
+        user: User,
+        assistant: dict[str, Any],
+        run_metadata: dict[str, Any],
+    ) -> dict[str, Any]:
         """LangGraph config: thread, checkpoint, limits, and trace metadata (thread_id, run_id, user)."""
         cfg = body.config or {}
-        configurable = {k: v for k, v in (cfg.get("configurable") or {}).items()
-                        if k not in ("thread_id", "checkpoint_id", "checkpoint_ns", "checkpoint_map")}
+        configurable = {
+            k: v
+            for k, v in (cfg.get("configurable") or {}).items()
+            if k not in ("thread_id", "checkpoint_id", "checkpoint_ns", "checkpoint_map")
+        }
         configurable["thread_id"] = thread_id
         checkpoint = dict(body.checkpoint or {})
         if body.checkpoint_id:
@@ -182,8 +240,15 @@ class Planner:
         if body.context and isinstance(body.context.get("max_steps"), int):
             max_steps = body.context["max_steps"]
         limit = cfg.get("recursion_limit")  # validated against KEEL_LIMIT_RECURSION when the run was created
-        metadata = {**run_metadata, **(cfg.get("metadata") or {}), "thread_id": thread_id, "run_id": run_id,
-                    "user_id": user.id, "assistant_id": assistant["assistant_id"], "graph_id": assistant["graph_id"]}
+        metadata = {
+            **run_metadata,
+            **(cfg.get("metadata") or {}),
+            "thread_id": thread_id,
+            "run_id": run_id,
+            "user_id": user.id,
+            "assistant_id": assistant["assistant_id"],
+            "graph_id": assistant["graph_id"],
+        }
         return {
             "configurable": configurable,
             "run_id": uuid.UUID(run_id),

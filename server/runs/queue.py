@@ -19,8 +19,19 @@ from psycopg_pool import AsyncConnectionPool
 from server.runs import store
 from server.runs.store import ACTIVE, RUN_COLUMNS, RUNS_CHANNEL, RunStatus, set_thread_after_run
 
-__all__ = ["ACTIVE", "RUN_COLUMNS", "RUNS_CHANNEL", "Claim", "claim", "finish", "heartbeat_sql", "mark_compensating",
-           "reap", "release", "set_thread_after_run"]
+__all__ = [
+    "ACTIVE",
+    "RUN_COLUMNS",
+    "RUNS_CHANNEL",
+    "Claim",
+    "claim",
+    "finish",
+    "heartbeat_sql",
+    "mark_compensating",
+    "reap",
+    "release",
+    "set_thread_after_run",
+]
 
 
 @dataclass
@@ -55,19 +66,38 @@ async def claim(pool: AsyncConnectionPool, owner: str, lease_s: float) -> Claim 
     return None
 
 
-async def finish(pool: AsyncConnectionPool, c: Claim, status: RunStatus, *, result: Any = None, error: Any = None,
-                 thread_status: str, thread_values: Any, interrupts: Any) -> bool:
+async def finish(
+    pool: AsyncConnectionPool,
+    c: Claim,
+    status: RunStatus,
+    *,
+    result: Any = None,
+    error: Any = None,
+    thread_status: str,
+    thread_values: Any,
+    interrupts: Any,
+) -> bool:
     """Move the run to a terminal status and update its thread; False if the lease was lost (fenced)."""
     async with pool.connection() as conn, conn.transaction():
         # Thread first, then run: the order run creation and cancellation lock them in (no deadlock).
         await conn.execute(store.LOCK_THREAD_NO_KEY, (c.thread_id,))
-        row = await store.fetchone(conn, store.FINISH_RUN,
-                                   (status, Jsonb(result) if result is not None else None,
-                                    Jsonb(error) if error else None, c.run_id, c.epoch))
+        row = await store.fetchone(
+            conn,
+            store.FINISH_RUN,
+            (
+                status,
+                Jsonb(result) if result is not None else None,
+                Jsonb(error) if error else None,
+                c.run_id,
+                c.epoch,
+            ),
+        )
         if row is None:
             return False
         await set_thread_after_run(conn, c.thread_id, thread_status, thread_values, interrupts, error)
-        await conn.execute(store.NOTIFY_FINISHED, (store.EVENTS_CHANNEL, f"done:{c.run_id}", c.thread_id, RUNS_CHANNEL))
+        await conn.execute(
+            store.NOTIFY_FINISHED, (store.EVENTS_CHANNEL, f"done:{c.run_id}", c.thread_id, RUNS_CHANNEL)
+        )
     return True
 
 
@@ -83,8 +113,9 @@ def heartbeat_sql() -> str:
     return store.HEARTBEAT
 
 
-async def reap(pool: AsyncConnectionPool, max_attempts: int, *, owner: str, lease_s: float,
-               held: list[str]) -> list[dict[str, Any]]:
+async def reap(
+    pool: AsyncConnectionPool, max_attempts: int, *, owner: str, lease_s: float, held: list[str]
+) -> list[dict[str, Any]]:
     """Re-queue runs whose lease expired; dead-letter those that used up their attempts (poison runs).
 
     `held` are the runs the calling worker is executing right now: it knows they are alive (its heartbeat
@@ -99,8 +130,9 @@ async def reap(pool: AsyncConnectionPool, max_attempts: int, *, owner: str, leas
     the pass dies too, the next reap dead-letters the run.
     """
     async with pool.connection() as conn, conn.transaction():
-        rows = await store.fetchall(conn, store.REAP,
-                                    {"max": max_attempts, "owner": owner, "lease": lease_s, "held": held})
+        rows = await store.fetchall(
+            conn, store.REAP, {"max": max_attempts, "owner": owner, "lease": lease_s, "held": held}
+        )
         for r in rows:
             if r["status"] == RunStatus.ERROR:
                 await store.append_unfenced(conn, str(r["run_id"]), r["attempt"], "error", r["error"])
@@ -113,5 +145,7 @@ async def reap(pool: AsyncConnectionPool, max_attempts: int, *, owner: str, leas
 async def mark_compensating(pool: AsyncConnectionPool, c: Claim, error: Any) -> bool:
     """Record that the run is undoing its effects (so a crash mid-way resumes the undo, not the run)."""
     async with pool.connection() as conn:
-        row = await store.fetchone(conn, store.MARK_COMPENSATING, (Jsonb(error) if error else None, c.run_id, c.epoch))
+        row = await store.fetchone(
+            conn, store.MARK_COMPENSATING, (Jsonb(error) if error else None, c.run_id, c.epoch)
+        )
         return row is not None

@@ -49,9 +49,13 @@ class Outcome(enum.StrEnum):
     ROLLED_BACK = "rolled-back"  # cancelled with rollback: the run and its checkpoints are gone
     DRAINED = "drained"  # handed back at a step boundary (worker shutting down)
     RELEASED = "released"  # handed back after a transient database failure
-    LOST_DB = "lost-db"  # the database went away before the run began; the lease expires, the reaper re-queues
+    LOST_DB = (
+        "lost-db"  # the database went away before the run began; the lease expires, the reaper re-queues
+    )
     FENCED = "fenced"  # the lease was lost: stopped without writing anything more
-    CANCELLED = "cancelled"  # the worker itself was torn down mid-run; the lease expires, the reaper re-queues
+    CANCELLED = (
+        "cancelled"  # the worker itself was torn down mid-run; the lease expires, the reaper re-queues
+    )
     CRASHED = "crashed"  # the executor raised; the lease expires, the reaper re-queues
 
 
@@ -61,11 +65,15 @@ TERMINAL = (RunStatus.SUCCESS, RunStatus.ERROR, RunStatus.INTERRUPTED, RunStatus
 RUNS_CHANNEL = "keel_runs"  # payload "" = new work; "cancel:<run_id>:<action>" = cancellation requested
 EVENTS_CHANNEL = "keel_run_events"  # payload: run id (new events) or "done:<run id>" (run ended)
 
-RUN_COLUMNS = ("run_id, thread_id, assistant_id, status, metadata, kwargs, multitask_strategy, created_at, "
-               "updated_at, error, user_id, temporary, attempt, lease_owner, lease_epoch, cancel_requested, "
-               "result, checkpoint_before, compensating")
-THREAD_COLUMNS = ('thread_id, user_id, metadata, status, config, "values", interrupts, error, created_at, '
-                  "updated_at, state_updated_at")
+RUN_COLUMNS = (
+    "run_id, thread_id, assistant_id, status, metadata, kwargs, multitask_strategy, created_at, "
+    "updated_at, error, user_id, temporary, attempt, lease_owner, lease_epoch, cancel_requested, "
+    "result, checkpoint_before, compensating"
+)
+THREAD_COLUMNS = (
+    'thread_id, user_id, metadata, status, config, "values", interrupts, error, created_at, '
+    "updated_at, state_updated_at"
+)
 
 
 def _prefixed(alias: str) -> str:
@@ -81,35 +89,47 @@ SELECT_THREAD = f"SELECT {THREAD_COLUMNS} FROM keel_threads WHERE thread_id = %s
 INSERT_THREAD_WITH_TTL = (
     f"INSERT INTO keel_threads (thread_id, user_id, metadata, expires_at) VALUES (%s, %s, %s, "
     f"CASE WHEN %s::float IS NULL THEN NULL ELSE now() + %s::float * interval '1 minute' END) "
-    f"ON CONFLICT (thread_id) DO NOTHING RETURNING {THREAD_COLUMNS}")
+    f"ON CONFLICT (thread_id) DO NOTHING RETURNING {THREAD_COLUMNS}"
+)
 INSERT_TEMPORARY_THREAD = (
-    "INSERT INTO keel_threads (thread_id, user_id, metadata, status) VALUES (%s, %s, %s, 'busy')")
+    "INSERT INTO keel_threads (thread_id, user_id, metadata, status) VALUES (%s, %s, %s, 'busy')"
+)
 INSERT_THREAD = "INSERT INTO keel_threads (thread_id, user_id, metadata) VALUES (%s, %s, %s)"
 LOCK_THREAD_OWNER = "SELECT user_id, metadata FROM keel_threads WHERE thread_id = %s FOR UPDATE"
 LOCK_THREAD = "SELECT 1 FROM keel_threads WHERE thread_id = %s FOR UPDATE"
 LOCK_THREAD_NO_KEY = "SELECT 1 FROM keel_threads WHERE thread_id = %s FOR NO KEY UPDATE"
-MARK_THREAD_BUSY = "UPDATE keel_threads SET status = 'busy', metadata = %s, updated_at = now() WHERE thread_id = %s"
-MARK_THREAD_IDLE = ("UPDATE keel_threads SET status = 'idle', updated_at = now() "
-                    "WHERE thread_id = %s AND status = 'busy'")
-PATCH_THREAD_METADATA = (f"UPDATE keel_threads SET metadata = metadata || %s, updated_at = now() WHERE thread_id = %s "
-                         f"RETURNING {THREAD_COLUMNS}")
-SET_THREAD_STATE = ('UPDATE keel_threads SET "values" = %s, status = %s, state_updated_at = now(), updated_at = now() '
-                    "WHERE thread_id = %s")
+MARK_THREAD_BUSY = (
+    "UPDATE keel_threads SET status = 'busy', metadata = %s, updated_at = now() WHERE thread_id = %s"
+)
+MARK_THREAD_IDLE = (
+    "UPDATE keel_threads SET status = 'idle', updated_at = now() WHERE thread_id = %s AND status = 'busy'"
+)
+PATCH_THREAD_METADATA = (
+    f"UPDATE keel_threads SET metadata = metadata || %s, updated_at = now() WHERE thread_id = %s "
+    f"RETURNING {THREAD_COLUMNS}"
+)
+SET_THREAD_STATE = (
+    'UPDATE keel_threads SET "values" = %s, status = %s, state_updated_at = now(), updated_at = now() '
+    "WHERE thread_id = %s"
+)
 # Thread status after a run: busy while other runs are queued, else the run's outcome.
 SET_THREAD_AFTER_RUN = (
     "UPDATE keel_threads SET status = CASE WHEN EXISTS (SELECT 1 FROM keel_runs WHERE thread_id = %s "
-    "AND status = ANY(%s)) THEN 'busy' ELSE %s END, \"values\" = coalesce(%s, \"values\"), "
-    "interrupts = %s, error = %s, updated_at = now(), state_updated_at = now() WHERE thread_id = %s")
+    'AND status = ANY(%s)) THEN \'busy\' ELSE %s END, "values" = coalesce(%s, "values"), '
+    "interrupts = %s, error = %s, updated_at = now(), state_updated_at = now() WHERE thread_id = %s"
+)
 DELETE_THREAD = "DELETE FROM keel_threads WHERE thread_id = %s"
-DELETE_THREAD_RUN_EVENTS = ("DELETE FROM keel_run_events WHERE run_id IN (SELECT run_id FROM keel_runs "
-                            "WHERE thread_id = %s)")
+DELETE_THREAD_RUN_EVENTS = (
+    "DELETE FROM keel_run_events WHERE run_id IN (SELECT run_id FROM keel_runs WHERE thread_id = %s)"
+)
 DELETE_THREAD_RUNS = "DELETE FROM keel_runs WHERE thread_id = %s"
 # Threads past their TTL (or idle that long), never busy ones nor ones with a queued or running run.
 EXPIRED_THREADS = (
     "SELECT thread_id::text AS id FROM keel_threads t WHERE status <> 'busy' AND (expires_at < now() "
     "OR (%s::float IS NOT NULL AND updated_at < now() - %s::float * interval '1 day')) "
     "AND NOT EXISTS (SELECT 1 FROM keel_runs r WHERE r.thread_id = t.thread_id AND r.status IN "
-    "('pending', 'running')) ORDER BY updated_at LIMIT %s")
+    "('pending', 'running')) ORDER BY updated_at LIMIT %s"
+)
 
 # ------------------------------------------------------------------------------------------------ runs
 
@@ -117,27 +137,31 @@ SELECT_RUN = f"SELECT {RUN_COLUMNS} FROM keel_runs WHERE run_id = %s"
 SELECT_THREAD_RUN = f"SELECT {RUN_COLUMNS} FROM keel_runs WHERE run_id = %s AND thread_id = %s"
 SELECT_RUN_STATUS = "SELECT status, result, error FROM keel_runs WHERE run_id = %s"
 LOCK_RUN_STATUS = "SELECT status FROM keel_runs WHERE run_id = %s FOR UPDATE"
-THREAD_ACTIVE_RUNS = ("SELECT run_id::text, status, kwargs FROM keel_runs WHERE thread_id = %s AND status = ANY(%s) "
-                      "ORDER BY created_at")
+THREAD_ACTIVE_RUNS = (
+    "SELECT run_id::text, status, kwargs FROM keel_runs WHERE thread_id = %s AND status = ANY(%s) "
+    "ORDER BY created_at"
+)
 THREAD_ACTIVE_RUN_IDS = "SELECT run_id, thread_id FROM keel_runs WHERE thread_id = %s AND status = ANY(%s)"
 THREAD_HAS_ACTIVE_RUN = "SELECT 1 FROM keel_runs WHERE thread_id = %s AND status = ANY(%s)"
 INSERT_RUN = (
     f"INSERT INTO keel_runs (run_id, thread_id, assistant_id, user_id, status, metadata, kwargs, "
     f"multitask_strategy, temporary) VALUES (%s, %s, %s, %s, 'pending', %s, %s, %s, %s) "
-    f"RETURNING {RUN_COLUMNS}")
+    f"RETURNING {RUN_COLUMNS}"
+)
 REQUEST_CANCEL = "UPDATE keel_runs SET cancel_requested = %s, updated_at = now() WHERE run_id = %s"
-REQUEST_ROLLBACK = ("UPDATE keel_runs SET cancel_requested = 'rollback', updated_at = now() "
-                    "WHERE run_id = %s")
+REQUEST_ROLLBACK = "UPDATE keel_runs SET cancel_requested = 'rollback', updated_at = now() WHERE run_id = %s"
 CANCEL_PENDING = (
     "UPDATE keel_runs SET status = 'interrupted', cancel_requested = %s, finished_at = now(), "
-    "updated_at = now() WHERE run_id = %s AND status = 'pending' RETURNING attempt")
+    "updated_at = now() WHERE run_id = %s AND status = 'pending' RETURNING attempt"
+)
 DELETE_PENDING_RUN = "DELETE FROM keel_runs WHERE run_id = %s AND status = 'pending'"
 DELETE_RUN = "DELETE FROM keel_runs WHERE run_id = %s"
 LOCK_RUN_FOR_ROLLBACK = "SELECT lease_epoch, checkpoint_before FROM keel_runs WHERE run_id = %s FOR UPDATE"
 # Where the thread stood before this run wrote anything (a rollback deletes what comes after).
 SET_CHECKPOINT_BEFORE = (
     "UPDATE keel_runs SET checkpoint_before = coalesce((SELECT max(checkpoint_id) FROM checkpoints "
-    "WHERE thread_id = %s AND checkpoint_ns = ''), '') WHERE run_id = %s AND checkpoint_before IS NULL")
+    "WHERE thread_id = %s AND checkpoint_ns = ''), '') WHERE run_id = %s AND checkpoint_before IS NULL"
+)
 
 
 def count_threads_sql(where: str) -> str:
@@ -179,26 +203,37 @@ RETURNING {_prefixed("r")}
 FINISH_RUN = (
     "UPDATE keel_runs SET status = %s, result = %s, error = %s, lease_owner = NULL, lease_expires_at = NULL, "
     "finished_at = now(), updated_at = now() "
-    "WHERE run_id = %s AND lease_epoch = %s AND status = 'running' RETURNING temporary, kwargs")
+    "WHERE run_id = %s AND lease_epoch = %s AND status = 'running' RETURNING temporary, kwargs"
+)
 # Wake the run's waiters; wake workers only if this thread has queued runs (others need no claim).
 NOTIFY_FINISHED = (
     "SELECT pg_notify(%s, %s), CASE WHEN EXISTS (SELECT 1 FROM keel_runs WHERE thread_id = %s AND "
-    "status = 'pending') THEN pg_notify(%s, '') END")
+    "status = 'pending') THEN pg_notify(%s, '') END"
+)
 RELEASE_RUN = (
     "UPDATE keel_runs SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, "
     "attempt = CASE WHEN %s THEN attempt ELSE greatest(attempt - 1, 0) END, updated_at = now() "
-    "WHERE run_id = %s AND lease_epoch = %s AND status = 'running' RETURNING run_id")
+    "WHERE run_id = %s AND lease_epoch = %s AND status = 'running' RETURNING run_id"
+)
 # clock_timestamp(), not now(): an UPDATE that waited on a row lock (held by a transaction of the same worker
 # whose event loop is blocked) must extend the lease from when it runs, not when it began.
-HEARTBEAT = ("UPDATE keel_runs SET lease_expires_at = clock_timestamp() + make_interval(secs => %s) "
-             "WHERE run_id = ANY(%s::uuid[]) AND lease_owner = %s AND status = 'running' "
-             "RETURNING run_id::text, lease_epoch, cancel_requested")
-MARK_COMPENSATING = ("UPDATE keel_runs SET compensating = true, error = %s, updated_at = now() "
-                     "WHERE run_id = %s AND lease_epoch = %s AND status = 'running' RETURNING run_id")
-_EXHAUSTED = ("jsonb_build_object('error', 'RunAttemptsExhausted', 'message', format('the worker running this "
-              "run died %%s times (lease expired each time); giving up', k.attempt))")
-_COMP_FAILED = ("jsonb_build_object('error', 'CompensationFailed', 'message', format('undoing this run''s side "
-                "effects failed %%s times; they need a human (see keel_tool_ledger)', k.attempt))")
+HEARTBEAT = (
+    "UPDATE keel_runs SET lease_expires_at = clock_timestamp() + make_interval(secs => %s) "
+    "WHERE run_id = ANY(%s::uuid[]) AND lease_owner = %s AND status = 'running' "
+    "RETURNING run_id::text, lease_epoch, cancel_requested"
+)
+MARK_COMPENSATING = (
+    "UPDATE keel_runs SET compensating = true, error = %s, updated_at = now() "
+    "WHERE run_id = %s AND lease_epoch = %s AND status = 'running' RETURNING run_id"
+)
+_EXHAUSTED = (
+    "jsonb_build_object('error', 'RunAttemptsExhausted', 'message', format('the worker running this "
+    "run died %%s times (lease expired each time); giving up', k.attempt))"
+)
+_COMP_FAILED = (
+    "jsonb_build_object('error', 'CompensationFailed', 'message', format('undoing this run''s side "
+    "effects failed %%s times; they need a human (see keel_tool_ledger)', k.attempt))"
+)
 _DEAD = "(e.give_up OR (e.exhausted AND NOT e.compensating AND NOT e.has_effects))"
 REAP = (
     # Threads first, then runs: the order run creation and finish() lock them in (no deadlock). A thread
@@ -228,7 +263,8 @@ REAP = (
     "lease_expires_at = CASE WHEN e.finalize THEN now() + make_interval(secs => %(lease)s) END, "
     "lease_epoch = k.lease_epoch + CASE WHEN e.finalize THEN 1 ELSE 0 END, updated_at = now() "
     "FROM expired e WHERE k.run_id = e.run_id "
-    f"RETURNING {_prefixed('k')}, e.finalize")
+    f"RETURNING {_prefixed('k')}, e.finalize"
+)
 
 # ------------------------------------------------------------------------------------------------ events
 
@@ -236,18 +272,23 @@ REAP = (
 # append commits, yet never blocks the worker's own lease heartbeat.
 FENCED_LAST_SEQ = (
     "SELECT (SELECT coalesce(max(seq), 0) FROM keel_run_events WHERE run_id = %s) AS s "
-    "FROM keel_runs WHERE run_id = %s AND lease_epoch = %s AND status = 'running' FOR KEY SHARE")
+    "FROM keel_runs WHERE run_id = %s AND lease_epoch = %s AND status = 'running' FOR KEY SHARE"
+)
 FENCE = "SELECT 1 FROM keel_runs WHERE run_id = %s AND lease_epoch = %s AND status = 'running' FOR KEY SHARE"
 LAST_SEQ = "SELECT coalesce(max(seq), 0) AS s FROM keel_run_events WHERE run_id = %s"
 LAST_EVENT = "SELECT event FROM keel_run_events WHERE run_id = %s ORDER BY seq DESC LIMIT 1"
 HAS_EVENTS = "SELECT 1 FROM keel_run_events WHERE run_id = %s LIMIT 1"
-INSERT_EVENT = ("INSERT INTO keel_run_events (run_id, seq, attempt, event, data) VALUES (%s, %s, %s, %s, %s) "
-                "ON CONFLICT DO NOTHING")
+INSERT_EVENT = (
+    "INSERT INTO keel_run_events (run_id, seq, attempt, event, data) VALUES (%s, %s, %s, %s, %s) "
+    "ON CONFLICT DO NOTHING"
+)
 APPEND_EVENT = (
     "INSERT INTO keel_run_events (run_id, seq, attempt, event, data) "
-    "SELECT %s, coalesce(max(seq), 0) + 1, %s, %s, %s FROM keel_run_events WHERE run_id = %s RETURNING seq")
-EVENTS_AFTER = ("SELECT seq, event, data FROM keel_run_events WHERE run_id = %s AND seq > %s "
-                "ORDER BY seq LIMIT 1000")
+    "SELECT %s, coalesce(max(seq), 0) + 1, %s, %s, %s FROM keel_run_events WHERE run_id = %s RETURNING seq"
+)
+EVENTS_AFTER = (
+    "SELECT seq, event, data FROM keel_run_events WHERE run_id = %s AND seq > %s ORDER BY seq LIMIT 1000"
+)
 DELETE_EVENTS_AFTER = "DELETE FROM keel_run_events WHERE run_id = %s AND seq > %s"
 DELETE_RUN_EVENTS = "DELETE FROM keel_run_events WHERE run_id = %s"
 
@@ -256,7 +297,8 @@ DELETE_RUN_EVENTS = "DELETE FROM keel_run_events WHERE run_id = %s"
 EXPIRED_RUNS = (
     "SELECT run_id, finished_at FROM keel_runs WHERE finished_at < now() - make_interval(secs => %(ttl)s) "
     "AND finished_at <= coalesce(%(upto)s::timestamptz, 'infinity') AND events_pruned_at IS NULL "
-    "AND status IN (" + ", ".join(f"'{s}'" for s in TERMINAL) + ") ORDER BY finished_at LIMIT %(batch)s")
+    "AND status IN (" + ", ".join(f"'{s}'" for s in TERMINAL) + ") ORDER BY finished_at LIMIT %(batch)s"
+)
 # At most `batch` event rows of those runs, oldest run first; deleted by ctid (a TID scan, whatever the
 # planner makes of the join). SKIP LOCKED: concurrent sweeps take disjoint rows and never wait on a thread
 # being deleted. `upto` is the finish time of the last run touched: the runs up to it are the ones to mark.
@@ -266,14 +308,16 @@ DELETE_EXPIRED_EVENTS = (
     "SELECT ctid FROM keel_run_events x WHERE x.run_id = r.run_id ORDER BY seq LIMIT %(batch)s "
     "FOR UPDATE SKIP LOCKED) e LIMIT %(batch)s), "
     "gone AS (DELETE FROM keel_run_events WHERE ctid = ANY(ARRAY(SELECT ctid FROM doomed)) RETURNING 1) "
-    "SELECT (SELECT count(*) FROM gone) AS deleted, (SELECT max(finished_at) FROM doomed) AS upto")
+    "SELECT (SELECT count(*) FROM gone) AS deleted, (SELECT max(finished_at) FROM doomed) AS upto"
+)
 # Runs of that window (up to `upto`; all of it when nothing was deleted) whose events are all gone leave the
 # index, so later sweeps never look at them again. Only those rows are locked, SKIP LOCKED again.
 MARK_EVENTS_PRUNED = (
     "UPDATE keel_runs k SET events_pruned_at = now() FROM (SELECT run_id FROM keel_runs d "
     f"WHERE run_id = ANY(ARRAY(SELECT run_id FROM ({EXPIRED_RUNS}) w)) "
     "AND NOT EXISTS (SELECT 1 FROM keel_run_events e WHERE e.run_id = d.run_id) FOR UPDATE SKIP LOCKED) r "
-    "WHERE k.run_id = r.run_id")
+    "WHERE k.run_id = r.run_id"
+)
 
 # ------------------------------------------------------------------------------------------------ functions
 
@@ -313,7 +357,9 @@ async def get_thread(conn: psycopg.AsyncConnection[Any], thread_id: str) -> dict
     return await fetchone(conn, SELECT_THREAD, (thread_id,))
 
 
-async def get_run(conn: psycopg.AsyncConnection[Any], run_id: str, thread_id: str | None = None) -> dict[str, Any] | None:
+async def get_run(
+    conn: psycopg.AsyncConnection[Any], run_id: str, thread_id: str | None = None
+) -> dict[str, Any] | None:
     if thread_id is None:
         return await fetchone(conn, SELECT_RUN, (run_id,))
     return await fetchone(conn, SELECT_THREAD_RUN, (run_id, thread_id))
@@ -324,15 +370,27 @@ async def run_status(conn: psycopg.AsyncConnection[Any], run_id: str) -> dict[st
     return await fetchone(conn, SELECT_RUN_STATUS, (run_id,))
 
 
-async def set_thread_after_run(conn: psycopg.AsyncConnection[Any], thread_id: str, status: str, values: Any,
-                               interrupts: Any, error: Any) -> None:
+async def set_thread_after_run(
+    conn: psycopg.AsyncConnection[Any], thread_id: str, status: str, values: Any, interrupts: Any, error: Any
+) -> None:
     """Thread status after a run: busy while other runs are queued, else the run's outcome."""
-    await conn.execute(SET_THREAD_AFTER_RUN,
-                       (thread_id, list(ACTIVE), status, _json(values), Jsonb(interrupts or {}),
-                        Jsonb(error) if error else None, thread_id))
+    await conn.execute(
+        SET_THREAD_AFTER_RUN,
+        (
+            thread_id,
+            list(ACTIVE),
+            status,
+            _json(values),
+            Jsonb(interrupts or {}),
+            Jsonb(error) if error else None,
+            thread_id,
+        ),
+    )
 
 
-async def set_thread_state(conn: psycopg.AsyncConnection[Any], thread_id: str, values: Any, status: str) -> None:
+async def set_thread_state(
+    conn: psycopg.AsyncConnection[Any], thread_id: str, values: Any, status: str
+) -> None:
     """The thread's cached values and status after its state changed outside a run (update_state)."""
     await conn.execute(SET_THREAD_STATE, (Jsonb(values), status, thread_id))
 
@@ -343,7 +401,9 @@ async def delete_run(conn: psycopg.AsyncConnection[Any], run_id: str) -> None:
     await conn.execute(DELETE_RUN, (run_id,))
 
 
-async def append_unfenced(conn: psycopg.AsyncConnection[Any], run_id: str, attempt: int, event: str, data: Any) -> int:
+async def append_unfenced(
+    conn: psycopg.AsyncConnection[Any], run_id: str, attempt: int, event: str, data: Any
+) -> int:
     """Append one event as the queue itself (reaper, cancel of a pending run): no lease involved."""
     row = await fetchone(conn, APPEND_EVENT, (run_id, attempt, event, Jsonb(data), run_id))
     assert row is not None
@@ -351,8 +411,9 @@ async def append_unfenced(conn: psycopg.AsyncConnection[Any], run_id: str, attem
     return int(row["seq"])
 
 
-async def append_events(conn: psycopg.AsyncConnection[Any], run_id: str, attempt: int,
-                        rows: list[tuple[int, str, Any]]) -> None:
+async def append_events(
+    conn: psycopg.AsyncConnection[Any], run_id: str, attempt: int, rows: list[tuple[int, str, Any]]
+) -> None:
     """Insert events (in the caller's fenced transaction) and wake the run's readers."""
     async with conn.cursor() as c:
         await c.executemany(INSERT_EVENT, [(run_id, seq, attempt, ev, Jsonb(data)) for seq, ev, data in rows])

@@ -46,12 +46,14 @@ class Heartbeat(threading.Thread):
                 continue
             try:
                 if conn is None or conn.closed:
-                    conn = psycopg.connect(self.worker.db.url, autocommit=True, connect_timeout=5,
-                                           prepare_threshold=None)
-                rows = conn.execute(queue.heartbeat_sql(),
-                                    (self.worker.lease_s, ids, self.worker.owner)).fetchall()
+                    conn = psycopg.connect(
+                        self.worker.db.url, autocommit=True, connect_timeout=5, prepare_threshold=None
+                    )
+                rows = conn.execute(
+                    queue.heartbeat_sql(), (self.worker.lease_s, ids, self.worker.owner)
+                ).fetchall()
                 self.beats += 1
-            except Exception:  # noqa: BLE001 - Postgres may be restarting; keep trying until the lease runs out
+            except Exception:  # Postgres may be restarting; keep trying until the lease runs out
                 log.warning("heartbeat failed", exc_info=True)
                 if conn is not None:
                     conn.close()
@@ -74,8 +76,18 @@ class Heartbeat(threading.Thread):
 class Worker:
     """Executes up to `concurrency` runs at a time from the shared queue."""
 
-    def __init__(self, db: Any, executor: RunExecutor, settings: Settings, *, concurrency: int, lease_s: float,
-                 poll_s: float = 2.0, max_attempts: int = 3, name: str | None = None) -> None:
+    def __init__(
+        self,
+        db: Any,
+        executor: RunExecutor,
+        settings: Settings,
+        *,
+        concurrency: int,
+        lease_s: float,
+        poll_s: float = 2.0,
+        max_attempts: int = 3,
+        name: str | None = None,
+    ) -> None:
         self.db = db  # server.db.Database: its pool, URL (LISTEN, heartbeat) and checkpointer (retention)
         self.pool = db.pool
         self.settings = settings  # webhook outbox, event retention
@@ -176,7 +188,7 @@ class Worker:
                             self._wake.set()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - reconnect after a Postgres restart; the poll covers the gap
+            except Exception:  # reconnect after a Postgres restart; the poll covers the gap
                 log.warning("worker listen connection lost; reconnecting", exc_info=True)
                 await asyncio.sleep(0.5)
 
@@ -188,15 +200,28 @@ class Worker:
             try:
                 if time.monotonic() - last_reap >= min(1.0, self.lease_s / 2):
                     last_reap = time.monotonic()
-                    for r in await queue.reap(self.pool, self.max_attempts, owner=self.owner,
-                                              lease_s=self.lease_s, held=list(self.handles)):
+                    for r in await queue.reap(
+                        self.pool,
+                        self.max_attempts,
+                        owner=self.owner,
+                        lease_s=self.lease_s,
+                        held=list(self.handles),
+                    ):
                         if r["finalize"]:
-                            log.warning("run %s: lease expired on its last attempt (%s); finishing it from its "
-                                        "checkpoints", r["run_id"], r["attempt"])
+                            log.warning(
+                                "run %s: lease expired on its last attempt (%s); finishing it from its "
+                                "checkpoints",
+                                r["run_id"],
+                                r["attempt"],
+                            )
                             self._start(queue.Claim(r, int(r["lease_epoch"])), finalize=True)
                             continue
-                        log.warning("run %s: lease expired, %s (attempt %s)", r["run_id"],
-                                    "dead-lettered" if r["status"] == "error" else "re-queued", r["attempt"])
+                        log.warning(
+                            "run %s: lease expired, %s (attempt %s)",
+                            r["run_id"],
+                            "dead-lettered" if r["status"] == "error" else "re-queued",
+                            r["attempt"],
+                        )
                 if time.monotonic() - last_sweep >= self.sweep_s:
                     last_sweep = time.monotonic()
                     await sweep(self.db)  # expired thread TTLs
@@ -210,7 +235,7 @@ class Worker:
                     self._start(c)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - Postgres unavailable: back off, the pool reconnects
+            except Exception:  # Postgres unavailable: back off, the pool reconnects
                 log.warning("queue poll failed", exc_info=True)
             try:
                 # Wake at least every quarter lease: expired leases of dead workers are found quickly.
@@ -235,7 +260,7 @@ class Worker:
             outcome = await self.executor.execute(h)
         except asyncio.CancelledError:
             outcome = Outcome.CANCELLED
-        except Exception:  # noqa: BLE001 - its lease expires and the reaper (any worker, this one too) re-queues it
+        except Exception:  # its lease expires and the reaper (any worker, this one too) re-queues it
             log.exception("executor crashed")
             outcome = Outcome.CRASHED
         log.debug("run %s: %s", h.claim.run_id, outcome)

@@ -24,8 +24,12 @@ from tests.support.fault_graph import builder
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
-    pool = AsyncConnectionPool(os.environ["BASELINE_DATABASE_URL"], max_size=10, open=False,
-                               kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row})
+    pool = AsyncConnectionPool(
+        os.environ["BASELINE_DATABASE_URL"],
+        max_size=10,
+        open=False,
+        kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
+    )
     async with pool:
         saver = AsyncPostgresSaver(pool)
         await saver.setup()
@@ -53,5 +57,6 @@ async def create_thread() -> dict[str, str]:
 @app.post("/threads/{tid}/runs/wait")
 async def wait(tid: str, request: Request) -> Any:
     body = await request.json()
-    return await request.app.state.graph.ainvoke(body.get("input"), {"configurable": {"thread_id": tid}},
-                                                 durability="sync")
+    return await request.app.state.graph.ainvoke(
+        body.get("input"), {"configurable": {"thread_id": tid}}, durability="sync"
+    )

@@ -59,8 +59,14 @@ class Proc:
     def __init__(self, name: str, args: list[str], env: dict[str, str], cwd: Path = ROOT) -> None:
         self.name = name
         self.log = tempfile.NamedTemporaryFile(prefix=f"keel-bench-{name}-", suffix=".log", delete=False)
-        self.p = subprocess.Popen(args, env={**os.environ, **env}, cwd=cwd, stdout=self.log,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+        self.p = subprocess.Popen(
+            args,
+            env={**os.environ, **env},
+            cwd=cwd,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.pid = self.p.pid
 
     def tail(self, n: int = 2500) -> str:
@@ -124,13 +130,20 @@ class Procs:
         for p in reversed(self.all):
             try:
                 p.stop()
-            except Exception:  # noqa: BLE001 - keep stopping the others
+            except Exception:  # keep stopping the others
                 pass
 
 
 def keel_env(url: str, home: Path, **extra: str) -> dict[str, str]:
-    return {"DATABASE_URL": url, "KEEL_GRAPH": GRAPH, "PYTHONPATH": str(ROOT), "KEEL_LOG_LEVEL": "WARNING",
-            "KEEL_HOME": str(home), "KEEL_DRAIN_SECONDS": "5", **extra}
+    return {
+        "DATABASE_URL": url,
+        "KEEL_GRAPH": GRAPH,
+        "PYTHONPATH": str(ROOT),
+        "KEEL_LOG_LEVEL": "WARNING",
+        "KEEL_HOME": str(home),
+        "KEEL_DRAIN_SECONDS": "5",
+        **extra,
+    }
 
 
 # ------------------------------------------------------------------------------------------ client side
@@ -178,8 +191,9 @@ async def _run(c: httpx.AsyncClient, tid: str) -> float:
     return dt
 
 
-async def _sequential(c: httpx.AsyncClient, n: int, v: Variant | None = None,
-                      meter=None) -> tuple[list[float], float]:
+async def _sequential(
+    c: httpx.AsyncClient, n: int, v: Variant | None = None, meter=None
+) -> tuple[list[float], float]:
     tids = await _threads(c, n)
     before = meter(v) if meter else None
     t = time.perf_counter()
@@ -203,7 +217,7 @@ def _proc_stats() -> list[tuple[int, int, int, float]]:
             raw = Path(f"/proc/{d}/stat").read_text()
         except OSError:
             continue
-        f = raw[raw.rindex(")") + 2:].split()
+        f = raw[raw.rindex(")") + 2 :].split()
         out.append((int(d), int(f[1]), int(f[2]), sum(int(x) for x in f[11:15]) / tick))
     return out
 
@@ -245,8 +259,9 @@ def _client(v: Variant) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=v.base, timeout=120, limits=httpx.Limits(max_connections=2 * CONC))
 
 
-async def measure_latency(variants: list[Variant], meter: CpuMeter, *, warmup: bool = True,
-                          rounds: int = ROUNDS) -> None:
+async def measure_latency(
+    variants: list[Variant], meter: CpuMeter, *, warmup: bool = True, rounds: int = ROUNDS
+) -> None:
     clients = {v.key: _client(v) for v in variants}
     try:
         live = list(variants)
@@ -258,7 +273,7 @@ async def measure_latency(variants: list[Variant], meter: CpuMeter, *, warmup: b
                 else:
                     await _sequential(c, WARMUP)
                     await _concurrent(c, 2 * CONC)
-            except Exception as exc:  # noqa: BLE001 - report it and carry on with the others
+            except Exception as exc:  # report it and carry on with the others
                 v.error = f"warm-up: {exc}"
         live = [v for v in live if v.error is None]
         for _ in range(rounds):  # sequential, interleaved rounds
@@ -269,7 +284,7 @@ async def measure_latency(variants: list[Variant], meter: CpuMeter, *, warmup: b
                     lat, wall = await _sequential(clients[v.key], v.n_seq // rounds, v, meter)
                     v.seq += lat
                     v.seq_wall += wall
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     v.error = f"sequential: {exc}"
         for _ in range(2):  # concurrency 8, two interleaved rounds
             for v in live:
@@ -279,7 +294,7 @@ async def measure_latency(variants: list[Variant], meter: CpuMeter, *, warmup: b
                     lat, wall = await _concurrent(clients[v.key], v.n_conc // 2)
                     v.conc += lat
                     v.conc_wall += wall
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     v.error = f"concurrency {CONC}: {exc}"
     finally:
         for c in clients.values():
@@ -292,18 +307,33 @@ async def measure_latency(variants: list[Variant], meter: CpuMeter, *, warmup: b
 def _snapshot(admin: str, urls: dict[str, str]) -> dict:
     with psycopg.connect(admin, autocommit=True) as c:
         fsyncs, writes = c.execute(
-            "SELECT coalesce(sum(fsyncs), 0), coalesce(sum(writes), 0) FROM pg_stat_io WHERE object = 'wal'").fetchone()
+            "SELECT coalesce(sum(fsyncs), 0), coalesce(sum(writes), 0) FROM pg_stat_io WHERE object = 'wal'"
+        ).fetchone()
         records, nbytes = c.execute("SELECT wal_records, wal_bytes FROM pg_stat_wal").fetchone()
-        xacts = dict(c.execute("SELECT datname, xact_commit FROM pg_stat_database WHERE datname = ANY(%s)",
-                               ([conninfo_db(u) for u in urls.values()],)).fetchall())
+        xacts = dict(
+            c.execute(
+                "SELECT datname, xact_commit FROM pg_stat_database WHERE datname = ANY(%s)",
+                ([conninfo_db(u) for u in urls.values()],),
+            ).fetchall()
+        )
     tables = {}
     for key, url in urls.items():
         with psycopg.connect(url, autocommit=True) as c:
-            tables[key] = {r[0]: (r[1], r[2], r[3]) for r in c.execute(
-                "SELECT relname, n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables").fetchall()}
-    return {"t": time.monotonic(), "fsyncs": int(fsyncs), "wal_writes": int(writes), "records": int(records),
-            "bytes": int(nbytes), "xacts": {k: int(xacts.get(conninfo_db(u), 0)) for k, u in urls.items()},
-            "tables": tables}
+            tables[key] = {
+                r[0]: (r[1], r[2], r[3])
+                for r in c.execute(
+                    "SELECT relname, n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables"
+                ).fetchall()
+            }
+    return {
+        "t": time.monotonic(),
+        "fsyncs": int(fsyncs),
+        "wal_writes": int(writes),
+        "records": int(records),
+        "bytes": int(nbytes),
+        "xacts": {k: int(xacts.get(conninfo_db(u), 0)) for k, u in urls.items()},
+        "tables": tables,
+    }
 
 
 def conninfo_db(url: str) -> str:
@@ -362,7 +392,9 @@ async def measure_commits(admin: str, variants: list[Variant], k: int) -> dict:
 # ------------------------------------------------------------------------------------------ recovery
 
 
-async def measure_recovery(admin: str, home: Path, tmp: Path, leases: tuple[float, ...], reps: int) -> list[dict]:
+async def measure_recovery(
+    admin: str, home: Path, tmp: Path, leases: tuple[float, ...], reps: int
+) -> list[dict]:
     rows: list[dict] = []
     for lease in leases:
         rows += await _recovery(admin, home, tmp, lease, reps)
@@ -376,20 +408,28 @@ async def _recovery(admin: str, home: Path, tmp: Path, lease: float, reps: int) 
     procs = Procs()
 
     def start_worker(i: int) -> Proc:
-        return procs.start(f"recovery-w{i}", [str(BIN / "keel"), "worker", "--concurrency", "2",
-                                              "--name", f"bench-w{i}"], env)
+        return procs.start(
+            f"recovery-w{i}",
+            [str(BIN / "keel"), "worker", "--concurrency", "2", "--name", f"bench-w{i}"],
+            env,
+        )
 
     try:
         port = free_port()
-        api = procs.start("recovery-api", [str(BIN / "keel"), "serve", "--workers", "0", "--port", str(port),
-                                           "--log-level", "warning"], env)
+        api = procs.start(
+            "recovery-api",
+            [str(BIN / "keel"), "serve", "--workers", "0", "--port", str(port), "--log-level", "warning"],
+            env,
+        )
         await api.ready(f"http://127.0.0.1:{port}/ok")  # migrations done before the workers join
         workers = {p.pid: p for p in (start_worker(1), start_worker(2))}
         for p in workers.values():
             await p.ready(line="keel worker ")
         n_started = 2
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as c, \
-                await psycopg.AsyncConnection.connect(url, autocommit=True) as db:
+        async with (
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as c,
+            await psycopg.AsyncConnection.connect(url, autocommit=True) as db,
+        ):
             for rep in range(1, reps + 1):
                 touch = tmp / f"touch-{lease}-{rep}"
                 tid = (await c.post("/threads", json={})).json()["thread_id"]
@@ -428,13 +468,19 @@ async def _recovery(admin: str, home: Path, tmp: Path, lease: float, reps: int) 
                 workers[repl.pid] = repl
                 await repl.ready(line="keel worker ")
                 res = (await c.get(f"/threads/{tid}/runs/{rid}")).json()
-                rows.append({
-                    "lease s": lease, "rep": rep,
-                    "re-claimed s": _s(t_claim, t_kill), "b restarted s": _s(t_resume, t_kill),
-                    "completed s": _s(t_done, t_kill), "status": res.get("status"), "attempt": attempt,
-                    "other worker": "yes" if len(pids) >= 2 and pids[1] != pids[0] else "no",
-                    "_resume": None if t_resume is None else t_resume - t_kill,
-                })
+                rows.append(
+                    {
+                        "lease s": lease,
+                        "rep": rep,
+                        "re-claimed s": _s(t_claim, t_kill),
+                        "b restarted s": _s(t_resume, t_kill),
+                        "completed s": _s(t_done, t_kill),
+                        "status": res.get("status"),
+                        "attempt": attempt,
+                        "other worker": "yes" if len(pids) >= 2 and pids[1] != pids[0] else "no",
+                        "_resume": None if t_resume is None else t_resume - t_kill,
+                    }
+                )
     finally:
         procs.stop_all()
     return rows
@@ -450,11 +496,15 @@ def _s(t: float | None, t0: float) -> str | float:
 def _lgdev_dir(tmp: Path) -> Path:
     d = tmp / "lgdev"
     d.mkdir()
-    (d / "langgraph.json").write_text(json.dumps({
-        "dependencies": [str(ROOT)],
-        "graphs": {"agent": str(ROOT / "tests/support/fault_graph.py") + ":graph"},
-        "env": {},
-    }))
+    (d / "langgraph.json").write_text(
+        json.dumps(
+            {
+                "dependencies": [str(ROOT)],
+                "graphs": {"agent": str(ROOT / "tests/support/fault_graph.py") + ":graph"},
+                "env": {},
+            }
+        )
+    )
     return d
 
 
@@ -479,7 +529,8 @@ def keel_breakdown(v: Variant) -> dict | None:
         rows = c.execute(
             "SELECT extract(epoch FROM started_at - created_at) * 1000, "
             "extract(epoch FROM finished_at - started_at) * 1000 FROM keel_runs WHERE thread_id = ANY(%s::uuid[])",
-            (v.seq_tids,)).fetchall()
+            (v.seq_tids,),
+        ).fetchall()
     if not rows:
         return None
     return {"queued": pct([float(r[0]) for r in rows], 50), "executing": pct([float(r[1]) for r in rows], 50)}
@@ -513,24 +564,87 @@ async def _main(admin: str, tmp: Path, postmaster: int) -> str:
             if v.key != "lgdev":
                 v.db = new_db(admin, "bench_" + v.key.replace("-", "_").replace("+", "_"))
             if v.key == "keel":
-                started[v.key] = [procs.start(v.key, [str(BIN / "keel"), "serve", "--workers", str(CONC), "--port",
-                                                      str(port), "--log-level", "warning"], keel_env(v.db, home))]
+                started[v.key] = [
+                    procs.start(
+                        v.key,
+                        [
+                            str(BIN / "keel"),
+                            "serve",
+                            "--workers",
+                            str(CONC),
+                            "--port",
+                            str(port),
+                            "--log-level",
+                            "warning",
+                        ],
+                        keel_env(v.db, home),
+                    )
+                ]
             elif v.key == "keel-ext":
-                api = procs.start(v.key, [str(BIN / "keel"), "serve", "--workers", "0", "--port", str(port),
-                                          "--log-level", "warning"], keel_env(v.db, home))
+                api = procs.start(
+                    v.key,
+                    [
+                        str(BIN / "keel"),
+                        "serve",
+                        "--workers",
+                        "0",
+                        "--port",
+                        str(port),
+                        "--log-level",
+                        "warning",
+                    ],
+                    keel_env(v.db, home),
+                )
                 started[v.key] = [api]
             elif v.key.startswith("fastapi"):
-                env = {"BASELINE_DATABASE_URL": v.db, "PYTHONPATH": str(ROOT),
-                       "BASELINE_STORE": "1" if v.key.endswith("store") else "0"}
-                started[v.key] = [procs.start(v.key, [str(BIN / "uvicorn"), "tests.benchmarks.baseline_app:app",
-                                                      "--host", "127.0.0.1", "--port", str(port), "--log-level",
-                                                      "warning", "--no-access-log"], env)]
+                env = {
+                    "BASELINE_DATABASE_URL": v.db,
+                    "PYTHONPATH": str(ROOT),
+                    "BASELINE_STORE": "1" if v.key.endswith("store") else "0",
+                }
+                started[v.key] = [
+                    procs.start(
+                        v.key,
+                        [
+                            str(BIN / "uvicorn"),
+                            "tests.benchmarks.baseline_app:app",
+                            "--host",
+                            "127.0.0.1",
+                            "--port",
+                            str(port),
+                            "--log-level",
+                            "warning",
+                            "--no-access-log",
+                        ],
+                        env,
+                    )
+                ]
             else:
-                env = {"LANGGRAPH_NO_VERSION_CHECK": "true", "LANGGRAPH_CLI_NO_ANALYTICS": "1",
-                       "LANGSMITH_TRACING": "false", "PYTHONPATH": str(ROOT)}
-                started[v.key] = [procs.start(v.key, [str(BIN / "langgraph"), "dev", "--no-browser", "--no-reload",
-                                                      "--host", "127.0.0.1", "--port", str(port),
-                                                      "--server-log-level", "WARNING"], env, cwd=_lgdev_dir(tmp))]
+                env = {
+                    "LANGGRAPH_NO_VERSION_CHECK": "true",
+                    "LANGGRAPH_CLI_NO_ANALYTICS": "1",
+                    "LANGSMITH_TRACING": "false",
+                    "PYTHONPATH": str(ROOT),
+                }
+                started[v.key] = [
+                    procs.start(
+                        v.key,
+                        [
+                            str(BIN / "langgraph"),
+                            "dev",
+                            "--no-browser",
+                            "--no-reload",
+                            "--host",
+                            "127.0.0.1",
+                            "--port",
+                            str(port),
+                            "--server-log-level",
+                            "WARNING",
+                        ],
+                        env,
+                        cwd=_lgdev_dir(tmp),
+                    )
+                ]
         for v in variants:
             v.pgids = [p.pid for p in started[v.key]]
             try:
@@ -538,8 +652,11 @@ async def _main(admin: str, tmp: Path, postmaster: int) -> str:
             except RuntimeError as exc:
                 v.error = f"start: {exc}"
         if by["keel-ext"].error is None:  # the external worker joins once the API has migrated the database
-            w = procs.start("keel-ext-worker", [str(BIN / "keel"), "worker", "--concurrency", str(CONC)],
-                            keel_env(by["keel-ext"].db, home))
+            w = procs.start(
+                "keel-ext-worker",
+                [str(BIN / "keel"), "worker", "--concurrency", str(CONC)],
+                keel_env(by["keel-ext"].db, home),
+            )
             try:
                 await w.ready(line="keel worker ")
                 by["keel-ext"].pgids.append(w.pid)
@@ -565,13 +682,24 @@ async def _main(admin: str, tmp: Path, postmaster: int) -> str:
         wal_variants = [by[k] for k in ("keel", "fastapi", "fastapi+store") if by[k].error is None]
         try:
             commits = await measure_commits(admin, wal_variants, k_runs)
-        except Exception as exc:  # noqa: BLE001 - report it with the other parts
+        except Exception as exc:  # report it with the other parts
             commits = {"_error": f"{type(exc).__name__}: {exc}"}
         commits_s = time.monotonic() - t2
 
         t4 = time.monotonic()
-        slow = [Variant(k, by[k].label, base=by[k].base, db=by[k].db, pgids=by[k].pgids, n_seq=SLOW_N_SEQ,
-                        n_conc=SLOW_N_CONC) for k in ("keel", "fastapi", "fastapi+store") if by[k].error is None]
+        slow = [
+            Variant(
+                k,
+                by[k].label,
+                base=by[k].base,
+                db=by[k].db,
+                pgids=by[k].pgids,
+                n_seq=SLOW_N_SEQ,
+                n_conc=SLOW_N_CONC,
+            )
+            for k in ("keel", "fastapi", "fastapi+store")
+            if by[k].error is None
+        ]
         with psycopg.connect(admin, autocommit=True) as c:
             c.execute(f"ALTER SYSTEM SET commit_delay = {SLOW_COMMIT_DELAY_US}")
             c.execute("ALTER SYSTEM SET commit_siblings = 0")
@@ -593,12 +721,25 @@ async def _main(admin: str, tmp: Path, postmaster: int) -> str:
     try:
         recovery = await measure_recovery(admin, home, tmp, (5.0, 2.0), 3)
         rec_err = None
-    except Exception as exc:  # noqa: BLE001 - report it with the other parts
+    except Exception as exc:  # report it with the other parts
         recovery, rec_err = [], f"{type(exc).__name__}: {exc}"
     recovery_s = time.monotonic() - t3
-    return _report(Results(variants, by, commits, k_runs, recovery, rec_err,
-                           (startup_s, latency_s, commits_s, slow_s, recovery_s), floor_ms, breakdown,
-                           slow, slow_floor_ms, steal_pct))
+    return _report(
+        Results(
+            variants,
+            by,
+            commits,
+            k_runs,
+            recovery,
+            rec_err,
+            (startup_s, latency_s, commits_s, slow_s, recovery_s),
+            floor_ms,
+            breakdown,
+            slow,
+            slow_floor_ms,
+            steal_pct,
+        )
+    )
 
 
 @dataclass
@@ -633,15 +774,23 @@ def _latency_table(variants: list[Variant]) -> str:
             continue
         seq = [x * 1000 for x in v.seq]
         con = [x * 1000 for x in v.conc]
-        rows.append({
-            "variant": v.label + (f" (then failed: {v.error[:120]})" if v.error else ""), "seq N": len(seq),
-            "p50 ms": pct(seq, 50) if seq else "", "p99 ms": pct(seq, 99) if seq else "",
-            "c1 runs/s": len(seq) / v.seq_wall if v.seq_wall else "",
-            "c8 N": len(con), "c8 runs/s": len(con) / v.conc_wall if v.conc_wall else "",
-            "c8 p50 ms": pct(con, 50) if con else "", "c8 p99 ms": pct(con, 99) if con else "",
-        })
-    return table(rows, ["variant", "seq N", "p50 ms", "p99 ms", "c1 runs/s", "c8 N", "c8 runs/s", "c8 p50 ms",
-                        "c8 p99 ms"])
+        rows.append(
+            {
+                "variant": v.label + (f" (then failed: {v.error[:120]})" if v.error else ""),
+                "seq N": len(seq),
+                "p50 ms": pct(seq, 50) if seq else "",
+                "p99 ms": pct(seq, 99) if seq else "",
+                "c1 runs/s": len(seq) / v.seq_wall if v.seq_wall else "",
+                "c8 N": len(con),
+                "c8 runs/s": len(con) / v.conc_wall if v.conc_wall else "",
+                "c8 p50 ms": pct(con, 50) if con else "",
+                "c8 p99 ms": pct(con, 99) if con else "",
+            }
+        )
+    return table(
+        rows,
+        ["variant", "seq N", "p50 ms", "p99 ms", "c1 runs/s", "c8 N", "c8 runs/s", "c8 p50 ms", "c8 p99 ms"],
+    )
 
 
 def _ok(cond: bool) -> str:
@@ -653,28 +802,38 @@ def _ratio_targets(by: dict[str, Variant], where: str) -> list[str]:
     out = []
     if _p50(k) and _p50(f):
         r = _p50(k) / _p50(f)
-        extra = f" (vs FastAPI + store, same DB work in the graph: {_p50(k) / _p50(fs):.2f}×)" if _p50(fs) else ""
-        out.append(f"- Keel p50 / FastAPI p50 ≤ 1.3×, {where}: {_p50(k):.1f} / {_p50(f):.1f} ms = **{r:.2f}×** → "
-                   f"{_ok(r <= 1.3)}{extra}")
+        extra = (
+            f" (vs FastAPI + store, same DB work in the graph: {_p50(k) / _p50(fs):.2f}×)" if _p50(fs) else ""
+        )
+        out.append(
+            f"- Keel p50 / FastAPI p50 ≤ 1.3×, {where}: {_p50(k):.1f} / {_p50(f):.1f} ms = **{r:.2f}×** → "
+            f"{_ok(r <= 1.3)}{extra}"
+        )
     if _c8(k) and _c8(f):
         r = _c8(k) / _c8(f)
         extra = f" (vs FastAPI + store: {_c8(k) / _c8(fs):.2f}×)" if _c8(fs) else ""
-        out.append(f"- Keel c8 throughput / stock-saver c8 throughput ≥ 2.5×, {where}: {_c8(k):.1f} / "
-                   f"{_c8(f):.1f} runs/s = **{r:.2f}×** → {_ok(r >= 2.5)}{extra}")
+        out.append(
+            f"- Keel c8 throughput / stock-saver c8 throughput ≥ 2.5×, {where}: {_c8(k):.1f} / "
+            f"{_c8(f):.1f} runs/s = **{r:.2f}×** → {_ok(r >= 2.5)}{extra}"
+        )
     return out
 
 
 def _report(r: Results) -> str:
     by = r.by
-    out: list[str] = [f"Postgres commit floor on this machine: **{r.floor_ms:.2f} ms** per single-row autocommit "
-                      "INSERT (one client, fsync on; durability.md §8 measured 2.9 ms on its VM).\n"]
-    out.append(f"**1. `POST /threads/{{id}}/runs/wait`, no-op 4-node graph.** Each run on a fresh thread created "
-               f"before timing; only the wait is timed. Sequential: {ROUNDS} interleaved rounds per server after "
-               f"{WARMUP} warm-up runs (c1 runs/s = runs / wall time of the sequential loops). Concurrency {CONC}: "
-               f"{CONC} async tasks on one httpx.AsyncClient, 2 interleaved rounds. `langgraph dev` gets "
-               f"N={by['lgdev'].n_seq} sequential / {by['lgdev'].n_conc} concurrent (≈1 s per sequential run). "
-               f"Client: this process; servers: subprocesses; one Postgres (fsync on, synchronous_commit on). "
-               f"CPU steal by the hypervisor during this part: {r.steal_pct:.1f}%.\n")
+    out: list[str] = [
+        f"Postgres commit floor on this machine: **{r.floor_ms:.2f} ms** per single-row autocommit "
+        "INSERT (one client, fsync on; durability.md §8 measured 2.9 ms on its VM).\n"
+    ]
+    out.append(
+        f"**1. `POST /threads/{{id}}/runs/wait`, no-op 4-node graph.** Each run on a fresh thread created "
+        f"before timing; only the wait is timed. Sequential: {ROUNDS} interleaved rounds per server after "
+        f"{WARMUP} warm-up runs (c1 runs/s = runs / wall time of the sequential loops). Concurrency {CONC}: "
+        f"{CONC} async tasks on one httpx.AsyncClient, 2 interleaved rounds. `langgraph dev` gets "
+        f"N={by['lgdev'].n_seq} sequential / {by['lgdev'].n_conc} concurrent (≈1 s per sequential run). "
+        f"Client: this process; servers: subprocesses; one Postgres (fsync on, synchronous_commit on). "
+        f"CPU steal by the hypervisor during this part: {r.steal_pct:.1f}%.\n"
+    )
     out.append(_latency_table(r.variants))
     cpu_rows = []
     for v in r.variants:
@@ -682,24 +841,47 @@ def _report(r: Results) -> str:
             continue
         n = len(v.seq)
         server, pg, client = (x * 1000 / n for x in v.cpu)
-        row = {"variant": v.label, "mean wall ms": sum(v.seq) * 1000 / n, "server CPU ms": server,
-               "Postgres CPU ms": pg, "client CPU ms": client, "sum CPU ms": server + pg + client}
+        row = {
+            "variant": v.label,
+            "mean wall ms": sum(v.seq) * 1000 / n,
+            "server CPU ms": server,
+            "Postgres CPU ms": pg,
+            "client CPU ms": client,
+            "sum CPU ms": server + pg + client,
+        }
         b = r.breakdown.get(v.key)
         if b:
             row["queued→claimed p50"] = b["queued"]
             row["claimed→finished p50"] = b["executing"]
         cpu_rows.append(row)
-    out.append("\nWhere a sequential run's time goes (CPU from /proc over the sequential rounds, per run; server = "
-               "all its processes; Postgres = postmaster + backends, cluster-wide; client = this process. Keel "
-               "phases from keel_runs created_at/started_at/finished_at, ms):\n")
-    out.append(table(cpu_rows, ["variant", "mean wall ms", "server CPU ms", "Postgres CPU ms", "client CPU ms",
-                                "sum CPU ms", "queued→claimed p50", "claimed→finished p50"]))
+    out.append(
+        "\nWhere a sequential run's time goes (CPU from /proc over the sequential rounds, per run; server = "
+        "all its processes; Postgres = postmaster + backends, cluster-wide; client = this process. Keel "
+        "phases from keel_runs created_at/started_at/finished_at, ms):\n"
+    )
+    out.append(
+        table(
+            cpu_rows,
+            [
+                "variant",
+                "mean wall ms",
+                "server CPU ms",
+                "Postgres CPU ms",
+                "client CPU ms",
+                "sum CPU ms",
+                "queued→claimed p50",
+                "claimed→finished p50",
+            ],
+        )
+    )
     if r.slow:
-        out.append(f"\nSame servers with a slower disk emulated (commit_delay = {SLOW_COMMIT_DELAY_US} µs, "
-                   f"commit_siblings = 0: every synchronous WAL flush sleeps first; group commit still works). "
-                   f"Commit floor under it: **{r.slow_floor_ms:.2f} ms**. {SLOW_N_SEQ} sequential runs "
-                   f"(2 interleaved rounds) and {SLOW_N_CONC} at concurrency {CONC} per server, no warm-up "
-                   f"(the servers are warm):\n")
+        out.append(
+            f"\nSame servers with a slower disk emulated (commit_delay = {SLOW_COMMIT_DELAY_US} µs, "
+            f"commit_siblings = 0: every synchronous WAL flush sleeps first; group commit still works). "
+            f"Commit floor under it: **{r.slow_floor_ms:.2f} ms**. {SLOW_N_SEQ} sequential runs "
+            f"(2 interleaved rounds) and {SLOW_N_CONC} at concurrency {CONC} per server, no warm-up "
+            f"(the servers are warm):\n"
+        )
         out.append(_latency_table(r.slow))
 
     # ---- commits
@@ -707,30 +889,57 @@ def _report(r: Results) -> str:
     if commits.get("_error"):
         out.append(f"\n**2. Transactions and WAL fsyncs per run**: failed: {commits['_error']}")
     elif commits:
-        labels = {"keel": "Keel `serve --workers 8`", "fastapi": "FastAPI + stock saver",
-                  "fastapi+store": "FastAPI + stock saver + store"}
+        labels = {
+            "keel": "Keel `serve --workers 8`",
+            "fastapi": "FastAPI + stock saver",
+            "fastapi+store": "FastAPI + stock saver + store",
+        }
         keys = [k for k in labels if k in commits]
         crow = []
         for key in keys:
             m = commits[key]
             ck = m["tables"].get("checkpoints", (0, 0, 0))[0] or 6.0
-            crow.append({
-                "variant": labels[key], "transactions/run": m["xacts"], "WAL fsyncs/run": m["fsyncs"],
-                "WAL writes/run": m["wal_writes"], "WAL records/run": m["records"], "WAL KB/run": m["bytes"] / 1024,
-                "checkpoints/run": ck, "fsyncs/checkpoint": m["fsyncs"] / ck, "fsyncs/node (÷4)": m["fsyncs"] / 4,
-                "xacts/checkpoint": m["xacts"] / ck,
-            })
-        out.append(f"\n**2. Transactions and WAL fsyncs per run** ({r.k_runs} sequential runs per server; deltas of "
-                   "pg_stat_database.xact_commit for that server's database (every transaction, read-only ones and "
-                   "the pool's empty health-check queries included), pg_stat_io object='wal' fsyncs/writes "
-                   "(cluster-wide, all backend types incl. walwriter) and pg_stat_wal wal_records/wal_bytes; PG 18 "
-                   f"has no wal_sync/wal_write in pg_stat_wal. Snapshots taken {STATS_FLUSH_S:.0f} s after the load "
-                   "so idle backends have flushed their statistics; an idle window is subtracted pro rata. A run "
-                   f"writes {crow[0]['checkpoints/run'] if crow else 6:.0f} checkpoints (input, the `__start__` "
-                   "step, 4 nodes): per super-step = ÷ checkpoints/run; per node = ÷4.)\n")
-        out.append(table(crow, ["variant", "transactions/run", "WAL fsyncs/run", "WAL writes/run", "WAL records/run",
-                                "WAL KB/run", "checkpoints/run", "fsyncs/checkpoint", "fsyncs/node (÷4)",
-                                "xacts/checkpoint"]))
+            crow.append(
+                {
+                    "variant": labels[key],
+                    "transactions/run": m["xacts"],
+                    "WAL fsyncs/run": m["fsyncs"],
+                    "WAL writes/run": m["wal_writes"],
+                    "WAL records/run": m["records"],
+                    "WAL KB/run": m["bytes"] / 1024,
+                    "checkpoints/run": ck,
+                    "fsyncs/checkpoint": m["fsyncs"] / ck,
+                    "fsyncs/node (÷4)": m["fsyncs"] / 4,
+                    "xacts/checkpoint": m["xacts"] / ck,
+                }
+            )
+        out.append(
+            f"\n**2. Transactions and WAL fsyncs per run** ({r.k_runs} sequential runs per server; deltas of "
+            "pg_stat_database.xact_commit for that server's database (every transaction, read-only ones and "
+            "the pool's empty health-check queries included), pg_stat_io object='wal' fsyncs/writes "
+            "(cluster-wide, all backend types incl. walwriter) and pg_stat_wal wal_records/wal_bytes; PG 18 "
+            f"has no wal_sync/wal_write in pg_stat_wal. Snapshots taken {STATS_FLUSH_S:.0f} s after the load "
+            "so idle backends have flushed their statistics; an idle window is subtracted pro rata. A run "
+            f"writes {crow[0]['checkpoints/run'] if crow else 6:.0f} checkpoints (input, the `__start__` "
+            "step, 4 nodes): per super-step = ÷ checkpoints/run; per node = ÷4.)\n"
+        )
+        out.append(
+            table(
+                crow,
+                [
+                    "variant",
+                    "transactions/run",
+                    "WAL fsyncs/run",
+                    "WAL writes/run",
+                    "WAL records/run",
+                    "WAL KB/run",
+                    "checkpoints/run",
+                    "fsyncs/checkpoint",
+                    "fsyncs/node (÷4)",
+                    "xacts/checkpoint",
+                ],
+            )
+        )
         rels = sorted({rel for key in keys for rel in commits[key]["tables"]})
         trows = []
         for rel in rels:
@@ -742,48 +951,76 @@ def _report(r: Results) -> str:
         out.append("\nRow changes per run (inserted / updated / deleted, pg_stat_user_tables):\n")
         out.append(table(trows, ["table"] + keys))
         if "keel" in commits:
-            out.append(f"\nIdle background: Keel {commits['keel']['idle_xacts_per_s']:.2f} transactions/s "
-                       f"(worker poll + reap), cluster {commits['_idle_fsyncs_per_s']:.2f} WAL fsyncs/s.")
+            out.append(
+                f"\nIdle background: Keel {commits['keel']['idle_xacts_per_s']:.2f} transactions/s "
+                f"(worker poll + reap), cluster {commits['_idle_fsyncs_per_s']:.2f} WAL fsyncs/s."
+            )
 
     # ---- recovery
-    out.append("\n**3. Recovery after SIGKILL** (`keel serve --workers 0` + two `keel worker --concurrency 2`; "
-               "node b sleeps 3 s and appends its pid to a file; the worker whose pid appears is SIGKILLed at once; "
-               "times from the SIGKILL: re-claimed = keel_runs.attempt 2 seen (polled every ~10 ms), b restarted = "
-               "second pid in the file, completed = run terminal; a replacement worker is started after each "
-               "repetition.)\n")
+    out.append(
+        "\n**3. Recovery after SIGKILL** (`keel serve --workers 0` + two `keel worker --concurrency 2`; "
+        "node b sleeps 3 s and appends its pid to a file; the worker whose pid appears is SIGKILLed at once; "
+        "times from the SIGKILL: re-claimed = keel_runs.attempt 2 seen (polled every ~10 ms), b restarted = "
+        "second pid in the file, completed = run terminal; a replacement worker is started after each "
+        "repetition.)\n"
+    )
     if r.rec_err:
         out.append(f"recovery failed: {r.rec_err}\n")
-    out.append(table([{k: v for k, v in row.items() if not k.startswith("_")} for row in r.recovery],
-                     ["lease s", "rep", "re-claimed s", "b restarted s", "completed s", "status", "attempt",
-                      "other worker"]))
+    out.append(
+        table(
+            [{k: v for k, v in row.items() if not k.startswith("_")} for row in r.recovery],
+            [
+                "lease s",
+                "rep",
+                "re-claimed s",
+                "b restarted s",
+                "completed s",
+                "status",
+                "attempt",
+                "other worker",
+            ],
+        )
+    )
 
     # ---- targets
     k, lg = by["keel"], by["lgdev"]
     tgt = []
     if _p50(k) and _p50(lg):
         ratio = _p50(lg) / _p50(k)
-        tgt.append(f"- Keel p50 ≥ 20× lower than `langgraph dev` p50: {_p50(lg):.0f} / {_p50(k):.1f} ms = "
-                   f"**{ratio:.1f}×** → {_ok(ratio >= 20)}")
+        tgt.append(
+            f"- Keel p50 ≥ 20× lower than `langgraph dev` p50: {_p50(lg):.0f} / {_p50(k):.1f} ms = "
+            f"**{ratio:.1f}×** → {_ok(ratio >= 20)}"
+        )
     tgt += _ratio_targets(by, f"this disk ({r.floor_ms:.2f} ms commits)")
     if r.slow:
-        tgt += _ratio_targets({v.key: v for v in r.slow}, f"emulated slow disk ({r.slow_floor_ms:.2f} ms commits)")
+        tgt += _ratio_targets(
+            {v.key: v for v in r.slow}, f"emulated slow disk ({r.slow_floor_ms:.2f} ms commits)"
+        )
     res = [row["_resume"] for row in r.recovery]
     if res:
         worst = None if any(x is None for x in res) else max(res)
-        tgt.append(f"- Resume after SIGKILL ≤ 10 s (lease 5 s and 2 s, {len(res)} kills): max "
-                   f"**{'never' if worst is None else f'{worst:.2f} s'}** → {_ok(worst is not None and worst <= 10)}")
+        tgt.append(
+            f"- Resume after SIGKILL ≤ 10 s (lease 5 s and 2 s, {len(res)} kills): max "
+            f"**{'never' if worst is None else f'{worst:.2f} s'}** → {_ok(worst is not None and worst <= 10)}"
+        )
     if k.seq:
         per_node = [x * 1000 / 4 for x in k.seq]
-        tgt.append(f"- (durability.md §8) per-node overhead at c1 p50 ≤ 12 ms, p99 ≤ 40 ms: Keel "
-                   f"{pct(per_node, 50):.1f} / {pct(per_node, 99):.1f} ms per node (run latency ÷ 4) → "
-                   f"{_ok(pct(per_node, 50) <= 12 and pct(per_node, 99) <= 40)}")
+        tgt.append(
+            f"- (durability.md §8) per-node overhead at c1 p50 ≤ 12 ms, p99 ≤ 40 ms: Keel "
+            f"{pct(per_node, 50):.1f} / {pct(per_node, 99):.1f} ms per node (run latency ÷ 4) → "
+            f"{_ok(pct(per_node, 50) <= 12 and pct(per_node, 99) <= 40)}"
+        )
     if _c8(k):
-        tgt.append(f"- (durability.md §8) ≥ 50 runs/s at concurrency 8: Keel {_c8(k):.1f} runs/s → "
-                   f"{_ok(_c8(k) >= 50)}")
+        tgt.append(
+            f"- (durability.md §8) ≥ 50 runs/s at concurrency 8: Keel {_c8(k):.1f} runs/s → "
+            f"{_ok(_c8(k) >= 50)}"
+        )
     out.append("\n**Targets**\n\n" + "\n".join(tgt))
     st, lt, ct, sl, rt = r.times
-    out.append(f"\n_(start-up {st:.0f} s, latency/throughput {lt:.0f} s, commits {ct:.0f} s, slow disk {sl:.0f} s, "
-               f"recovery {rt:.0f} s)_")
+    out.append(
+        f"\n_(start-up {st:.0f} s, latency/throughput {lt:.0f} s, commits {ct:.0f} s, slow disk {sl:.0f} s, "
+        f"recovery {rt:.0f} s)_"
+    )
     return "\n".join(out)
 
 
@@ -799,4 +1036,3 @@ def run() -> str:
 
 if __name__ == "__main__":
     print(run())
-

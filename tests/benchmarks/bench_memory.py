@@ -43,13 +43,16 @@ CACHE_DIR = ROOT / ".bench-cache"
 # Passage size: 1-3 whole sentences of PASSAGE_WORDS[0]..[1] words (longer sentences are cut into pieces).
 PASSAGE_WORDS = (12, 40)
 CORPUS_VERSION = 1  # bump when the extraction below changes (invalidates the cached passages)
+
+
 def load_eval_set() -> list[dict[str, Any]]:
     """The questions of eval_set.json: [{"q": ..., "sources": [...]}, ...]."""
     return json.loads(EVAL_SET.read_text())["questions"]
 
 
-async def evaluate(store: Any, namespace: str, questions: list[dict[str, Any]], modes=MODES,
-                   depth: int = 10) -> dict[str, dict[str, float]]:
+async def evaluate(
+    store: Any, namespace: str, questions: list[dict[str, Any]], modes=MODES, depth: int = 10
+) -> dict[str, dict[str, float]]:
     """recall@1, recall@5 and MRR@depth of each search mode (a hit counts if its source is labelled)."""
     from memory.search import search_docs
 
@@ -98,13 +101,21 @@ def _corpus_files() -> list[tuple[str, Path]]:
     """(label, path) of every text source, sorted: Python's C headers, the stdlib, this venv's site-packages."""
     paths = sysconfig.get_paths()
     out = []
-    for label, root, skip in (("include", paths["include"], ()), ("stdlib", paths["stdlib"], ("site-packages",)),
-                              ("site-packages", paths["purelib"], ())):
+    for label, root, skip in (
+        ("include", paths["include"], ()),
+        ("stdlib", paths["stdlib"], ("site-packages",)),
+        ("site-packages", paths["purelib"], ()),
+    ):
         root = Path(root)
         if not root.is_dir():
             continue
-        found = [p for p in root.rglob("*") if (p.suffix in _SUFFIXES or p.name == "METADATA")
-                 and not set(p.relative_to(root).parts) & set(skip) and p.is_file()]
+        found = [
+            p
+            for p in root.rglob("*")
+            if (p.suffix in _SUFFIXES or p.name == "METADATA")
+            and not set(p.relative_to(root).parts) & set(skip)
+            and p.is_file()
+        ]
         out += [(label, p) for p in sorted(found)]
     return out
 
@@ -116,8 +127,11 @@ def _python_texts(src: str) -> list[str]:
         tree = ast.parse(src)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return out
-    out += [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
-            and len(n.value) >= 60]
+    out += [
+        n.value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and len(n.value) >= 60
+    ]
     block: list[str] = []
     try:
         for tok in tokenize.generate_tokens(io.StringIO(src).readline):
@@ -134,8 +148,10 @@ def _python_texts(src: str) -> list[str]:
 
 
 def _c_texts(src: str) -> list[str]:
-    return ["\n".join(line.strip().lstrip("*").strip() for line in (m.group(1) or m.group(2) or "").splitlines())
-            for m in _C_COMMENT.finditer(src)]
+    return [
+        "\n".join(line.strip().lstrip("*").strip() for line in (m.group(1) or m.group(2) or "").splitlines())
+        for m in _C_COMMENT.finditer(src)
+    ]
 
 
 def _passages(text: str) -> list[str]:
@@ -149,7 +165,7 @@ def _passages(text: str) -> list[str]:
             if not words:
                 continue
             step = -(-len(words) // -(-len(words) // hi))  # cut an over-long sentence into even pieces
-            pieces += [" ".join(words[i:i + step]) for i in range(0, len(words), step)]
+            pieces += [" ".join(words[i : i + step]) for i in range(0, len(words), step)]
     out, cur, n = [], [], 0
     for piece in pieces:
         w = len(piece.split())
@@ -161,7 +177,10 @@ def _passages(text: str) -> list[str]:
         n += w
     if n >= lo:
         out.append(" ".join(cur))
-    words_ok = lambda p: sum(bool(_WORD.fullmatch(w.strip(".,;:()'\"`!?"))) for w in p.split()) >= 0.7 * len(p.split())  # noqa: E731
+
+    def words_ok(p: str) -> bool:
+        return sum(bool(_WORD.fullmatch(w.strip(".,;:()'\"`!?"))) for w in p.split()) >= 0.7 * len(p.split())
+
     return [p for p in out if words_ok(p)]
 
 
@@ -182,7 +201,9 @@ def real_corpus() -> tuple[list[str], bool]:
             src = f.read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):
             continue
-        texts = _python_texts(src) if f.suffix == ".py" else _c_texts(src) if f.suffix in (".h", ".c") else [src]
+        texts = (
+            _python_texts(src) if f.suffix == ".py" else _c_texts(src) if f.suffix in (".h", ".c") else [src]
+        )
         for text in texts:
             for p in _passages(text):
                 key = " ".join(p.lower().split())
@@ -207,8 +228,9 @@ def embed_corpus(passages: list[str]) -> tuple[np.ndarray, bool, float]:
         get_tokenizer,
     )
 
-    key = hashlib.sha256(f"{MODEL_SHA256}:{TOKENIZER_SHA256}:{MAX_LENGTH}\n".encode()
-                         + "\n".join(passages).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        f"{MODEL_SHA256}:{TOKENIZER_SHA256}:{MAX_LENGTH}\n".encode() + "\n".join(passages).encode()
+    ).hexdigest()[:16]
     path = CACHE_DIR / f"minilm-{key}.npy"
     if path.exists():
         return np.load(path), True, 0.0
@@ -218,11 +240,14 @@ def embed_corpus(passages: list[str]) -> tuple[np.ndarray, bool, float]:
     out = np.empty((len(passages), EMBED_DIMS), dtype=np.float32)
     t = time.perf_counter()
     for i in range(0, len(order), 2048):
-        idx = order[i:i + 2048]
+        idx = order[i : i + 2048]
         out[idx] = np.asarray(emb.embed_documents([passages[j] for j in idx]), dtype=np.float32)
         done = i + len(idx)
-        print(f"  embedded {done:,}/{len(passages):,} ({done / (time.perf_counter() - t):.0f}/s)",
-              file=sys.stderr, flush=True)
+        print(
+            f"  embedded {done:,}/{len(passages):,} ({done / (time.perf_counter() - t):.0f}/s)",
+            file=sys.stderr,
+            flush=True,
+        )
     CACHE_DIR.mkdir(exist_ok=True)
     tmp = path.with_suffix(".tmp.npy")
     np.save(tmp, out)
@@ -242,13 +267,22 @@ def real_dataset() -> dict[str, Any]:
     queries = [passages[i] for i in perm[:REAL_QUERIES]]
     docs = [passages[i] for i in perm[REAL_QUERIES:need]]
     vectors, vec_cached, t_embed = embed_corpus(docs)
-    return {"docs": docs, "vectors": vectors, "queries": queries, "distinct": len(passages),
-            "corpus_cached": corpus_cached, "corpus_s": t_corpus, "vectors_cached": vec_cached,
-            "embed_s": t_embed, "words": float(np.mean([len(d.split()) for d in docs]))}
+    return {
+        "docs": docs,
+        "vectors": vectors,
+        "queries": queries,
+        "distinct": len(passages),
+        "corpus_cached": corpus_cached,
+        "corpus_s": t_corpus,
+        "vectors_cached": vec_cached,
+        "embed_s": t_embed,
+        "words": float(np.mean([len(d.split()) for d in docs])),
+    }
 
 
-async def _load(pool: Any, prefix: str, start: int, vectors: np.ndarray,
-                value_of: Callable[[int], dict[str, Any]]) -> None:
+async def _load(
+    pool: Any, prefix: str, start: int, vectors: np.ndarray, value_of: Callable[[int], dict[str, Any]]
+) -> None:
     """COPY rows start.. into store and store_vectors under one prefix (the store's real tables)."""
     store_buf, vec_buf = io.StringIO(), io.StringIO()
     for i, v in enumerate(vectors, start=start):
@@ -259,16 +293,21 @@ async def _load(pool: Any, prefix: str, start: int, vectors: np.ndarray,
     async with pool.connection() as conn:
         async with conn.cursor().copy("COPY store (prefix, key, value) FROM STDIN") as cp:
             await cp.write(store_buf.getvalue())
-        async with conn.cursor().copy("COPY store_vectors (prefix, key, field_name, embedding) FROM STDIN") as cp:
+        async with conn.cursor().copy(
+            "COPY store_vectors (prefix, key, field_name, embedding) FROM STDIN"
+        ) as cp:
             await cp.write(vec_buf.getvalue())
 
 
-async def _knn(pool: Any, prefix: str, q: np.ndarray, *, exact: bool,
-               ef_search: int | None = None) -> tuple[list[str], float]:
+async def _knn(
+    pool: Any, prefix: str, q: np.ndarray, *, exact: bool, ef_search: int | None = None
+) -> tuple[list[str], float]:
     """Top-10 keys under one prefix by cosine distance, and the query's latency in seconds.
     ef_search None = the pool connection's own setting (Keel's default)."""
-    sql = ("SELECT key FROM store_vectors WHERE prefix = %s AND field_name = 'text' "
-           "ORDER BY embedding <=> %s::vector LIMIT 10")
+    sql = (
+        "SELECT key FROM store_vectors WHERE prefix = %s AND field_name = 'text' "
+        "ORDER BY embedding <=> %s::vector LIMIT 10"
+    )
     async with pool.connection() as conn, conn.transaction():
         if exact:
             await conn.execute("SET LOCAL enable_indexscan = off")
@@ -282,19 +321,29 @@ async def _knn(pool: Any, prefix: str, q: np.ndarray, *, exact: bool,
 
 
 async def _size_per_chunk(pool: Any) -> tuple[float, int]:
-    (size, n), = await _sql(pool, "SELECT pg_total_relation_size('store') + pg_total_relation_size('store_vectors'), "
-                                  "(SELECT count(*) FROM store_vectors)")
+    ((size, n),) = await _sql(
+        pool,
+        "SELECT pg_total_relation_size('store') + pg_total_relation_size('store_vectors'), "
+        "(SELECT count(*) FROM store_vectors)",
+    )
     return size / max(n, 1), n
 
 
-async def _hnsw_vs_exact(pool: Any, data: str, prefix: str, vectors: np.ndarray,
-                         value_of: Callable[[int], dict[str, Any]],
-                         queries_for: Callable[[np.ndarray], np.ndarray],
-                         loads: list[float]) -> list[dict[str, Any]]:
+async def _hnsw_vs_exact(
+    pool: Any,
+    data: str,
+    prefix: str,
+    vectors: np.ndarray,
+    value_of: Callable[[int], dict[str, Any]],
+    queries_for: Callable[[np.ndarray], np.ndarray],
+    loads: list[float],
+) -> list[dict[str, Any]]:
     """Load vectors in SIZES steps into the store's tables, rebuild the store's HNSW index at each size,
     and compare exact search with HNSW at each EF_SEARCH (and the pool's default) on queries_for(loaded)."""
-    (idx,), = await _sql(pool, "SELECT indexdef FROM pg_indexes WHERE indexname = 'store_vectors_embedding_idx'")
-    (default_ef,), = await _sql(pool, "SHOW hnsw.ef_search")
+    ((idx,),) = await _sql(
+        pool, "SELECT indexdef FROM pg_indexes WHERE indexname = 'store_vectors_embedding_idx'"
+    )
+    ((default_ef,),) = await _sql(pool, "SHOW hnsw.ef_search")
     efs: list[int | None] = [*EF_SEARCH] + ([None] if int(default_ef) not in EF_SEARCH else [])
     rows: list[dict[str, Any]] = []
     loaded = 0
@@ -322,9 +371,10 @@ async def _hnsw_vs_exact(pool: Any, data: str, prefix: str, vectors: np.ndarray,
         keys_of: dict[Any, list[list[str]]] = {v: [] for v in variants}
         lat_of: dict[Any, list[float]] = {v: [] for v in variants}
         for n, q in enumerate(queries):
-            for v in variants[n % len(variants):] + variants[:n % len(variants)]:
-                keys, sec = await _knn(pool, prefix, q, exact=v == "exact",
-                                       ef_search=None if v == "exact" else v)  # type: ignore[arg-type]
+            for v in variants[n % len(variants) :] + variants[: n % len(variants)]:
+                keys, sec = await _knn(
+                    pool, prefix, q, exact=v == "exact", ef_search=None if v == "exact" else v
+                )  # type: ignore[arg-type]
                 keys_of[v].append(keys)
                 lat_of[v].append(sec)
         loads.append(os.getloadavg()[0])
@@ -333,11 +383,22 @@ async def _hnsw_vs_exact(pool: Any, data: str, prefix: str, vectors: np.ndarray,
         for v in variants:
             rec = [len(set(t) & set(k)) / len(t) for t, k in zip(keys_of["exact"], keys_of[v], strict=True)]
             top1 = sum(t[0] in k for t, k in zip(keys_of["exact"], keys_of[v], strict=True))
-            label = ("exact (seq scan)" if v == "exact" else f"HNSW ef_search={v}" if v is not None
-                     else f"HNSW Keel default ({default_ef})")
-            row = {**base, "search": label, "p50 ms": pct(lat_of[v], 50) * 1000, "p95 ms": pct(lat_of[v], 95) * 1000,
-                   "recall@10": f"{np.mean(rec):.3f}", "recall@10 p5": pct(rec, 5),
-                   "top-1 found": f"{top1 / len(queries):.3f}"}
+            label = (
+                "exact (seq scan)"
+                if v == "exact"
+                else f"HNSW ef_search={v}"
+                if v is not None
+                else f"HNSW Keel default ({default_ef})"
+            )
+            row = {
+                **base,
+                "search": label,
+                "p50 ms": pct(lat_of[v], 50) * 1000,
+                "p95 ms": pct(lat_of[v], 95) * 1000,
+                "recall@10": f"{np.mean(rec):.3f}",
+                "recall@10 p5": pct(rec, 5),
+                "top-1 found": f"{top1 / len(queries):.3f}",
+            }
             if v == "exact":
                 row.update({"load s": t_load, "HNSW build s": t_build, "bytes/chunk": per_chunk})
             rows.append(row)
@@ -362,6 +423,7 @@ async def _run(url: str, random_url: str) -> tuple[dict, dict, list[dict], dict]
         quality = await evaluate(db.store, "default", questions)
         lat = {}
         from memory.search import search_docs
+
         for mode in MODES:
             samples = []
             for item in questions:
@@ -370,18 +432,26 @@ async def _run(url: str, random_url: str) -> tuple[dict, dict, list[dict], dict]
                 samples.append(time.perf_counter() - t)
             lat[mode] = (pct(samples, 50) * 1000, pct(samples, 95) * 1000)
         per_chunk, _ = await _size_per_chunk(db.pool)
-        values = [r[0] for r in await _sql(db.pool, "SELECT value FROM store WHERE prefix = 'docs.default' ORDER BY key")]
-        (default_ef,), = await _sql(db.pool, "SHOW hnsw.ef_search")
+        values = [
+            r[0]
+            for r in await _sql(db.pool, "SELECT value FROM store WHERE prefix = 'docs.default' ORDER BY key")
+        ]
+        ((default_ef,),) = await _sql(db.pool, "SHOW hnsw.ef_search")
 
         # Real text: MiniLM vectors of 100k passages; queries are 200 held-out passages (embed_query).
         real = real_dataset()
         qvec = np.asarray([emb.embed_query(q) for q in real["queries"]], dtype=np.float32)
         docs = real["docs"]
         # Postgres text cannot hold NUL (a dozen passages quote binary constants); the tokenizer drops it anyway.
-        ann = await _hnsw_vs_exact(db.pool, "real text", REAL_PREFIX, real["vectors"],
-                                   lambda i: {"text": docs[i].replace("\x00", ""), "source": "corpus",
-                                              "chunk_index": i},
-                                   lambda _loaded: qvec, loads)
+        ann = await _hnsw_vs_exact(
+            db.pool,
+            "real text",
+            REAL_PREFIX,
+            real["vectors"],
+            lambda i: {"text": docs[i].replace("\x00", ""), "source": "corpus", "chunk_index": i},
+            lambda _loaded: qvec,
+            loads,
+        )
     finally:
         await db.close()
 
@@ -397,15 +467,26 @@ async def _run(url: str, random_url: str) -> tuple[dict, dict, list[dict], dict]
             q = picks + 0.15 * _unit(rng, QUERIES)
             return q / np.linalg.norm(q, axis=1, keepdims=True)
 
-        ann += await _hnsw_vs_exact(rdb.pool, "random", SYNTH_PREFIX, synth,
-                                    lambda i: {**values[i % len(values)], "source": "synth", "chunk_index": i},
-                                    near_stored, loads)
+        ann += await _hnsw_vs_exact(
+            rdb.pool,
+            "random",
+            SYNTH_PREFIX,
+            synth,
+            lambda i: {**values[i % len(values)], "source": "synth", "chunk_index": i},
+            near_stored,
+            loads,
+        )
     finally:
         await rdb.close()
-    info = {"ingest": report.to_dict(), "questions": len(questions), "fts_build": fts_build,
-            "docs_bytes_per_chunk": per_chunk, "real": {k: v for k, v in real.items()
-                                                        if k not in ("docs", "vectors", "queries")},
-            "default_ef": default_ef, "loads": loads}
+    info = {
+        "ingest": report.to_dict(),
+        "questions": len(questions),
+        "fts_build": fts_build,
+        "docs_bytes_per_chunk": per_chunk,
+        "real": {k: v for k, v in real.items() if k not in ("docs", "vectors", "queries")},
+        "default_ef": default_ef,
+        "loads": loads,
+    }
     return quality, lat, ann, info
 
 
@@ -416,29 +497,52 @@ def run() -> str:
         quality, lat, ann, info = asyncio.run(_run(url, random_url))
     rows = [{"mode": m, **quality[m], "p50 ms": lat[m][0], "p95 ms": lat[m][1]} for m in MODES]
     ing = info["ingest"]
-    out = (f"Retrieval quality on Keel's docs ({ing['files']} files, {ing['chunks']} chunks; "
-           f"{info['questions']} questions from tests/benchmarks/eval_set.json; search_docs with k=10 "
-           f"for quality, k=5 for latency):\n\n")
+    out = (
+        f"Retrieval quality on Keel's docs ({ing['files']} files, {ing['chunks']} chunks; "
+        f"{info['questions']} questions from tests/benchmarks/eval_set.json; search_docs with k=10 "
+        f"for quality, k=5 for latency):\n\n"
+    )
     out += table(rows, ["mode", "recall@1", "recall@5", "MRR@10", "p50 ms", "p95 ms"])
-    out += (f"\n\nFTS GIN index build on the docs corpus: {info['fts_build'] * 1000:.0f} ms. "
-            f"Storage of the docs corpus alone: {info['docs_bytes_per_chunk']:.0f} bytes/chunk "
-            "(small tables: dominated by fixed overhead).\n\n")
+    out += (
+        f"\n\nFTS GIN index build on the docs corpus: {info['fts_build'] * 1000:.0f} ms. "
+        f"Storage of the docs corpus alone: {info['docs_bytes_per_chunk']:.0f} bytes/chunk "
+        "(small tables: dominated by fixed overhead).\n\n"
+    )
     r = info["real"]
-    emb_note = ("vectors from the cache" if r["vectors_cached"]
-                else f"embedded in this run: {r['embed_s']:.0f} s, {SIZES[-1] / r['embed_s']:.0f} passages/s")
+    emb_note = (
+        "vectors from the cache"
+        if r["vectors_cached"]
+        else f"embedded in this run: {r['embed_s']:.0f} s, {SIZES[-1] / r['embed_s']:.0f} passages/s"
+    )
     corpus_note = "from the cache" if r["corpus_cached"] else f"extracted in {r['corpus_s']:.0f} s"
-    out += (f"HNSW (m=16, ef_construction=64, cosine; the store's own index) against exact search. **real text**: "
-            f"{SIZES[-1]:,} passages (mean {r['words']:.1f} words; sampled with a fixed seed from "
-            f"{r['distinct']:,} distinct passages of the stdlib's and site-packages' docstrings, comments and text "
-            f"files; passages {corpus_note}) "
-            f"embedded with the offline MiniLM ({emb_note}); {REAL_QUERIES} held-out passages as queries "
-            f"(embed_query). **random**: uniform random unit 384-d vectors (the worst case for a graph index), "
-            f"{QUERIES} queries near stored points. SQL `ORDER BY embedding <=> q LIMIT 10` filtered to one "
-            "namespace; exact = `enable_indexscan=off`; recall@10 p5 = 5th percentile of per-query recall; "
-            "top-1 found = the exact nearest is among HNSW's 10; bytes/chunk = total size of store + "
-            f"store_vectors (with indexes) / rows. Keel's pool default: hnsw.ef_search = {info['default_ef']}. "
-            "Each query runs every variant back to back; 1-minute load average after each step: "
-            f"{', '.join(f'{x:.1f}' for x in info['loads'])} (2 cores).\n\n")
-    out += table(ann, ["data", "vectors", "search", "p50 ms", "p95 ms", "recall@10", "recall@10 p5", "top-1 found",
-                       "load s", "HNSW build s", "bytes/chunk"])
+    out += (
+        f"HNSW (m=16, ef_construction=64, cosine; the store's own index) against exact search. **real text**: "
+        f"{SIZES[-1]:,} passages (mean {r['words']:.1f} words; sampled with a fixed seed from "
+        f"{r['distinct']:,} distinct passages of the stdlib's and site-packages' docstrings, comments and text "
+        f"files; passages {corpus_note}) "
+        f"embedded with the offline MiniLM ({emb_note}); {REAL_QUERIES} held-out passages as queries "
+        f"(embed_query). **random**: uniform random unit 384-d vectors (the worst case for a graph index), "
+        f"{QUERIES} queries near stored points. SQL `ORDER BY embedding <=> q LIMIT 10` filtered to one "
+        "namespace; exact = `enable_indexscan=off`; recall@10 p5 = 5th percentile of per-query recall; "
+        "top-1 found = the exact nearest is among HNSW's 10; bytes/chunk = total size of store + "
+        f"store_vectors (with indexes) / rows. Keel's pool default: hnsw.ef_search = {info['default_ef']}. "
+        "Each query runs every variant back to back; 1-minute load average after each step: "
+        f"{', '.join(f'{x:.1f}' for x in info['loads'])} (2 cores).\n\n"
+    )
+    out += table(
+        ann,
+        [
+            "data",
+            "vectors",
+            "search",
+            "p50 ms",
+            "p95 ms",
+            "recall@10",
+            "recall@10 p5",
+            "top-1 found",
+            "load s",
+            "HNSW build s",
+            "bytes/chunk",
+        ],
+    )
     return out

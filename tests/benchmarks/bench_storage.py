@@ -44,11 +44,14 @@ def _chat_graph():
 
 async def _thread_bytes(db, tid: str) -> float:
     async with db.pool.connection() as conn:
-        row = await (await conn.execute(
-            "SELECT coalesce((SELECT sum(pg_column_size(t.*)) FROM checkpoints t WHERE thread_id = %s), 0) + "
-            "coalesce((SELECT sum(pg_column_size(t.*)) FROM checkpoint_blobs t WHERE thread_id = %s), 0) + "
-            "coalesce((SELECT sum(pg_column_size(t.*)) FROM checkpoint_writes t WHERE thread_id = %s), 0) AS b",
-            (tid, tid, tid))).fetchone()
+        row = await (
+            await conn.execute(
+                "SELECT coalesce((SELECT sum(pg_column_size(t.*)) FROM checkpoints t WHERE thread_id = %s), 0) + "
+                "coalesce((SELECT sum(pg_column_size(t.*)) FROM checkpoint_blobs t WHERE thread_id = %s), 0) + "
+                "coalesce((SELECT sum(pg_column_size(t.*)) FROM checkpoint_writes t WHERE thread_id = %s), 0) AS b",
+                (tid, tid, tid),
+            )
+        ).fetchone()
     return float(row["b"]) / 1e6
 
 
@@ -68,14 +71,16 @@ async def _run(url: str) -> list[dict]:
         keel = lambda: builder.compile(checkpointer=db.checkpointer, store=db.store)  # noqa: E731
         trim, fold = Context(max_revisions=0, history="trim"), Context(max_revisions=0)
         # (workload, history mode, graph, context, checkpoints kept)
-        variants = [("random 5x1KB/turn, stock graph", "-", chat(), None, 0),
-                    ("random 5x1KB/turn, stock graph", "-", chat(), None, 100),
-                    ("random 5x1KB/turn, Keel agent", "trim", keel(), trim, 0),
-                    ("random 5x1KB/turn, Keel agent", "trim", keel(), trim, 100),
-                    ("random 5x1KB/turn, Keel agent", "summarize", keel(), fold, 0),
-                    ("random 5x1KB/turn, Keel agent", "summarize", keel(), fold, 100),
-                    ("short questions, Keel agent", "trim", keel(), trim, 0),
-                    ("short questions, Keel agent", "summarize", keel(), fold, 100)]
+        variants = [
+            ("random 5x1KB/turn, stock graph", "-", chat(), None, 0),
+            ("random 5x1KB/turn, stock graph", "-", chat(), None, 100),
+            ("random 5x1KB/turn, Keel agent", "trim", keel(), trim, 0),
+            ("random 5x1KB/turn, Keel agent", "trim", keel(), trim, 100),
+            ("random 5x1KB/turn, Keel agent", "summarize", keel(), fold, 0),
+            ("random 5x1KB/turn, Keel agent", "summarize", keel(), fold, 100),
+            ("short questions, Keel agent", "trim", keel(), trim, 0),
+            ("short questions, Keel agent", "summarize", keel(), fold, 100),
+        ]
         rng = random.Random(2)
         for label, mode, graph, ctx, keep in variants:
             tid = str(uuid.uuid4())
@@ -86,20 +91,35 @@ async def _run(url: str) -> list[dict]:
                     msg = "".join(rng.choices(string.ascii_letters, k=1024))
                     await graph.ainvoke({"messages": [HumanMessage(content=msg)]}, cfg, durability="sync")
                 elif label.startswith("random"):  # Keel replies briefly, so the caller sends all five
-                    msgs = [HumanMessage(content="".join(rng.choices(string.ascii_letters, k=1024))) for _ in range(5)]
+                    msgs = [
+                        HumanMessage(content="".join(rng.choices(string.ascii_letters, k=1024)))
+                        for _ in range(5)
+                    ]
                     await graph.ainvoke({"messages": msgs}, cfg, context=ctx, durability="sync")
                 else:
-                    await graph.ainvoke({"messages": [HumanMessage(content=f"turn {i}: how do workers recover?")]},
-                                        cfg, context=ctx, durability="sync")
+                    await graph.ainvoke(
+                        {"messages": [HumanMessage(content=f"turn {i}: how do workers recover?")]},
+                        cfg,
+                        context=ctx,
+                        durability="sync",
+                    )
                 if keep:
                     await trim_checkpoints(db, tid, keep)
             secs = time.perf_counter() - t
             t = time.perf_counter()
             state = await graph.aget_state({"configurable": {"thread_id": tid}})
             get_ms = (time.perf_counter() - t) * 1000
-            rows.append({"thread": label, "history": mode, "checkpoints kept": "all" if not keep else keep,
-                         "MB after 200 turns": await _thread_bytes(db, tid), "messages": len(state.values["messages"]),
-                         "get_state ms": get_ms, "run s": secs})
+            rows.append(
+                {
+                    "thread": label,
+                    "history": mode,
+                    "checkpoints kept": "all" if not keep else keep,
+                    "MB after 200 turns": await _thread_bytes(db, tid),
+                    "messages": len(state.values["messages"]),
+                    "get_state ms": get_ms,
+                    "run s": secs,
+                }
+            )
     finally:
         await db.close()
     return rows
@@ -108,7 +128,20 @@ async def _run(url: str) -> list[dict]:
 def run() -> str:
     with scratch_postgres() as (admin, _):
         rows = asyncio.run(_run(new_db(admin, "bench_storage")))
-    return (table(rows, ["thread", "history", "checkpoints kept", "MB after 200 turns", "messages", "get_state ms", "run s"])
-            + "\n\nMB = row bytes of checkpoints + checkpoint_blobs + checkpoint_writes for the thread "
-              "(pg_column_size, after TOAST compression); messages = in the latest state. Target: under 25 MB at "
-              "200 turns. Keel's defaults: history summarize, 100 checkpoints kept.")
+    return (
+        table(
+            rows,
+            [
+                "thread",
+                "history",
+                "checkpoints kept",
+                "MB after 200 turns",
+                "messages",
+                "get_state ms",
+                "run s",
+            ],
+        )
+        + "\n\nMB = row bytes of checkpoints + checkpoint_blobs + checkpoint_writes for the thread "
+        "(pg_column_size, after TOAST compression); messages = in the latest state. Target: under 25 MB at "
+        "200 turns. Keel's defaults: history summarize, 100 checkpoints kept."
+    )

@@ -29,8 +29,13 @@ def pct(values: list[float], p: float) -> float:
 
 def summary_ms(samples_s: list[float]) -> dict[str, float]:
     ms = [x * 1000 for x in samples_s]
-    return {"n": len(ms), "p50": pct(ms, 50), "p95": pct(ms, 95), "p99": pct(ms, 99),
-            "mean": statistics.fmean(ms)}
+    return {
+        "n": len(ms),
+        "p50": pct(ms, 50),
+        "p95": pct(ms, 95),
+        "p99": pct(ms, 99),
+        "mean": statistics.fmean(ms),
+    }
 
 
 def table(rows: list[dict], cols: list[str]) -> str:
@@ -79,8 +84,9 @@ def free_port() -> int:
 def process(args: list[str], env: dict, ready_url: str | None = None, cwd: Path = ROOT, timeout: float = 90):
     """Run a server process until the block ends; wait for `ready_url` to answer 200."""
     log = tempfile.NamedTemporaryFile(prefix="keel-bench-", suffix=".log", delete=False)
-    proc = subprocess.Popen(args, env={**os.environ, **env}, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        args, env={**os.environ, **env}, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         if ready_url:
             deadline = time.time() + timeout

@@ -25,8 +25,10 @@ def main(argv: list[str]) -> int:
     import importlib
 
     names = argv or list(SECTIONS)
-    print(f"<!-- {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, "
-          f"{os.cpu_count()} cores, Python {platform.python_version()} -->")
+    print(
+        f"<!-- {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()} -->"
+    )
     for name in names:
         mod = importlib.import_module(SECTIONS[name])
         t = time.time()

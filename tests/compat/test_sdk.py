@@ -85,8 +85,9 @@ async def test_assistants_search_get_graph_schemas(client):
     graph = await client.assistants.get_graph("agent")
     node_ids = {n["id"] for n in graph["nodes"]}
     assert {"__start__", "__end__", "retrieve", "summarize", "critique"} <= node_ids
-    assert {"source": "__start__", "target": "retrieve"} in [{k: e[k] for k in ("source", "target")}
-                                                           for e in graph["edges"]]
+    assert {"source": "__start__", "target": "retrieve"} in [
+        {k: e[k] for k in ("source", "target")} for e in graph["edges"]
+    ]
 
     schemas = await client.assistants.get_schemas("agent")
     assert schemas["graph_id"] == "agent"
@@ -161,8 +162,12 @@ async def test_runs_wait_answers_with_citation(client):
 
 async def test_runs_stream_values_and_updates(client):
     t = await client.threads.create()
-    parts = [p async for p in client.runs.stream(t["thread_id"], "agent", input=ask(),
-                                                 stream_mode=["values", "updates"])]
+    parts = [
+        p
+        async for p in client.runs.stream(
+            t["thread_id"], "agent", input=ask(), stream_mode=["values", "updates"]
+        )
+    ]
     events = [p.event for p in parts]
     assert events[0] == "metadata", events
     run_id = parts[0].data["run_id"]
@@ -182,8 +187,10 @@ async def test_runs_stream_values_and_updates(client):
 
 async def test_runs_stream_messages_tuple(client):
     t = await client.threads.create()
-    parts = [p async for p in client.runs.stream(t["thread_id"], "agent", input=ask(),
-                                                 stream_mode="messages-tuple")]
+    parts = [
+        p
+        async for p in client.runs.stream(t["thread_id"], "agent", input=ask(), stream_mode="messages-tuple")
+    ]
     events = [p.event for p in parts]
     assert events[0] == "metadata" and events[-1] == "end", events
     messages = [p.data for p in parts if p.event == "messages"]
@@ -251,7 +258,9 @@ async def test_history_newest_first_with_parent_chain_and_before(client):
     pivot = history[1]["checkpoint_id"]
     expected = [h["checkpoint_id"] for h in history[2:]]
     as_string = await client.threads.get_history(tid, limit=50, before=pivot)
-    as_config = await client.threads.get_history(tid, limit=50, before={"configurable": {"checkpoint_id": pivot}})
+    as_config = await client.threads.get_history(
+        tid, limit=50, before={"configurable": {"checkpoint_id": pivot}}
+    )
     as_checkpoint = await client.threads.get_history(tid, limit=50, before={"checkpoint_id": pivot})
     for got in (as_string, as_config, as_checkpoint):
         assert [h["checkpoint_id"] for h in got] == expected
@@ -264,8 +273,12 @@ async def test_stateless_wait_and_stream(client):
     values = await client.runs.wait(None, "agent", input=ask())
     assert_cited_answer(values)
 
-    parts = [p async for p in client.runs.stream(None, "agent", input=ask(RECOVERY_QUESTION),
-                                                 stream_mode=["values", "updates"])]
+    parts = [
+        p
+        async for p in client.runs.stream(
+            None, "agent", input=ask(RECOVERY_QUESTION), stream_mode=["values", "updates"]
+        )
+    ]
     events = [p.event for p in parts]
     assert events[0] == "metadata" and events[-1] == "end", events
     final = [p.data for p in parts if p.event == "values"][-1]
@@ -309,9 +322,11 @@ async def test_sdk_error_classes(client):
 
 
 async def test_failed_create_writes_nothing(client):
-    for bad in ({"assistant_id": "no-such-assistant"},
-                {"interrupt_before": ["no-such-node"]},
-                {"context": {"user_id": "mallory"}}):
+    for bad in (
+        {"assistant_id": "no-such-assistant"},
+        {"interrupt_before": ["no-such-node"]},
+        {"context": {"user_id": "mallory"}},
+    ):
         tid = str(uuid.uuid4())
         kwargs: dict[str, Any] = {"assistant_id": "agent", "input": ask(), "if_not_exists": "create", **bad}
         assistant = kwargs.pop("assistant_id")
@@ -330,7 +345,9 @@ async def test_failed_create_writes_nothing(client):
 
 async def test_raw_http_error_bodies(live_server):
     async with httpx.AsyncClient(base_url=live_server.url, timeout=30) as http:
-        r = await http.post("/threads", content=b'{"metadata": {', headers={"content-type": "application/json"})
+        r = await http.post(
+            "/threads", content=b'{"metadata": {', headers={"content-type": "application/json"}
+        )
         assert r.status_code == 400, r.text
         assert isinstance(r.json()["detail"], str) and r.json()["detail"]
 
@@ -365,8 +382,11 @@ async def test_raw_http_error_bodies(live_server):
         assert r.status_code == 404 and isinstance(r.json()["detail"], str)
 
         # Studio posts JSON labelled text/plain; it is accepted.
-        r = await http.post("/threads", content=b'{"metadata": {"via": "text/plain"}}',
-                            headers={"content-type": "text/plain;charset=UTF-8"})
+        r = await http.post(
+            "/threads",
+            content=b'{"metadata": {"via": "text/plain"}}',
+            headers={"content-type": "text/plain;charset=UTF-8"},
+        )
         assert r.status_code == 200, r.text
         assert r.json()["metadata"] == {"via": "text/plain"}
 
@@ -437,8 +457,16 @@ async def test_background_run_join_and_resumable_stream(client):
     assert [r["run_id"] for r in listed] == [run["run_id"]] and listed[0]["status"] == "success"
 
     # A resumable stream carries ids; joining with last_event_id replays exactly what came after it.
-    parts = [p async for p in client.runs.stream(tid, "agent", input=ask(RECOVERY_QUESTION),
-                                                  stream_mode=["values", "updates"], stream_resumable=True)]
+    parts = [
+        p
+        async for p in client.runs.stream(
+            tid,
+            "agent",
+            input=ask(RECOVERY_QUESTION),
+            stream_mode=["values", "updates"],
+            stream_resumable=True,
+        )
+    ]
     ids = [int(p.id) for p in parts if p.id is not None]
     assert ids == list(range(1, len(ids) + 1))
     runs = await client.runs.list(tid)
@@ -467,11 +495,18 @@ async def test_store_api_is_scoped_to_the_caller(auth_server):
     alice = get_client(url=auth_server.url, api_key="ka")
     bob = get_client(url=auth_server.url, api_key="kb")
     try:
-        await alice.store.put_item(["memories", "prefs"], key="drink", value={"text": "Alice drinks green tea"})
+        await alice.store.put_item(
+            ["memories", "prefs"], key="drink", value={"text": "Alice drinks green tea"}
+        )
         await alice.store.put_item(["memories"], key="pet", value={"text": "Alice has a cat named Miso"})
         got = await alice.store.get_item(["memories", "prefs"], key="drink")
-        assert got["value"] == {"text": "Alice drinks green tea"} and got["namespace"] == ["memories", "prefs"]
-        hits = (await alice.store.search_items(["memories"], query="which animal lives with her", limit=5))["items"]
+        assert got["value"] == {"text": "Alice drinks green tea"} and got["namespace"] == [
+            "memories",
+            "prefs",
+        ]
+        hits = (await alice.store.search_items(["memories"], query="which animal lives with her", limit=5))[
+            "items"
+        ]
         assert hits and hits[0]["key"] == "pet" and "score" in hits[0]
         spaces = (await alice.store.list_namespaces())["namespaces"]
         assert ["memories", "prefs"] in spaces
@@ -480,7 +515,9 @@ async def test_store_api_is_scoped_to_the_caller(auth_server):
             await bob.store.get_item(["memories", "prefs"], key="drink")
         assert (await bob.store.search_items(["memories"], query="tea"))["items"] == []
         assert (await bob.store.list_namespaces())["namespaces"] == []
-        await bob.store.delete_item(["memories", "prefs"], key="drink")  # deletes bob's (nonexistent) item only
+        await bob.store.delete_item(
+            ["memories", "prefs"], key="drink"
+        )  # deletes bob's (nonexistent) item only
         assert (await alice.store.get_item(["memories", "prefs"], key="drink"))["key"] == "drink"
         await alice.store.delete_item(["memories", "prefs"], key="drink")
         with pytest.raises(NotFoundError):

@@ -80,15 +80,21 @@ def test_ask_goes_through_the_run_engine(cli_env):
     r = keel(cli_env, "ask", "How do I scale out workers?", "--thread", tid)
     assert r.returncode == 0, r.stderr
     with psycopg.connect(cli_env["env"]["DATABASE_URL"], row_factory=dict_row) as conn:
-        runs = conn.execute("SELECT run_id, status, attempt, metadata, kwargs FROM keel_runs WHERE thread_id = %s",
-                            (tid,)).fetchall()
+        runs = conn.execute(
+            "SELECT run_id, status, attempt, metadata, kwargs FROM keel_runs WHERE thread_id = %s", (tid,)
+        ).fetchall()
         assert len(runs) == 1 and runs[0]["status"] == "success" and runs[0]["attempt"] == 1, runs
         assert runs[0]["metadata"]["source"] == "keel ask" and runs[0]["kwargs"]["stream_mode"] == ["updates"]
-        events = [e["event"] for e in conn.execute(
-            "SELECT event FROM keel_run_events WHERE run_id = %s ORDER BY seq", (runs[0]["run_id"],))]
+        events = [
+            e["event"]
+            for e in conn.execute(
+                "SELECT event FROM keel_run_events WHERE run_id = %s ORDER BY seq", (runs[0]["run_id"],)
+            )
+        ]
         assert events[0] == "metadata" and events[-1] == "end" and "updates" in events, events
-        thread = conn.execute('SELECT user_id, status, "values" FROM keel_threads WHERE thread_id = %s',
-                              (tid,)).fetchone()
+        thread = conn.execute(
+            'SELECT user_id, status, "values" FROM keel_threads WHERE thread_id = %s', (tid,)
+        ).fetchone()
     assert thread["user_id"] == "local" and thread["status"] == "idle", thread
     assert thread["values"]["messages"][0]["content"] == "How do I scale out workers?"
 
@@ -122,7 +128,6 @@ def test_db_commands_with_database_url(cli_env, database_url):
         assert r.stdout == ""
 
 
-
 def test_memory_export_and_delete(cli_env, database_url, embeddings):
     import asyncio
 
@@ -138,7 +143,10 @@ def test_memory_export_and_delete(cli_env, database_url, embeddings):
     out = keel(cli_env, "memory", "export", "--user", "carol")
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
-    assert {(tuple(r["namespace"]), r["key"]) for r in rows} == {(("memories",), "k1"), (("memories", "work"), "k2")}
+    assert {(tuple(r["namespace"]), r["key"]) for r in rows} == {
+        (("memories",), "k1"),
+        (("memories", "work"), "k2"),
+    }
     gone = keel(cli_env, "memory", "delete", "--user", "carol")
     assert gone.returncode == 0 and "deleted 2" in gone.stderr
     again = keel(cli_env, "memory", "export", "--user", "carol")

@@ -194,14 +194,24 @@ def test_a_one_shot_command_ended_by_sigterm_lets_go_of_the_server(home, tmp_pat
     for i in range(400):  # minutes of embedding: still running when the signal comes
         (corpus / f"doc{i}.md").write_text(f"# Page {i}\n\n" + " ".join(f"word{i}x{j}" for j in range(300)))
     handles = home / "pgdata" / ".handle_pids.json"
-    proc = subprocess.Popen([KEEL, "ingest", str(corpus), "--quiet"], env=env(home), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [KEEL, "ingest", str(corpus), "--quiet"],
+        env=env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
     try:
-        wait_for(lambda: handles.exists() and str(proc.pid) in handles.read_text(), "keel ingest to join the server")
+        wait_for(
+            lambda: handles.exists() and str(proc.pid) in handles.read_text(),
+            "keel ingest to join the server",
+        )
         pid = postmaster(home)
         assert pid, "keel ingest started the embedded Postgres"
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(DEADLINE_S) == 128 + signal.SIGTERM, proc.stdout.read().decode() if proc.stdout else ""
+        assert proc.wait(DEADLINE_S) == 128 + signal.SIGTERM, (
+            proc.stdout.read().decode() if proc.stdout else ""
+        )
         wait_stopped(home, pid)
     finally:
         if proc.poll() is None:

@@ -29,10 +29,14 @@ def cluster(database_url):
     with running_cluster(database_url) as c:
         yield c
     # Nothing leaks: once every Keel process is gone, no connection to the database remains.
-    rows = c.sql("SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() "
-                 "AND pid <> pg_backend_pid()")
-    assert rows[0]["n"] == 0, c.sql("SELECT application_name, state, query FROM pg_stat_activity "
-                                    "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    rows = c.sql(
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() "
+        "AND pid <> pg_backend_pid()"
+    )
+    assert rows[0]["n"] == 0, c.sql(
+        "SELECT application_name, state, query FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
 
 
 def start_slow_b(c: Cluster, tmp_path: Path, sleep: float) -> tuple[str, dict, Path, int]:
@@ -108,8 +112,10 @@ def test_sigkill_at_random_points_while_checkpoints_are_written(cluster):
 def test_idle_connections_terminated_during_a_long_step(cluster, tmp_path):
     tid, run, _, _ = start_slow_b(cluster, tmp_path, 3.0)
     time.sleep(0.5)
-    killed = cluster.sql("SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity "
-                         "WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'idle'")
+    killed = cluster.sql(
+        "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'idle'"
+    )
     assert killed[0]["n"] > 0
     done = cluster.wait_status(tid, run["run_id"])
     assert done["status"] == "success" and done["attempt"] == 1, done
@@ -124,8 +130,14 @@ def test_two_runs_at_once_on_one_thread(cluster):
 
     def fire(tag):
         with cluster.client() as c:
-            results[tag] = c.post(f"/threads/{tid}/runs", json={
-                "assistant_id": "agent", "input": {"plan": {"a": {"sleep": 0.3}}, "inputs": [tag]}, **PLAIN})
+            results[tag] = c.post(
+                f"/threads/{tid}/runs",
+                json={
+                    "assistant_id": "agent",
+                    "input": {"plan": {"a": {"sleep": 0.3}}, "inputs": [tag]},
+                    **PLAIN,
+                },
+            )
 
     ts = [threading.Thread(target=fire, args=(t,)) for t in ("first", "second")]
     [t.start() for t in ts]
@@ -139,8 +151,10 @@ def test_two_runs_at_once_on_one_thread(cluster):
     # With reject, a second run while one is active gets 409.
     run = cluster.start_run(tid, {"a": {"sleep": 1.0}}, **PLAIN)
     with cluster.client() as c:
-        r = c.post(f"/threads/{tid}/runs", json={"assistant_id": "agent", "input": {"inputs": ["third"]},
-                                                 "multitask_strategy": "reject"})
+        r = c.post(
+            f"/threads/{tid}/runs",
+            json={"assistant_id": "agent", "input": {"inputs": ["third"]}, "multitask_strategy": "reject"},
+        )
     assert r.status_code == 409
     cluster.wait_status(tid, run["run_id"])
     cluster.assert_invariants([tid])
@@ -156,7 +170,9 @@ def test_duplicate_resumes_apply_once(cluster):
 
     def resume(value):
         with cluster.client() as c:
-            r = c.post(f"/threads/{tid}/runs", json={"assistant_id": "agent", "command": {"resume": value}, **PLAIN})
+            r = c.post(
+                f"/threads/{tid}/runs", json={"assistant_id": "agent", "command": {"resume": value}, **PLAIN}
+            )
         codes.append(r.status_code)
         if r.status_code == 200:
             runs.append(r.json()["run_id"])
@@ -170,7 +186,9 @@ def test_duplicate_resumes_apply_once(cluster):
     assert all(code in (200, 409) for code in codes)
     assert cluster.effects(tid)["c"] == 1, "the step after the interrupt ran once"
     # A late duplicate after completion changes nothing.
-    late = httpx.post(f"{cluster.url}/threads/{tid}/runs", json={"assistant_id": "agent", "command": {"resume": "again"}})
+    late = httpx.post(
+        f"{cluster.url}/threads/{tid}/runs", json={"assistant_id": "agent", "command": {"resume": "again"}}
+    )
     assert cluster.wait_status(tid, late.json()["run_id"])["status"] == "error"
     assert cluster.effects(tid) == {"a": 1, "b": 1, "c": 1, "d": 1}
     cluster.assert_invariants([tid])
@@ -189,12 +207,17 @@ def test_zombie_worker_is_fenced(cluster, tmp_path):
     time.sleep(3)  # the zombie wakes up, finds its lease gone, and must not write anything
     after = cluster.run(tid, run["run_id"])
     assert after["status"] == "success" and after["attempt"] == 2
-    epochs = cluster.sql("SELECT DISTINCT (metadata->>'keel_epoch')::int AS e FROM checkpoints "
-                         "WHERE thread_id = %s AND checkpoint_ns = '' AND checkpoint_id > "
-                         "(SELECT min(checkpoint_id) FROM checkpoints WHERE thread_id = %s AND metadata->>'keel_epoch' = '2')",
-                         tid, tid)
+    epochs = cluster.sql(
+        "SELECT DISTINCT (metadata->>'keel_epoch')::int AS e FROM checkpoints "
+        "WHERE thread_id = %s AND checkpoint_ns = '' AND checkpoint_id > "
+        "(SELECT min(checkpoint_id) FROM checkpoints WHERE thread_id = %s AND metadata->>'keel_epoch' = '2')",
+        tid,
+        tid,
+    )
     assert [r["e"] for r in epochs] == [2], "no checkpoint from the stale epoch after the takeover"
-    assert re.search(r"lease (of run \S+ )?lost", zombie.log()) and zombie.alive(), "the zombie noticed and stopped by itself"
+    assert re.search(r"lease (of run \S+ )?lost", zombie.log()) and zombie.alive(), (
+        "the zombie noticed and stopped by itself"
+    )
     cluster.assert_invariants([tid])
 
 
@@ -212,8 +235,9 @@ def test_sigterm_drains_and_hands_the_run_over_at_once(cluster, tmp_path):
     ensure_workers(cluster)
     tid = cluster.thread()
     marker_b, marker_c = tmp_path / "b", tmp_path / "c"
-    run = cluster.start_run(tid, {"b": {"sleep": 1.0, "touch": str(marker_b)}, "c": {"touch": str(marker_c)}},
-                            **PLAIN)
+    run = cluster.start_run(
+        tid, {"b": {"sleep": 1.0, "touch": str(marker_b)}, "c": {"touch": str(marker_c)}}, **PLAIN
+    )
     pid = wait_file_lines(marker_b, 1)[0]
     worker = worker_with_pid(cluster, pid)
     sent = time.time()
@@ -235,17 +259,25 @@ def test_sigterm_drains_and_hands_the_run_over_at_once(cluster, tmp_path):
 def test_client_disconnect_then_reconnect_with_last_event_id(cluster):
     ensure_workers(cluster)
     tid = cluster.thread()
-    body = {"assistant_id": "agent", "input": {"plan": {"b": {"sleep": 0.6}, "c": {"sleep": 0.6}}, "inputs": ["x"]},
-            "stream_mode": ["values", "updates"], "stream_resumable": True}
+    body = {
+        "assistant_id": "agent",
+        "input": {"plan": {"b": {"sleep": 0.6}, "c": {"sleep": 0.6}}, "inputs": ["x"]},
+        "stream_mode": ["values", "updates"],
+        "stream_resumable": True,
+    }
     seen: list[tuple[int, str]] = []
-    with httpx.Client(base_url=cluster.url, timeout=30) as c, c.stream("POST", f"/threads/{tid}/runs/stream",
-                                                                        json=body) as r:
+    with (
+        httpx.Client(base_url=cluster.url, timeout=30) as c,
+        c.stream("POST", f"/threads/{tid}/runs/stream", json=body) as r,
+    ):
         location = r.headers["location"]
         read_sse_ids(r, seen, stop_after=3)  # the client goes away mid-run
     last = seen[-1][0]
     time.sleep(0.3)
-    with httpx.Client(base_url=cluster.url, timeout=30) as c, c.stream(
-            "GET", location, headers={"Last-Event-ID": str(last)}) as r:
+    with (
+        httpx.Client(base_url=cluster.url, timeout=30) as c,
+        c.stream("GET", location, headers={"Last-Event-ID": str(last)}) as r,
+    ):
         read_sse_ids(r, seen)
     ids = [i for i, _ in seen]
     assert ids == list(range(1, len(ids) + 1)), f"missing or repeated events: {ids}"
@@ -256,8 +288,14 @@ def test_client_disconnect_then_reconnect_with_last_event_id(cluster):
     assert len(ids) == total
     # on_disconnect=cancel: the run stops when the client goes away, and stays resumable.
     tid2 = cluster.thread()
-    with httpx.Client(base_url=cluster.url, timeout=30) as c, c.stream("POST", f"/threads/{tid2}/runs/stream", json={
-            **body, "input": {"plan": {"b": {"sleep": 3}}}, "on_disconnect": "cancel"}) as r:
+    with (
+        httpx.Client(base_url=cluster.url, timeout=30) as c,
+        c.stream(
+            "POST",
+            f"/threads/{tid2}/runs/stream",
+            json={**body, "input": {"plan": {"b": {"sleep": 3}}}, "on_disconnect": "cancel"},
+        ) as r,
+    ):
         run_id2 = r.headers["content-location"].split("/")[-1]
         for line in r.iter_lines():
             if line.startswith("event: updates"):
@@ -274,8 +312,15 @@ def test_multitask_interrupt_and_rollback(cluster, tmp_path):
         first = cluster.start_run(tid, {"b": {"sleep": 5, "touch": str(marker)}}, tag="old", **PLAIN)
         wait_file_lines(marker, 1)
         with cluster.client() as c:
-            second = c.post(f"/threads/{tid}/runs", json={"assistant_id": "agent", "input": {"inputs": ["new"]},
-                                                          "multitask_strategy": strategy, **PLAIN}).json()
+            second = c.post(
+                f"/threads/{tid}/runs",
+                json={
+                    "assistant_id": "agent",
+                    "input": {"inputs": ["new"]},
+                    "multitask_strategy": strategy,
+                    **PLAIN,
+                },
+            ).json()
         assert cluster.wait_status(tid, second["run_id"])["status"] == "success"
         state = httpx.get(f"{cluster.url}/threads/{tid}/state").json()["values"]
         with cluster.client() as c:
@@ -355,7 +400,9 @@ def test_cancel_endpoint_interrupt_and_rollback(cluster, tmp_path):
             assert state["values"]["inputs"] == ["kept", "cancelled"] and state["next"] == ["b"]
             # The interrupted run is resumable from its checkpoint.
             with cluster.client() as c:
-                again = c.post(f"/threads/{tid}/runs/wait", json={"assistant_id": "agent", "input": None}).json()
+                again = c.post(
+                    f"/threads/{tid}/runs/wait", json={"assistant_id": "agent", "input": None}
+                ).json()
             assert again["log"] == ["a", "b", "c", "d", "a", "b", "c", "d"]
         else:
             assert got.status_code == 404
@@ -372,8 +419,10 @@ def test_durability_is_chosen_per_run(cluster):
     for mode in ("sync", "exit"):
         tid = cluster.thread()
         with cluster.client() as c:
-            r = c.post(f"/threads/{tid}/runs/wait", json={"assistant_id": "agent", "input": {"plan": {}},
-                                                          "durability": mode})
+            r = c.post(
+                f"/threads/{tid}/runs/wait",
+                json={"assistant_id": "agent", "input": {"plan": {}}, "durability": mode},
+            )
         assert r.json()["log"] == ["a", "b", "c", "d"]
         counts[mode] = cluster.sql("SELECT count(*) AS n FROM checkpoints WHERE thread_id = %s", tid)[0]["n"]
     assert counts["sync"] == 6 and counts["exit"] == 1, counts

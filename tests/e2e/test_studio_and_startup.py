@@ -25,12 +25,31 @@ def free_port() -> int:
 @pytest.mark.slow
 def test_langgraph_dev_serves_the_graph_offline(tmp_path):
     port = free_port()
-    env = {**os.environ, "LANGGRAPH_NO_VERSION_CHECK": "true", "LANGGRAPH_CLI_NO_ANALYTICS": "1",
-           "LANGSMITH_TRACING": "false", "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "LANGGRAPH_NO_VERSION_CHECK": "true",
+        "LANGGRAPH_CLI_NO_ANALYTICS": "1",
+        "LANGSMITH_TRACING": "false",
+        "HF_HUB_OFFLINE": "1",
+    }
     log = (tmp_path / "dev.log").open("w")
-    proc = subprocess.Popen([str(BIN / "langgraph"), "dev", "--no-browser", "--no-reload", "--host", "127.0.0.1",
-                             "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            str(BIN / "langgraph"),
+            "dev",
+            "--no-browser",
+            "--no-reload",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 90
@@ -51,9 +70,16 @@ def test_langgraph_dev_serves_the_graph_offline(tmp_path):
         assert {n["id"] for n in graph["nodes"]} >= {"retrieve", "summarize", "execute_tools", "critique"}
         schemas = httpx.get(f"{base}/assistants/{aid}/schemas", timeout=10).json()
         assert "messages" in schemas["input_schema"]["properties"]
-        out = httpx.post(base + "/runs/wait", timeout=60, json={
-            "assistant_id": "agent",
-            "input": {"messages": [{"role": "user", "content": '/tool calculator {"expression": "2+3"}'}]}}).json()
+        out = httpx.post(
+            base + "/runs/wait",
+            timeout=60,
+            json={
+                "assistant_id": "agent",
+                "input": {
+                    "messages": [{"role": "user", "content": '/tool calculator {"expression": "2+3"}'}]
+                },
+            },
+        ).json()
         assert out["status"] == "done" and "5" in out["answer"]
     finally:
         os.killpg(proc.pid, 15)
@@ -63,11 +89,20 @@ def test_langgraph_dev_serves_the_graph_offline(tmp_path):
 
 def test_serve_fails_fast_when_postgres_is_unreachable(tmp_path):
     port = free_port()  # nothing listens here
-    env = {**os.environ, "DATABASE_URL": f"postgresql://keel:keel@127.0.0.1:{port}/keel", "KEEL_HOME": str(tmp_path),
-           "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgresql://keel:keel@127.0.0.1:{port}/keel",
+        "KEEL_HOME": str(tmp_path),
+        "HF_HUB_OFFLINE": "1",
+    }
     started = time.time()
-    proc = subprocess.run([str(BIN / "keel"), "serve", "--port", str(free_port())], env=env, capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [str(BIN / "keel"), "serve", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode != 0
     assert "cannot connect to Postgres" in proc.stderr and f"127.0.0.1:{port}" in proc.stderr
     assert time.time() - started < 45
@@ -75,5 +110,7 @@ def test_serve_fails_fast_when_postgres_is_unreachable(tmp_path):
 
 def test_cli_reports_bad_configuration(tmp_path):
     env = {**os.environ, "KEEL_API_KEYS": "no-user-here", "KEEL_HOME": str(tmp_path)}
-    proc = subprocess.run([str(BIN / "keel"), "search", "x"], env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [str(BIN / "keel"), "search", "x"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 1 and "KEEL_API_KEYS" in proc.stderr

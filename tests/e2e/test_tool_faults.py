@@ -23,12 +23,20 @@ def cluster(database_url):
 
 
 def fx_rows(c: Cluster, thread_id: str, kind: str = "effect") -> list[str]:
-    return [r["key"] for r in c.sql("SELECT key FROM fault_effects WHERE key LIKE %s AND kind = %s ORDER BY id",
-                                    f"{thread_id}:%", kind)]
+    return [
+        r["key"]
+        for r in c.sql(
+            "SELECT key FROM fault_effects WHERE key LIKE %s AND kind = %s ORDER BY id",
+            f"{thread_id}:%",
+            kind,
+        )
+    ]
 
 
 def ledger(c: Cluster, thread_id: str) -> dict[str, dict]:
-    rows = c.sql("SELECT key, status, attempts, compensation FROM keel_tool_ledger WHERE thread_id = %s", thread_id)
+    rows = c.sql(
+        "SELECT key, status, attempts, compensation FROM keel_tool_ledger WHERE thread_id = %s", thread_id
+    )
     return {r["key"].rsplit(":", 1)[-1]: r for r in rows}
 
 
@@ -65,8 +73,10 @@ def test_kill_inside_a_non_idempotent_call_asks_a_human(cluster, tmp_path):
     assert request["action_requests"][0]["name"] == "fx_noreconcile"
     assert request["review_configs"][0]["allowed_decisions"] == ["approve", "reject"]
     with cluster.client() as c:
-        r = c.post(f"/threads/{tid}/runs/wait", json={"assistant_id": "agent",
-                                                      "command": {"resume": {"decisions": [{"type": "reject"}]}}})
+        r = c.post(
+            f"/threads/{tid}/runs/wait",
+            json={"assistant_id": "agent", "command": {"resume": {"decisions": [{"type": "reject"}]}}},
+        )
     assert r.status_code == 200
     assert len(fx_rows(cluster, tid)) == 1, "rejected: not executed again"
     assert ledger(cluster, tid)["u1"]["status"] == "failed"
@@ -77,9 +87,14 @@ def test_transient_errors_retry_and_permanent_errors_fail_fast(cluster, tmp_path
     """Scenario 13: transient failures retry by the tool's policy (same key); permanent ones do not."""
     ensure_workers(cluster)
     tid = cluster.thread()
-    plan = {"b": {"effects": [
-        {"id": "t1", "fail": "transient:2", "counter": str(tmp_path / "t1")},
-        {"id": "p1", "fail": "permanent", "counter": str(tmp_path / "p1")}]}}
+    plan = {
+        "b": {
+            "effects": [
+                {"id": "t1", "fail": "transient:2", "counter": str(tmp_path / "t1")},
+                {"id": "p1", "fail": "permanent", "counter": str(tmp_path / "p1")},
+            ]
+        }
+    }
     run = cluster.start_run(tid, plan, **PLAIN)
     assert cluster.wait_status(tid, run["run_id"])["status"] == "success"
     assert (tmp_path / "t1").read_text() == "xxx", "two injected failures, then success on the third try"
@@ -96,8 +111,10 @@ def test_saga_compensates_in_reverse_and_survives_a_kill_mid_compensation(cluste
     """Scenario 14: step k fails for good after effects 1..k-1; undo runs newest first, exactly once each."""
     ensure_workers(cluster)
     tid = cluster.thread()
-    plan = {"b": {"effects": [{"id": "s1"}, {"id": "s2", "comp_kill": str(tmp_path / "ck")}]},
-            "c": {"effects": [{"id": "s3"}], "fail": True}}
+    plan = {
+        "b": {"effects": [{"id": "s1"}, {"id": "s2", "comp_kill": str(tmp_path / "ck")}]},
+        "c": {"effects": [{"id": "s3"}], "fail": True},
+    }
     run = cluster.start_run(tid, plan, **PLAIN)
     deadline = time.time() + 60
     while time.time() < deadline and cluster.run(tid, run["run_id"])["status"] not in ("error", "success"):
@@ -124,8 +141,14 @@ def test_time_travel_fork_refires_effects_under_new_keys(cluster):
     history = httpx.post(f"{cluster.url}/threads/{tid}/history", json={"limit": 20}).json()
     before_b = next(h for h in history if h["next"] == ["b"])
     with cluster.client() as c:
-        r = c.post(f"/threads/{tid}/runs/wait", json={"assistant_id": "agent", "input": None,
-                                                      "checkpoint_id": before_b["checkpoint"]["checkpoint_id"]})
+        r = c.post(
+            f"/threads/{tid}/runs/wait",
+            json={
+                "assistant_id": "agent",
+                "input": None,
+                "checkpoint_id": before_b["checkpoint"]["checkpoint_id"],
+            },
+        )
     assert r.status_code == 200 and r.json()["log"][-3:] == ["b", "c", "d"]
     keys = fx_rows(cluster, tid)
     assert len(keys) == len(set(keys)) == 2, f"one effect per timeline, effects == distinct keys: {keys}"

@@ -46,11 +46,11 @@ class _Capture(BaseHTTPRequestHandler):
         with self.server.lock:  # type: ignore[attr-defined]
             self.server.requests.append((self.command, self.path, dict(self.headers), body))  # type: ignore[attr-defined]
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         self._record()
         self._reply(200, {"version": "test"} if self.path.startswith("/info") else {})
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._record()
         self._reply(202)
 
@@ -70,7 +70,8 @@ def parse_runs(requests: list[tuple[str, str, dict[str, str], bytes]]) -> dict[s
         h = {k.lower(): v for k, v in headers.items()}
         if path.startswith("/runs/multipart"):
             msg = BytesParser(policy=HTTP).parsebytes(
-                b"Content-Type: " + h["content-type"].encode() + b"\r\n\r\n" + body)
+                b"Content-Type: " + h["content-type"].encode() + b"\r\n\r\n" + body
+            )
             for part in msg.iter_parts():
                 name = re.search(r'name="([^"]+)"', part["Content-Disposition"]).group(1)
                 _op, rid, *fld = name.split(".")
@@ -121,8 +122,12 @@ async def traced_run(traced_server) -> dict[str, Any]:
     try:
         tid = (await client.threads.create(metadata={"suite": "tracing"}))["thread_id"]
         created: list[dict] = []
-        values = await client.runs.wait(tid, "agent", input={"messages": [{"role": "user", "content": QUESTION}]},
-                                        on_run_created=created.append)
+        values = await client.runs.wait(
+            tid,
+            "agent",
+            input={"messages": [{"role": "user", "content": QUESTION}]},
+            on_run_created=created.append,
+        )
         runs = await client.runs.list(tid)
     finally:
         await client.aclose()
@@ -143,11 +148,14 @@ async def test_langsmith_trace_of_a_run(capture, traced_server, traced_run):
     while time.monotonic() < deadline:
         runs = parse_runs(_snapshot(capture))
         if runs.get(rid, {}).get("end_time") and all(
-                r.get("end_time") for r in runs.values() if r.get("parent_run_id") == rid):
+            r.get("end_time") for r in runs.values() if r.get("parent_run_id") == rid
+        ):
             break
         await asyncio.sleep(0.25)
-    assert rid in runs, (f"no root run {rid} captured; runs: {[(r.get('name'), k) for k, r in runs.items()]}\n"
-                         f"server log:\n{traced_server.log()[-3000:]}")
+    assert rid in runs, (
+        f"no root run {rid} captured; runs: {[(r.get('name'), k) for k, r in runs.items()]}\n"
+        f"server log:\n{traced_server.log()[-3000:]}"
+    )
     root = runs[rid]
     assert root.get("end_time"), root
     assert root["name"] == "agent"
@@ -217,15 +225,28 @@ async def test_tool_and_specialist_runs_are_traced_with_their_version(capture, t
     try:
         tid = (await client.threads.create())["thread_id"]
         created: list[dict] = []
-        await client.runs.wait(tid, "agent", on_run_created=created.append, input={"messages": [
-            {"role": "user", "content": '/tool researcher {"question": "How does Keel scale out workers?"}'}]})
+        await client.runs.wait(
+            tid,
+            "agent",
+            on_run_created=created.append,
+            input={
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": '/tool researcher {"question": "How does Keel scale out workers?"}',
+                    }
+                ]
+            },
+        )
     finally:
         await client.aclose()
     rid = created[0]["run_id"]
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         runs = parse_runs(_snapshot(capture))
-        tool_runs = [r for r in runs.values() if r.get("name") == "researcher" and r.get("run_type") == "tool"]
+        tool_runs = [
+            r for r in runs.values() if r.get("name") == "researcher" and r.get("run_type") == "tool"
+        ]
         if tool_runs and tool_runs[0].get("end_time") and runs.get(rid, {}).get("end_time"):
             break
         await asyncio.sleep(0.25)

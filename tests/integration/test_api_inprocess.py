@@ -49,7 +49,9 @@ async def test_auth_required_and_threads_are_private(client):
     assert (await client.get(f"/threads/{tid}", headers=ALICE)).json()["metadata"] == {"topic": "x"}
     r = await client.get(f"/threads/{tid}", headers=BOB)
     assert r.status_code == 404 and r.json() == {"detail": f"Thread with ID {tid} not found"}
-    r = await client.post(f"/threads/{tid}/runs/wait", json={"assistant_id": "agent", "input": Q}, headers=BOB)
+    r = await client.post(
+        f"/threads/{tid}/runs/wait", json={"assistant_id": "agent", "input": Q}, headers=BOB
+    )
     assert r.status_code == 404
     found = (await client.post("/threads/search", json={"metadata": {"topic": "x"}}, headers=BOB)).json()
     assert found == []
@@ -57,23 +59,26 @@ async def test_auth_required_and_threads_are_private(client):
     assert (await client.get(f"/threads/{tid}", headers=ALICE)).status_code == 200
 
 
-@pytest.mark.parametrize("method,path,body,status", [
-    ("get", "/threads/not-a-uuid", None, 422),
-    ("get", f"/threads/{uuid.uuid4()}", None, 404),
-    ("get", f"/threads/{uuid.uuid4()}/state", None, 404),
-    ("post", "/threads/search", {"limit": "ten"}, 422),
-    ("post", "/threads/search", {"limit": -1}, 422),
-    ("post", "/threads", {"thread_id": "nope"}, 422),
-    ("post", "/threads", {"metadata": "not a dict"}, 422),
-    ("get", "/assistants/nope", None, 404),
-    ("post", "/runs/wait", {"assistant_id": "nope", "input": Q}, 422),
-    ("post", "/runs/wait", {"input": Q}, 422),
-    ("post", "/runs/wait", {"assistant_id": "agent", "input": Q, "stream_mode": "bogus"}, 422),
-    ("post", "/runs/wait", {"assistant_id": "agent", "input": Q, "interrupt_before": ["nope"]}, 422),
-    ("post", "/runs/wait", {"assistant_id": "agent", "input": Q, "context": {"user_id": "mallory"}}, 422),
-    ("post", "/runs/wait", {"assistant_id": "agent", "input": Q, "context": {"max_steps": "many"}}, 422),
-    ("post", "/runs/wait", {"assistant_id": "agent", "command": {}}, 422),
-])
+@pytest.mark.parametrize(
+    "method,path,body,status",
+    [
+        ("get", "/threads/not-a-uuid", None, 422),
+        ("get", f"/threads/{uuid.uuid4()}", None, 404),
+        ("get", f"/threads/{uuid.uuid4()}/state", None, 404),
+        ("post", "/threads/search", {"limit": "ten"}, 422),
+        ("post", "/threads/search", {"limit": -1}, 422),
+        ("post", "/threads", {"thread_id": "nope"}, 422),
+        ("post", "/threads", {"metadata": "not a dict"}, 422),
+        ("get", "/assistants/nope", None, 404),
+        ("post", "/runs/wait", {"assistant_id": "nope", "input": Q}, 422),
+        ("post", "/runs/wait", {"input": Q}, 422),
+        ("post", "/runs/wait", {"assistant_id": "agent", "input": Q, "stream_mode": "bogus"}, 422),
+        ("post", "/runs/wait", {"assistant_id": "agent", "input": Q, "interrupt_before": ["nope"]}, 422),
+        ("post", "/runs/wait", {"assistant_id": "agent", "input": Q, "context": {"user_id": "mallory"}}, 422),
+        ("post", "/runs/wait", {"assistant_id": "agent", "input": Q, "context": {"max_steps": "many"}}, 422),
+        ("post", "/runs/wait", {"assistant_id": "agent", "command": {}}, 422),
+    ],
+)
 async def test_bad_input_gets_4xx_detail(client, db, method, path, body, status):
     before = await row_counts(db)
     r = await getattr(client, method)(path, headers=ALICE, **({"json": body} if body is not None else {}))
@@ -84,7 +89,9 @@ async def test_bad_input_gets_4xx_detail(client, db, method, path, body, status)
 
 async def test_malformed_json_and_oversized_bodies(client, db):
     before = await row_counts(db)
-    r = await client.post("/threads", content=b'{"metadata": {', headers={**ALICE, "content-type": "application/json"})
+    r = await client.post(
+        "/threads", content=b'{"metadata": {', headers={**ALICE, "content-type": "application/json"}
+    )
     assert r.status_code == 400 and "Malformed JSON" in r.json()["detail"]
     big = {"metadata": {"blob": "x" * 60_000}}
     r = await client.post("/threads", json=big, headers=ALICE)
@@ -93,18 +100,26 @@ async def test_malformed_json_and_oversized_bodies(client, db):
 
 
 async def test_text_plain_json_is_accepted(client):
-    r = await client.post("/threads", content=b"{}", headers={**ALICE, "content-type": "text/plain;charset=UTF-8"})
+    r = await client.post(
+        "/threads", content=b"{}", headers={**ALICE, "content-type": "text/plain;charset=UTF-8"}
+    )
     assert r.status_code == 200
 
 
 async def test_if_not_exists_create_is_all_or_nothing(client, db):
     tid = str(uuid.uuid4())
-    r = await client.post(f"/threads/{tid}/runs/wait", headers=ALICE,
-                          json={"assistant_id": "missing", "input": Q, "if_not_exists": "create"})
+    r = await client.post(
+        f"/threads/{tid}/runs/wait",
+        headers=ALICE,
+        json={"assistant_id": "missing", "input": Q, "if_not_exists": "create"},
+    )
     assert r.status_code == 422
     assert (await client.get(f"/threads/{tid}", headers=ALICE)).status_code == 404
-    r = await client.post(f"/threads/{tid}/runs/wait", headers=ALICE,
-                          json={"assistant_id": "agent", "input": Q, "if_not_exists": "create"})
+    r = await client.post(
+        f"/threads/{tid}/runs/wait",
+        headers=ALICE,
+        json={"assistant_id": "agent", "input": Q, "if_not_exists": "create"},
+    )
     assert r.status_code == 200 and r.json()["status"] in ("done", "budget_exhausted:max_revisions")
 
 
@@ -114,15 +129,18 @@ async def test_failed_run_reports_error_and_thread_status(client, svc):
     try:
         svc.settings.keel_model = name
         tid = await thread(client)
-        r = await client.post(f"/threads/{tid}/runs/wait", json={"assistant_id": "agent", "input": Q}, headers=ALICE)
+        r = await client.post(
+            f"/threads/{tid}/runs/wait", json={"assistant_id": "agent", "input": Q}, headers=ALICE
+        )
         assert r.status_code == 200
         assert r.json() == {"__error__": {"error": "ValueError", "message": "kaboom"}}
         t = (await client.get(f"/threads/{tid}", headers=ALICE)).json()
         assert t["status"] == "error" and t["error"]["message"] == "kaboom"
         runs = (await client.get(f"/threads/{tid}/runs", headers=ALICE)).json()
         assert runs[0]["status"] == "error"
-        r = await client.post(f"/threads/{tid}/runs/stream", json={"assistant_id": "agent", "input": Q},
-                              headers=ALICE)
+        r = await client.post(
+            f"/threads/{tid}/runs/stream", json={"assistant_id": "agent", "input": Q}, headers=ALICE
+        )
         # The script is used up now, so this run fails too, and the stream says so before closing.
         assert "event: error" in r.text and "event: end" not in r.text
     finally:
@@ -147,7 +165,9 @@ async def test_reject_strategy_gives_409_while_busy(client, svc):
     svc.settings.keel_model = name
     try:
         tid = await thread(client)
-        r = await client.post(f"/threads/{tid}/runs", json={"assistant_id": "agent", "input": Q}, headers=ALICE)
+        r = await client.post(
+            f"/threads/{tid}/runs", json={"assistant_id": "agent", "input": Q}, headers=ALICE
+        )
         assert r.status_code == 200 and r.json()["status"] == "pending"
         assert r.headers["content-location"].endswith(r.json()["run_id"])
         rid = r.json()["run_id"]
@@ -155,8 +175,11 @@ async def test_reject_strategy_gives_409_while_busy(client, svc):
             if (await client.get(f"/threads/{tid}", headers=ALICE)).json()["status"] == "busy":
                 break
             await asyncio.sleep(0.02)
-        r = await client.post(f"/threads/{tid}/runs/wait", headers=ALICE,
-                              json={"assistant_id": "agent", "input": Q, "multitask_strategy": "reject"})
+        r = await client.post(
+            f"/threads/{tid}/runs/wait",
+            headers=ALICE,
+            json={"assistant_id": "agent", "input": Q, "multitask_strategy": "reject"},
+        )
         assert r.status_code == 409 and "already running" in r.json()["detail"]
         gate.set()
         r = await client.get(f"/threads/{tid}/runs/{rid}/join", headers=ALICE)
@@ -171,14 +194,19 @@ async def test_reject_strategy_gives_409_while_busy(client, svc):
 
 async def test_interrupt_status_and_resume_with_null_input(client):
     tid = await thread(client)
-    r = await client.post(f"/threads/{tid}/runs/wait", headers=ALICE,
-                          json={"assistant_id": "agent", "input": Q, "interrupt_before": ["critique"]})
+    r = await client.post(
+        f"/threads/{tid}/runs/wait",
+        headers=ALICE,
+        json={"assistant_id": "agent", "input": Q, "interrupt_before": ["critique"]},
+    )
     assert r.status_code == 200
     t = (await client.get(f"/threads/{tid}", headers=ALICE)).json()
     assert t["status"] == "interrupted"
     state = (await client.get(f"/threads/{tid}/state", headers=ALICE)).json()
     assert state["next"] == ["critique"] and state["checkpoint"]["checkpoint_id"]
-    r = await client.post(f"/threads/{tid}/runs/wait", headers=ALICE, json={"assistant_id": "agent", "input": None})
+    r = await client.post(
+        f"/threads/{tid}/runs/wait", headers=ALICE, json={"assistant_id": "agent", "input": None}
+    )
     assert r.json()["status"] in ("done", "budget_exhausted:max_revisions")
     assert (await client.get(f"/threads/{tid}", headers=ALICE)).json()["status"] == "idle"
     hist = (await client.post(f"/threads/{tid}/history", json={"limit": 50}, headers=ALICE)).json()
@@ -186,7 +214,9 @@ async def test_interrupt_status_and_resume_with_null_input(client):
     # The three `before` forms all work.
     cid = hist[1]["checkpoint"]["checkpoint_id"]
     for before in (cid, {"checkpoint_id": cid}, {"configurable": {"checkpoint_id": cid}}):
-        page = (await client.post(f"/threads/{tid}/history", json={"before": before, "limit": 2}, headers=ALICE)).json()
+        page = (
+            await client.post(f"/threads/{tid}/history", json={"before": before, "limit": 2}, headers=ALICE)
+        ).json()
         assert page[0]["checkpoint"]["checkpoint_id"] == hist[2]["checkpoint"]["checkpoint_id"]
 
 
@@ -196,8 +226,9 @@ async def test_delete_thread_removes_runs_and_checkpoints(client, db):
     assert (await client.delete(f"/threads/{tid}", headers=ALICE)).status_code == 204
     async with db.pool.connection() as conn:
         for table in ("keel_runs", "checkpoints", "checkpoint_blobs", "checkpoint_writes"):
-            row = await (await conn.execute(f"SELECT count(*) AS n FROM {table} WHERE thread_id::text = %s",
-                                            (tid,))).fetchone()
+            row = await (
+                await conn.execute(f"SELECT count(*) AS n FROM {table} WHERE thread_id::text = %s", (tid,))
+            ).fetchone()
             assert row["n"] == 0, table
 
 
@@ -217,22 +248,40 @@ async def test_thread_ttl_sweep_removes_everything(client, db):
     tid = r.json()["thread_id"]
     keep = await thread(client)
     for t in (tid, keep):
-        await client.post(f"/threads/{t}/runs/wait", json={"assistant_id": "agent", "input": Q}, headers=ALICE)
+        await client.post(
+            f"/threads/{t}/runs/wait", json={"assistant_id": "agent", "input": Q}, headers=ALICE
+        )
     await db.store.aput(("effects", tid), "e", {"x": 1}, index=False)
     assert (await client.post("/threads", json={"ttl": -1}, headers=ALICE)).status_code == 422
     await asyncio.sleep(0.5)
     assert tid in await sweep(db)
     assert (await client.get(f"/threads/{tid}", headers=ALICE)).status_code == 404
     async with db.pool.connection() as conn:
-        for table, col in (("keel_runs", "thread_id::text"), ("checkpoints", "thread_id"),
-                           ("checkpoint_writes", "thread_id"), ("checkpoint_blobs", "thread_id")):
-            n = (await (await conn.execute(f"SELECT count(*) AS n FROM {table} WHERE {col} = %s", (tid,))).fetchone())["n"]
+        for table, col in (
+            ("keel_runs", "thread_id::text"),
+            ("checkpoints", "thread_id"),
+            ("checkpoint_writes", "thread_id"),
+            ("checkpoint_blobs", "thread_id"),
+        ):
+            n = (
+                await (
+                    await conn.execute(f"SELECT count(*) AS n FROM {table} WHERE {col} = %s", (tid,))
+                ).fetchone()
+            )["n"]
             assert n == 0, table
-        events = (await (await conn.execute("SELECT count(*) AS n FROM keel_run_events e WHERE NOT EXISTS "
-                                            "(SELECT 1 FROM keel_runs r WHERE r.run_id = e.run_id)")).fetchone())["n"]
+        events = (
+            await (
+                await conn.execute(
+                    "SELECT count(*) AS n FROM keel_run_events e WHERE NOT EXISTS "
+                    "(SELECT 1 FROM keel_runs r WHERE r.run_id = e.run_id)"
+                )
+            ).fetchone()
+        )["n"]
         assert events == 0, "no orphaned events"
     assert await db.store.aget(("effects", tid), "e") is None
-    assert (await client.get(f"/threads/{keep}", headers=ALICE)).status_code == 200, "threads without TTL stay"
+    assert (await client.get(f"/threads/{keep}", headers=ALICE)).status_code == 200, (
+        "threads without TTL stay"
+    )
 
 
 async def test_rollback_of_a_requeued_run_undoes_its_effects(client, db):
@@ -243,20 +292,40 @@ async def test_rollback_of_a_requeued_run_undoes_its_effects(client, db):
     tid = await thread(client)
     rid = str(uuid.uuid4())
     async with db.pool.connection() as conn:
-        ticket = (await (await conn.execute(
-            "INSERT INTO keel_tickets (owner, title, idempotency_key) VALUES ('alice', 'made before the drain', "
-            "%s) RETURNING id, title, body, status, owner", (f"{tid}::c1",))).fetchone())
+        ticket = await (
+            await conn.execute(
+                "INSERT INTO keel_tickets (owner, title, idempotency_key) VALUES ('alice', 'made before the drain', "
+                "%s) RETURNING id, title, body, status, owner",
+                (f"{tid}::c1",),
+            )
+        ).fetchone()
         # The state a drained run leaves: pending again, with a recorded, not yet compensated effect.
         await conn.execute(
             "INSERT INTO keel_runs (run_id, thread_id, assistant_id, user_id, status, kwargs, attempt) "
             "VALUES (%s, %s, %s, 'alice', 'pending', %s, 1)",
-            (rid, tid, str(uuid.uuid5(uuid.UUID("6ba7b821-9dad-11d1-80b4-00c04fd430c8"), "agent")),
-             _json.dumps({"request": {"input": None}, "user": {"id": "alice", "roles": [], "tenant": None}})))
+            (
+                rid,
+                tid,
+                str(uuid.uuid5(uuid.UUID("6ba7b821-9dad-11d1-80b4-00c04fd430c8"), "agent")),
+                _json.dumps(
+                    {"request": {"input": None}, "user": {"id": "alice", "roles": [], "tenant": None}}
+                ),
+            ),
+        )
         await conn.execute(
             "INSERT INTO keel_tool_ledger (key, thread_id, run_id, tool, version, args, args_hash, status, result) "
             "VALUES (%s, %s, %s, 'create_ticket', '1', %s, 'h', 'succeeded', %s)",
-            (f"{tid}::c1", tid, rid, _json.dumps({"title": "made before the drain"}), _json.dumps(dict(ticket))))
-    r = await client.post(f"/threads/{tid}/runs/{rid}/cancel", params={"action": "rollback", "wait": 1}, headers=ALICE)
+            (
+                f"{tid}::c1",
+                tid,
+                rid,
+                _json.dumps({"title": "made before the drain"}),
+                _json.dumps(dict(ticket)),
+            ),
+        )
+    r = await client.post(
+        f"/threads/{tid}/runs/{rid}/cancel", params={"action": "rollback", "wait": 1}, headers=ALICE
+    )
     assert r.status_code == 200
     for _ in range(100):
         if (await client.get(f"/threads/{tid}/runs/{rid}", headers=ALICE)).status_code == 404:
@@ -264,8 +333,16 @@ async def test_rollback_of_a_requeued_run_undoes_its_effects(client, db):
         await asyncio.sleep(0.05)
     assert (await client.get(f"/threads/{tid}/runs/{rid}", headers=ALICE)).status_code == 404
     async with db.pool.connection() as conn:
-        status = (await (await conn.execute("SELECT status FROM keel_tickets WHERE id = %s", (ticket["id"],))
-                         ).fetchone())["status"]
-        comp = (await (await conn.execute("SELECT compensation FROM keel_tool_ledger WHERE key = %s",
-                                          (f"{tid}::c1",))).fetchone())["compensation"]
+        status = (
+            await (
+                await conn.execute("SELECT status FROM keel_tickets WHERE id = %s", (ticket["id"],))
+            ).fetchone()
+        )["status"]
+        comp = (
+            await (
+                await conn.execute(
+                    "SELECT compensation FROM keel_tool_ledger WHERE key = %s", (f"{tid}::c1",)
+                )
+            ).fetchone()
+        )["compensation"]
     assert status == "cancelled" and comp == "done"

@@ -48,7 +48,9 @@ async def cut_while_waiting(url: str, table: str):
                     cur = await admin.execute(
                         "SELECT pg_terminate_backend(l.pid) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
                         "JOIN pg_stat_activity a ON a.pid = l.pid WHERE c.relname = %s AND NOT l.granted "
-                        "AND l.pid <> pg_backend_pid() AND a.query LIKE %s", (table, statement))
+                        "AND l.pid <> pg_backend_pid() AND a.query LIKE %s",
+                        (table, statement),
+                    )
                     killed = len(await cur.fetchall())
                     if killed:
                         return killed

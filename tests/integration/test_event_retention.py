@@ -33,26 +33,35 @@ async def add_run(db, status: str, *, finished_days_ago: float | None, events: i
             "INSERT INTO keel_runs (run_id, thread_id, assistant_id, user_id, status, finished_at) VALUES "
             "(%s, %s, %s, 'u', %s, CASE WHEN %s::float IS NULL THEN NULL "
             "ELSE now() - %s::float * interval '1 day' END)",
-            (rid, str(uuid.uuid4()), str(uuid.uuid4()), status, finished_days_ago, finished_days_ago))
+            (rid, str(uuid.uuid4()), str(uuid.uuid4()), status, finished_days_ago, finished_days_ago),
+        )
         if events:
             await conn.execute(
                 "INSERT INTO keel_run_events (run_id, seq, attempt, event, data) "
-                "SELECT %s, s, 1, 'messages', '{\"t\": \"tok\"}'::jsonb FROM generate_series(1, %s) s", (rid, events))
+                "SELECT %s, s, 1, 'messages', '{\"t\": \"tok\"}'::jsonb FROM generate_series(1, %s) s",
+                (rid, events),
+            )
     return rid
 
 
 async def event_counts(db, run_ids: list[str]) -> dict[str, int]:
     async with db.pool.connection() as conn:
-        rows = await (await conn.execute(
-            "SELECT r.run_id::text AS id, (SELECT count(*) FROM keel_run_events e WHERE e.run_id = r.run_id) AS n "
-            "FROM keel_runs r WHERE r.run_id = ANY(%s::uuid[])", (run_ids,))).fetchall()
+        rows = await (
+            await conn.execute(
+                "SELECT r.run_id::text AS id, (SELECT count(*) FROM keel_run_events e WHERE e.run_id = r.run_id) AS n "
+                "FROM keel_runs r WHERE r.run_id = ANY(%s::uuid[])",
+                (run_ids,),
+            )
+        ).fetchall()
     return {r["id"]: r["n"] for r in rows}
 
 
 async def test_old_finished_runs_lose_events_recent_and_unfinished_keep_them(quiet_db):
     db = quiet_db
-    old = {s: await add_run(db, s, finished_days_ago=10, events=7)
-           for s in ("success", "error", "interrupted", "timeout")}
+    old = {
+        s: await add_run(db, s, finished_days_ago=10, events=7)
+        for s in ("success", "error", "interrupted", "timeout")
+    }
     recent = await add_run(db, "success", finished_days_ago=1, events=5)
     running = await add_run(db, "running", finished_days_ago=None, events=6)
     pending = await add_run(db, "pending", finished_days_ago=None, events=2)
@@ -69,8 +78,12 @@ async def test_old_finished_runs_lose_events_recent_and_unfinished_keep_them(qui
     assert all(counts[rid] == 0 for rid in old.values())
     assert {rid: counts[rid] for rid in kept} == kept
     async with db.pool.connection() as conn:
-        rows = {r["id"]: r for r in await (await conn.execute(
-            "SELECT run_id::text AS id, status, events_pruned_at FROM keel_runs")).fetchall()}
+        rows = {
+            r["id"]: r
+            for r in await (
+                await conn.execute("SELECT run_id::text AS id, status, events_pruned_at FROM keel_runs")
+            ).fetchall()
+        }
     assert len(rows) == 9, "run rows stay"
     assert {rid for rid, r in rows.items() if r["events_pruned_at"] is not None} == {*old.values(), empty}
     assert rows[old["timeout"]]["status"] == "timeout"
@@ -78,7 +91,11 @@ async def test_old_finished_runs_lose_events_recent_and_unfinished_keep_them(qui
 
     # A shorter TTL reaches the recent run too, still never the unfinished ones.
     assert await prune_run_events(db, 3600) == 5
-    assert {rid: n for rid, n in (await event_counts(db, list(kept))).items() if n} == {running: 6, pending: 2, odd: 3}
+    assert {rid: n for rid, n in (await event_counts(db, list(kept))).items() if n} == {
+        running: 6,
+        pending: 2,
+        odd: 3,
+    }
 
 
 async def test_batches_cover_more_rows_than_one_batch(quiet_db):
@@ -96,8 +113,11 @@ async def test_batches_cover_more_rows_than_one_batch(quiet_db):
     counts = await event_counts(db, [big, *small, fresh])
     assert counts.pop(fresh) == 4 and set(counts.values()) == {0}
     async with db.pool.connection() as conn:
-        n = (await (await conn.execute("SELECT count(*) AS n FROM keel_runs WHERE events_pruned_at IS NOT NULL"))
-             .fetchone())["n"]
+        n = (
+            await (
+                await conn.execute("SELECT count(*) AS n FROM keel_runs WHERE events_pruned_at IS NOT NULL")
+            ).fetchone()
+        )["n"]
     assert n == 7
 
 
@@ -115,8 +135,9 @@ async def test_the_partial_index_serves_the_sweep(quiet_db):
     db = quiet_db
     async with db.pool.connection() as conn, conn.transaction():
         await conn.execute("SET LOCAL enable_seqscan = off")  # the tables are tiny here: show the index fits
-        plan = await (await conn.execute("EXPLAIN " + _EXPIRED_RUNS, {"ttl": WEEK, "batch": 5000, "upto": None})
-                      ).fetchall()
+        plan = await (
+            await conn.execute("EXPLAIN " + _EXPIRED_RUNS, {"ttl": WEEK, "batch": 5000, "upto": None})
+        ).fetchall()
     assert "keel_runs_events_ttl_idx" in " ".join(r["QUERY PLAN"] for r in plan)
 
 
@@ -139,8 +160,10 @@ async def client(svc):
 async def finished_run(client) -> tuple[str, str, dict]:
     """A thread with one finished background run: (thread id, run id, what join returned)."""
     tid = (await client.post("/threads", json={})).json()["thread_id"]
-    r = await client.post(f"/threads/{tid}/runs", json={"assistant_id": "agent", "input": Q,
-                                                         "stream_mode": ["values", "updates"]})
+    r = await client.post(
+        f"/threads/{tid}/runs",
+        json={"assistant_id": "agent", "input": Q, "stream_mode": ["values", "updates"]},
+    )
     assert r.status_code == 200, r.text
     rid = r.json()["run_id"]
     joined = (await client.get(f"/threads/{tid}/runs/{rid}/join")).json()
@@ -150,12 +173,14 @@ async def finished_run(client) -> tuple[str, str, dict]:
 
 async def backdate(db, rid: str, days: float) -> None:
     async with db.pool.connection() as conn:
-        await conn.execute("UPDATE keel_runs SET finished_at = finished_at - %s * interval '1 day' WHERE run_id = %s",
-                           (days, rid))
+        await conn.execute(
+            "UPDATE keel_runs SET finished_at = finished_at - %s * interval '1 day' WHERE run_id = %s",
+            (days, rid),
+        )
 
 
 def sse_events(text: str) -> list[str]:
-    return [line[len("event: "):] for line in text.splitlines() if line.startswith("event: ")]
+    return [line[len("event: ") :] for line in text.splitlines() if line.startswith("event: ")]
 
 
 async def test_join_and_stream_of_a_pruned_run(client, db):

@@ -23,13 +23,15 @@ async def test_migrations_are_idempotent(db):
 
 async def test_opening_twice_changes_nothing(database_url, embeddings, db):
     async with db.pool.connection() as conn:
-        before = await (await conn.execute(
-            "SELECT count(*) AS n FROM pg_indexes WHERE schemaname = 'public'")).fetchone()
+        before = await (
+            await conn.execute("SELECT count(*) AS n FROM pg_indexes WHERE schemaname = 'public'")
+        ).fetchone()
     again = await open_database(database_url, embeddings=embeddings, dims=EMBED_DIMS, pool_max=2)
     await again.close()
     async with db.pool.connection() as conn:
-        after = await (await conn.execute(
-            "SELECT count(*) AS n FROM pg_indexes WHERE schemaname = 'public'")).fetchone()
+        after = await (
+            await conn.execute("SELECT count(*) AS n FROM pg_indexes WHERE schemaname = 'public'")
+        ).fetchone()
     assert before == after
 
 
@@ -49,8 +51,13 @@ async def test_resume_after_interrupt_on_a_freshly_compiled_graph(db):
     ctx = Context()
     config = {"configurable": {"thread_id": str(uuid.uuid4())}}
     first = builder.compile(checkpointer=db.checkpointer, store=db.store, name="agent")
-    await first.ainvoke({"messages": [HumanMessage(content="How does recovery work?")]}, config, context=ctx,
-                        interrupt_before=["critique"], durability="sync")
+    await first.ainvoke(
+        {"messages": [HumanMessage(content="How does recovery work?")]},
+        config,
+        context=ctx,
+        interrupt_before=["critique"],
+        durability="sync",
+    )
     assert (await first.aget_state(config)).next == ("critique",)
     del first
 
@@ -60,4 +67,7 @@ async def test_resume_after_interrupt_on_a_freshly_compiled_graph(db):
     history = [s async for s in second.aget_state_history(config)]
     # One parent chain, newest first, no forks.
     for newer, older in zip(history, history[1:], strict=False):
-        assert newer.parent_config["configurable"]["checkpoint_id"] == older.config["configurable"]["checkpoint_id"]
+        assert (
+            newer.parent_config["configurable"]["checkpoint_id"]
+            == older.config["configurable"]["checkpoint_id"]
+        )

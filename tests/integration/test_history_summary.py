@@ -19,9 +19,12 @@ def noise(rng: random.Random, n: int = 1024) -> str:
 
 async def _blob_bytes(db, tid: str) -> int:
     async with db.pool.connection() as conn:
-        row = await (await conn.execute(
-            "SELECT coalesce(sum(pg_column_size(b.*)), 0) AS n FROM checkpoint_blobs b WHERE thread_id = %s",
-            (tid,))).fetchone()
+        row = await (
+            await conn.execute(
+                "SELECT coalesce(sum(pg_column_size(b.*)), 0) AS n FROM checkpoint_blobs b WHERE thread_id = %s",
+                (tid,),
+            )
+        ).fetchone()
     return int(row["n"])
 
 
@@ -57,7 +60,9 @@ async def test_summarize_mode_keeps_the_thread_bounded_and_remembers_early_turns
     # More turns do not grow the latest checkpoint's state: the messages blob stays the same order of size.
     before = await _blob_bytes(db, tid)
     for i in range(30, 40):
-        await graph.ainvoke({"messages": [HumanMessage(content=f"turn {i}: " + noise(rng))]}, config, context=ctx)
+        await graph.ainvoke(
+            {"messages": [HumanMessage(content=f"turn {i}: " + noise(rng))]}, config, context=ctx
+        )
     grown = await _blob_bytes(db, tid) - before
     assert grown < 10 * 40_000, f"10 more turns stored {grown} bytes of blobs"
 
@@ -68,10 +73,16 @@ async def test_the_summary_call_is_never_streamed_to_the_client(db):
     config = {"configurable": {"thread_id": str(uuid.uuid4())}}
     ctx = Context(max_revisions=0, history_tokens=600)
     for i in range(4):
-        await graph.ainvoke({"messages": [HumanMessage(content=f"turn {i} " + noise(rng))]}, config, context=ctx)
+        await graph.ainvoke(
+            {"messages": [HumanMessage(content=f"turn {i} " + noise(rng))]}, config, context=ctx
+        )
     streamed = []
-    async for chunk, _meta in graph.astream({"messages": [HumanMessage(content="how do workers recover?")]}, config,
-                                           context=ctx, stream_mode="messages"):
+    async for chunk, _meta in graph.astream(
+        {"messages": [HumanMessage(content="how do workers recover?")]},
+        config,
+        context=ctx,
+        stream_mode="messages",
+    ):
         streamed.append(str(chunk.content))
     state = (await graph.aget_state(config)).values
     assert state.get("summary"), "this turn folded earlier turns"
@@ -84,7 +95,9 @@ async def test_trim_mode_keeps_every_message(db):
     config = {"configurable": {"thread_id": str(uuid.uuid4())}}
     ctx = Context(max_revisions=0, history_tokens=600, history="trim")
     for i in range(8):
-        await graph.ainvoke({"messages": [HumanMessage(content=f"turn {i} " + noise(rng))]}, config, context=ctx)
+        await graph.ainvoke(
+            {"messages": [HumanMessage(content=f"turn {i} " + noise(rng))]}, config, context=ctx
+        )
     state = (await graph.aget_state(config)).values
     assert len([m for m in state["messages"] if isinstance(m, HumanMessage)]) == 8
     assert not state.get("summary")

@@ -43,8 +43,9 @@ async def test_default_reaches_pool_connections(db):
 
 
 async def test_open_database_argument_reaches_pool_connections(fresh_database_url, embeddings):
-    db = await open_database(fresh_database_url, embeddings=embeddings, dims=EMBED_DIMS, pool_min=2, pool_max=3,
-                             hnsw_ef_search=250)
+    db = await open_database(
+        fresh_database_url, embeddings=embeddings, dims=EMBED_DIMS, pool_min=2, pool_max=3, hnsw_ef_search=250
+    )
     try:
         assert await _ef_search_of_pool(db, 3) == ["250"] * 3
         # The iterative scan setting of the same callback is still applied.

@@ -87,10 +87,16 @@ async def test_ingest_then_search_finds_the_right_source(db, tmp_path):
     assert hits[0]["score"] == round(hits[0]["score"], 4) and hits[0]["score"] > hits[-1]["score"]
     assert "worker" in hits[0]["text"]
 
-    assert (await search_docs(db.store, "nightly database dumps", namespace="main", k=1))[0]["source"] == "docs/backups.md"
-    assert (await search_docs(db.store, "spaghetti recipe", namespace="main", k=1))[0]["source"] == "docs/cooking.txt"
+    assert (await search_docs(db.store, "nightly database dumps", namespace="main", k=1))[0][
+        "source"
+    ] == "docs/backups.md"
+    assert (await search_docs(db.store, "spaghetti recipe", namespace="main", k=1))[0][
+        "source"
+    ] == "docs/cooking.txt"
     assert await search_docs(db.store, "   ", namespace="main") == []
-    filtered = await search_docs(db.store, "workers", namespace="main", k=10, filter={"source": "docs/backups.md"})
+    filtered = await search_docs(
+        db.store, "workers", namespace="main", k=10, filter={"source": "docs/backups.md"}
+    )
     assert filtered and {h["source"] for h in filtered} == {"docs/backups.md"}
 
 
@@ -104,7 +110,9 @@ async def test_reingest_unchanged_writes_nothing(db, tmp_path):
     assert first.chunks == before["chunks"]
 
     # Different chunking parameters are a change, even with identical files.
-    rechunked = await ingest_paths(db.store, [docs], namespace="idem", root=tmp_path, max_tokens=32, overlap=8)
+    rechunked = await ingest_paths(
+        db.store, [docs], namespace="idem", root=tmp_path, max_tokens=32, overlap=8
+    )
     assert rechunked.skipped == 0 and rechunked.chunks > first.chunks
     assert (await rows(db, "idem"))["chunks"] == rechunked.chunks
 
@@ -112,14 +120,20 @@ async def test_reingest_unchanged_writes_nothing(db, tmp_path):
 async def test_changed_file_replaces_its_chunks(db, tmp_path):
     docs = write_corpus(tmp_path)
     first = await ingest_paths(db.store, [docs], namespace="chg", max_tokens=40, overlap=8, root=tmp_path)
-    ops_before = await db.store.asearch(docs_namespace("chg"), filter={"source": "docs/guide/ops.md"}, limit=100)
+    ops_before = await db.store.asearch(
+        docs_namespace("chg"), filter={"source": "docs/guide/ops.md"}, limit=100
+    )
     assert len(ops_before) >= 3
 
-    (docs / "guide" / "ops.md").write_text("# Operations\n\nKeel runs on a single Raspberry Pi in the garden shed.\n")
+    (docs / "guide" / "ops.md").write_text(
+        "# Operations\n\nKeel runs on a single Raspberry Pi in the garden shed.\n"
+    )
     report = await ingest_paths(db.store, [docs], namespace="chg", max_tokens=40, overlap=8, root=tmp_path)
     assert (report.files, report.skipped, report.chunks) == (3, 2, 1)
 
-    ops_after = await db.store.asearch(docs_namespace("chg"), filter={"source": "docs/guide/ops.md"}, limit=100)
+    ops_after = await db.store.asearch(
+        docs_namespace("chg"), filter={"source": "docs/guide/ops.md"}, limit=100
+    )
     assert [i.key for i in ops_after] == ["docs/guide/ops.md#0"]
     assert "Raspberry Pi" in ops_after[0].value["text"]
     r = await rows(db, "chg")
@@ -129,7 +143,9 @@ async def test_changed_file_replaces_its_chunks(db, tmp_path):
 
     hits = await search_docs(db.store, "SKIP LOCKED queue workers", namespace="chg", k=10)
     assert all("SKIP LOCKED" not in h["text"] for h in hits)
-    assert (await search_docs(db.store, "raspberry pi shed", namespace="chg", k=1))[0]["source"] == "docs/guide/ops.md"
+    assert (await search_docs(db.store, "raspberry pi shed", namespace="chg", k=1))[0][
+        "source"
+    ] == "docs/guide/ops.md"
 
 
 async def test_removed_file_is_dropped(db, tmp_path):
@@ -150,8 +166,13 @@ async def test_direct_files_and_sources(db, tmp_path, capsys):
     other = tmp_path.parent / f"{tmp_path.name}-outside.md"
     other.write_text("# Outside\nA file outside the root is recorded by its absolute path.")
     try:
-        report = await ingest_paths(db.store, [docs / "backups.md", other, docs / "ignored.rst"],
-                                    namespace="direct", root=tmp_path, progress=True)
+        report = await ingest_paths(
+            db.store,
+            [docs / "backups.md", other, docs / "ignored.rst"],
+            namespace="direct",
+            root=tmp_path,
+            progress=True,
+        )
     finally:
         other.unlink()
     assert report.files == 2
@@ -173,7 +194,9 @@ async def test_namespace_isolation(db, tmp_path):
     # Also a corpus whose name extends "a": prefix matching must not leak it into "a".
     await ingest_paths(db.store, [b], namespace="ab", root=tmp_path)
     for query in ("scale out workers", "spaghetti", "postgres connection pool"):
-        assert {h["source"] for h in await search_docs(db.store, query, namespace="b", k=20)} == {"b/cooking.txt"}
+        assert {h["source"] for h in await search_docs(db.store, query, namespace="b", k=20)} == {
+            "b/cooking.txt"
+        }
         assert {h["source"] for h in await search_docs(db.store, query, namespace="a", k=20)} == {"a/ops.md"}
 
 
@@ -193,12 +216,16 @@ async def test_search_requires_namespace_and_valid_k(db):
 
 async def fill_big_and_small(db) -> None:
     """300 chunks close to the query in a big corpus, 10 far from it in a small one."""
-    big = [PutOp(docs_namespace("big"), f"b{i}", {"text": f"How to scale out worker processes, variant {i}"})
-           for i in range(300)]
-    small = [PutOp(docs_namespace("small"), f"s{i}", {"text": f"Recipe {i}: pasta with tomato sauce"})
-             for i in range(10)]
+    big = [
+        PutOp(docs_namespace("big"), f"b{i}", {"text": f"How to scale out worker processes, variant {i}"})
+        for i in range(300)
+    ]
+    small = [
+        PutOp(docs_namespace("small"), f"s{i}", {"text": f"Recipe {i}: pasta with tomato sauce"})
+        for i in range(10)
+    ]
     for i in range(0, len(big), 32):
-        await db.store.abatch(big[i:i + 32])
+        await db.store.abatch(big[i : i + 32])
     await db.store.abatch(small)
 
 
@@ -211,10 +238,15 @@ async def test_selective_namespace_returns_full_k(db, embeddings):
     # scale it picks the HNSW index, whose ef_search (40) candidates may all belong to another corpus.
     # Force that plan on a dedicated connection: Keel's pool setting (iterative scan) must still give k.
     async def forced_hnsw(iterative: str) -> int:
-        async with await psycopg.AsyncConnection.connect(db.url, autocommit=True, row_factory=dict_row,
-                                                         prepare_threshold=None) as conn:
-            for sql in (f"SET hnsw.iterative_scan = '{iterative}'", "SET enable_seqscan = off",
-                        "SET enable_bitmapscan = off", "SET enable_sort = off"):
+        async with await psycopg.AsyncConnection.connect(
+            db.url, autocommit=True, row_factory=dict_row, prepare_threshold=None
+        ) as conn:
+            for sql in (
+                f"SET hnsw.iterative_scan = '{iterative}'",
+                "SET enable_seqscan = off",
+                "SET enable_bitmapscan = off",
+                "SET enable_sort = off",
+            ):
                 await conn.execute(sql)
             store = AsyncPostgresStore(conn, index=embedding_index_config(embeddings, EMBED_DIMS))
             return len(await search_docs(store, "scale out workers", namespace="small", k=8))
@@ -231,15 +263,21 @@ async def test_html_and_pdf_documents_and_exclude_globs(db, tmp_path):
     (corpus / "page.html").write_text(
         "<html><head><title>Lighthouse guide</title><style>p{color:red}</style><script>var x = 'secret';</script>"
         "</head><body><h1>Lighthouse guide</h1><h2>Lamp care</h2><p>Polish the Fresnel lens every Tuesday "
-        "&amp; log it.</p></body></html>")
-    (corpus / "tides.pdf").write_bytes(tiny_pdf("Tide tables\n\nThe harbour master publishes tide tables every "
-                                                "Sunday morning."))
+        "&amp; log it.</p></body></html>"
+    )
+    (corpus / "tides.pdf").write_bytes(
+        tiny_pdf("Tide tables\n\nThe harbour master publishes tide tables every Sunday morning.")
+    )
     (corpus / "drafts" / "wip.md").write_text("# Draft\nUnfinished notes about penguins.")
     report = await ingest_paths(db.store, [corpus], namespace="mixed", root=tmp_path, exclude=["drafts/*"])
     assert report.files == 2
     lens = await search_docs(db.store, "how often is the lens polished", namespace="mixed", k=1)
     assert lens[0]["source"] == "mixed/page.html" and "Fresnel lens" in lens[0]["text"]
-    assert "Lamp care" in lens[0]["heading"] and "secret" not in lens[0]["text"] and "color" not in lens[0]["text"]
+    assert (
+        "Lamp care" in lens[0]["heading"]
+        and "secret" not in lens[0]["text"]
+        and "color" not in lens[0]["text"]
+    )
     tide = await search_docs(db.store, "when are tide tables published", namespace="mixed", k=1)
     assert tide[0]["source"] == "mixed/tides.pdf" and "Sunday" in tide[0]["text"]
     penguins = await search_docs(db.store, "penguins", namespace="mixed", k=5)

@@ -49,9 +49,12 @@ async def counts(db) -> tuple[int, int]:
 
 
 def preflight(origin: str, method: str = "POST") -> dict[str, str]:
-    return {"origin": origin, "access-control-request-method": method,
-            "access-control-request-headers": "content-type,x-auth-scheme",
-            "access-control-request-private-network": "true"}
+    return {
+        "origin": origin,
+        "access-control-request-method": method,
+        "access-control-request-headers": "content-type,x-auth-scheme",
+        "access-control-request-private-network": "true",
+    }
 
 
 async def test_studio_preflight_is_allowed_with_private_network_access(client):
@@ -61,8 +64,11 @@ async def test_studio_preflight_is_allowed_with_private_network_access(client):
     assert r.headers["access-control-allow-private-network"] == "true"
     assert "POST" in r.headers["access-control-allow-methods"]
     # Studio posts JSON labelled text/plain; from its origin that still works, and it may read the answer.
-    r = await client.post("/threads", content=b'{"metadata": {"via": "studio"}}',
-                          headers={"origin": STUDIO, "content-type": "text/plain;charset=UTF-8"})
+    r = await client.post(
+        "/threads",
+        content=b'{"metadata": {"via": "studio"}}',
+        headers={"origin": STUDIO, "content-type": "text/plain;charset=UTF-8"},
+    )
     assert r.status_code == 200, r.text
     assert r.json()["metadata"] == {"via": "studio"}
     assert r.headers["access-control-allow-origin"] == STUDIO
@@ -76,11 +82,17 @@ async def test_other_origins_cannot_preflight(client):
     assert "not allowed" in r.json()["detail"]
 
 
-@pytest.mark.parametrize("path,body", [
-    ("/threads", b"{}"),
-    ("/runs/wait", b'{"assistant_id": "agent", "input": {"messages": [{"role": "user", "content": "hi"}]}}'),
-    ("/runs", b'{"assistant_id": "agent", "input": {"messages": [{"role": "user", "content": "hi"}]}}'),
-])
+@pytest.mark.parametrize(
+    "path,body",
+    [
+        ("/threads", b"{}"),
+        (
+            "/runs/wait",
+            b'{"assistant_id": "agent", "input": {"messages": [{"role": "user", "content": "hi"}]}}',
+        ),
+        ("/runs", b'{"assistant_id": "agent", "input": {"messages": [{"role": "user", "content": "hi"}]}}'),
+    ],
+)
 async def test_cross_site_simple_requests_are_refused_before_anything_is_written(client, db, path, body):
     before = await counts(db)
     # What a hostile page can send without a preflight: a text/plain or form body.
@@ -104,7 +116,9 @@ async def test_clients_without_origin_loopback_pages_and_same_origin_still_work(
     assert r.status_code == 200, r.text
     r = await client.post("/threads/search", json={}, headers={"origin": "http://localhost:3000"})
     assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://localhost:3000"
-    r = await client.post("/threads/search", json={}, headers={"origin": "http://127.0.0.1:8000"})  # same origin
+    r = await client.post(
+        "/threads/search", json={}, headers={"origin": "http://127.0.0.1:8000"}
+    )  # same origin
     assert r.status_code == 200
 
 
@@ -114,8 +128,9 @@ async def test_allowed_origins_are_a_setting(svc):
         for origin in ("https://app.example.com", "https://ui.corp.example"):
             r = await c.options("/threads/search", headers=preflight(origin))
             assert r.status_code == 200 and r.headers["access-control-allow-origin"] == origin
-        assert (await c.post("/threads/search", json={},
-                             headers={"origin": "https://corp.example.evil.example"})).status_code == 403
+        assert (
+            await c.post("/threads/search", json={}, headers={"origin": "https://corp.example.evil.example"})
+        ).status_code == 403
     async with client_for(svc, keel_cors_origins="*") as c:  # explicit opt-in to every origin
         r = await c.post("/threads/search", json={}, headers={"origin": EVIL})
         assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "*"
@@ -124,16 +139,19 @@ async def test_allowed_origins_are_a_setting(svc):
 # ------------------------------------------------------------------------------------------- ceilings
 
 
-@pytest.mark.parametrize("extra,needle", [
-    ({"context": {"max_steps": 1000}}, "KEEL_LIMIT_STEPS"),
-    ({"context": {"max_revisions": 6}}, "KEEL_LIMIT_REVISIONS"),
-    ({"context": {"max_tool_calls": 33}}, "KEEL_LIMIT_TOOL_CALLS"),
-    ({"context": {"retrieve_k": 51}}, "KEEL_LIMIT_RETRIEVE_K"),
-    ({"context": {"history_tokens": 100_001}}, "KEEL_LIMIT_HISTORY_TOKENS"),
-    ({"config": {"recursion_limit": 1001}}, "KEEL_LIMIT_RECURSION"),
-    ({"config": {"recursion_limit": 0}}, "KEEL_LIMIT_RECURSION"),
-    ({"config": {"recursion_limit": "many"}}, "KEEL_LIMIT_RECURSION"),
-])
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        ({"context": {"max_steps": 1000}}, "KEEL_LIMIT_STEPS"),
+        ({"context": {"max_revisions": 6}}, "KEEL_LIMIT_REVISIONS"),
+        ({"context": {"max_tool_calls": 33}}, "KEEL_LIMIT_TOOL_CALLS"),
+        ({"context": {"retrieve_k": 51}}, "KEEL_LIMIT_RETRIEVE_K"),
+        ({"context": {"history_tokens": 100_001}}, "KEEL_LIMIT_HISTORY_TOKENS"),
+        ({"config": {"recursion_limit": 1001}}, "KEEL_LIMIT_RECURSION"),
+        ({"config": {"recursion_limit": 0}}, "KEEL_LIMIT_RECURSION"),
+        ({"config": {"recursion_limit": "many"}}, "KEEL_LIMIT_RECURSION"),
+    ],
+)
 async def test_budgets_above_the_ceiling_are_refused(client, db, extra, needle):
     before = await counts(db)
     r = await client.post("/runs/wait", json={"assistant_id": "agent", "input": Q, **extra})
@@ -143,9 +161,15 @@ async def test_budgets_above_the_ceiling_are_refused(client, db, extra, needle):
 
 
 async def test_budgets_at_the_ceiling_run(client):
-    r = await client.post("/runs/wait", json={"assistant_id": "agent", "input": Q,
-                                              "context": {"max_steps": 100, "max_revisions": 5},
-                                              "config": {"recursion_limit": 110}})
+    r = await client.post(
+        "/runs/wait",
+        json={
+            "assistant_id": "agent",
+            "input": Q,
+            "context": {"max_steps": 100, "max_revisions": 5},
+            "config": {"recursion_limit": 110},
+        },
+    )
     assert r.status_code == 200, r.text
     assert r.json()["messages"][-1]["type"] == "ai"
 
@@ -156,9 +180,13 @@ async def test_ceilings_are_per_deployment(db):
     settings = Settings(keel_limit_steps=30, keel_limit_recursion=40)
     app = create_app(settings, KeelService(settings, db))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as c:
-        r = await c.post("/runs/wait", json={"assistant_id": "agent", "input": Q, "context": {"max_steps": 31}})
+        r = await c.post(
+            "/runs/wait", json={"assistant_id": "agent", "input": Q, "context": {"max_steps": 31}}
+        )
         assert r.status_code == 422 and "between 0 and 30" in r.json()["detail"]
-        r = await c.post("/runs/wait", json={"assistant_id": "agent", "input": Q, "config": {"recursion_limit": 41}})
+        r = await c.post(
+            "/runs/wait", json={"assistant_id": "agent", "input": Q, "config": {"recursion_limit": 41}}
+        )
         assert r.status_code == 422 and "between 1 and 40" in r.json()["detail"]
 
 

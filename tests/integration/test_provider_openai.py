@@ -30,19 +30,36 @@ def _reply(body: dict) -> dict:
         if body.get("response_format"):
             return {"role": "assistant", "content": json.dumps(verdict)}
         name = body["tool_choice"]["function"]["name"]
-        return {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_critic", "type": "function", "function": {"name": name, "arguments": json.dumps(verdict)}}]}
+        return {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_critic",
+                    "type": "function",
+                    "function": {"name": name, "arguments": json.dumps(verdict)},
+                }
+            ],
+        }
     if last["role"] == "tool":
         return {"role": "assistant", "content": f"The result is {last['content']}."}
     if "/calc" in str(last.get("content")):
-        return {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function",
-             "function": {"name": "calculator", "arguments": json.dumps({"expression": "6*7"})}}]}
+        return {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "calculator", "arguments": json.dumps({"expression": "6*7"})},
+                }
+            ],
+        }
     return {"role": "assistant", "content": "Workers scale out by claiming runs [1]."}
 
 
 class FakeOpenAI(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.server.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
         msg = _reply(body)
@@ -55,16 +72,21 @@ class FakeOpenAI(BaseHTTPRequestHandler):
             if "tool_calls" in delta:
                 delta["tool_calls"] = [{**tc, "index": i} for i, tc in enumerate(delta["tool_calls"])]
             finish = "tool_calls" if "tool_calls" in delta else "stop"
-            for chunk in ({"index": 0, "delta": delta, "finish_reason": None},
-                          {"index": 0, "delta": {}, "finish_reason": finish}):
+            for chunk in (
+                {"index": 0, "delta": delta, "finish_reason": None},
+                {"index": 0, "delta": {}, "finish_reason": finish},
+            ):
                 data = {**base, "object": "chat.completion.chunk", "choices": [chunk]}
                 self.wfile.write(b"data: " + json.dumps(data).encode() + b"\n\n")
             self.wfile.write(b"data: [DONE]\n\n")
             return
         finish = "tool_calls" if msg.get("tool_calls") else "stop"
-        data = {**base, "object": "chat.completion",
-                "choices": [{"index": 0, "message": msg, "finish_reason": finish, "logprobs": None}],
-                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}
+        data = {
+            **base,
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": msg, "finish_reason": finish, "logprobs": None}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+        }
         raw = json.dumps(data).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -103,7 +125,12 @@ async def test_openai_provider_answers_and_critic_uses_structured_output(fake_op
     assert paths == ["/v1/chat/completions", "/v1/chat/completions"]
     _, headers, answer_req = fake_openai.requests[0]
     assert headers["authorization"] == "Bearer sk-test-key" and answer_req["model"] == "gpt-4o-mini"
-    assert {t["function"]["name"] for t in answer_req["tools"]} >= {"calculator", "search_docs", "create_ticket", "researcher"}
+    assert {t["function"]["name"] for t in answer_req["tools"]} >= {
+        "calculator",
+        "search_docs",
+        "create_ticket",
+        "researcher",
+    }
     roles = [m["role"] for m in answer_req["messages"]]
     assert roles[0] == "system" and roles[-1] == "user"
     assert "<retrieved_documents" in answer_req["messages"][-2]["content"]
@@ -118,4 +145,5 @@ async def test_openai_provider_tool_loop(fake_openai):
     assert out["answer"] == "The result is 42."
     second = fake_openai.requests[1][2]["messages"]
     assert second[-1] == {"role": "tool", "content": "42", "tool_call_id": "call_1"} or (
-        second[-1]["role"] == "tool" and second[-1]["tool_call_id"] == "call_1")
+        second[-1]["role"] == "tool" and second[-1]["tool_call_id"] == "call_1"
+    )

@@ -37,8 +37,9 @@ async def test_model_change_is_refused_then_reindexed(fresh_database_url, embedd
     with pytest.raises(EmbeddingMismatch, match="keel reindex"):
         await open_database(fresh_database_url, embeddings=tiny, dims=8, embeddings_name="tiny:v1")
 
-    db = await open_database(fresh_database_url, embeddings=tiny, dims=8, embeddings_name="tiny:v1",
-                             check_embeddings=False)
+    db = await open_database(
+        fresh_database_url, embeddings=tiny, dims=8, embeddings_name="tiny:v1", check_embeddings=False
+    )
     try:
         assert await reindex(db, "tiny:v1", 8) == 2
         hits = await db.store.asearch(("memories", "u"), query="the user keeps bees", limit=2)
@@ -48,5 +49,6 @@ async def test_model_change_is_refused_then_reindexed(fresh_database_url, embedd
     db = await open_database(fresh_database_url, embeddings=tiny, dims=8, embeddings_name="tiny:v1")
     await db.close()
     with pytest.raises(EmbeddingMismatch):
-        await open_database(fresh_database_url, embeddings=embeddings, dims=EMBED_DIMS,
-                            embeddings_name=DEFAULT_EMBEDDINGS)
+        await open_database(
+            fresh_database_url, embeddings=embeddings, dims=EMBED_DIMS, embeddings_name=DEFAULT_EMBEDDINGS
+        )

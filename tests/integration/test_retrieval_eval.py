@@ -19,7 +19,8 @@ async def corpora(db, tmp_path_factory):
     other = tmp_path_factory.mktemp("other")
     (other / "notes.md").write_text(
         "# Other notes\n\nA worker crashed and the lease expired; the pool and Postgres restarted.\n\n"
-        "## Tools\n\nThe calculator and the SIGTERM drain are described elsewhere.\n")
+        "## Tools\n\nThe calculator and the SIGTERM drain are described elsewhere.\n"
+    )
     await ingest_paths(db.store, [other], namespace="other", root=other)
     return db
 
@@ -58,8 +59,14 @@ async def test_modes_same_shape_and_no_leak(corpora, mode):
 async def test_fts_filter_and_modes(corpora):
     from memory.search import search_docs
 
-    hits = await search_docs(corpora.store, "lease heartbeat", namespace="evaldocs", k=3, mode="fts",
-                             filter={"source": "docs/operations.md"})
+    hits = await search_docs(
+        corpora.store,
+        "lease heartbeat",
+        namespace="evaldocs",
+        k=3,
+        mode="fts",
+        filter={"source": "docs/operations.md"},
+    )
     assert hits and all(h["source"] == "docs/operations.md" for h in hits)
     assert await search_docs(corpora.store, "the and of", namespace="evaldocs", k=3, mode="fts") == []
     with pytest.raises(ValueError):
@@ -74,6 +81,7 @@ async def test_ensure_fts_index_idempotent(corpora):
     await ensure_fts_index(corpora.pool)
     async with corpora.pool.connection() as conn:
         await ensure_fts_index(conn)
-        row = await (await conn.execute("SELECT count(*) AS n FROM pg_indexes WHERE indexname = %s",
-                                        (FTS_INDEX,))).fetchone()
+        row = await (
+            await conn.execute("SELECT count(*) AS n FROM pg_indexes WHERE indexname = %s", (FTS_INDEX,))
+        ).fetchone()
     assert row["n"] == 1

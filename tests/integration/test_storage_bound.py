@@ -16,15 +16,22 @@ async def test_trimming_keeps_latest_state_and_recent_history(db):
     tid = str(uuid.uuid4())
     config = {"configurable": {"thread_id": tid}}
     for i in range(12):
-        await graph.ainvoke({"messages": [HumanMessage(content=f"turn {i}: how do workers scale out?")]}, config,
-                            context=Context(max_revisions=0))
+        await graph.ainvoke(
+            {"messages": [HumanMessage(content=f"turn {i}: how do workers scale out?")]},
+            config,
+            context=Context(max_revisions=0),
+        )
     before = (await graph.aget_state(config)).values
 
     async def sizes():
         async with db.pool.connection() as conn:
-            row = await (await conn.execute(
-                "SELECT (SELECT count(*) FROM checkpoints WHERE thread_id = %s) AS n, "
-                "(SELECT count(*) FROM checkpoint_blobs WHERE thread_id = %s) AS blobs", (tid, tid))).fetchone()
+            row = await (
+                await conn.execute(
+                    "SELECT (SELECT count(*) FROM checkpoints WHERE thread_id = %s) AS n, "
+                    "(SELECT count(*) FROM checkpoint_blobs WHERE thread_id = %s) AS blobs",
+                    (tid, tid),
+                )
+            ).fetchone()
         return row["n"], row["blobs"]
 
     n0, blobs0 = await sizes()
@@ -35,7 +42,8 @@ async def test_trimming_keeps_latest_state_and_recent_history(db):
     assert [m.content for m in after["messages"]] == [m.content for m in before["messages"]]
     assert len([s async for s in graph.aget_state_history(config)]) == 10
     # The thread goes on normally after trimming.
-    out = await graph.ainvoke({"messages": [HumanMessage(content="and after trimming?")]}, config,
-                              context=Context(max_revisions=0))
+    out = await graph.ainvoke(
+        {"messages": [HumanMessage(content="and after trimming?")]}, config, context=Context(max_revisions=0)
+    )
     assert out["messages"][-2].content == "and after trimming?"
     assert await trim_checkpoints(db, tid, keep=0) == 0

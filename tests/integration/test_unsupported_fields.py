@@ -23,13 +23,20 @@ async def counts(db) -> tuple[int, int]:
     return t["n"], r["n"]
 
 
-@pytest.mark.parametrize("path,body,field", [
-    ("/runs/wait", {"assistant_id": "agent", "input": Q, "after_seconds": 5}, "after_seconds"),
-    ("/runs", {"assistant_id": "agent", "input": Q, "webhook": "http://127.0.0.1:9/hook"}, "webhook"),
-    ("/runs/stream", {"assistant_id": "agent", "input": Q, "feedback_keys": ["helpful"]}, "feedback_keys"),
-    ("/threads", {"supersteps": [{"updates": [{"values": {}, "as_node": "retrieve"}]}]}, "supersteps"),
-    ("/threads/search", {"extract": {"q": "values.question"}}, "extract"),
-])
+@pytest.mark.parametrize(
+    "path,body,field",
+    [
+        ("/runs/wait", {"assistant_id": "agent", "input": Q, "after_seconds": 5}, "after_seconds"),
+        ("/runs", {"assistant_id": "agent", "input": Q, "webhook": "http://127.0.0.1:9/hook"}, "webhook"),
+        (
+            "/runs/stream",
+            {"assistant_id": "agent", "input": Q, "feedback_keys": ["helpful"]},
+            "feedback_keys",
+        ),
+        ("/threads", {"supersteps": [{"updates": [{"values": {}, "as_node": "retrieve"}]}]}, "supersteps"),
+        ("/threads/search", {"extract": {"q": "values.question"}}, "extract"),
+    ],
+)
 async def test_unsupported_fields_are_refused_and_nothing_is_written(client, db, path, body, field):
     before = await counts(db)
     r = await client.post(path, json=body)
@@ -39,8 +46,10 @@ async def test_unsupported_fields_are_refused_and_nothing_is_written(client, db,
 
 
 async def test_their_empty_forms_are_accepted(client):
-    r = await client.post("/runs/wait", json={"assistant_id": "agent", "input": Q, "after_seconds": 0,
-                                              "webhook": None, "feedback_keys": []})
+    r = await client.post(
+        "/runs/wait",
+        json={"assistant_id": "agent", "input": Q, "after_seconds": 0, "webhook": None, "feedback_keys": []},
+    )
     assert r.status_code == 200, r.text
     assert (await client.post("/threads", json={"supersteps": []})).status_code == 200
     assert (await client.post("/threads/search", json={"extract": {}})).status_code == 200

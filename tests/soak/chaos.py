@@ -595,7 +595,7 @@ class Conversation:
                         with self.stats.lock:
                             self.stats.ops[f"{op} failed ({type(exc).__name__})"] += 1
                         ok = False
-                    except Exception:  # noqa: BLE001 - a bug of the soak itself: report it, keep the load going
+                    except Exception:  # a bug of the soak itself: report it, keep the load going
                         with self.stats.lock:
                             self.stats.soak_bugs.append(traceback.format_exc(limit=4))
                         ok = False
@@ -688,7 +688,7 @@ def kill_one(cluster: Cluster, rng: random.Random, stats: Stats, slots: int) -> 
             "SELECT count(*) AS n FROM keel_runs WHERE status = 'running' AND lease_owner LIKE %s",
             f"%:{victim.pid}:%",
         )[0]["n"]
-    except Exception:  # noqa: BLE001 - only a figure for the report
+    except Exception:  # only a figure for the report
         held = 0
     victim.signal(signal.SIGKILL)
     victim.popen.wait(timeout=30)

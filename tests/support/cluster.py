@@ -57,15 +57,30 @@ class Cluster:
     url: str = ""
 
     def env(self) -> dict[str, str]:
-        return keel_env(self.database_url, self.tmp / "home", {
-            "KEEL_GRAPH": "tests.support.fault_graph:build", "PYTHONPATH": str(REPO),
-            "KEEL_LEASE_SECONDS": "3", "KEEL_MAX_ATTEMPTS": "3", "KEEL_DRAIN_SECONDS": "20",
-            "KEEL_LOG_LEVEL": "INFO", **self.env_extra})
+        return keel_env(
+            self.database_url,
+            self.tmp / "home",
+            {
+                "KEEL_GRAPH": "tests.support.fault_graph:build",
+                "PYTHONPATH": str(REPO),
+                "KEEL_LEASE_SECONDS": "3",
+                "KEEL_MAX_ATTEMPTS": "3",
+                "KEEL_DRAIN_SECONDS": "20",
+                "KEEL_LOG_LEVEL": "INFO",
+                **self.env_extra,
+            },
+        )
 
     def _spawn(self, name: str, args: list[str]) -> Proc:
         log_path = self.tmp / f"{name}-{len(self.procs)}.log"
-        popen = subprocess.Popen([KEEL, *args], env=self.env(), cwd=REPO, stdout=log_path.open("w"),
-                                 stderr=subprocess.STDOUT, start_new_session=True)
+        popen = subprocess.Popen(
+            [KEEL, *args],
+            env=self.env(),
+            cwd=REPO,
+            stdout=log_path.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         p = Proc(name, popen, log_path)
         self.procs.append(p)
         return p
@@ -120,7 +135,11 @@ class Cluster:
             return c.post("/threads", json={}).json()["thread_id"]
 
     def start_run(self, thread_id: str, plan: dict[str, Any] | None = None, **body: Any) -> dict[str, Any]:
-        payload = {"assistant_id": "agent", "input": {"plan": plan or {}, "inputs": [body.pop("tag", "x")]}, **body}
+        payload = {
+            "assistant_id": "agent",
+            "input": {"plan": plan or {}, "inputs": [body.pop("tag", "x")]},
+            **body,
+        }
         with self.client() as c:
             r = c.post(f"/threads/{thread_id}/runs", json=payload)
         assert r.status_code == 200, r.text
@@ -130,7 +149,9 @@ class Cluster:
         with self.client() as c:
             return c.get(f"/threads/{thread_id}/runs/{run_id}").json()
 
-    def wait_status(self, thread_id: str, run_id: str, statuses=TERMINAL, timeout: float = 60) -> dict[str, Any]:
+    def wait_status(
+        self, thread_id: str, run_id: str, statuses=TERMINAL, timeout: float = 60
+    ) -> dict[str, Any]:
         deadline = time.time() + timeout
         while True:
             run = self.run(thread_id, run_id)
@@ -150,8 +171,10 @@ class Cluster:
             return conn.execute(query, args).fetchall()
 
     def effects(self, thread_id: str) -> dict[str, int]:
-        rows = self.sql("SELECT value->>'node' AS node, count(*) AS n FROM store WHERE prefix = %s GROUP BY 1",
-                        f"effects.{thread_id}")
+        rows = self.sql(
+            "SELECT value->>'node' AS node, count(*) AS n FROM store WHERE prefix = %s GROUP BY 1",
+            f"effects.{thread_id}",
+        )
         return {r["node"]: r["n"] for r in rows}
 
     def assert_invariants(self, thread_ids: list[str] | None = None) -> None:
@@ -168,8 +191,11 @@ class Cluster:
 
 
 def assert_single_chain(cluster: Cluster, thread_id: str) -> None:
-    rows = cluster.sql("SELECT checkpoint_id, parent_checkpoint_id FROM checkpoints WHERE thread_id = %s "
-                       "AND checkpoint_ns = '' ORDER BY checkpoint_id", thread_id)
+    rows = cluster.sql(
+        "SELECT checkpoint_id, parent_checkpoint_id FROM checkpoints WHERE thread_id = %s "
+        "AND checkpoint_ns = '' ORDER BY checkpoint_id",
+        thread_id,
+    )
     if not rows:
         return
     roots = [r for r in rows if r["parent_checkpoint_id"] is None]
@@ -186,10 +212,13 @@ def assert_single_chain(cluster: Cluster, thread_id: str) -> None:
 
 
 def assert_event_log(cluster: Cluster, run_id: str, status: str) -> None:
-    rows = cluster.sql("SELECT seq, attempt, event, data FROM keel_run_events WHERE run_id = %s ORDER BY seq", run_id)
+    rows = cluster.sql(
+        "SELECT seq, attempt, event, data FROM keel_run_events WHERE run_id = %s ORDER BY seq", run_id
+    )
     seqs = [r["seq"] for r in rows]
     assert seqs == list(range(1, len(seqs) + 1)), (
-        f"run {run_id}: event log has gaps: {[(r['seq'], r['attempt'], r['event']) for r in rows]}")
+        f"run {run_id}: event log has gaps: {[(r['seq'], r['attempt'], r['event']) for r in rows]}"
+    )
     if not rows:
         return
     assert rows[0]["event"] == "metadata", rows[0]

@@ -42,8 +42,10 @@ NODES = ("a", "b", "c", "d")
 
 # --- test tools: an "external" effect recorded in fault_effects, so tests count effects in Postgres ----------
 
-_TABLE = ("CREATE TABLE IF NOT EXISTS fault_effects (id bigserial PRIMARY KEY, key text NOT NULL, kind text NOT NULL, "
-          "pid integer NOT NULL, at timestamptz NOT NULL DEFAULT now())")
+_TABLE = (
+    "CREATE TABLE IF NOT EXISTS fault_effects (id bigserial PRIMARY KEY, key text NOT NULL, kind text NOT NULL, "
+    "pid integer NOT NULL, at timestamptz NOT NULL DEFAULT now())"
+)
 
 
 class FxInput(BaseModel):
@@ -62,11 +64,15 @@ class FxOutput(BaseModel):
 async def _record(pool, key: str, kind: str, conn=None) -> None:
     if conn is not None:
         await conn.execute(_TABLE)
-        await conn.execute("INSERT INTO fault_effects (key, kind, pid) VALUES (%s, %s, %s)", (key, kind, os.getpid()))
+        await conn.execute(
+            "INSERT INTO fault_effects (key, kind, pid) VALUES (%s, %s, %s)", (key, kind, os.getpid())
+        )
         return
     async with pool.connection() as c:
         await c.execute(_TABLE)
-        await c.execute("INSERT INTO fault_effects (key, kind, pid) VALUES (%s, %s, %s)", (key, kind, os.getpid()))
+        await c.execute(
+            "INSERT INTO fault_effects (key, kind, pid) VALUES (%s, %s, %s)", (key, kind, os.getpid())
+        )
 
 
 def _once(marker: str | None) -> bool:
@@ -96,8 +102,11 @@ async def _fx(args: FxInput, ctx: ToolContext) -> FxOutput:
 async def _fx_reconcile(args: FxInput, ctx: ToolContext) -> FxOutput | None:
     async with ctx.pool.connection() as c:
         await c.execute(_TABLE)
-        row = await (await c.execute("SELECT 1 FROM fault_effects WHERE key = %s AND kind = 'effect'",
-                                     (ctx.idempotency_key,))).fetchone()
+        row = await (
+            await c.execute(
+                "SELECT 1 FROM fault_effects WHERE key = %s AND kind = 'effect'", (ctx.idempotency_key,)
+            )
+        ).fetchone()
     return FxOutput(key=ctx.idempotency_key, label=args.label) if row else None
 
 
@@ -107,28 +116,56 @@ async def _fx_undo(args: FxInput, result: dict, ctx: ToolContext) -> None:
         os.kill(os.getpid(), signal.SIGKILL)  # mid-compensation: the transaction above never commits
 
 
-FX = ToolSpec(name="fx", version="1", description="test effect (reconcilable)", input_model=FxInput,
-              output_model=FxOutput, func=_fx, side_effect="external", reconcile=_fx_reconcile,
-              compensator=_fx_undo, retry=ToolRetry(max_attempts=3, initial_s=0.05), mcp=False)
-FX_NO_RECONCILE = ToolSpec(name="fx_noreconcile", version="1", description="test effect (outcome unknowable)",
-                           input_model=FxInput, output_model=FxOutput, func=_fx, side_effect="external",
-                           compensator=_fx_undo, mcp=False)
+FX = ToolSpec(
+    name="fx",
+    version="1",
+    description="test effect (reconcilable)",
+    input_model=FxInput,
+    output_model=FxOutput,
+    func=_fx,
+    side_effect="external",
+    reconcile=_fx_reconcile,
+    compensator=_fx_undo,
+    retry=ToolRetry(max_attempts=3, initial_s=0.05),
+    mcp=False,
+)
+FX_NO_RECONCILE = ToolSpec(
+    name="fx_noreconcile",
+    version="1",
+    description="test effect (outcome unknowable)",
+    input_model=FxInput,
+    output_model=FxOutput,
+    func=_fx,
+    side_effect="external",
+    compensator=_fx_undo,
+    mcp=False,
+)
 TOOLS = (FX, FX_NO_RECONCILE)
 """The graph's tools; `build` registers them in the toolbox it is given (the server compensates with it)."""
 
 
 async def _run_effects(toolbox: Toolbox, effects: list[dict[str, Any]], runtime, config) -> list[str]:
     ctx = runtime.context
-    tctx = ToolContext(user=UserAttrs(getattr(ctx, "user_id", "local")), namespace="default", store=runtime.store,
-                       thread_id=str(config["configurable"]["thread_id"]),
-                       run_id=str((config.get("metadata") or {}).get("run_id") or "") or None,
-                       pool=toolbox.pool)
+    tctx = ToolContext(
+        user=UserAttrs(getattr(ctx, "user_id", "local")),
+        namespace="default",
+        store=runtime.store,
+        thread_id=str(config["configurable"]["thread_id"]),
+        run_id=str((config.get("metadata") or {}).get("run_id") or "") or None,
+        pool=toolbox.pool,
+    )
     prepared = []
     for e in effects:
         name = "fx" if e.get("reconcile", True) else "fx_noreconcile"
         args = {k: e[k] for k in ("kill_after", "fail", "comp_kill", "counter") if e.get(k)}
-        prepared.append(await prepare_call(toolbox.registry, {"name": name, "args": {"label": e["id"], **args}, "id": e["id"]},
-                                           tctx, checkpoint_ns=config["configurable"].get("checkpoint_ns", "")))
+        prepared.append(
+            await prepare_call(
+                toolbox.registry,
+                {"name": name, "args": {"label": e["id"], **args}, "id": e["id"]},
+                tctx,
+                checkpoint_ns=config["configurable"].get("checkpoint_ns", ""),
+            )
+        )
     pending = [p for p in prepared if p.human]
     if pending:
         apply_decisions(pending, interrupt(approval_request(pending)))
@@ -162,9 +199,12 @@ def _node(name: str, toolbox: Toolbox):
         if plan.get("fail"):
             raise RuntimeError(f"injected permanent failure in {name}")
         if runtime.store is not None:
-            await runtime.store.aput(("effects", thread_id), f"{name}:{uuid.uuid4()}",
-                                     {"node": name, "pid": os.getpid(), "approved": update.get("approved")},
-                                     index=False)
+            await runtime.store.aput(
+                ("effects", thread_id),
+                f"{name}:{uuid.uuid4()}",
+                {"node": name, "pid": os.getpid(), "approved": update.get("approved")},
+                index=False,
+            )
         if plan.get("kill") == "always":
             os.kill(os.getpid(), signal.SIGKILL)
         if plan.get("sleep"):

@@ -61,16 +61,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def keel_env(database_url: str, keel_home: Path | str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def keel_env(
+    database_url: str, keel_home: Path | str, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """The environment for a keel subprocess: tracing off and offline models, then `extra` on top."""
     env = dict(os.environ)
-    env.update({
-        "DATABASE_URL": database_url,
-        "KEEL_HOME": str(keel_home),
-        "LANGSMITH_TRACING": "false",
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "DATABASE_URL": database_url,
+            "KEEL_HOME": str(keel_home),
+            "LANGSMITH_TRACING": "false",
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update(extra or {})
     return env
 
@@ -84,12 +88,23 @@ def write_corpus(directory: Path | str, files: Mapping[str, str] | None = None) 
     return d
 
 
-def ingest(database_url: str, corpus_dir: Path | str, *, keel_home: Path | str, namespace: str = "default",
-           extra_env: Mapping[str, str] | None = None, timeout: float = 180.0) -> subprocess.CompletedProcess:
+def ingest(
+    database_url: str,
+    corpus_dir: Path | str,
+    *,
+    keel_home: Path | str,
+    namespace: str = "default",
+    extra_env: Mapping[str, str] | None = None,
+    timeout: float = 180.0,
+) -> subprocess.CompletedProcess:
     """Run `keel ingest DIR --namespace NS --quiet`; raise with its output if it fails."""
-    proc = subprocess.run([KEEL, "ingest", str(corpus_dir), "--namespace", namespace, "--quiet"],
-                          env=keel_env(database_url, keel_home, extra_env), capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [KEEL, "ingest", str(corpus_dir), "--namespace", namespace, "--quiet"],
+        env=keel_env(database_url, keel_home, extra_env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"keel ingest failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -127,8 +142,13 @@ class LiveServer:
         return self.proc.returncode
 
 
-def start_server(database_url: str, *, extra_env: Mapping[str, str] | None = None,
-                 tmp_dir: Path | str | None = None, timeout: float = START_TIMEOUT_S) -> LiveServer:
+def start_server(
+    database_url: str,
+    *,
+    extra_env: Mapping[str, str] | None = None,
+    tmp_dir: Path | str | None = None,
+    timeout: float = START_TIMEOUT_S,
+) -> LiveServer:
     """Start `keel serve` on a free port and wait until GET /ok answers 200."""
     tmp = Path(tmp_dir) if tmp_dir else Path(tempfile.mkdtemp(prefix="keel-live-"))
     if tmp.resolve().is_relative_to(REPO):
@@ -138,9 +158,16 @@ def start_server(database_url: str, *, extra_env: Mapping[str, str] | None = Non
     env = keel_env(database_url, tmp / "home", extra_env)
     log_path = tmp / "server.log"
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen([KEEL, "serve", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    srv = LiveServer(url=f"http://127.0.0.1:{port}", proc=proc, log_path=log_path, port=port, tmp_dir=tmp, env=env)
+        proc = subprocess.Popen(
+            [KEEL, "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    srv = LiveServer(
+        url=f"http://127.0.0.1:{port}", proc=proc, log_path=log_path, port=port, tmp_dir=tmp, env=env
+    )
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
@@ -157,13 +184,23 @@ def start_server(database_url: str, *, extra_env: Mapping[str, str] | None = Non
 
 
 @contextlib.contextmanager
-def live_server(database_url: str, *, extra_env: Mapping[str, str] | None = None,
-                corpus: Mapping[str, str] | None = None, keep_tmp: bool = False) -> Iterator[LiveServer]:
+def live_server(
+    database_url: str,
+    *,
+    extra_env: Mapping[str, str] | None = None,
+    corpus: Mapping[str, str] | None = None,
+    keep_tmp: bool = False,
+) -> Iterator[LiveServer]:
     """Ingest `corpus` (None = CORPUS, {} = nothing) into the database, then run `keel serve` until exit."""
     tmp = Path(tempfile.mkdtemp(prefix="keel-live-"))
     try:
         if corpus != {}:
-            ingest(database_url, write_corpus(tmp / "corpus", corpus), keel_home=tmp / "home", extra_env=extra_env)
+            ingest(
+                database_url,
+                write_corpus(tmp / "corpus", corpus),
+                keel_home=tmp / "home",
+                extra_env=extra_env,
+            )
         srv = start_server(database_url, extra_env=extra_env, tmp_dir=tmp)
         try:
             yield srv

@@ -23,9 +23,21 @@ _LINE = re.compile(r"^(?P<path>[^:]+):\d+(?::\d+)?: error: (?P<msg>.*?)(?:\s+\[(
 
 def current_errors() -> Counter[str]:
     """Every mypy error of Keel's packages as `path: message [code]`, counted."""
-    proc = subprocess.run([sys.executable, "-m", "mypy", *PACKAGES, "--no-pretty", "--no-error-summary",
-                           "--show-error-codes", "--hide-error-context"],
-                          cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            *PACKAGES,
+            "--no-pretty",
+            "--no-error-summary",
+            "--show-error-codes",
+            "--hide-error-context",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode not in (0, 1) or "error: " in proc.stderr:
         raise SystemExit(f"mypy failed to run ({proc.returncode}):\n{proc.stderr}{proc.stdout}")
     found: Counter[str] = Counter()
@@ -47,19 +59,25 @@ def main(argv: list[str]) -> int:
     new, gone = now - base, base - now
     if "--update" in argv:
         if new and BASELINE.exists():  # the first recording takes everything; after that, nothing new
-            print(f"mypy: {sum(new.values())} error(s) are not in the baseline; fix them, the baseline only shrinks:")
+            print(
+                f"mypy: {sum(new.values())} error(s) are not in the baseline; fix them, the baseline only shrinks:"
+            )
             print("\n".join(f"  {e}" for e in sorted(new.elements())))
             return 1
-        BASELINE.write_text("# mypy errors Keel had before it was type-checked; this list may only shrink.\n"
-                            + "".join(f"{e}\n" for e in sorted(now.elements())))
+        BASELINE.write_text(
+            "# mypy errors Keel had before it was type-checked; this list may only shrink.\n"
+            + "".join(f"{e}\n" for e in sorted(now.elements()))
+        )
         print(f"mypy baseline: {sum(now.values())} error(s) recorded ({sum(gone.values())} removed)")
         return 0
     if new:
         print(f"mypy: {sum(new.values())} new error(s) (not in {BASELINE.relative_to(ROOT)}):")
         print("\n".join(f"  {e}" for e in sorted(new.elements())))
     if gone:
-        print(f"mypy: {sum(gone.values())} baseline error(s) are fixed; record it: "
-              "python -m tests.support.typecheck --update")
+        print(
+            f"mypy: {sum(gone.values())} baseline error(s) are fixed; record it: "
+            "python -m tests.support.typecheck --update"
+        )
     if new or gone:
         return 1
     print(f"mypy: no new errors ({sum(now.values())} in the baseline, goal 0)")

@@ -10,8 +10,10 @@ import pytest
 from memory.chunking import Chunk, chunk_text, content_hash, title_of
 from memory.embeddings import get_tokenizer
 
-WORDS = ("queue worker postgres checkpoint replica vacuum unaffable tokenization naïve café, "
-         "latency (p99) throughput; index-scan retry/backoff 42 3.14 über").split()
+WORDS = (
+    "queue worker postgres checkpoint replica vacuum unaffable tokenization naïve café, "
+    "latency (p99) throughput; index-scan retry/backoff 42 3.14 über"
+).split()
 
 
 def prose(n_words: int, seed: int) -> str:
@@ -109,7 +111,9 @@ def test_chunks_do_not_straddle_headings():
     chunks = chunk_text(DOC, max_tokens=50, overlap=10)
     for c in chunks:
         inner = c.text.split("\n")[1:]
-        assert not any(re.match(r"#{1,6} ", line) for line in inner if not line.startswith("# a comment")), c.text
+        assert not any(re.match(r"#{1,6} ", line) for line in inner if not line.startswith("# a comment")), (
+            c.text
+        )
 
 
 def test_headings_tracked():
@@ -118,8 +122,13 @@ def test_headings_tracked():
     assert headings[0] == ""
     assert chunks[0].text.startswith("Preamble")
     order = list(dict.fromkeys(headings))
-    assert order == ["", "Operations", "Operations > Scaling out", "Operations > Scaling out > Workers",
-                     "Operations > Backups"]
+    assert order == [
+        "",
+        "Operations",
+        "Operations > Scaling out",
+        "Operations > Scaling out > Workers",
+        "Operations > Backups",
+    ]
     # The fenced "# a comment" is code, not a heading: it stays in the Scaling out section.
     code = [c for c in chunks if "# a comment" in c.text]
     assert code and all(c.heading == "Operations > Scaling out" for c in code)

@@ -34,10 +34,12 @@ def test_dims_and_normalised(embeddings):
 
 def test_semantically_sensible(embeddings):
     q = embeddings.embed_query("how do I scale out workers")
-    scaling, unrelated = embeddings.embed_documents([
-        "To handle more load, start additional worker processes; each worker claims runs from the queue.",
-        "The cafeteria serves pasta and salad on Tuesdays.",
-    ])
+    scaling, unrelated = embeddings.embed_documents(
+        [
+            "To handle more load, start additional worker processes; each worker claims runs from the queue.",
+            "The cafeteria serves pasta and salad on Tuesdays.",
+        ]
+    )
     assert cos(q, scaling) > cos(q, unrelated) + 0.2
 
 
@@ -52,7 +54,9 @@ def test_deterministic_and_batch_independent(embeddings):
 
 
 async def test_async_variants_match(embeddings):
-    q, docs = await asyncio.gather(embeddings.aembed_query("scale out"), embeddings.aembed_documents(["scale out"]))
+    q, docs = await asyncio.gather(
+        embeddings.aembed_query("scale out"), embeddings.aembed_documents(["scale out"])
+    )
     assert cos(q, docs[0]) > 0.9999
 
 

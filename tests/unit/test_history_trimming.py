@@ -9,8 +9,12 @@ from agent.render import build_prompt
 def turn(i: int, with_tool: bool = False) -> list:
     msgs = [HumanMessage(content=f"question {i} " + "x" * 200)]
     if with_tool:
-        msgs += [AIMessage(content="", tool_calls=[{"name": "calculator", "args": {"expression": "1+1"}, "id": f"c{i}"}]),
-                 ToolMessage(content="2", tool_call_id=f"c{i}")]
+        msgs += [
+            AIMessage(
+                content="", tool_calls=[{"name": "calculator", "args": {"expression": "1+1"}, "id": f"c{i}"}]
+            ),
+            ToolMessage(content="2", tool_call_id=f"c{i}"),
+        ]
     msgs.append(AIMessage(content=f"answer {i} " + "y" * 200))
     return msgs
 

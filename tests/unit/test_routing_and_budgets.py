@@ -15,7 +15,9 @@ from agent.routing import (
 def test_route_after_summarize():
     tool = AIMessage(content="", tool_calls=[{"name": "calculator", "args": {}, "id": "1"}])
     assert route_after_summarize({"messages": [tool], "status": "running"}) == "execute_tools"
-    assert route_after_summarize({"messages": [AIMessage(content="draft")], "status": "running"}) == "critique"
+    assert (
+        route_after_summarize({"messages": [AIMessage(content="draft")], "status": "running"}) == "critique"
+    )
     assert route_after_summarize({"messages": [tool], "status": "budget_exhausted:max_steps"}) == "__end__"
 
 
@@ -37,7 +39,12 @@ def test_next_step_counts_and_resets():
 
 
 def test_finish_prefers_best_answer_and_removes_current_draft():
-    state = {"messages": [HumanMessage(content="q")], "best_answer": "best", "draft": "latest", "draft_id": "d1"}
+    state = {
+        "messages": [HumanMessage(content="q")],
+        "best_answer": "best",
+        "draft": "latest",
+        "draft_id": "d1",
+    }
     out = finish(state, "max_revisions", step=7)
     assert out["status"] == "budget_exhausted:max_revisions" and out["steps"] == 7
     assert isinstance(out["messages"][0], RemoveMessage) and out["messages"][0].id == "d1"

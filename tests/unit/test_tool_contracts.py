@@ -21,10 +21,14 @@ def test_tool_schema_changes_bump_the_version(name):
     assert name in SNAPSHOT, f"new tool {name!r}: add it to tests/unit/snapshots/tools.json"
     old, new = SNAPSHOT[name], CURRENT[name]
     if old["version"] == new["version"]:
-        assert old == new, (f"{name}@{new['version']} changed its contract without a version bump; "
-                            "bump ToolSpec.version and regenerate the snapshot")
+        assert old == new, (
+            f"{name}@{new['version']} changed its contract without a version bump; "
+            "bump ToolSpec.version and regenerate the snapshot"
+        )
     else:
-        pytest.fail(f"{name} is now version {new['version']} (snapshot {old['version']}): regenerate the snapshot")
+        pytest.fail(
+            f"{name} is now version {new['version']} (snapshot {old['version']}): regenerate the snapshot"
+        )
 
 
 def test_every_tool_is_fully_declared():

@@ -14,14 +14,35 @@ from tools.policy import UserAttrs
 from tools.registry import ToolContext
 
 
-@pytest.mark.parametrize("expr,value", [("1+2*3", 7), ("(2+3)*7", 35), ("2**10", 1024), ("-4/2", -2.0),
-                                        ("sqrt(16)", 4.0), ("max(1, 5, 3)", 5), ("7 // 2", 3)])
+@pytest.mark.parametrize(
+    "expr,value",
+    [
+        ("1+2*3", 7),
+        ("(2+3)*7", 35),
+        ("2**10", 1024),
+        ("-4/2", -2.0),
+        ("sqrt(16)", 4.0),
+        ("max(1, 5, 3)", 5),
+        ("7 // 2", 3),
+    ],
+)
 def test_safe_eval(expr, value):
     assert safe_eval(expr) == value
 
 
-@pytest.mark.parametrize("expr", ["__import__('os').system('true')", "open('x')", "a.b", "[1,2]", "2**100000",
-                                  "lambda: 1", "'x' * 3", "True + 1"])
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "__import__('os').system('true')",
+        "open('x')",
+        "a.b",
+        "[1,2]",
+        "2**100000",
+        "lambda: 1",
+        "'x' * 3",
+        "True + 1",
+    ],
+)
 def test_safe_eval_rejects_everything_else(expr):
     with pytest.raises((ValueError, SyntaxError)):
         safe_eval(expr)
@@ -35,8 +56,9 @@ async def test_execute_tool_call_validation_and_unknown():
     assert bad.status == "error" and "invalid arguments" in bad.content and "expression" in bad.content
     unknown = await execute_tool_call(reg, {"name": "rm_rf", "args": {}, "id": "3"}, ctx)
     assert unknown.status == "error" and "unknown tool" in unknown.content
-    denied = await execute_tool_call(reg, {"name": "calculator", "args": {"expression": "1"}, "id": "4"}, ctx,
-                                     allowed={"search_docs"})
+    denied = await execute_tool_call(
+        reg, {"name": "calculator", "args": {"expression": "1"}, "id": "4"}, ctx, allowed={"search_docs"}
+    )
     assert denied.status == "error" and "not enabled" in denied.content
 
 
@@ -55,7 +77,9 @@ def test_auth_modes():
 
 
 def test_parse_uuid():
-    assert parse_uuid("8B224786-400A-4B6A-B285-F3EBCF94849E", "thread") == "8b224786-400a-4b6a-b285-f3ebcf94849e"
+    assert (
+        parse_uuid("8B224786-400A-4B6A-B285-F3EBCF94849E", "thread") == "8b224786-400a-4b6a-b285-f3ebcf94849e"
+    )
     with pytest.raises(ApiError) as e:
         parse_uuid("not-a-uuid", "thread")
     assert e.value.status == 422 and e.value.detail == "Invalid thread ID: must be a UUID"
