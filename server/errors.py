@@ -11,6 +11,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -248,18 +249,17 @@ class BodyGuard:
             await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
-        body = orjson.dumps({"detail": f"Request body too large (limit {self.max_bytes} bytes)"})
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, 413, f"Request body too large (limit {self.max_bytes} bytes)")
+
+
+async def send_error(
+    send: Send, status: int, detail: str, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    """An error response in the `{"detail"}` shape, sent straight from ASGI middleware (before any route)."""
+    body = orjson.dumps({"detail": detail})
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": body})
 
 
 class _TooLarge(StarletteHTTPException):

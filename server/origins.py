@@ -12,8 +12,9 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from server.errors import send_error
 
 
 def origin_regex(patterns: list[str]) -> str | None:
@@ -63,21 +64,7 @@ class OriginGuard:
         if origin != "null" and (self.allowed(origin) or same_origin(origin, host)):
             await self.app(scope, receive, send)
             return
-        body = orjson.dumps(
-            {
-                "detail": f"Origin {origin[:200]!r} is not allowed to call this server "
-                "(set KEEL_CORS_ORIGINS to allow it)"
-            }
+        detail = (
+            f"Origin {origin[:200]!r} is not allowed to call this server (set KEEL_CORS_ORIGINS to allow it)"
         )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 403,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"vary", b"Origin"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, 403, detail, [(b"vary", b"Origin")])
