@@ -15,16 +15,12 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from langsmith.run_helpers import trace as _trace
 from pydantic import BaseModel, ValidationError
 
 from tools import audit, ledger
 from tools.policy import Decision, UserAttrs, decide
 from tools.registry import ToolContext, ToolRegistry, ToolSpec, args_hash
-
-try:  # tracing of each tool execution as its own run (a no-op unless LangSmith tracing is on)
-    from langsmith.run_helpers import trace as _trace
-except ImportError:  # pragma: no cover
-    _trace = None
 
 
 @dataclass
@@ -239,8 +235,7 @@ async def run_prepared(p: PreparedCall, ctx: ToolContext) -> ToolResult:
 
 
 async def _traced(spec: ToolSpec, p: PreparedCall, ctx: ToolContext, coro):
-    if _trace is None:
-        return await coro
+    """Each tool execution as a run of its own in the trace (a no-op unless LangSmith tracing is on)."""
     with _trace(
         spec.name,
         run_type="tool",
@@ -265,7 +260,7 @@ async def _error(
     p: PreparedCall, ctx: ToolContext, base: dict, decision: str, exc: BaseException
 ) -> ToolResult:
     spec = p.spec
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, TimeoutError) and spec is not None:
         text = f"Error: {p.name} timed out after {spec.timeout_s:g}s"
     else:
         text = f"Error: {p.name} failed: {exc}"
@@ -273,8 +268,15 @@ async def _error(
     return ToolResult(p.call_id, p.name, spec.version if spec else None, "error", text)
 
 
+def _ready(p: PreparedCall) -> tuple[ToolSpec, BaseModel, str]:
+    """The spec, validated arguments and ledger key of a call that passed preparation."""
+    if p.spec is None or p.args is None or p.key is None:
+        raise RuntimeError(f"tool call {p.call_id!r} was not prepared for execution")
+    return p.spec, p.args, p.key
+
+
 async def _run_with_ledger(p: PreparedCall, ctx: ToolContext, base: dict, decision: str) -> ToolResult:
-    spec, key = p.spec, p.key
+    spec, args, key = _ready(p)
     row = p.row
     if row is None:
         row = await ledger.start(
@@ -284,7 +286,7 @@ async def _run_with_ledger(p: PreparedCall, ctx: ToolContext, base: dict, decisi
             run_id=ctx.run_id,
             tool=spec.name,
             version=spec.version,
-            args=p.args.model_dump(mode="json"),
+            args=args.model_dump(mode="json"),
             args_hash=base["args_hash"],
         )
     if row is not None and row.status == "succeeded":
@@ -314,7 +316,7 @@ async def _run_with_ledger(p: PreparedCall, ctx: ToolContext, base: dict, decisi
         await ledger.retry_started(ctx.pool, key)
     tctx = replace(ctx, idempotency_key=key)
     try:
-        out = await _traced(spec, p, tctx, _attempts(spec, p.args, tctx))
+        out = await _traced(spec, p, tctx, _attempts(spec, args, tctx))
     except Exception as exc:
         # A transactional tool rolled back: nothing happened, so the failure is final and safe to record.
         # Any other tool may have acted before failing: unless it is a plain error, its outcome is unknown.
