@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from langgraph.store.base import BaseStore
+from langgraph.store.base import BaseStore, Item
 from langsmith import traceable
 
 from memory.fts import RRF_K, fts_search, rrf
@@ -30,6 +30,18 @@ def meta_namespace(corpus: str) -> tuple[str, ...]:
     """The store namespace holding a corpus's per-file manifest: ("docs_meta", corpus)."""
     _check_corpus(corpus)
     return ("docs_meta", corpus)
+
+
+async def list_namespace(store: BaseStore, namespace: tuple[str, ...], *, page: int = 500) -> list[Item]:
+    """Every item under a namespace prefix, read page by page (no query, so in the store's order)."""
+    items: list[Item] = []
+    offset = 0
+    while True:
+        found = await store.asearch(namespace, limit=page, offset=offset)
+        items.extend(found)
+        if len(found) < page:
+            return items
+        offset += page
 
 
 def _check_corpus(corpus: str) -> None:

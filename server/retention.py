@@ -43,6 +43,16 @@ async def sweep(db: Any, *, idle_days: float | None = None, limit: int = 500) ->
     return ids
 
 
+async def sweep_all(db: Any, *, idle_days: float | None = None, batch: int = 500) -> int:
+    """`sweep` batch after batch until none is left (`keel prune`); the number of threads deleted."""
+    total = 0
+    while True:
+        ids = await sweep(db, idle_days=idle_days, limit=batch)
+        total += len(ids)
+        if len(ids) < batch:
+            return total
+
+
 EVENTS_BATCH = 5000
 
 # The statements live in the run store; these names stay for readers (and tests) of this module.
