@@ -149,12 +149,13 @@ async def get(thread_id: ThreadId, svc: Service, user: CurrentUser) -> dict:
 
 @router.patch("/{thread_id}", responses=errors(400, 404, 413))
 async def patch(thread_id: ThreadId, body: ThreadPatch, svc: Service, user: CurrentUser) -> dict:
-    """Merge metadata into a thread."""
+    """Merge metadata into a thread; a `ttl` restarts its expiry from now."""
     row = await owned_thread(svc, user, thread_id)
+    ttl = body.ttl_minutes()
     async with svc.db.pool.connection() as conn:
         return thread_json(
             await store.fetchone(
-                conn, store.PATCH_THREAD_METADATA, (Jsonb(jsonable(body.metadata or {})), row["thread_id"])
+                conn, store.PATCH_THREAD, (Jsonb(jsonable(body.metadata or {})), ttl, ttl, row["thread_id"])
             )
         )
 

@@ -104,8 +104,9 @@ MARK_THREAD_BUSY = (
 MARK_THREAD_IDLE = (
     "UPDATE keel_threads SET status = 'idle', updated_at = now() WHERE thread_id = %s AND status = 'busy'"
 )
-PATCH_THREAD_METADATA = (
-    f"UPDATE keel_threads SET metadata = metadata || %s, updated_at = now() WHERE thread_id = %s "
+PATCH_THREAD = (  # merge metadata; a TTL in minutes (when not NULL) restarts the thread's expiry from now
+    "UPDATE keel_threads SET metadata = metadata || %s, expires_at = CASE WHEN %s::float IS NULL THEN expires_at "
+    "ELSE now() + %s::float * interval '1 minute' END, updated_at = now() WHERE thread_id = %s "
     f"RETURNING {THREAD_COLUMNS}"
 )
 SET_THREAD_STATE = (

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
 from server.settings import Settings
@@ -60,3 +63,35 @@ async def test_assistant_search_honours_its_sort(client):
     assert r.status_code == 200 and [a["graph_id"] for a in r.json()] == ["agent"]
     r = await client.post("/assistants/search", json={"sort_by": "bogus"})
     assert r.status_code == 422
+
+
+async def expires_at(db, tid: str):
+    async with db.pool.connection() as conn:
+        row = await (
+            await conn.execute("SELECT expires_at FROM keel_threads WHERE thread_id = %s", (tid,))
+        ).fetchone()
+    return row["expires_at"] if row else "gone"
+
+
+async def test_thread_patch_honours_ttl(client, db):
+    """PATCH /threads/{id} with a ttl restarts the thread's expiry (it used to be accepted and ignored)."""
+    from server.retention import sweep
+
+    tid = (await client.post("/threads", json={"metadata": {"a": 1}})).json()["thread_id"]
+    assert await expires_at(db, tid) is None
+    r = await client.patch(
+        f"/threads/{tid}", json={"metadata": {"b": 2}, "ttl": {"ttl": 60, "strategy": "delete"}}
+    )
+    assert r.status_code == 200 and r.json()["metadata"] == {"a": 1, "b": 2}
+    first = await expires_at(db, tid)
+    assert first is not None
+    r = await client.patch(f"/threads/{tid}", json={"metadata": {"c": 3}})  # no ttl: the expiry stays
+    assert r.status_code == 200 and await expires_at(db, tid) == first
+    r = await client.patch(f"/threads/{tid}", json={"ttl": 0.0001})  # minutes: expires within 6 ms
+    assert r.status_code == 200
+    deadline = time.monotonic() + 10
+    while tid not in await sweep(db):
+        assert time.monotonic() < deadline, "the thread did not expire"
+        await asyncio.sleep(0.01)
+    assert await expires_at(db, tid) == "gone"
+    assert (await client.patch(f"/threads/{tid}", json={"ttl": -1})).status_code in (404, 422)
