@@ -67,7 +67,7 @@ def create_app(
         allow_private_network=True,
         expose_headers=["x-pagination-total", "x-pagination-next", "content-location", "location"],
     )
-    app.add_middleware(OriginGuard, patterns=origins)
+    app.add_middleware(OriginGuard, patterns=origins, hosts=settings.allowed_hosts)
     if rx is None and not settings.api_users:
         log.warning(
             "KEEL_CORS_ORIGINS allows every origin and no API keys are set: any web page this machine's "

@@ -96,6 +96,11 @@ class Settings(BaseSettings):
         description="comma-separated browser origins allowed to call the API; '*' in an entry matches a host or "
         "port part; a lone '*' allows every origin",
     )
+    keel_allowed_hosts: str = Field(
+        default="",
+        description="without API keys, the Host names served besides localhost, 127.0.0.1 and ::1 "
+        "(comma-separated; '*' serves any)",
+    )
     # Ceilings a request cannot raise a run's budgets past (per deployment): one request buys bounded work.
     keel_limit_steps: int = Field(
         default=100, ge=1, le=100_000, description="highest context.max_steps a request may set"
@@ -139,6 +144,18 @@ class Settings(BaseSettings):
                 f"({self.keel_max_steps + 10}), the recursion limit of a run with the default budget"
             )
         return self
+
+    @property
+    def allowed_hosts(self) -> list[str] | None:
+        """Host names served in local mode (no API keys); None with API keys (any Host)."""
+        if self.api_users:
+            return None
+        return [
+            "localhost",
+            "127.0.0.1",
+            "::1",
+            *(h.strip() for h in self.keel_allowed_hosts.split(",") if h.strip()),
+        ]
 
     @property
     def cors_origins(self) -> list[str]:

@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 from psycopg import AsyncConnection
+from psycopg import errors as pg_errors
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
@@ -98,22 +99,28 @@ class RunManager:
             # attempt may have committed. The run is recorded at most once.
             if attempt and (found := await self._find(rid)) is not None:
                 return found
-            async with self.pool.connection() as conn, conn.transaction():
-                run, cancels = await self._record(
-                    conn,
-                    user,
-                    body,
-                    prep,
-                    rid=rid,
-                    tid=tid,
-                    temporary=temporary,
-                    checkpoint=checkpoint,
-                    kwargs=kwargs,
-                    graph_meta=graph_meta,
-                )
-                await store.notify_work(conn)
-                for crid, action in cancels:
-                    await store.notify_cancel(conn, crid, action)
+            try:
+                async with self.pool.connection() as conn, conn.transaction():
+                    run, cancels = await self._record(
+                        conn,
+                        user,
+                        body,
+                        prep,
+                        rid=rid,
+                        tid=tid,
+                        temporary=temporary,
+                        checkpoint=checkpoint,
+                        kwargs=kwargs,
+                        graph_meta=graph_meta,
+                    )
+                    await store.notify_work(conn)
+                    for crid, action in cancels:
+                        await store.notify_cancel(conn, crid, action)
+            except pg_errors.UniqueViolation:
+                # The earlier attempt's commit became visible only after the look above: it is our run.
+                if attempt and (found := await self._find(rid)) is not None:
+                    return found
+                raise
             return run
 
         run: dict[str, Any] = await retry_transient(record)

@@ -122,8 +122,12 @@ def test_local_mode_needs_no_key_and_keeps_dns_rebinding_protection(database_url
         assert r.status_code == 200 and r.json()["result"]["serverInfo"]["name"] == "keel", r.text
         r = rpc(local.url, "tools/call", {"name": "calculator", "arguments": {"expression": "6*7"}})
         assert r.status_code == 200 and r.json()["result"]["structuredContent"] == {"result": 42}, r.text
+        # A rebound host name is refused before it reaches MCP (Keel's host check in local mode answers 403; the
+        # MCP library's own DNS-rebinding check, 421, stays behind it).
         rebound = rpc(local.url, "initialize", INITIALIZE, {"host": "evil.example"})
-        assert rebound.status_code == 421, rebound.text
+        assert rebound.status_code == 403 and "not served without API keys" in rebound.json()["detail"], (
+            rebound.text
+        )
 
 
 async def test_stdio(database_url, tmp_path):

@@ -195,3 +195,44 @@ def test_defaults_above_their_ceilings_fail_at_start_up():
         Settings(keel_max_steps=200)
     with pytest.raises(ValueError, match="KEEL_LIMIT_RECURSION"):
         Settings(keel_max_steps=50, keel_limit_recursion=20)
+
+
+# ------------------------------------------------------------------------------------------- DNS rebinding
+
+
+async def test_without_api_keys_only_this_machines_host_names_are_served(svc):
+    """A page whose host name is re-pointed at 127.0.0.1 (DNS rebinding) is "same origin" to the browser."""
+    for base in ("http://rebind.attacker.example:8000", "http://192.168.1.20:8000"):
+        async with client_for(svc) as c:
+            c.base_url = httpx.URL(base)
+            r = await c.post("/threads/search", json={}, headers={"origin": base})
+            assert r.status_code == 403 and "KEEL_ALLOWED_HOSTS" in r.json()["detail"]
+            assert (await c.get("/info")).status_code == 403  # same-origin GETs carry no Origin header
+    for base in ("http://localhost:8000", "http://[::1]:8000", "http://127.0.0.1"):
+        async with client_for(svc) as c:
+            c.base_url = httpx.URL(base)
+            assert (await c.get("/info")).status_code == 200, base
+    async with client_for(svc, keel_allowed_hosts="keel.lan") as c:
+        c.base_url = httpx.URL("http://keel.lan:8000")
+        assert (
+            await c.post("/threads/search", json={}, headers={"origin": "http://keel.lan:8000"})
+        ).status_code == 200
+
+
+async def test_with_api_keys_any_host_name_is_served(db):
+    from server.service import KeelService
+
+    settings = Settings(keel_api_keys="k1:alice")
+    app = create_app(settings, KeelService(settings, db))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://keel.example.com"
+    ) as c:
+        r = await c.post(
+            "/threads/search", json={}, headers={"x-api-key": "k1", "origin": "http://keel.example.com"}
+        )
+        assert r.status_code == 200, r.text
+
+
+async def test_bodies_are_capped_on_every_method(client):
+    r = await client.request("GET", "/info", content=b"x" * 2_000_000)
+    assert r.status_code == 413 and "too large" in r.json()["detail"]

@@ -43,5 +43,7 @@ async def api_client(service: Any) -> AsyncIterator[httpx.AsyncClient]:
     from server.app import create_app
 
     app = create_app(service.settings, service)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://keel") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
+    ) as client:
         yield client
