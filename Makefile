@@ -31,6 +31,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check agent memory tools server tests
 	$(BIN)/ruff format --check agent memory tools server tests
 	$(BIN)/lint-imports
+	$(BIN)/deptry .
 	$(BIN)/python -m tests.support.typecheck
 
 fmt: $(STAMP)
