@@ -22,7 +22,8 @@ import psycopg
 
 from server.retention import prune_run_events, sweep
 from server.runs import queue
-from server.runs.executor import RunExecutor, RunHandle
+from server.runs.attempt import RunHandle
+from server.runs.executor import RunExecutor
 from server.runs.store import Outcome
 from server.settings import Settings
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 from psycopg_pool import PoolTimeout
 
-from server.runs.executor import public_error
+from server.runs.errors import public_error
 
 RID = "00000000-0000-4000-8000-000000000001"
 GENERIC = {
