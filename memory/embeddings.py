@@ -6,9 +6,12 @@ import asyncio
 import hashlib
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.embeddings import Embeddings
+
+if TYPE_CHECKING:
+    from langgraph.store.postgres.base import HNSWConfig, PostgresIndexConfig
 
 EMBED_DIMS = 384
 DEFAULT_EMBEDDINGS = "keel:all-MiniLM-L6-v2"
@@ -182,14 +185,15 @@ def get_embeddings(name: str | None = None) -> Embeddings:
         raise EmbeddingModelError(f"could not initialise embeddings {name!r}: {exc}") from exc
 
 
-def embedding_index_config(embeddings: Embeddings, dims: int) -> dict[str, Any]:
+def embedding_index_config(embeddings: Embeddings, dims: int) -> PostgresIndexConfig:
     """The LangGraph PostgresIndexConfig: embed the "text" field, cosine, HNSW."""
+    hnsw: HNSWConfig = {"kind": "hnsw", "m": 16, "ef_construction": 64}
     return {
         "dims": dims,
         "embed": embeddings,
         "fields": ["text"],
         "distance_type": "cosine",
-        "ann_index_config": {"kind": "hnsw", "m": 16, "ef_construction": 64},
+        "ann_index_config": hnsw,  # type: ignore[typeddict-item]  # upstream: HNSWConfig is not an ANNIndexConfig
     }
 
 

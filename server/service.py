@@ -6,9 +6,10 @@ import importlib
 import logging
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from langgraph.graph import StateGraph
+from psycopg_pool import AsyncConnectionPool
 
 from agent.context import Context
 from agent.graph import build
@@ -32,7 +33,7 @@ GRAPH_ID = "agent"
 _STARTED = datetime.now(UTC).isoformat()
 
 
-def load_builder(spec: str | None, toolbox: Toolbox):
+def load_builder(spec: str | None, toolbox: Toolbox) -> StateGraph[Any, Any, Any, Any]:
     """The graph builder: Keel's agent, or `module:attr` from KEEL_GRAPH (tests, custom agents) naming an
     uncompiled `StateGraph`, or a function that builds one from the service's `Toolbox`."""
     if not spec:
@@ -42,14 +43,15 @@ def load_builder(spec: str | None, toolbox: Toolbox):
         found = getattr(importlib.import_module(module), attr or "builder")
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"KEEL_GRAPH={spec!r}: cannot load the graph builder ({exc})") from exc
-    return found if isinstance(found, StateGraph) or not callable(found) else found(toolbox)
+    built = found if isinstance(found, StateGraph) or not callable(found) else found(toolbox)
+    return cast(StateGraph[Any, Any, Any, Any], built)  # user code named by KEEL_GRAPH, imported by name
 
 
 class Assistants:
     """One default assistant per graph; the graph id works wherever an assistant id does."""
 
     def __init__(self, graph_ids: list[str]) -> None:
-        self._by_id = {}
+        self._by_id: dict[str, dict[str, Any]] = {}
         for gid in graph_ids:
             aid = str(uuid.uuid5(NAMESPACE_GRAPH, gid))
             self._by_id[aid] = {
@@ -131,19 +133,21 @@ class KeelService:
         self.node_names = set(self.graph.nodes) - {"__start__"}
         self.assistants = Assistants([GRAPH_ID])
         self.planner = Planner(settings, self.assistants, self.node_names)
-        self.runs = RunManager(db.pool, db.checkpointer, self.planner)
-        self.feed = EventFeed(db.url, db.pool)
-        self.worker = None
+        # server.runs still annotates its pool with the default (tuple) rows; the pool hands out dict rows.
+        runs_pool = cast(AsyncConnectionPool, db.pool)
+        self.runs = RunManager(runs_pool, db.checkpointer, self.planner)
+        self.feed = EventFeed(db.url, runs_pool)
+        self.worker: Worker | None = None
 
     async def start_feed(self) -> None:
         """Follow the run event log (API processes)."""
         await self.feed.start()
 
-    async def start_worker(self, concurrency: int, name: str | None = None):
+    async def start_worker(self, concurrency: int, name: str | None = None) -> Worker:
         """Execute queued runs in this process."""
         s = self.settings
         executor = RunExecutor(self.db, self.graph, self.planner, s, self.toolbox)
-        self.worker = Worker(
+        worker = Worker(
             self.db,
             executor,
             s,
@@ -152,8 +156,9 @@ class KeelService:
             max_attempts=s.keel_max_attempts,
             name=name,
         )
-        await self.worker.start()
-        return self.worker
+        self.worker = worker
+        await worker.start()
+        return worker
 
     @classmethod
     async def start(cls, settings: Settings) -> KeelService:
@@ -205,17 +210,14 @@ class KeelService:
         """Refuse a request's `config` that would buy more work than this deployment allows."""
         self.planner.check_config(config)
 
+    @staticmethod
+    def state_jsonschema() -> dict[str, Any]:
+        """JSON Schema of the full graph state (a one-node graph whose input is the whole State)."""
+        from langgraph.graph import START
 
-def _state_schema() -> dict[str, Any]:
-    """JSON Schema of the full graph state (a one-node graph whose input is the whole State)."""
-    from langgraph.graph import START, StateGraph
+        from agent.state import State
 
-    from agent.state import State
-
-    sg = StateGraph(State)
-    sg.add_node("noop", lambda s: {})
-    sg.add_edge(START, "noop")
-    return sg.compile().get_input_jsonschema()
-
-
-KeelService.state_jsonschema = staticmethod(_state_schema)  # type: ignore[attr-defined]
+        sg = StateGraph(State)
+        sg.add_node("noop", lambda s: {})
+        sg.add_edge(START, "noop")
+        return sg.compile().get_input_jsonschema()

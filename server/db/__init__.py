@@ -21,7 +21,7 @@ from server.db.embedded import (
 )
 from server.db.errors import DatabaseUnavailable, EmbeddingMismatch, is_transient_error, retry_transient
 from server.db.migrations import MIGRATIONS, migrate
-from server.db.pool import CHECK_AFTER_IDLE_S, HNSW_EF_SEARCH, make_pool
+from server.db.pool import CHECK_AFTER_IDLE_S, HNSW_EF_SEARCH, Connection, Pool, make_pool
 from server.db.reindexing import reindex
 from server.db.urls import describe, with_dbname
 
@@ -32,9 +32,11 @@ __all__ = [
     "MIGRATIONS",
     "PIN_FILE",
     "SOCKET_NAME",
+    "Connection",
     "Database",
     "DatabaseUnavailable",
     "EmbeddingMismatch",
+    "Pool",
     "check_embedding_model",
     "describe",
     "embedded_pgdata",

@@ -14,14 +14,14 @@ import psycopg
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.store.postgres.aio import AsyncPostgresStore
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 
 from memory.embeddings import DEFAULT_EMBEDDINGS, embedding_index_config
 from memory.fts import ensure_fts_index
 from server.db.embedded import release_embedded
 from server.db.errors import DatabaseUnavailable, EmbeddingMismatch
 from server.db.migrations import migrate
-from server.db.pool import HNSW_EF_SEARCH, make_pool
+from server.db.pool import HNSW_EF_SEARCH, Connection, Pool, make_pool
 from server.db.urls import describe
 from server.saver import KeelSaver
 
@@ -31,7 +31,7 @@ log = logging.getLogger("keel.db")
 _SETUP_LOCK_KEY = 0x6B65656C  # "keel"
 
 
-async def ensure_pgvector(conn: psycopg.AsyncConnection, url: str) -> None:
+async def ensure_pgvector(conn: Connection, url: str) -> None:
     """Create the vector extension, or fail saying exactly what to install."""
     cur = await conn.execute("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'")
     if await cur.fetchone() is None:
@@ -48,7 +48,7 @@ class Database:
     """Everything Keel keeps in Postgres, behind one pool."""
 
     url: str
-    pool: AsyncConnectionPool
+    pool: Pool
     checkpointer: AsyncPostgresSaver
     store: AsyncPostgresStore
     embeddings: Any
@@ -62,13 +62,14 @@ class Database:
             await asyncio.to_thread(release_embedded, self.server)
 
 
-async def check_embedding_model(conn: psycopg.AsyncConnection, name: str, dims: int) -> None:
+async def check_embedding_model(conn: Connection, name: str, dims: int) -> None:
     """Record the embedding model with the index on first use; refuse to mix vector spaces afterwards."""
     await conn.execute(
         "INSERT INTO keel_meta (key, value) VALUES ('embeddings', %s) ON CONFLICT (key) DO NOTHING",
         (Jsonb({"model": name, "dims": dims}),),
     )
     row = await (await conn.execute("SELECT value FROM keel_meta WHERE key = 'embeddings'")).fetchone()
+    assert row is not None  # inserted just above if it was missing
     have = row["value"]
     if have.get("model") != name or int(have.get("dims", 0)) != dims:
         raise EmbeddingMismatch(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg
+from psycopg.rows import tuple_row
 
 # Keel's own tables. Ordered and append-only: never edit a shipped entry, add a new one.
 MIGRATIONS: list[str] = [
@@ -197,14 +200,15 @@ MIGRATIONS: list[str] = [
 ]
 
 
-async def migrate(conn: psycopg.AsyncConnection) -> int:
+async def migrate(conn: psycopg.AsyncConnection[Any]) -> int:
     """Apply pending migrations in order; return how many ran. Running it twice changes nothing."""
     await conn.execute(
         "CREATE TABLE IF NOT EXISTS keel_migrations (v integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
     )
-    cur = await conn.execute("SELECT coalesce(max(v), 0) AS v FROM keel_migrations")
-    row = await cur.fetchone()
-    current = row["v"] if isinstance(row, dict) else row[0]
+    async with conn.cursor(row_factory=tuple_row) as cur:  # whatever rows the connection returns
+        await cur.execute("SELECT coalesce(max(v), 0) FROM keel_migrations")
+        row = await cur.fetchone()
+    current: int = row[0] if row is not None else 0
     ran = 0
     for v, sql in enumerate(MIGRATIONS, start=1):
         if v <= current:

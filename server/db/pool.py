@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import select
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeAlias
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 # HNSW candidate list size per search (KEEL_HNSW_EF_SEARCH); pgvector's own default is 40. See docs/benchmarks.md.
 HNSW_EF_SEARCH = 100
 
+# Every pooled connection returns rows as dicts (the saver and the store need it; Keel's queries rely on it).
+Connection: TypeAlias = psycopg.AsyncConnection[DictRow]
+Pool: TypeAlias = AsyncConnectionPool[Connection]
 
-def _configurer(hnsw_ef_search: int = HNSW_EF_SEARCH):
+
+def _configurer(hnsw_ef_search: int = HNSW_EF_SEARCH) -> Callable[[Connection], Awaitable[None]]:
     """The pool's configure callback: per-connection settings, applied once when a connection is opened."""
     ef = int(hnsw_ef_search)
     if not 1 <= ef <= 1000:  # pgvector's range
         raise ValueError(f"hnsw.ef_search must be between 1 and 1000, got {ef}")
 
-    async def _configure(conn: psycopg.AsyncConnection) -> None:
+    async def _configure(conn: Connection) -> None:
         # Filtered (namespace) HNSW searches must return the full k; pgvector's default can return fewer.
         await conn.execute("SET hnsw.iterative_scan = 'relaxed_order'")
         # A larger candidate list than pgvector's 40: recall@10 >= 0.95 on real embeddings at 100k chunks.
@@ -29,14 +35,14 @@ def _configurer(hnsw_ef_search: int = HNSW_EF_SEARCH):
     return _configure
 
 
-async def _stamp(conn: psycopg.AsyncConnection) -> None:
+async def _stamp(conn: Connection) -> None:
     conn._keel_returned = time.monotonic()  # type: ignore[attr-defined]
 
 
 CHECK_AFTER_IDLE_S = 30.0
 
 
-def _socket_has_news(conn: psycopg.AsyncConnection) -> bool:
+def _socket_has_news(conn: Connection) -> bool:
     """An idle connection should have nothing to read; data (or EOF) means the server spoke: often a
     FATAL "terminating connection" from an idle reaper or pg_terminate_backend."""
     try:
@@ -46,7 +52,7 @@ def _socket_has_news(conn: psycopg.AsyncConnection) -> bool:
     return bool(readable)
 
 
-async def _check(conn: psycopg.AsyncConnection) -> None:
+async def _check(conn: Connection) -> None:
     # Test a connection before use when it may be dead: the server sent something while it sat idle,
     # or it sat idle long enough for a proxy to drop it silently. A round trip on every checkout would
     # double the statements of a run for nothing.
@@ -64,10 +70,11 @@ def make_pool(
     max_lifetime: float = 1800.0,
     name: str = "keel",
     hnsw_ef_search: int = HNSW_EF_SEARCH,
-) -> AsyncConnectionPool:
+) -> Pool:
     """Keel's hardened pool: health-checked, recycled, no server-side prepared statements (poolers)."""
     return AsyncConnectionPool(
         url,
+        connection_class=Connection,
         min_size=min_size,
         max_size=max_size,
         max_idle=max_idle,

@@ -8,10 +8,11 @@ from typing import Any
 
 import psycopg
 from fastapi import APIRouter, Query, Response
+from langchain_core.runnables import RunnableConfig
 from psycopg.types.json import Jsonb
 
 from server.auth import CurrentUser, User
-from server.db import retry_transient
+from server.db import Connection, retry_transient
 from server.deps import Service
 from server.errors import ApiError, not_found, parse_uuid
 from server.retention import delete_thread_everywhere
@@ -65,7 +66,7 @@ async def owned_thread(svc: KeelService, user: User, thread_id: str) -> dict[str
     return row
 
 
-def thread_config(thread_id: str, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
+def thread_config(thread_id: str, checkpoint: dict[str, Any] | None = None) -> RunnableConfig:
     configurable: dict[str, Any] = {"thread_id": thread_id, "checkpoint_ns": ""}
     if checkpoint and checkpoint.get("checkpoint_id"):
         configurable["checkpoint_id"] = checkpoint["checkpoint_id"]
@@ -74,7 +75,7 @@ def thread_config(thread_id: str, checkpoint: dict[str, Any] | None = None) -> d
 
 
 @router.post("", responses=errors(400, 409, 413))
-async def create(body: ThreadCreate, svc: Service, user: CurrentUser) -> dict:
+async def create(body: ThreadCreate, svc: Service, user: CurrentUser) -> dict[str, Any]:
     """Create a thread (409 if the id exists, unless if_exists=do_nothing)."""
     tid = parse_uuid(body.thread_id, "thread") if body.thread_id else str(uuid.uuid4())
     metadata = jsonable(body.metadata or {})
@@ -98,9 +99,10 @@ async def create(body: ThreadCreate, svc: Service, user: CurrentUser) -> dict:
     return thread_json(row)
 
 
-def _filters(body: ThreadSearch, user: User) -> tuple[str, list]:
+def _filters(body: ThreadSearch, user: User) -> tuple[str, list[Any]]:
     """WHERE clause and parameters for the caller's threads matching metadata, values, ids and status."""
-    where, params = ["user_id = %s"], [user.id]
+    where: list[str] = ["user_id = %s"]
+    params: list[Any] = [user.id]
     if body.metadata:
         where.append("metadata @> %s")
         params.append(Jsonb(jsonable(body.metadata)))
@@ -116,13 +118,22 @@ def _filters(body: ThreadSearch, user: User) -> tuple[str, list]:
     return " AND ".join(where), params
 
 
+async def _count(conn: Connection, sql_where: str, params: list[Any]) -> int:
+    row = await store.fetchone(conn, store.count_threads_sql(sql_where), params)
+    assert row is not None  # count(*) always returns one row
+    n: int = row["n"]
+    return n
+
+
 @router.post("/search", responses=errors(400, 413))
-async def search(body: ThreadSearch, svc: Service, user: CurrentUser, response: Response) -> list[dict]:
+async def search(
+    body: ThreadSearch, svc: Service, user: CurrentUser, response: Response
+) -> list[dict[str, Any]]:
     """The caller's threads filtered by metadata, values, ids and status."""
     sql_where, params = _filters(body, user)
     order = f"{body.sort_by or 'updated_at'} {(body.sort_order or 'desc').upper()}"
     async with svc.db.pool.connection() as conn:
-        total = (await store.fetchone(conn, store.count_threads_sql(sql_where), params))["n"]
+        total = await _count(conn, sql_where, params)
         rows = await store.fetchall(
             conn, store.search_threads_sql(sql_where, order), [*params, body.limit, body.offset]
         )
@@ -138,26 +149,27 @@ async def count(body: ThreadSearch, svc: Service, user: CurrentUser) -> int:
     """How many of the caller's threads match (same filters as search)."""
     sql_where, params = _filters(body, user)
     async with svc.db.pool.connection() as conn:
-        return (await store.fetchone(conn, store.count_threads_sql(sql_where), params))["n"]
+        return await _count(conn, sql_where, params)
 
 
 @router.get("/{thread_id}", responses=errors(404))
-async def get(thread_id: ThreadId, svc: Service, user: CurrentUser) -> dict:
+async def get(thread_id: ThreadId, svc: Service, user: CurrentUser) -> dict[str, Any]:
     """One thread."""
     return thread_json(await owned_thread(svc, user, thread_id))
 
 
 @router.patch("/{thread_id}", responses=errors(400, 404, 413))
-async def patch(thread_id: ThreadId, body: ThreadPatch, svc: Service, user: CurrentUser) -> dict:
+async def patch(thread_id: ThreadId, body: ThreadPatch, svc: Service, user: CurrentUser) -> dict[str, Any]:
     """Merge metadata into a thread; a `ttl` restarts its expiry from now."""
     row = await owned_thread(svc, user, thread_id)
     ttl = body.ttl_minutes()
     async with svc.db.pool.connection() as conn:
-        return thread_json(
-            await store.fetchone(
-                conn, store.PATCH_THREAD, (Jsonb(jsonable(body.metadata or {})), ttl, ttl, row["thread_id"])
-            )
+        updated = await store.fetchone(
+            conn, store.PATCH_THREAD, (Jsonb(jsonable(body.metadata or {})), ttl, ttl, row["thread_id"])
         )
+    if updated is None:  # deleted since we read it
+        raise not_found("Thread", str(row["thread_id"]))
+    return thread_json(updated)
 
 
 @router.delete("/{thread_id}", status_code=204, responses=errors(404, 409))
@@ -185,7 +197,7 @@ async def get_state(
     user: CurrentUser,
     subgraphs: bool = False,
     select: list[str] | None = Query(None),
-) -> dict:
+) -> dict[str, Any]:
     """The thread's latest state."""
     row = await owned_thread(svc, user, thread_id)
     snap = await svc.graph.aget_state(thread_config(str(row["thread_id"])), subgraphs=subgraphs)
@@ -195,14 +207,16 @@ async def get_state(
 @router.get("/{thread_id}/state/{checkpoint_id}", responses=errors(404))
 async def get_state_at(
     thread_id: ThreadId, checkpoint_id: str, svc: Service, user: CurrentUser, subgraphs: bool = False
-) -> dict:
+) -> dict[str, Any]:
     """The thread's state at one checkpoint."""
     row = await owned_thread(svc, user, thread_id)
     return await _state_at(svc, str(row["thread_id"]), {"checkpoint_id": checkpoint_id}, subgraphs)
 
 
 @router.post("/{thread_id}/state/checkpoint", responses=errors(400, 404, 413))
-async def post_state_at(thread_id: ThreadId, body: CheckpointQuery, svc: Service, user: CurrentUser) -> dict:
+async def post_state_at(
+    thread_id: ThreadId, body: CheckpointQuery, svc: Service, user: CurrentUser
+) -> dict[str, Any]:
     """The thread's state at the checkpoint in the body."""
     row = await owned_thread(svc, user, thread_id)
     return await _state_at(svc, str(row["thread_id"]), body.checkpoint, body.subgraphs, body.select)
@@ -210,7 +224,7 @@ async def post_state_at(thread_id: ThreadId, body: CheckpointQuery, svc: Service
 
 async def _state_at(
     svc: KeelService, tid: str, checkpoint: dict[str, Any], subgraphs: bool, select: list[str] | None = None
-) -> dict:
+) -> dict[str, Any]:
     if not checkpoint.get("checkpoint_id"):
         raise ApiError(422, "checkpoint.checkpoint_id is required")
     config = thread_config(tid, checkpoint)
@@ -220,7 +234,9 @@ async def _state_at(
 
 
 @router.post("/{thread_id}/state", responses=errors(400, 404, 409, 413))
-async def update_state(thread_id: ThreadId, body: StateUpdate, svc: Service, user: CurrentUser) -> dict:
+async def update_state(
+    thread_id: ThreadId, body: StateUpdate, svc: Service, user: CurrentUser
+) -> dict[str, Any]:
     """Write values as if a node produced them (or fork a checkpoint with as_node="__copy__")."""
     row = await owned_thread(svc, user, thread_id)
     tid = str(row["thread_id"])
@@ -252,7 +268,7 @@ async def update_state(thread_id: ThreadId, body: StateUpdate, svc: Service, use
     return {"checkpoint": checkpoint_out, "configurable": checkpoint_out, "checkpoint_id": c["checkpoint_id"]}
 
 
-def _before(value: str | dict[str, Any] | None) -> dict[str, Any] | None:
+def _before(value: str | dict[str, Any] | None) -> RunnableConfig | None:
     """`before` arrives as an id string, a Checkpoint dict or a Config dict; accept all three."""
     if value is None:
         return None
@@ -266,9 +282,9 @@ def _before(value: str | dict[str, Any] | None) -> dict[str, Any] | None:
     raise ApiError(422, "before must be a checkpoint id, a checkpoint or a config")
 
 
-async def _history(svc: KeelService, tid: str, q: HistoryQuery) -> list[dict]:
+async def _history(svc: KeelService, tid: str, q: HistoryQuery) -> list[dict[str, Any]]:
     config = thread_config(tid, q.checkpoint)
-    out = []
+    out: list[dict[str, Any]] = []
     async for snap in svc.graph.aget_state_history(
         config, limit=q.limit, before=_before(q.before), filter=q.metadata or None
     ):
@@ -277,7 +293,9 @@ async def _history(svc: KeelService, tid: str, q: HistoryQuery) -> list[dict]:
 
 
 @router.post("/{thread_id}/history", responses=errors(400, 404, 413))
-async def history(thread_id: ThreadId, body: HistoryQuery, svc: Service, user: CurrentUser) -> list[dict]:
+async def history(
+    thread_id: ThreadId, body: HistoryQuery, svc: Service, user: CurrentUser
+) -> list[dict[str, Any]]:
     """Past states, newest first."""
     row = await owned_thread(svc, user, thread_id)
     return await _history(svc, str(row["thread_id"]), body)
@@ -290,7 +308,7 @@ async def history_get(
     user: CurrentUser,
     limit: int = Query(10, ge=1, le=1000),
     before: str | None = None,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """Past states, newest first (query-string form)."""
     row = await owned_thread(svc, user, thread_id)
     return await _history(svc, str(row["thread_id"]), HistoryQuery(limit=limit, before=before))
