@@ -29,7 +29,7 @@ from agent.state import InputState, OutputState, State
 from agent.toolbox import Toolbox
 
 
-def build(toolbox: Toolbox | None = None) -> StateGraph:
+def build(toolbox: Toolbox | None = None) -> StateGraph[State, Context, InputState, OutputState]:
     """The uncompiled agent graph, its tool nodes using `toolbox` (default: Keel's tools, no services)."""
     toolbox = toolbox if toolbox is not None else Toolbox()
     b = StateGraph(State, context_schema=Context, input_schema=InputState, output_schema=OutputState)

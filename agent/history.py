@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import html
 import json
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypedDict, TypeVar
 
 from langchain_core.messages import (
     AIMessage,
@@ -29,6 +30,9 @@ from langchain_core.messages import (
 from langgraph.constants import TAG_NOSTREAM
 
 from agent.prompts import SUMMARY_REQUEST, SUMMARY_SYSTEM_PROMPT
+
+M = TypeVar("M", bound=BaseMessage)
+"""A message type: the history functions return the messages they were given, so keep their type."""
 
 TRANSCRIPT_CHARS = 2000
 """Longest text of one message in the transcript sent for summarizing (the rest is elided)."""
@@ -43,7 +47,7 @@ def approx_tokens(message: BaseMessage) -> int:
     return size // 4 + 4
 
 
-def trim_history(history: list[BaseMessage], budget: int) -> list[BaseMessage]:
+def trim_history(history: Sequence[M], budget: int) -> list[M]:
     """The most recent whole turns of `history` that fit in `budget` tokens."""
     total, start = 0, len(history)
     for i in range(len(history) - 1, -1, -1):
@@ -52,15 +56,15 @@ def trim_history(history: list[BaseMessage], budget: int) -> list[BaseMessage]:
             break
         if isinstance(history[i], HumanMessage):
             start = i
-    return history[start:]
+    return list(history[start:])
 
 
-def current_turn_start(messages: list[BaseMessage]) -> int:
+def current_turn_start(messages: Sequence[BaseMessage]) -> int:
     """Index of the last human message (this turn's question); len(messages) when there is none."""
     return max((i for i, m in enumerate(messages) if isinstance(m, HumanMessage)), default=len(messages))
 
 
-def turns_to_fold(messages: list[BaseMessage], budget: int) -> list[BaseMessage]:
+def turns_to_fold(messages: Sequence[M], budget: int) -> list[M]:
     """The oldest earlier turns to summarize away: none while the earlier turns fit in `budget`; otherwise
     all but the newest turns that fit in half of it (so folding happens every few turns, not every turn)."""
     earlier = messages[: current_turn_start(messages)]
@@ -75,7 +79,7 @@ def _line(text: str) -> str:
     return text if len(text) <= TRANSCRIPT_CHARS else text[:TRANSCRIPT_CHARS] + " …"
 
 
-def transcript(messages: list[BaseMessage]) -> str:
+def transcript(messages: Sequence[BaseMessage]) -> str:
     """One line per message: `user: …`, `assistant: …`, `assistant called NAME {args}`, `tool NAME: …`."""
     lines: list[str] = []
     for m in messages:
@@ -111,9 +115,16 @@ def cap_summary(text: str, tokens: int) -> str:
     return "\n".join(reversed([k for k in kept if k]))
 
 
+class Fold(TypedDict):
+    """A fold's state update: the new running summary, and the removal of the folded messages."""
+
+    summary: str
+    messages: list[RemoveMessage]
+
+
 async def fold_history(
-    messages: list[BaseMessage], summary: str, model: Any, *, budget: int, summary_tokens: int
-) -> dict[str, Any] | None:
+    messages: Sequence[BaseMessage], summary: str, model: Any, *, budget: int, summary_tokens: int
+) -> Fold | None:
     """Summarize the turns over budget into `summary`; the state update (new summary, RemoveMessages) or None."""
     fold = turns_to_fold(messages, budget)
     if not fold:
@@ -128,10 +139,10 @@ async def fold_history(
         config={"tags": [TAG_NOSTREAM], "run_name": "summarize_history"},
     )
     new_summary = cap_summary(reply.text, summary_tokens)
-    return {"summary": new_summary, "messages": [RemoveMessage(id=m.id) for m in fold]}
+    return {"summary": new_summary, "messages": [RemoveMessage(id=m.id) for m in fold if m.id]}
 
 
-def apply_fold(messages: list[BaseMessage], update: dict[str, Any]) -> list[BaseMessage]:
+def apply_fold(messages: Sequence[M], update: Fold) -> list[M]:
     """`messages` as they will be once `update`'s removals are applied."""
-    gone = {m.id for m in update["messages"] if isinstance(m, RemoveMessage)}
+    gone = {m.id for m in update["messages"]}
     return [m for m in messages if m.id not in gone]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal
 
 from langchain_core.messages import AIMessage
-from langgraph.graph import END
 
 from agent.state import State
+
+END: Final = "__end__"
+"""langgraph's END, as the literal the routes' return types name (langgraph types its constant as a plain str)."""
 
 
 def _stopped(state: State) -> bool:

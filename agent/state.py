@@ -29,8 +29,16 @@ class OutputState(TypedDict):
     """running | done | budget_exhausted:<budget>."""
 
 
-class State(InputState, OutputState, total=False):
-    """Everything the nodes read and write."""
+class Fields(TypedDict, total=False):
+    """Every field of the state but `messages`: what a node sets as is (no reducer). Typed on its own so a node
+    can hold part of an update, and see the state as it will be (`{**state, **fields}` is a `State`)."""
+
+    answer: str
+    """The final answer text of this turn."""
+    sources: list[dict[str, Any]]
+    """Passages the answer may cite: index, source, heading, score."""
+    status: str
+    """running | done | budget_exhausted:<budget>."""
 
     turn_of: str
     """Id of the human message this turn answers; with `question`, how retrieve tells a new message from a
@@ -61,3 +69,7 @@ class State(InputState, OutputState, total=False):
     """Where the turn is: "answer" after retrieve, "revise" while the critic sends it back, "done" at the end."""
     summary: str
     """Running summary of earlier turns folded out of `messages` (history mode "summarize")."""
+
+
+class State(InputState, Fields):
+    """Everything the nodes read and write: the messages and the fields."""

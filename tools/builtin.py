@@ -5,13 +5,15 @@ from __future__ import annotations
 import ast
 import math
 import operator
+from collections.abc import Callable
 
 from pydantic import BaseModel, Field
 
 from memory.search import search_docs
 from tools.registry import ToolContext, ToolRegistry, ToolSpec
 
-_BINOPS = {
+Number = float | int
+_BINOPS: dict[type[ast.operator], Callable[[Number, Number], Number]] = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
     ast.Mult: operator.mul,
@@ -20,9 +22,16 @@ _BINOPS = {
     ast.Mod: operator.mod,
     ast.Pow: operator.pow,
 }
-_UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
-_FUNCS = {"sqrt": math.sqrt, "abs": abs, "round": round, "min": min, "max": max, "log": math.log}
-_CONSTS = {"pi": math.pi, "e": math.e}
+_UNARY: dict[type[ast.unaryop], Callable[[Number], Number]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+_FUNCS: dict[str, Callable[..., Number]] = {
+    "sqrt": math.sqrt,
+    "abs": abs,
+    "round": round,
+    "min": min,
+    "max": max,
+    "log": math.log,
+}
+_CONSTS: dict[str, Number] = {"pi": math.pi, "e": math.e}
 
 
 def safe_eval(expression: str) -> float | int:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 from langsmith.run_helpers import trace as _trace
 from pydantic import BaseModel, ValidationError
@@ -36,11 +37,27 @@ class ToolResult:
     replayed: bool = False
 
 
+AuditDecision = Literal["allow", "deny", "approve", "approved", "denied", "rejected", "invalid"]
+"""What the audit trail records as the decision on a call: the policy's, or a human's, or "invalid"."""
+
+
+class AuditBase(TypedDict):
+    """The audit fields every record of one call shares."""
+
+    user_id: str
+    tool: str
+    version: str | None
+    args_hash: str | None
+    thread_id: str | None
+    run_id: str | None
+
+
 @dataclass
 class PreparedCall:
     """A call after validation, policy and ledger lookup; nothing has been executed."""
 
-    call: dict[str, Any]
+    call: Mapping[str, Any]
+    """The model's tool call (a langchain ToolCall, or the same keys from MCP): name, args, id."""
     spec: ToolSpec | None = None
     args: BaseModel | None = None
     error: str | None = None
@@ -71,7 +88,7 @@ def _validation_text(name: str, exc: ValidationError) -> str:
 
 async def prepare_call(
     registry: ToolRegistry,
-    call: dict[str, Any],
+    call: Mapping[str, Any],
     ctx: ToolContext,
     *,
     allowed: set[str] | None = None,
@@ -153,6 +170,9 @@ def apply_decisions(calls: list[PreparedCall], response: Any) -> None:
             if edited.get("name", p.name) != p.name:
                 p.error = "Error: not executed: an edit may change the arguments, not the tool."
                 continue
+            if p.spec is None:  # unreachable: only a call that passed preparation asks for approval
+                p.error = f"Error: not executed: unknown tool {p.name!r}."
+                continue
             try:
                 p.args = p.spec.input_model.model_validate(edited.get("args") or {})
             except ValidationError as exc:
@@ -186,8 +206,9 @@ async def _attempts(spec: ToolSpec, args: BaseModel, ctx: ToolContext) -> Any:
                     out = await asyncio.wait_for(
                         spec.func(args, replace(ctx, conn=conn)), timeout=spec.timeout_s
                     )
-                    _, data = _render(out)
-                    await ledger.succeed(conn, ctx.idempotency_key, data)
+                    if ctx.idempotency_key is not None:  # a call without a ledger row has none to update
+                        _, data = _render(out)
+                        await ledger.succeed(conn, ctx.idempotency_key, data)
                     return out
             return await asyncio.wait_for(spec.func(args, ctx), timeout=spec.timeout_s)
         except Exception as exc:
@@ -204,7 +225,7 @@ async def run_prepared(p: PreparedCall, ctx: ToolContext) -> ToolResult:
     spec = p.spec
     version = spec.version if spec else None
     h = args_hash(p.args) if p.args is not None else None
-    base = dict(
+    base = AuditBase(
         user_id=ctx.user_id,
         tool=p.name,
         version=version,
@@ -212,7 +233,9 @@ async def run_prepared(p: PreparedCall, ctx: ToolContext) -> ToolResult:
         thread_id=ctx.thread_id,
         run_id=ctx.run_id,
     )
-    decision = "approved" if p.approved_by_human else (p.decision.kind if p.decision else "invalid")
+    decision: AuditDecision = (
+        "approved" if p.approved_by_human else (p.decision.kind if p.decision else "invalid")
+    )
     if p.error is not None:
         if p.key and p.rejected and p.human == "unknown_outcome":
             await ledger.fail(ctx.pool, p.key, "a human recorded the unknown outcome as not done")
@@ -234,7 +257,7 @@ async def run_prepared(p: PreparedCall, ctx: ToolContext) -> ToolResult:
     return ToolResult(p.call_id, p.name, version, "success", content, data)
 
 
-async def _traced(spec: ToolSpec, p: PreparedCall, ctx: ToolContext, coro):
+async def _traced(spec: ToolSpec, p: PreparedCall, ctx: ToolContext, coro: Awaitable[Any]) -> Any:
     """Each tool execution as a run of its own in the trace (a no-op unless LangSmith tracing is on)."""
     with _trace(
         spec.name,
@@ -257,7 +280,7 @@ async def _traced(spec: ToolSpec, p: PreparedCall, ctx: ToolContext, coro):
 
 
 async def _error(
-    p: PreparedCall, ctx: ToolContext, base: dict, decision: str, exc: BaseException
+    p: PreparedCall, ctx: ToolContext, base: AuditBase, decision: AuditDecision, exc: BaseException
 ) -> ToolResult:
     spec = p.spec
     if isinstance(exc, TimeoutError) and spec is not None:
@@ -275,7 +298,9 @@ def _ready(p: PreparedCall) -> tuple[ToolSpec, BaseModel, str]:
     return p.spec, p.args, p.key
 
 
-async def _run_with_ledger(p: PreparedCall, ctx: ToolContext, base: dict, decision: str) -> ToolResult:
+async def _run_with_ledger(
+    p: PreparedCall, ctx: ToolContext, base: AuditBase, decision: AuditDecision
+) -> ToolResult:
     spec, args, key = _ready(p)
     row = p.row
     if row is None:
@@ -287,7 +312,7 @@ async def _run_with_ledger(p: PreparedCall, ctx: ToolContext, base: dict, decisi
             tool=spec.name,
             version=spec.version,
             args=args.model_dump(mode="json"),
-            args_hash=base["args_hash"],
+            args_hash=args_hash(args),
         )
     if row is not None and row.status == "succeeded":
         await audit.record(ctx.pool, **base, decision=decision, outcome="replayed", detail=f"key {key}")

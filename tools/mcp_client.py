@@ -11,12 +11,15 @@ entry says "approval": "never". The idempotency key travels in the call's `_meta
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from tools.registry import ToolContext, ToolRegistry, ToolSpec
+from tools.registry import SideEffect, ToolContext, ToolRegistry, ToolSpec
+
+if TYPE_CHECKING:
+    from mcp_types import RequestParamsMeta
 
 
 class McpResult(BaseModel):
@@ -90,12 +93,18 @@ def _spec(server: str, entry: dict[str, Any], target, tool) -> ToolSpec:
 
     name = re.sub(r"[^A-Za-z0-9_-]", "_", f"{server}_{tool.name}")[:64]
     ann = tool.annotations
-    side = "read" if ann and ann.read_only_hint else ("write" if ann and ann.destructive_hint else "external")
+    side: SideEffect = (
+        "read" if ann and ann.read_only_hint else ("write" if ann and ann.destructive_hint else "external")
+    )
     approval = entry.get("approval", "auto")
     needs = approval == "always" or (approval == "auto" and side != "read")
 
     async def call(args: BaseModel, ctx: ToolContext) -> McpResult:
-        meta = {"idempotency_key": ctx.idempotency_key} if ctx.idempotency_key else None
+        meta: RequestParamsMeta | None = None
+        if ctx.idempotency_key:
+            # RequestParamsMeta is an open map (PEP 728 extra_items=Any), which mypy does not support yet.
+            meta = {}
+            meta["idempotency_key"] = ctx.idempotency_key  # type: ignore[typeddict-unknown-key]
         async with Client(target(), read_timeout_seconds=entry.get("timeout", 60)) as c:
             r = await c.call_tool(tool.name, args.model_dump(), meta=meta)
         text = "\n".join(getattr(b, "text", "") for b in r.content if getattr(b, "text", None))

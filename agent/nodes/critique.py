@@ -13,7 +13,7 @@ from agent.models import get_chat_model
 from agent.prompts import CRITIC_SYSTEM_PROMPT, CRITIC_TEMPLATE
 from agent.render import documents_block
 from agent.schemas import Critique
-from agent.state import State
+from agent.state import Fields, State
 
 
 def evidence(state: State) -> list[dict[str, Any]]:
@@ -39,7 +39,7 @@ async def critique(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         return finish(state, "max_steps", step=step)
     question, draft = state.get("question", ""), state.get("draft", "")
     critic = get_chat_model("critic", ctx).with_structured_output(Critique)
-    verdict = await critic.ainvoke(
+    raw = await critic.ainvoke(
         [
             SystemMessage(content=CRITIC_SYSTEM_PROMPT),
             HumanMessage(
@@ -49,12 +49,12 @@ async def critique(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             ),
         ]
     )
-    if isinstance(verdict, dict):  # some providers return dicts for structured output
-        verdict = Critique.model_validate(verdict)
+    # Some providers return dicts for structured output.
+    verdict = raw if isinstance(raw, Critique) else Critique.model_validate(raw)
     score = float(verdict.score)
-    update: dict[str, Any] = {"critique": verdict.model_dump(), "steps": step}
+    update: Fields = {"critique": verdict.model_dump(), "steps": step}
     if score > state.get("best_score", -1.0):
-        update.update(best_answer=draft, best_score=score)
+        update["best_answer"], update["best_score"] = draft, score
     if score >= ctx.critic_threshold:
         return {**update, "answer": draft, "status": DONE, "phase": DONE}
     if state.get("revisions", 0) < ctx.max_revisions:

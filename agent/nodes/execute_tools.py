@@ -9,16 +9,16 @@ pairs stay intact for the model.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from langchain_core.messages import AIMessage, ToolMessage
+from langchain_core.messages import AIMessage, ToolCall, ToolMessage
 from langgraph.config import get_config
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 
 from agent.budgets import finish, next_step
 from agent.context import Context
+from agent.nodes import Node
 from agent.state import State
 from agent.toolbox import Toolbox
 from tools.execute import (
@@ -44,23 +44,30 @@ def _message(result: ToolResult) -> ToolMessage:
     )
 
 
-def _with_edited_args(message: AIMessage, prepared: list[PreparedCall]) -> AIMessage | None:
+def _with_edited_args(message: AIMessage | None, prepared: list[PreparedCall]) -> AIMessage | None:
     """The model's tool-call message with the arguments a human edited (None when nothing was edited)."""
-    args = {p.call_id: p.call.get("args") for p in prepared if p.error is None and p.edited}
-    if not args:
+    args: dict[str, dict[str, Any]] = {
+        p.call_id: p.call.get("args") or {} for p in prepared if p.error is None and p.edited
+    }
+    if not args or message is None:
         return None
-    calls = [{**c, "args": args[c["id"]]} if c.get("id") in args else c for c in message.tool_calls]
-    return message.model_copy(update={"tool_calls": calls})
+
+    def edit(call: ToolCall) -> ToolCall:
+        call_id = call.get("id")
+        return {**call, "args": args[call_id]} if call_id is not None and call_id in args else call
+
+    return message.model_copy(update={"tool_calls": [edit(c) for c in message.tool_calls]})
 
 
-def make_execute_tools(toolbox: Toolbox) -> Callable[[State, Runtime[Context]], Awaitable[dict[str, Any]]]:
+def make_execute_tools(toolbox: Toolbox) -> Node:
     """The execute_tools node, running the tools of `toolbox` with its services (ledger pool, tool settings)."""
 
     async def execute_tools(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         """Every tool call gets exactly one ToolMessage; nothing runs before every needed approval is in."""
         ctx = runtime.context or Context()
         last = state["messages"][-1] if state.get("messages") else None
-        calls = list(last.tool_calls) if isinstance(last, AIMessage) else []
+        ai = last if isinstance(last, AIMessage) else None
+        calls = list(ai.tool_calls) if ai is not None else []
         step, over = next_step(state, ctx)
         used = state.get("tool_calls", 0)
         room = 0 if over else max(0, ctx.max_tool_calls - used)
@@ -96,7 +103,7 @@ def make_execute_tools(toolbox: Toolbox) -> Callable[[State, Runtime[Context]], 
         if pending:
             # Resuming returns the human's answer here; on the first pass this stops the run.
             apply_decisions(pending, interrupt(approval_request(pending)))
-            edited = _with_edited_args(last, prepared)
+            edited = _with_edited_args(ai, prepared)
         results = list(await asyncio.gather(*(run_prepared(p, tctx) for p in prepared)))
         budget = "max_steps" if over else "max_tool_calls"
         for c in refused:

@@ -10,7 +10,7 @@ from langgraph.runtime import Runtime
 
 from agent.budgets import RUNNING, finish, next_step
 from agent.context import Context
-from agent.state import State
+from agent.state import Fields, State
 from memory.search import search_docs
 from tools.memory_tools import memories_namespace
 
@@ -48,7 +48,7 @@ def continues_turn(state: State) -> bool:
     return state.get("question") == message_text(msg)
 
 
-def fresh_turn(state: State) -> dict[str, Any]:
+def fresh_turn(state: State) -> Fields:
     """Every per-turn field reset for the last human message; only `messages` and `summary` carry over."""
     msg = last_human(state.get("messages", []))
     question = message_text(msg) if msg is not None else ""
@@ -94,7 +94,7 @@ async def retrieve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = runtime.context or Context()
     new_turn = not continues_turn(state)
     step, over = next_step(state, ctx, new_turn=new_turn)
-    update: dict[str, Any] = fresh_turn(state) if new_turn else {}
+    update: Fields = fresh_turn(state) if new_turn else {}
     if over:
         return {**update, **finish({**state, **update}, "max_steps", step=step)}
     query = update["query"] if new_turn else state.get("query", "")

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
+from langchain_core.language_models import LanguageModelInput
 from langchain_core.messages import AIMessage
+from langchain_core.runnables import Runnable
 from langgraph.runtime import Runtime
 
 from agent.budgets import finish, next_step
 from agent.context import Context
 from agent.history import apply_fold, fold_history
 from agent.models import get_chat_model
+from agent.nodes import Node
 from agent.render import build_prompt
 from agent.state import State
 from tools.registry import ToolRegistry
 
 
-def make_summarize(registry: ToolRegistry) -> Callable[[State, Runtime[Context]], Awaitable[dict[str, Any]]]:
+def make_summarize(registry: ToolRegistry) -> Node:
     """The summarize node, offering the model the tools of `registry` (read at each call, so tools registered
     after the graph is built are offered too)."""
 
@@ -45,7 +47,7 @@ def make_summarize(registry: ToolRegistry) -> Callable[[State, Runtime[Context]]
             if folded is None
             else {**state, "summary": folded["summary"], "messages": apply_fold(messages, folded)}
         )
-        model = base
+        model: Runnable[LanguageModelInput, AIMessage] = base
         tools = registry.select(ctx.tools)
         if tools and state.get("tool_calls", 0) < ctx.max_tool_calls:
             model = base.bind_tools([t.as_langchain_tool() for t in tools])

@@ -11,7 +11,7 @@ from typing import Any
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import LanguageModelInput
 from langchain_core.language_models.chat_models import BaseChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolCall, UsageMetadata
 from langchain_core.messages.tool import tool_call, tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
@@ -44,7 +44,7 @@ from agent.offline.tools import (
 @dataclass(frozen=True)
 class _Reply:
     text: str = ""
-    tool_calls: tuple[dict[str, Any], ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 class OfflineChatModel(BaseChatModel):
@@ -169,11 +169,11 @@ class OfflineChatModel(BaseChatModel):
         return args
 
     @staticmethod
-    def _tool_call(name: str, args: dict[str, Any], messages: Sequence[BaseMessage]) -> dict[str, Any]:
+    def _tool_call(name: str, args: dict[str, Any], messages: Sequence[BaseMessage]) -> ToolCall:
         return tool_call(name=name, args=args, id=call_id(name, args, len(messages)))
 
     @staticmethod
-    def _usage(messages: Sequence[BaseMessage], reply: _Reply) -> dict[str, int]:
+    def _usage(messages: Sequence[BaseMessage], reply: _Reply) -> UsageMetadata:
         prompt = sum(len(message_text(m).split()) for m in messages)
         out = len(reply.text.split()) + sum(len(json.dumps(c["args"]).split()) + 1 for c in reply.tool_calls)
         return {"input_tokens": prompt, "output_tokens": out, "total_tokens": prompt + out}

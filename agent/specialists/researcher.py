@@ -31,11 +31,10 @@ class ResearchIn(TypedDict):
     """The research question."""
 
 
-class ResearchOut(TypedDict, total=False):
-    """What the specialist reports back."""
+class ResearchOut(ResearchIn, total=False):
+    """What the specialist reports back: the question these findings answer (the tool checks it is the one it
+    asked), and the findings."""
 
-    question: str
-    """The question these findings answer (the tool checks it is the one it asked)."""
     findings: str
     """A cited summary."""
     score: float
@@ -44,7 +43,7 @@ class ResearchOut(TypedDict, total=False):
     """Passages used: index, source, heading."""
 
 
-class ResearchState(ResearchIn, ResearchOut, total=False):
+class ResearchState(ResearchOut, total=False):
     passages: list[dict[str, Any]]
     """Retrieved passages."""
 
@@ -94,7 +93,12 @@ async def r_check(state: ResearchState, runtime: Runtime[Context]) -> dict[str, 
             ]
         )
     )
-    score = verdict["score"] if isinstance(verdict, dict) else verdict.score
+    if isinstance(verdict, Critique):
+        score = verdict.score
+    elif isinstance(verdict, dict):  # some providers return dicts for structured output
+        score = verdict["score"]
+    else:  # pragma: no cover - with_structured_output(Critique) returns one of the two
+        raise TypeError(f"the critic returned {type(verdict).__name__}, not a Critique")
     return {"score": float(score)}
 
 
