@@ -18,6 +18,7 @@ from langchain_core.tools import StructuredTool
 from pydantic import BaseModel
 
 from tools.policy import UserAttrs
+from tools.transient import is_transient
 
 SideEffect = Literal["none", "read", "write", "external"]
 
@@ -41,15 +42,6 @@ class ToolContext:
         return self.user.user_id
 
 
-def _transient(exc: BaseException) -> bool:
-    return isinstance(exc, (ConnectionError, TimeoutError)) or type(exc).__name__ in (
-        "TransientToolError",
-        "ConnectError",
-        "ReadTimeout",
-        "RemoteProtocolError",
-    )
-
-
 class TransientToolError(Exception):
     """Raise from a tool for a failure worth retrying (rate limit, 5xx, network)."""
 
@@ -61,7 +53,7 @@ class ToolRetry:
     max_attempts: int = 1
     initial_s: float = 0.2
     backoff: float = 2.0
-    retry_on: Callable[[BaseException], bool] = _transient
+    retry_on: Callable[[BaseException], bool] = is_transient
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ import time
 from typing import Any
 
 import psycopg
-from psycopg_pool import PoolClosed, PoolTimeout
+
+from tools.transient import is_transient
 
 log = logging.getLogger("keel.db")
 
@@ -22,9 +23,11 @@ class EmbeddingMismatch(DatabaseUnavailable):
 
 
 def is_transient_error(exc: BaseException) -> bool:
-    """Postgres unreachable, a connection lost mid-way, a deadlock or serialization failure, or the pool
-    starved or closing: the same work may succeed when tried again a moment later."""
-    return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, PoolClosed))
+    """A transient failure of the database itself (Keel's one classifier, tools.transient, asked about
+    psycopg's errors only): Postgres unreachable, a connection lost mid-way, a deadlock or serialization
+    failure, or the pool starved or closing. Other transient errors (a provider's 429, a network timeout) are
+    not the database's, so they do not make a run or a request wait for it."""
+    return isinstance(exc, psycopg.Error) and is_transient(exc)
 
 
 async def retry_transient(attempt: Any, *, seconds: float = 15.0) -> Any:
