@@ -7,7 +7,7 @@ that started it. Both go through the same policies, ledger and audit.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from mcp_types import INVALID_REQUEST
@@ -22,8 +22,13 @@ from tools.mcp_server import build_mcp_server
 from tools.policy import UserAttrs
 from tools.registry import ToolContext
 
+if TYPE_CHECKING:
+    from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
-def _context(svc: Any, user: User) -> ToolContext:
+    from server.service import KeelService
+
+
+def _context(svc: KeelService, user: User) -> ToolContext:
     return ToolContext(
         user=UserAttrs(user.id, frozenset(user.roles), user.tenant),
         namespace=svc.settings.keel_namespace,
@@ -34,7 +39,7 @@ def _context(svc: Any, user: User) -> ToolContext:
     )
 
 
-def mount_mcp(app: FastAPI, settings: Settings):
+def mount_mcp(app: FastAPI, settings: Settings) -> StreamableHTTPSessionManager:
     """Add POST/GET/DELETE /mcp to the app; returns the session manager the lifespan must run."""
 
     def context_for(request: Any) -> ToolContext:
@@ -61,6 +66,10 @@ def mount_mcp(app: FastAPI, settings: Settings):
         streamable_http_path="/mcp", stateless_http=True, json_response=True, transport_security=security
     )
     for route in mcp_app.routes:
+        if not isinstance(
+            route, Route
+        ):  # the SDK serves /mcp as a plain Route; anything else would skip the gate
+            raise TypeError(f"unexpected route from the MCP SDK: {route!r}")
         app.router.routes.append(Route(route.path, endpoint=KeyRequired(route.endpoint, app)))
     return server.session_manager
 
@@ -97,7 +106,7 @@ class KeyRequired:
         await self.inner(scope, receive, send)
 
 
-async def serve_stdio(svc: Any) -> None:
+async def serve_stdio(svc: KeelService) -> None:
     """`keel mcp`: the registry over stdin/stdout, as the local user."""
     from mcp.server.stdio import stdio_server
 

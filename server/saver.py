@@ -9,8 +9,10 @@ exactly which logged events describe work that will be redone (those after `keel
 from __future__ import annotations
 
 import contextvars
-from typing import Any
+from typing import Any, cast
 
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMetadata
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
 # The event writer of the run executing in the current task (None outside runs).
@@ -20,12 +22,20 @@ current_event_writer: contextvars.ContextVar[Any] = contextvars.ContextVar("keel
 class KeelSaver(AsyncPostgresSaver):
     """AsyncPostgresSaver + a flush barrier between a run's events and its checkpoints."""
 
-    async def aput(self, config, checkpoint, metadata, new_versions):  # type: ignore[override]
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
         writer = current_event_writer.get()
         if writer is None or (config.get("configurable") or {}).get("checkpoint_ns"):
             return await super().aput(config, checkpoint, metadata, new_versions)
         await writer.flush()
         mark = writer.last_seq
-        result = await super().aput(config, checkpoint, {**metadata, "keel_event_seq": mark}, new_versions)
+        # Checkpoint metadata is open-ended (a run's config metadata lands there too); the TypedDict is not.
+        marked = cast(CheckpointMetadata, {**metadata, "keel_event_seq": mark})
+        result = await super().aput(config, checkpoint, marked, new_versions)
         writer.mark_durable(mark)  # the checkpoint's synchronous commit also flushed the events before it
         return result

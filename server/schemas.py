@@ -112,6 +112,11 @@ StreamMode = Literal[
 ]
 
 
+def _values_mode() -> list[StreamMode]:
+    """A run's stream_mode when the request gives none."""
+    return ["values"]
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -267,7 +272,7 @@ class RunCreate(_Body):
     config: RunConfig | None = None
     context: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
-    stream_mode: StreamMode | list[StreamMode] = Field(default_factory=lambda: ["values"])
+    stream_mode: StreamMode | list[StreamMode] = Field(default_factory=_values_mode)
     stream_subgraphs: bool = False
     stream_resumable: bool = False
     interrupt_before: Literal["*"] | list[str] | None = None

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from langchain_core.runnables import RunnableConfig
 from langgraph.types import StateSnapshot
 
 from server.serde import jsonable
 
 
-def _checkpoint(config: dict[str, Any] | None) -> dict[str, Any] | None:
+def _checkpoint(config: RunnableConfig | None) -> dict[str, Any] | None:
     if not config:
         return None
     c = config.get("configurable") or {}

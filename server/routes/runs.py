@@ -19,7 +19,16 @@ from server.runs import store
 from server.runs.events import Event
 from server.runs.manager import run_json
 from server.runs.store import ACTIVE, RunStatus
-from server.schemas import AUTHENTICATED, MAX_OFFSET, SSE_EVENTS, RunCreate, RunId, ThreadId, errors
+from server.schemas import (
+    AUTHENTICATED,
+    MAX_OFFSET,
+    SSE_EVENTS,
+    RunCreate,
+    RunId,
+    StreamMode,
+    ThreadId,
+    errors,
+)
 from server.serde import dumps, jsonable
 from server.service import KeelService
 
@@ -60,7 +69,7 @@ def _wanted(event: str, modes: list[str]) -> bool:
 
 async def _events_with_keepalive(svc: KeelService, run_id: str, after: int) -> AsyncIterator[Event | None]:
     """The run's events from the persisted log; None every KEEPALIVE_S seconds of silence."""
-    queue: asyncio.Queue = asyncio.Queue()
+    queue: asyncio.Queue[Event | None] = asyncio.Queue()
 
     async def pump() -> None:
         try:
@@ -78,8 +87,9 @@ async def _events_with_keepalive(svc: KeelService, run_id: str, after: int) -> A
                 yield None
                 continue
             if ev is None:
-                if task.done() and task.exception() is not None:
-                    raise task.exception()
+                failure = task.exception() if task.done() else None
+                if failure is not None:
+                    raise failure
                 return
             yield ev
     finally:
@@ -193,7 +203,7 @@ def _wait_response(
 
 # Background runs also record these, so a later join may ask for any of them (the SDK's runs.create always
 # sends stream_mode="values", yet its join_stream documents that background runs keep the union of modes).
-BACKGROUND_MODES = ["values", "updates", "messages-tuple", "custom"]
+BACKGROUND_MODES: list[StreamMode] = ["values", "updates", "messages-tuple", "custom"]
 
 
 def _background(body: RunCreate) -> RunCreate:

@@ -7,7 +7,7 @@ or write another's items (and the shared document corpus is not reachable throug
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Response
 from pydantic import Field
@@ -114,7 +114,9 @@ def _check_filter(flt: dict[str, Any] | None) -> None:
 @router.put("/items", status_code=204, responses=errors(400, 413))
 async def put_item(body: PutItem, svc: Service, user: CurrentUser) -> Response:
     """Create or replace an item in one of the caller's namespaces."""
-    index = False if body.index is False else (body.index if isinstance(body.index, list) else None)
+    index: Literal[False] | list[str] | None = (
+        False if body.index is False else (body.index if isinstance(body.index, list) else None)
+    )
     await svc.db.store.aput(real(user, body.namespace), body.key, body.value, index=index, ttl=body.ttl)
     return Response(status_code=204)
 
