@@ -10,8 +10,9 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from server.errors import BodyGuard, install_error_handlers
 from server.mcp import mount_mcp
+from server.metrics import HttpTelemetry
 from server.origins import OriginGuard, origin_regex
-from server.routes import assistants, knowledge, meta, runs, store, threads
+from server.routes import assistants, knowledge, meta, metrics, runs, store, threads
 from server.service import KeelService
 from server.settings import Settings, get_settings
 
@@ -51,8 +52,9 @@ def create_app(
     install_error_handlers(app)
     for r in (meta.router, assistants.router, threads.router, runs.router, store.router, knowledge.router):
         app.include_router(r)
+    app.include_router(metrics.router)
     mcp_sessions = mount_mcp(app, settings)
-    # Outermost first: OriginGuard, then CORS, then BodyGuard (add_middleware wraps, so the last added is outermost).
+    # Outermost first: HttpTelemetry, OriginGuard, then CORS, then BodyGuard (add_middleware wraps, so the last added is outermost).
     app.add_middleware(BodyGuard, max_bytes=settings.keel_max_body_bytes)
     # Studio is a web page on another origin that calls this server from the browser (a private-network
     # request when Keel listens on this machine); only the origins in KEEL_CORS_ORIGINS may do so.
@@ -68,6 +70,7 @@ def create_app(
         expose_headers=["x-pagination-total", "x-pagination-next", "content-location", "location"],
     )
     app.add_middleware(OriginGuard, patterns=origins, hosts=settings.allowed_hosts)
+    app.add_middleware(HttpTelemetry)  # outermost: every response is counted, refusals included
     if rx is None and not settings.api_users:
         log.warning(
             "KEEL_CORS_ORIGINS allows every origin and no API keys are set: any web page this machine's "

@@ -24,6 +24,7 @@ from server.runs.manager import RunManager
 from server.runs.planner import Planner
 from server.runs.worker import Worker
 from server.settings import Settings
+from server.telemetry import Telemetry
 
 log = logging.getLogger("keel")
 
@@ -138,6 +139,8 @@ class KeelService:
         self.runs = RunManager(runs_pool, db.checkpointer, self.planner)
         self.feed = EventFeed(db.url, runs_pool)
         self.worker: Worker | None = None
+        self.telemetry = Telemetry(settings, runs_pool)
+        """This process's metrics registry (GET /metrics) and, when configured, its OTLP tracer."""
 
     async def start_feed(self) -> None:
         """Follow the run event log (API processes)."""
@@ -146,7 +149,8 @@ class KeelService:
     async def start_worker(self, concurrency: int, name: str | None = None) -> Worker:
         """Execute queued runs in this process."""
         s = self.settings
-        executor = RunExecutor(self.db, self.graph, self.planner, s, self.toolbox)
+        graph = self.telemetry.instrument(self.graph)  # run and node latency, spans when tracing is on
+        executor = RunExecutor(self.db, graph, self.planner, s, self.toolbox)
         worker = Worker(
             self.db,
             executor,
@@ -190,6 +194,7 @@ class KeelService:
             await self.worker.drain(self.settings.keel_drain_seconds)
         await self.feed.stop()
         await self.db.close()
+        self.telemetry.close()
 
     # Request planning lives in server.runs.planner (pure); these delegates serve the CLI, benchmarks and tests.
     def default_context(

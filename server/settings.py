@@ -88,6 +88,17 @@ class Settings(BaseSettings):
     keel_drain_seconds: float = Field(
         default=30.0, ge=0, description="SIGTERM grace period for in-flight runs"
     )
+    keel_metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="`keel worker`: serve GET /metrics on this port (unset = none)"
+    )
+    keel_metrics_host: str = Field(default="127.0.0.1", description="`keel worker`: address of its /metrics")
+    keel_otel_endpoint: str | None = Field(
+        default=None, description="OTLP/HTTP collector base URL for OpenTelemetry traces (unset = no tracing)"
+    )
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None, description="the standard OpenTelemetry variable, used when KEEL_OTEL_ENDPOINT is unset"
+    )
+    otel_service_name: str = Field(default="keel", description="service.name of Keel's spans")
     keel_graph: str | None = Field(
         default=None, description="module:attr of an alternative StateGraph builder"
     )
@@ -156,6 +167,12 @@ class Settings(BaseSettings):
             "::1",
             *(h.strip() for h in self.keel_allowed_hosts.split(",") if h.strip()),
         ]
+
+    @property
+    def otel_traces_endpoint(self) -> str | None:
+        """Where OTLP/HTTP spans go: `<KEEL_OTEL_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT>/v1/traces`, or None."""
+        base = (self.keel_otel_endpoint or self.otel_exporter_otlp_endpoint or "").strip().rstrip("/")
+        return f"{base}/v1/traces" if base else None
 
     @property
     def cors_origins(self) -> list[str]:

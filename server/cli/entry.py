@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--concurrency", type=int, default=None, help="run slots (default KEEL_WORKER_CONCURRENCY=4)"
     )
     w.add_argument("--name", default=None, help="worker id shown in logs and leases")
+    w.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve GET /metrics on this port (default KEEL_METRICS_PORT)",
+    )
     w.set_defaults(func=cmd_worker)
 
     i = sub.add_parser("ingest", help="chunk, embed and store documents (idempotent)")

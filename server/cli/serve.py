@@ -130,6 +130,21 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         if svc is None:
             log.info("stopped before Postgres could be reached")
             return
+        metrics_port = settings.keel_metrics_port if args.metrics_port is None else args.metrics_port
+        metrics = None
+        if metrics_port is not None:
+            from server.telemetry import MetricsServer
+
+            metrics = MetricsServer(svc, settings.keel_metrics_host, metrics_port)
+            try:
+                await metrics.start()
+            except OSError:
+                await svc.close()
+                raise
+            print(
+                f"keel worker metrics: http://{settings.keel_metrics_host}:{metrics.port}/metrics",
+                file=sys.stderr,
+            )
         worker = await svc.start_worker(concurrency, name=args.name)
         print(
             f"keel worker {worker.owner}: {concurrency} slot(s), lease {settings.keel_lease_seconds:g}s",
@@ -141,6 +156,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             log.info("SIGTERM: draining (grace %.0fs)", settings.keel_drain_seconds)
         finally:
             await svc.close()
+            if metrics is not None:
+                await metrics.stop()
 
     asyncio.run(run())
     return 0
