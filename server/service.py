@@ -16,6 +16,7 @@ from agent.graph import build
 from agent.toolbox import Toolbox
 from memory.embeddings import DEFAULT_EMBEDDINGS, EMBED_DIMS, get_embeddings
 from server.auth import User
+from server.crons.scheduler import CronScheduler
 from server.db import Database, DatabaseUnavailable, embedded_server, open_database
 from server.errors import ApiError
 from server.runs.events import EventFeed
@@ -139,6 +140,7 @@ class KeelService:
         self.runs = RunManager(runs_pool, db.checkpointer, self.planner)
         self.feed = EventFeed(db.url, runs_pool)
         self.worker: Worker | None = None
+        self.crons: CronScheduler | None = None
         self.telemetry = Telemetry(settings, runs_pool)
         """This process's metrics registry (GET /metrics) and, when configured, its OTLP tracer."""
 
@@ -162,7 +164,16 @@ class KeelService:
         )
         self.worker = worker
         await worker.start()
+        # Every worker process also fires due crons (claims are SKIP LOCKED: each tick fires once in the cluster).
+        self.crons = CronScheduler(self.runs.pool, self.runs, poll_s=s.keel_cron_poll_seconds)
+        await self.crons.start()
         return worker
+
+    async def stop_crons(self) -> None:
+        """Stop this process's cron scheduler (a tick in progress commits or rolls back first)."""
+        if self.crons is not None:
+            await self.crons.stop()
+            self.crons = None
 
     @classmethod
     async def start(cls, settings: Settings) -> KeelService:
@@ -190,6 +201,7 @@ class KeelService:
         return len(specs)
 
     async def close(self) -> None:
+        await self.stop_crons()
         if self.worker is not None:
             await self.worker.drain(self.settings.keel_drain_seconds)
         await self.feed.stop()

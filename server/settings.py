@@ -88,6 +88,12 @@ class Settings(BaseSettings):
     keel_drain_seconds: float = Field(
         default=30.0, ge=0, description="SIGTERM grace period for in-flight runs"
     )
+    keel_cron_poll_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=60,
+        description="how often each worker's cron scheduler looks for due crons (a schedule's unit is a minute)",
+    )
     keel_metrics_port: int | None = Field(
         default=None, ge=0, le=65535, description="`keel worker`: serve GET /metrics on this port (unset = none)"
     )

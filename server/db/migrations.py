@@ -197,6 +197,31 @@ MIGRATIONS: list[str] = [
             SELECT new_prefix, key, field_name, embedding, created_at, updated_at FROM keel_ns_vectors;
     END $$;
     """,
+    # 9: crons (server/crons): schedules that create runs. A thread's crons go with the thread; stateless crons
+    # (thread_id NULL) make a new thread per run. `owner` keeps the creator's roles and tenant for the runs.
+    """
+    CREATE TABLE IF NOT EXISTS keel_crons (
+        cron_id uuid PRIMARY KEY,
+        assistant_id uuid NOT NULL,
+        thread_id uuid REFERENCES keel_threads (thread_id) ON DELETE CASCADE,
+        user_id text NOT NULL,
+        owner jsonb NOT NULL DEFAULT '{}'::jsonb,
+        schedule text NOT NULL,
+        timezone text,
+        end_time timestamptz,
+        on_run_completed text,
+        enabled boolean NOT NULL DEFAULT true,
+        payload jsonb NOT NULL DEFAULT '{}'::jsonb,
+        metadata jsonb NOT NULL DEFAULT '{}'::jsonb,
+        next_run_at timestamptz NOT NULL,
+        last_run_id uuid,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        updated_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX IF NOT EXISTS keel_crons_due_idx ON keel_crons (next_run_at) WHERE enabled;
+    CREATE INDEX IF NOT EXISTS keel_crons_user_idx ON keel_crons (user_id, created_at DESC);
+    CREATE INDEX IF NOT EXISTS keel_crons_thread_idx ON keel_crons (thread_id) WHERE thread_id IS NOT NULL;
+    """,
 ]
 
 

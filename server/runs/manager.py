@@ -60,6 +60,47 @@ class RunManager:
 
     async def create(self, user: User, thread_id: str | None, body: RunCreate) -> dict[str, Any]:
         """Record a run (and its thread when needed) atomically, apply the multitask strategy, wake workers."""
+        rec = self._prepare(user, thread_id, body)
+        rid, tid = rec["rid"], rec["tid"]
+
+        async def record(attempt: int) -> dict[str, Any]:
+            # The ids were chosen above, so after a lost connection a repeat looks for the row first: the earlier
+            # attempt may have committed. The run is recorded at most once.
+            if attempt and (found := await self._find(rid)) is not None:
+                return found
+            try:
+                async with self.pool.connection() as conn, conn.transaction():
+                    run = await self._record_and_notify(conn, user, body, rec)
+            except pg_errors.UniqueViolation:
+                # The earlier attempt's commit became visible only after the look above: it is our run.
+                if attempt and (found := await self._find(rid)) is not None:
+                    return found
+                raise
+            return run
+
+        run: dict[str, Any] = await retry_transient(record)
+        thread_id_var.set(tid)
+        run_id_var.set(rid)
+        log.info("run queued (%s)", body.multitask_strategy)
+        return run
+
+    async def create_in(
+        self, conn: AsyncConnection[Any], user: User, thread_id: str | None, body: RunCreate
+    ) -> dict[str, Any]:
+        """Record a run in the caller's transaction (the cron scheduler commits it with the schedule's advance)."""
+        return await self._record_and_notify(conn, user, body, self._prepare(user, thread_id, body))
+
+    async def _record_and_notify(
+        self, conn: AsyncConnection[Any], user: User, body: RunCreate, rec: dict[str, Any]
+    ) -> dict[str, Any]:
+        run, cancels = await self._record(conn, user, body, **rec)
+        await store.notify_work(conn)
+        for crid, action in cancels:
+            await store.notify_cancel(conn, crid, action)
+        return run
+
+    def _prepare(self, user: User, thread_id: str | None, body: RunCreate) -> dict[str, Any]:
+        """Plan the request and choose the ids: everything `_record` needs, before any database work."""
         prep = self.planner.plan(user, body)
         temporary = thread_id is None
         checkpoint = {
@@ -93,41 +134,15 @@ class RunManager:
             "user": {"id": user.id, "roles": list(user.roles), "tenant": user.tenant},
         }
         graph_meta = {"graph_id": prep.assistant["graph_id"], "assistant_id": assistant_id}
-
-        async def record(attempt: int) -> dict[str, Any]:
-            # The ids were chosen above, so after a lost connection a repeat looks for the row first: the earlier
-            # attempt may have committed. The run is recorded at most once.
-            if attempt and (found := await self._find(rid)) is not None:
-                return found
-            try:
-                async with self.pool.connection() as conn, conn.transaction():
-                    run, cancels = await self._record(
-                        conn,
-                        user,
-                        body,
-                        prep,
-                        rid=rid,
-                        tid=tid,
-                        temporary=temporary,
-                        checkpoint=checkpoint,
-                        kwargs=kwargs,
-                        graph_meta=graph_meta,
-                    )
-                    await store.notify_work(conn)
-                    for crid, action in cancels:
-                        await store.notify_cancel(conn, crid, action)
-            except pg_errors.UniqueViolation:
-                # The earlier attempt's commit became visible only after the look above: it is our run.
-                if attempt and (found := await self._find(rid)) is not None:
-                    return found
-                raise
-            return run
-
-        run: dict[str, Any] = await retry_transient(record)
-        thread_id_var.set(tid)
-        run_id_var.set(rid)
-        log.info("run queued (%s)", body.multitask_strategy)
-        return run
+        return {
+            "prep": prep,
+            "rid": rid,
+            "tid": tid,
+            "temporary": temporary,
+            "checkpoint": checkpoint,
+            "kwargs": kwargs,
+            "graph_meta": graph_meta,
+        }
 
     async def _record(
         self,

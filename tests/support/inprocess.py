@@ -33,6 +33,7 @@ async def running_service(settings: Any, db: Any, *, workers: int = 2) -> AsyncI
     try:
         yield service
     finally:
+        await service.stop_crons()
         await worker.drain(5)
         await service.feed.stop()
 
