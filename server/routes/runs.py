@@ -219,7 +219,7 @@ def _foreground(body: RunCreate) -> RunCreate:
 @router.post("/threads/{thread_id}/runs", responses=errors(400, 404, 409, 413))
 async def create_run(
     thread_id: ThreadId, body: RunCreate, svc: Service, user: CurrentUser, response: Response
-) -> dict:
+) -> dict[str, Any]:
     """Start a run in the background."""
     run = await svc.runs.create(user, parse_uuid(thread_id, "thread"), _background(body))
     response.headers["content-location"] = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
@@ -227,7 +227,9 @@ async def create_run(
 
 
 @router.post("/threads/{thread_id}/runs/wait", responses=errors(400, 404, 409, 413))
-async def wait_run(thread_id: ThreadId, body: RunCreate, svc: Service, user: CurrentUser):
+async def wait_run(
+    thread_id: ThreadId, body: RunCreate, svc: Service, user: CurrentUser
+) -> StreamingResponse:
     """Start a run and answer with its final values."""
     run = await svc.runs.create(user, parse_uuid(thread_id, "thread"), _foreground(body))
     base = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
@@ -244,7 +246,9 @@ async def wait_run(thread_id: ThreadId, body: RunCreate, svc: Service, user: Cur
     response_class=EventStream,
     responses={**SSE_EVENTS, **errors(401, 400, 404, 409, 413, 422, stream=True)},
 )
-async def stream_run(thread_id: ThreadId, body: RunCreate, svc: Service, user: CurrentUser):
+async def stream_run(
+    thread_id: ThreadId, body: RunCreate, svc: Service, user: CurrentUser
+) -> StreamingResponse:
     """Start a run and stream its events as SSE."""
     run = await svc.runs.create(user, parse_uuid(thread_id, "thread"), _foreground(body))
     base = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
@@ -275,7 +279,7 @@ async def list_runs(
     limit: int = Query(10, ge=1, le=1000),
     offset: int = Query(0, ge=0, le=MAX_OFFSET),
     status: str | None = None,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """The thread's runs, newest first."""
     row = await owned_thread(svc, user, thread_id)
     params = [row["thread_id"], *([status] if status else []), limit, offset]
@@ -284,13 +288,13 @@ async def list_runs(
 
 
 @router.get("/threads/{thread_id}/runs/{run_id}", responses=errors(404))
-async def get_run(thread_id: ThreadId, run_id: RunId, svc: Service, user: CurrentUser) -> dict:
+async def get_run(thread_id: ThreadId, run_id: RunId, svc: Service, user: CurrentUser) -> dict[str, Any]:
     """One run."""
     return run_json(await owned_run(svc, user, thread_id, run_id))
 
 
 @router.get("/threads/{thread_id}/runs/{run_id}/join", responses=errors(404))
-async def join_run(thread_id: ThreadId, run_id: RunId, svc: Service, user: CurrentUser):
+async def join_run(thread_id: ThreadId, run_id: RunId, svc: Service, user: CurrentUser) -> StreamingResponse:
     """Wait for a run and answer with its final values."""
     run = await owned_run(svc, user, thread_id, run_id)
     return _wait_response(svc, run, cancel_on_disconnect=False, headers={})
@@ -309,7 +313,7 @@ async def join_stream(
     stream_mode: list[str] | None = Query(None),
     cancel_on_disconnect: bool = False,
     last_event_id: str | None = Header(None),
-):
+) -> StreamingResponse:
     """Stream a run's events; with Last-Event-ID, only the events after it."""
     run = await owned_run(svc, user, thread_id, run_id)
     modes = [m for m in (stream_mode or []) if m] or None
@@ -341,7 +345,7 @@ async def cancel_run(
     user: CurrentUser,
     wait: bool = False,
     action: str = "interrupt",
-) -> dict:
+) -> dict[str, Any]:
     """Cancel a pending or running run."""
     if action not in ("interrupt", "rollback"):
         raise ApiError(422, "action must be 'interrupt' or 'rollback'")
@@ -369,7 +373,9 @@ async def delete_run(thread_id: ThreadId, run_id: RunId, svc: Service, user: Cur
 
 
 @router.post("/runs", responses=errors(400, 413))
-async def create_stateless(body: RunCreate, svc: Service, user: CurrentUser, response: Response) -> dict:
+async def create_stateless(
+    body: RunCreate, svc: Service, user: CurrentUser, response: Response
+) -> dict[str, Any]:
     """Start a run on a temporary thread, in the background."""
     run = await svc.runs.create(user, None, _background(body))
     response.headers["content-location"] = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
@@ -377,7 +383,7 @@ async def create_stateless(body: RunCreate, svc: Service, user: CurrentUser, res
 
 
 @router.post("/runs/wait", responses=errors(400, 413))
-async def wait_stateless(body: RunCreate, svc: Service, user: CurrentUser):
+async def wait_stateless(body: RunCreate, svc: Service, user: CurrentUser) -> StreamingResponse:
     """Run on a temporary thread and answer with its final values."""
     run = await svc.runs.create(user, None, _foreground(body))
     return _wait_response(
@@ -393,7 +399,7 @@ async def wait_stateless(body: RunCreate, svc: Service, user: CurrentUser):
     response_class=EventStream,
     responses={**SSE_EVENTS, **errors(401, 400, 413, 422, stream=True)},
 )
-async def stream_stateless(body: RunCreate, svc: Service, user: CurrentUser):
+async def stream_stateless(body: RunCreate, svc: Service, user: CurrentUser) -> StreamingResponse:
     """Run on a temporary thread and stream its events."""
     run = await svc.runs.create(user, None, _foreground(body))
     base = f"/threads/{run['thread_id']}/runs/{run['run_id']}"

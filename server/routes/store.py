@@ -124,7 +124,7 @@ async def put_item(body: PutItem, svc: Service, user: CurrentUser) -> Response:
 @router.get("/items", responses=errors(404))
 async def get_item(
     svc: Service, user: CurrentUser, key: str, namespace: str = Query(""), refresh_ttl: bool | None = None
-) -> dict:
+) -> dict[str, Any]:
     """One item; the namespace is dot-separated, as the SDK sends it."""
     labels = [p for p in namespace.split(".") if p] if namespace else []
     if not labels:
@@ -143,7 +143,7 @@ async def delete_item(body: DeleteItem, svc: Service, user: CurrentUser) -> Resp
 
 
 @router.post("/items/search", responses=errors(400, 413))
-async def search_items(body: SearchItems, svc: Service, user: CurrentUser) -> dict:
+async def search_items(body: SearchItems, svc: Service, user: CurrentUser) -> dict[str, Any]:
     """Filter and/or semantic search within the caller's namespaces (default: ["memories"])."""
     prefix = body.namespace_prefix or ["memories"]
     _check_filter(body.filter)
@@ -159,7 +159,7 @@ async def search_items(body: SearchItems, svc: Service, user: CurrentUser) -> di
 
 
 @router.post("/namespaces", responses=errors(400, 413))
-async def list_namespaces(body: ListNamespaces, svc: Service, user: CurrentUser) -> dict:
+async def list_namespaces(body: ListNamespaces, svc: Service, user: CurrentUser) -> dict[str, Any]:
     """The caller's namespaces."""
     me = memories_namespace(user.id)[1]
     prefix = ("*", me) if not body.prefix else real(user, body.prefix)
