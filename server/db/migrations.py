@@ -222,6 +222,12 @@ MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS keel_crons_user_idx ON keel_crons (user_id, created_at DESC);
     CREATE INDEX IF NOT EXISTS keel_crons_thread_idx ON keel_crons (thread_id) WHERE thread_id IS NOT NULL;
     """,
+    # 10: GET /metrics counts runs by status and the retried runs at every scrape: index-only scans, not a pass
+    # over every run's kwargs and result.
+    """
+    CREATE INDEX IF NOT EXISTS keel_runs_status_idx ON keel_runs (status);
+    CREATE INDEX IF NOT EXISTS keel_runs_retried_idx ON keel_runs (attempt) WHERE attempt > 1;
+    """,
 ]
 
 
