@@ -29,7 +29,7 @@ _FILTER_OPS = {
 _ensured: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
-async def _execute(conn_or_pool: Any, sql: str, params: Sequence[Any] | None = None) -> list[tuple]:
+async def _execute(conn_or_pool: Any, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
     """Run one statement on an AsyncConnection or (borrowing a connection from) an AsyncConnectionPool."""
     if not isinstance(conn_or_pool, AsyncConnection):  # a psycopg_pool.AsyncConnectionPool
         async with conn_or_pool.connection() as conn:

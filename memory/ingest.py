@@ -11,7 +11,7 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
@@ -194,7 +194,9 @@ def _next_prepared(
     return None if nxt is None else prepare_document(nxt[0], nxt[1], max_tokens=max_tokens, overlap=overlap)
 
 
-async def _prepared(documents: Iterable[tuple[str, bytes]], max_tokens: int, overlap: int, all_first: bool):
+async def _prepared(
+    documents: Iterable[tuple[str, bytes]], max_tokens: int, overlap: int, all_first: bool
+) -> AsyncIterator[PreparedDocument]:
     """Prepared documents in order, each read and chunked in a worker thread; with `all_first`, every document
     is prepared (and so validated) before the first is yielded."""
     it = iter(documents)

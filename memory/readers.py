@@ -35,7 +35,7 @@ class _HtmlText(HTMLParser):
         self.title = ""
         self._in_title = False
 
-    def handle_starttag(self, tag, attrs):
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in self._SKIP:
             self._skip += 1
         if tag == "title":
@@ -45,7 +45,7 @@ class _HtmlText(HTMLParser):
         elif tag in self._BLOCK:
             self.parts.append("\n\n" if tag != "li" else "\n- ")
 
-    def handle_endtag(self, tag):
+    def handle_endtag(self, tag: str) -> None:
         if tag in self._SKIP and self._skip:
             self._skip -= 1
         if tag == "title":
@@ -53,7 +53,7 @@ class _HtmlText(HTMLParser):
         if tag in ("h1", "h2", "h3", "h4", "h5", "h6"):
             self.parts.append("\n\n")
 
-    def handle_data(self, data):
+    def handle_data(self, data: str) -> None:
         if self._in_title:
             self.title += data
         elif not self._skip:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 
+from tools.ledger import Pool
+
 log = logging.getLogger("keel.audit")
 
 
 async def record(
-    pool,
+    pool: Pool | None,
     *,
     user_id: str,
     tool: str,

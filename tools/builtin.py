@@ -6,6 +6,7 @@ import ast
 import math
 import operator
 from collections.abc import Callable
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -93,7 +94,7 @@ class SearchDocsInput(BaseModel):
 
 
 class SearchDocsOutput(BaseModel):
-    hits: list[dict]
+    hits: list[dict[str, Any]]
 
 
 async def _search_docs(args: SearchDocsInput, ctx: ToolContext) -> SearchDocsOutput:

@@ -74,11 +74,11 @@ class PreparedCall:
 
     @property
     def call_id(self) -> str:
-        return self.call.get("id") or ""
+        return str(self.call.get("id") or "")
 
     @property
     def name(self) -> str:
-        return self.call.get("name", "")
+        return str(self.call.get("name", ""))
 
 
 def _validation_text(name: str, exc: ValidationError) -> str:

@@ -10,9 +10,17 @@ transaction that marks the row succeeded, which makes them exactly-once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+Connection: TypeAlias = AsyncConnection[DictRow]
+"""A connection to Keel's database; its rows are dicts (server.db makes the pool with dict_row)."""
+Pool: TypeAlias = AsyncConnectionPool[Connection]
+"""Keel's connection pool, as server.db makes it."""
 
 
 @dataclass
@@ -32,14 +40,14 @@ def _row(r: dict[str, Any] | None) -> LedgerRow | None:
     return LedgerRow(r["status"], r["result"], r["error"])
 
 
-async def get(pool, key: str) -> LedgerRow | None:
+async def get(pool: Pool, key: str) -> LedgerRow | None:
     async with pool.connection() as conn:
         cur = await conn.execute("SELECT status, result, error FROM keel_tool_ledger WHERE key = %s", (key,))
         return _row(await cur.fetchone())
 
 
 async def start(
-    pool,
+    pool: Pool,
     key: str,
     *,
     thread_id: str | None,
@@ -61,7 +69,7 @@ async def start(
     return await get(pool, key)
 
 
-async def retry_started(pool, key: str) -> None:
+async def retry_started(pool: Pool, key: str) -> None:
     """A started row whose effect is known not to have happened (reconciled, or approved): try again."""
     async with pool.connection() as conn:
         await conn.execute(
@@ -69,7 +77,7 @@ async def retry_started(pool, key: str) -> None:
         )
 
 
-async def succeed(conn, key: str, result: Any) -> None:
+async def succeed(conn: Connection, key: str, result: Any) -> None:
     """Mark succeeded; `conn` may be the tool's own transaction (exactly-once for transactional tools)."""
     await conn.execute(
         "UPDATE keel_tool_ledger SET status = 'succeeded', result = %s, error = NULL, "
@@ -78,7 +86,7 @@ async def succeed(conn, key: str, result: Any) -> None:
     )
 
 
-async def fail(pool, key: str, error: str) -> None:
+async def fail(pool: Pool, key: str, error: str) -> None:
     async with pool.connection() as conn:
         await conn.execute(
             "UPDATE keel_tool_ledger SET status = 'failed', error = %s, updated_at = now() WHERE key = %s",
@@ -86,7 +94,7 @@ async def fail(pool, key: str, error: str) -> None:
         )
 
 
-async def effects_to_compensate(pool, run_id: str) -> list[dict[str, Any]]:
+async def effects_to_compensate(pool: Pool, run_id: str) -> list[dict[str, Any]]:
     """Succeeded effects of a run not yet compensated, newest first (sagas undo in reverse order)."""
     async with pool.connection() as conn:
         cur = await conn.execute(
@@ -97,7 +105,7 @@ async def effects_to_compensate(pool, run_id: str) -> list[dict[str, Any]]:
         return await cur.fetchall()
 
 
-async def has_compensable(conn, run_id: str) -> bool:
+async def has_compensable(conn: Connection, run_id: str) -> bool:
     """Whether the run has succeeded effects not yet compensated (`conn` may be the caller's transaction)."""
     cur = await conn.execute(
         "SELECT 1 FROM keel_tool_ledger WHERE run_id = %s AND status = 'succeeded' "
@@ -107,7 +115,7 @@ async def has_compensable(conn, run_id: str) -> bool:
     return await cur.fetchone() is not None
 
 
-async def mark_compensated(conn, key: str) -> None:
+async def mark_compensated(conn: Connection, key: str) -> None:
     await conn.execute(
         "UPDATE keel_tool_ledger SET compensation = 'done', updated_at = now() WHERE key = %s", (key,)
     )

@@ -11,6 +11,7 @@ entry says "approval": "never". The idempotency key travels in the call's `_meta
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import jsonschema
@@ -19,7 +20,12 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from tools.registry import SideEffect, ToolContext, ToolRegistry, ToolSpec
 
 if TYPE_CHECKING:
-    from mcp_types import RequestParamsMeta
+    from mcp import StdioServerParameters
+    from mcp.client import Transport
+    from mcp_types import RequestParamsMeta, Tool
+
+    Target = Callable[[], Transport | StdioServerParameters | str]
+    """How to reach one MCP server, made anew for each connection (a transport is used once)."""
 
 
 class McpResult(BaseModel):
@@ -52,7 +58,7 @@ def input_model_for(name: str, schema: dict[str, Any]) -> type[BaseModel]:
     return McpInput
 
 
-def _target(entry: dict[str, Any]):
+def _target(entry: dict[str, Any]) -> Target:
     from mcp import StdioServerParameters
 
     if entry.get("url"):
@@ -88,7 +94,7 @@ async def load_mcp_tools(servers: dict[str, dict[str, Any]]) -> list[ToolSpec]:
     return specs
 
 
-def _spec(server: str, entry: dict[str, Any], target, tool) -> ToolSpec:
+def _spec(server: str, entry: dict[str, Any], target: Target, tool: Tool) -> ToolSpec:
     from mcp import Client
 
     name = re.sub(r"[^A-Za-z0-9_-]", "_", f"{server}_{tool.name}")[:64]

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import mcp_types as types
+from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 
 from tools.execute import execute_tool_call
@@ -49,16 +50,22 @@ def build_mcp_server(
 ) -> Server:
     """An MCP server over `registry` (or the registry a function returns at each request, for a server built
     before its registry); `context_for(request)` authenticates (raise PermissionError to refuse)."""
-    current = (lambda: registry) if isinstance(registry, ToolRegistry) else registry
+
+    def current() -> ToolRegistry:
+        return registry if isinstance(registry, ToolRegistry) else registry()
 
     def offered() -> list[ToolSpec]:
         return [s for s in current().select(None) if s.mcp]
 
-    async def on_list_tools(ctx, params) -> types.ListToolsResult:
+    async def on_list_tools(
+        ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
         context_for(getattr(ctx, "request", None))  # authenticate: an unknown caller sees no tools
         return types.ListToolsResult(tools=[tool_definition(s) for s in offered()])
 
-    async def on_call_tool(ctx, params: types.CallToolRequestParams) -> types.CallToolResult:
+    async def on_call_tool(
+        ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
         reg = current()
         spec = reg.get(params.name)
         if spec is None or not spec.mcp:

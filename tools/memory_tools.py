@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -48,7 +49,7 @@ class RecallInput(BaseModel):
 
 
 class Recalled(BaseModel):
-    memories: list[dict]
+    memories: list[dict[str, Any]]
 
 
 def _key(fact: str) -> str:
@@ -69,7 +70,7 @@ async def _reconcile_remember(args: RememberInput, ctx: ToolContext) -> Remember
     return Remembered(key=item.key, fact=item.value["text"]) if item else None
 
 
-async def _forget(args: RememberInput, result: dict, ctx: ToolContext) -> None:
+async def _forget(args: RememberInput, result: dict[str, Any], ctx: ToolContext) -> None:
     if ctx.store is not None:
         await ctx.store.adelete(memories_namespace(ctx.user_id), result["key"])
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -57,7 +57,7 @@ async def _reconcile_create(args: CreateTicketInput, ctx: ToolContext) -> Ticket
     return Ticket(**row) if row else None
 
 
-async def _undo_create(args: CreateTicketInput, result: dict, ctx: ToolContext) -> None:
+async def _undo_create(args: CreateTicketInput, result: dict[str, Any], ctx: ToolContext) -> None:
     await ctx.conn.execute(
         "UPDATE keel_tickets SET status = 'cancelled', closed_at = now() WHERE id = %s", (result["id"],)
     )
@@ -89,7 +89,7 @@ async def _close(args: CloseTicketInput, ctx: ToolContext) -> Ticket:
     return Ticket(**row)
 
 
-async def _undo_close(args: CloseTicketInput, result: dict, ctx: ToolContext) -> None:
+async def _undo_close(args: CloseTicketInput, result: dict[str, Any], ctx: ToolContext) -> None:
     await ctx.conn.execute(
         "UPDATE keel_tickets SET status = 'open', closed_at = NULL WHERE id = %s AND status = 'closed'",
         (result["id"],),

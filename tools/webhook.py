@@ -15,6 +15,7 @@ import httpx
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, Field
 
+from tools.ledger import Pool
 from tools.registry import ToolContext, ToolRetry, ToolSpec
 
 log = logging.getLogger("keel.outbox")
@@ -57,7 +58,9 @@ SEND_WEBHOOK = ToolSpec(
 )
 
 
-async def dispatch_once(pool, client: httpx.AsyncClient, *, batch: int = 20, max_attempts: int = 8) -> int:
+async def dispatch_once(
+    pool: Pool, client: httpx.AsyncClient, *, batch: int = 20, max_attempts: int = 8
+) -> int:
     """Deliver due outbox rows; returns how many were delivered."""
     delivered = 0
     async with pool.connection() as conn, conn.transaction():
@@ -93,7 +96,7 @@ async def dispatch_once(pool, client: httpx.AsyncClient, *, batch: int = 20, max
     return delivered
 
 
-async def dispatcher(pool, *, interval_s: float = 0.5, stop: asyncio.Event | None = None) -> None:
+async def dispatcher(pool: Pool, *, interval_s: float = 0.5, stop: asyncio.Event | None = None) -> None:
     """Deliver the outbox until stopped."""
     async with httpx.AsyncClient(timeout=10) as client:
         while stop is None or not stop.is_set():

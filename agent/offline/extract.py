@@ -128,7 +128,7 @@ def extractive_answer(question: str, docs: Sequence[Document], max_sentences: in
         return NO_ANSWER_TEXT
     n = len(sentences)
     stem_sets = [set(s.stems) for s in sentences]
-    idf = {}
+    idf: dict[str, float] = {}
     for stem in question_stems:
         df = sum(1 for words in stem_sets if stem in words)
         if df:
@@ -138,7 +138,7 @@ def extractive_answer(question: str, docs: Sequence[Document], max_sentences: in
         gain = sum(
             idf[t] * (0.3 if t in covered else 1.0) for t in question_stems if t in idf and t in stem_sets[i]
         )
-        return gain / max(len(sentences[i].stems), 1) ** 0.25
+        return gain / math.pow(max(len(sentences[i].stems), 1), 0.25)
 
     # Greedy: the best sentence, then sentences that add a missing question term or score nearly as well.
     picked: list[int] = []

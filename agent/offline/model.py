@@ -142,7 +142,8 @@ class OfflineChatModel(BaseChatModel):
     def _structured_args(self, spec: dict[str, Any], messages: Sequence[BaseMessage]) -> dict[str, Any]:
         parameters = spec.get("parameters") or {}
         if not is_critic_schema(spec):
-            return default_for({**parameters, "type": "object"})
+            args: dict[str, Any] = default_for({**parameters, "type": "object"})  # an object schema's value
+            return args
         question = draft = None
         docs: list[Document] = []
         for message in reversed(messages):
