@@ -68,18 +68,6 @@ EXPECTED_FAILURES: dict[str, str] = {
     "threads.prune": "thread prune",
     # PENDING issue 11: GET /store/items of a missing key returns 200 null
     "store.getItem(missing) -> null": "store missing key",
-    # PENDING issue 11: POST /runs/crons
-    "crons.create": "crons",
-    # PENDING issue 11: POST /threads/{id}/runs/crons
-    "crons.createForThread": "crons",
-    # PENDING issue 11: POST /runs/crons/search
-    "crons.search": "crons",
-    # PENDING issue 11: POST /runs/crons/count
-    "crons.count": "crons",
-    # PENDING issue 11: PATCH /runs/crons/{id}
-    "crons.update": "crons",
-    # PENDING issue 11: DELETE /runs/crons/{id}
-    "crons.delete": "crons",
 }
 """Checks that fail today, each with the missing feature; the test fails when one of them passes."""
 
