@@ -95,7 +95,10 @@ class Settings(BaseSettings):
         description="how often each worker's cron scheduler looks for due crons (a schedule's unit is a minute)",
     )
     keel_metrics_port: int | None = Field(
-        default=None, ge=0, le=65535, description="`keel worker`: serve GET /metrics on this port (unset = none)"
+        default=None,
+        ge=0,
+        le=65535,
+        description="`keel worker`: serve GET /metrics on this port (unset = none)",
     )
     keel_metrics_host: str = Field(default="127.0.0.1", description="`keel worker`: address of its /metrics")
     keel_otel_endpoint: str | None = Field(

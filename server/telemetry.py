@@ -123,6 +123,8 @@ class RunObserver(BaseCallbackHandler):
             if outcome == "success" and entry.interrupted:
                 outcome = "interrupted"
             self.metrics.run_duration.labels(outcome).observe(seconds)
+            for orphan in [k for k, v in self._open.items() if v.parent == run_id]:
+                self._close(orphan, asyncio.CancelledError())  # a node the run ended without (never leaks)
         else:
             self.metrics.node_duration.labels(entry.node, outcome).observe(seconds)
             run = self._open.get(entry.parent) if entry.parent is not None else None
