@@ -30,7 +30,7 @@ async def info() -> dict:
         "langgraph_py_version": langgraph.version.__version__,
         "flags": {
             "assistants": True,
-            "crons": False,
+            "crons": True,
             "langsmith": True,
             "langsmith_tracing_replicas": True,
             "langsmith_tracing_session_on_runs": True,

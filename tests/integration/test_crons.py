@@ -74,6 +74,10 @@ def test_cron_runs_record_the_same_modes_as_background_runs():
     assert list(BACKGROUND_MODES) == list(ROUTE_BACKGROUND_MODES)
 
 
+async def test_info_announces_crons(client):
+    assert (await client.get("/info")).json()["flags"]["crons"] is True
+
+
 async def test_create_get_and_shape(client):
     before = datetime.now(UTC)
     c = await cron(client, schedule="*/5 * * * *", input=Q, metadata={"team": "ops"})
