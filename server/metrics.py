@@ -29,8 +29,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# One round trip, every part served by an index: keel_runs_status_idx (by status), the partial
-# keel_runs_pending_idx (queue), keel_runs_lease_idx (expired leases) and keel_runs_retried_idx (attempt > 1).
+# One round trip, every part served by an index (migration 10 adds two): keel_runs_status_idx (by status), the
+# partial indexes on pending and on running runs (queue, expired leases) and keel_runs_retried_idx (attempt > 1).
 CLUSTER_FIGURES = """
 SELECT
   (SELECT coalesce(jsonb_object_agg(status, n), '{}'::jsonb)
