@@ -35,7 +35,7 @@ PRUNE = "PENDING: POST /threads/prune is not served by Keel yet."
 THREAD_STREAM = "PENDING: GET /threads/{id}/stream (thread-level join) is not served by Keel yet."
 BATCH = "PENDING: POST /runs/batch is not served by Keel yet."
 BULK_CANCEL = "PENDING: POST /runs/cancel (bulk) is not served by Keel yet."
-CRONS = "PENDING: crons routes: being implemented; remaining differences in validation or shape."
+CRONS = "INTENDED: cron search/count accept a graph name as `assistant_id`, as Keel does wherever an assistant id goes; the reference answers 422 unless it is a UUID (docs/api.md, Crons)."
 STORE_MISSING = (
     "PENDING: GET /store/items of a missing key: the reference answers 200 `null`, Keel 404 (the SDKs throw)."
 )
