@@ -165,7 +165,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("assistants.search.metadata", "shape"): DESCRIPTION,
     ("assistants.get", "shape"): DESCRIPTION,
     ("assistants.schemas", "shape"): DESCRIPTION,
-    ("assistants.search.by_metadata", "shape"): DESCRIPTION,
     # ASSISTANT_CRUD
     ("assistants.create", "status"): ASSISTANT_CRUD,
     ("assistants.create.with_id", "status"): ASSISTANT_CRUD,
@@ -179,6 +178,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("assistants.delete", "status"): ASSISTANT_CRUD,
     ("assistants.delete.unknown", "status"): ASSISTANT_CRUD,
     # ASSISTANT_SEARCH
+    ("assistants.search.by_metadata", "shape"): ASSISTANT_SEARCH,
     ("assistants.search.unknown_graph", "status"): ASSISTANT_SEARCH,
     ("assistants.get.by_graph_id", "status"): ASSISTANT_SEARCH,
     # GRAPH_SHAPE

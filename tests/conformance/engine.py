@@ -276,17 +276,19 @@ def _last_key(path: str) -> str:
     return path.replace("[]", "").rsplit(".", 1)[-1]
 
 
+def _reads(leaf: str) -> bool:
+    """Whether a client reads this leaf: a CLIENT_KEYS key near the top, outside free-form maps."""
+    path = _path_key(leaf)
+    free_form = any(f".{k}" in path for k in FREE_FORM_KEYS)
+    return path == "$" or (_last_key(path) in CLIENT_KEYS and path.count(".") <= 3 and not free_form)
+
+
 def shape_diff(ref: frozenset[str], keel: frozenset[str]) -> tuple[list[str], list[str], bool]:
     """Leaves only in the reference, only in Keel, and whether a client would notice."""
-    only_ref = sorted(ref - keel)
-    only_keel = sorted(keel - ref)
-    visible = False
-    for leaf in only_ref:
-        # a key a client reads is missing in Keel, has another type, or (enum keys) another value
-        path = _path_key(leaf)
-        free_form = any(f".{k}" in path for k in FREE_FORM_KEYS)
-        if path == "$" or (_last_key(path) in CLIENT_KEYS and path.count(".") <= 3 and not free_form):
-            visible = True
+    only_ref = sorted(ref - keel, key=lambda leaf: (not _reads(leaf), leaf))  # what a client reads first
+    only_keel = sorted(keel - ref, key=lambda leaf: (not _reads(leaf), leaf))
+    # a key a client reads is missing in Keel, has another type, or (enum keys) another value
+    visible = any(_reads(leaf) for leaf in only_ref)
     return only_ref, only_keel, visible
 
 
