@@ -228,6 +228,37 @@ MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS keel_runs_status_idx ON keel_runs (status);
     CREATE INDEX IF NOT EXISTS keel_runs_retried_idx ON keel_runs (attempt) WHERE attempt > 1;
     """,
+    # 11: assistants (a graph with its config, context and metadata) and every version of each. owner is the
+    # creating user, NULL for the system assistant of each graph (created at start-up, visible to all).
+    """
+    CREATE TABLE IF NOT EXISTS keel_assistants (
+        assistant_id uuid PRIMARY KEY,
+        graph_id text NOT NULL,
+        owner text,
+        name text NOT NULL,
+        description text,
+        config jsonb NOT NULL DEFAULT '{}'::jsonb,
+        context jsonb NOT NULL DEFAULT '{}'::jsonb,
+        metadata jsonb NOT NULL DEFAULT '{}'::jsonb,
+        version integer NOT NULL DEFAULT 1,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        updated_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX IF NOT EXISTS keel_assistants_owner_idx ON keel_assistants (owner, created_at DESC);
+    CREATE INDEX IF NOT EXISTS keel_assistants_metadata_idx ON keel_assistants USING gin (metadata jsonb_path_ops);
+    CREATE TABLE IF NOT EXISTS keel_assistant_versions (
+        assistant_id uuid NOT NULL REFERENCES keel_assistants (assistant_id) ON DELETE CASCADE,
+        version integer NOT NULL,
+        graph_id text NOT NULL,
+        name text NOT NULL,
+        description text,
+        config jsonb NOT NULL DEFAULT '{}'::jsonb,
+        context jsonb NOT NULL DEFAULT '{}'::jsonb,
+        metadata jsonb NOT NULL DEFAULT '{}'::jsonb,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (assistant_id, version)
+    );
+    """,
 ]
 
 
