@@ -32,7 +32,7 @@ RUN_FIELDS = (
 
 
 def check_schedule(schedule: str) -> None:
-    """A five-field cron expression (croniter's grammar), or 422 worded as langgraph-api words it."""
+    """A cron expression (croniter's grammar, as langgraph-api's) that fires at some point, or 422."""
     if not croniter.is_valid(schedule):
         raise ApiError(
             422,
@@ -40,6 +40,12 @@ def check_schedule(schedule: str) -> None:
             "standard cron format (minute hour day_of_month month day_of_week). "
             "Example: '*/5 * * * *' for every 5 minutes.",
         )
+    try:
+        next_fire(schedule, None, datetime.now(UTC))
+    except Exception:  # croniter's CroniterBadDateError: a valid-looking date that never comes (Feb 30)
+        raise ApiError(
+            422, f"Invalid cron schedule: '{schedule}'. Reason: it never fires (no such date)."
+        ) from None
 
 
 def check_timezone(timezone: str | None) -> str | None:
@@ -48,7 +54,7 @@ def check_timezone(timezone: str | None) -> str | None:
         return None
     try:
         ZoneInfo(timezone)
-    except (ZoneInfoNotFoundError, ValueError, KeyError):
+    except (ZoneInfoNotFoundError, ValueError, KeyError, OSError):  # a directory name is an OSError
         raise ApiError(
             422, f"Invalid timezone: '{timezone}'. Use IANA timezone format (e.g. 'America/New_York')."
         ) from None

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Path, Response
 from pydantic import Field
 
 from server.auth import CurrentUser, User
@@ -28,6 +28,8 @@ from server.schemas import (
 )
 from server.serde import jsonable
 from server.service import KeelService
+
+CronId = Annotated[str, Path(description="a cron's UUID", json_schema_extra={"format": "uuid"})]
 
 router = APIRouter(tags=["crons"], dependencies=AUTHENTICATED, responses=errors(401, 422))
 
@@ -266,7 +268,7 @@ def _assistant_filter(svc: KeelService, ident: str) -> str:
 
 
 @router.get("/runs/crons/{cron_id}", responses=errors(404))
-async def get_cron(cron_id: str, svc: Service, user: CurrentUser) -> dict[str, Any]:
+async def get_cron(cron_id: CronId, svc: Service, user: CurrentUser) -> dict[str, Any]:
     """One cron."""
     cid = parse_uuid(cron_id, "cron")
     async with svc.db.pool.connection() as conn:
@@ -277,7 +279,7 @@ async def get_cron(cron_id: str, svc: Service, user: CurrentUser) -> dict[str, A
 
 
 @router.patch("/runs/crons/{cron_id}", responses=errors(400, 404, 413))
-async def patch_cron(cron_id: str, body: CronPatch, svc: Service, user: CurrentUser) -> dict[str, Any]:
+async def patch_cron(cron_id: CronId, body: CronPatch, svc: Service, user: CurrentUser) -> dict[str, Any]:
     """Change a cron's schedule, settings or run payload (fields given are replaced; metadata is merged)."""
     cid = parse_uuid(cron_id, "cron")
     fields = body.model_fields_set
@@ -325,7 +327,7 @@ async def patch_cron(cron_id: str, body: CronPatch, svc: Service, user: CurrentU
 
 
 @router.delete("/runs/crons/{cron_id}", status_code=204, responses=errors(404))
-async def delete_cron(cron_id: str, svc: Service, user: CurrentUser) -> Response:
+async def delete_cron(cron_id: CronId, svc: Service, user: CurrentUser) -> Response:
     """Delete a cron (runs it already created are not touched)."""
     cid = parse_uuid(cron_id, "cron")
     async with svc.db.pool.connection() as conn:

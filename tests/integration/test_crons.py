@@ -156,6 +156,14 @@ UNKNOWN = str(uuid.uuid4())
             422,
             "Invalid cron schedule",
         ),
+        ("post", "/runs/crons", {"assistant_id": "agent", "schedule": "0 0 30 2 *"}, 422, "never fires"),
+        (
+            "post",
+            "/runs/crons",
+            {"assistant_id": "agent", "schedule": YEARLY, "timezone": "America"},
+            422,
+            "timezone",
+        ),
         (
             "post",
             "/runs/crons",
