@@ -19,7 +19,7 @@ def _default(obj: Any) -> Any:
     if isinstance(obj, (set, frozenset, tuple)):
         return list(obj)
     if hasattr(obj, "node") and hasattr(obj, "arg") and type(obj).__name__ == "Send":
-        return {"node": obj.node, "input": obj.arg}
+        return {"node": obj.node, "args": obj.arg}
     if isinstance(obj, BaseException):
         return {"error": type(obj).__name__, "message": str(obj)}
     if isinstance(obj, bytes):

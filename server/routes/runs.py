@@ -38,7 +38,10 @@ log = logging.getLogger("keel")
 
 KEEPALIVE_S = 5.0
 SSE_HEADERS = {"cache-control": "no-store", "x-accel-buffering": "no"}
-ALWAYS = {"metadata", "error", "end"}
+ALWAYS = {"metadata", "error"}
+# Logged but never sent: the log's end-of-run marker (the reference server ends a stream by closing it).
+HIDDEN = {"end"}
+RUN_NOT_FOUND = {"error": "HTTPException", "message": "404: Run not found"}
 
 
 class EventStream(StreamingResponse):
@@ -58,6 +61,8 @@ def sse(event: Event, with_id: bool) -> bytes:
 
 def _wanted(event: str, modes: list[str]) -> bool:
     base = event.split("|", 1)[0]
+    if base in HIDDEN:
+        return False
     if base in ALWAYS:
         return True
     if base == "messages":
@@ -143,6 +148,16 @@ def _stream_response(
     return StreamingResponse(body(), media_type="text/event-stream; charset=utf-8", headers=headers)
 
 
+def _not_found_stream(base: str) -> StreamingResponse:
+    """The reference server's answer to joining the stream of an unknown run: 200, one error event."""
+
+    async def body() -> AsyncIterator[bytes]:
+        yield sse(Event(0, "error", RUN_NOT_FOUND), False)
+
+    headers = {**SSE_HEADERS, "location": base + "/stream", "content-location": base}
+    return StreamingResponse(body(), media_type="text/event-stream; charset=utf-8", headers=headers)
+
+
 async def _cancel_shielded(svc: KeelService, run: dict[str, Any]) -> None:
     """Cancel the run although the response task itself is being cancelled (client went away)."""
     with anyio.CancelScope(shield=True):
@@ -162,14 +177,47 @@ async def _result(svc: KeelService, run: dict[str, Any]) -> Any:
     return jsonable(snap.values or {})
 
 
+async def _thread_result(svc: KeelService, thread_id: str) -> Any:
+    """What joining a run that already ended returns (as the reference server does): the thread's error,
+    its pending interrupts, or its values (every channel), from the thread as it stands now."""
+    async with svc.db.pool.connection() as conn:
+        row = await store.get_thread(conn, thread_id)
+    if row is None:
+        return {}
+    if row["status"] == "error":
+        return {"__error__": row["error"] or {"error": "RunError", "message": "the run failed"}}
+    if row["status"] == "interrupted":
+        groups = (row["interrupts"] or {}).values()
+        pending = [i for group in groups if isinstance(group, list) for i in group]
+        if pending:
+            return {"__interrupt__": pending}
+    return row["values"] or {}
+
+
 def _wait_response(
-    svc: KeelService, run: dict[str, Any], *, cancel_on_disconnect: bool, headers: dict[str, str]
+    svc: KeelService,
+    run: dict[str, Any] | None,
+    *,
+    cancel_on_disconnect: bool,
+    headers: dict[str, str],
+    ended: bool = False,
 ) -> StreamingResponse:
-    """JSON result, preceded by a newline every few seconds so proxies and clients keep the connection."""
+    """JSON result, preceded by a newline every few seconds so proxies and clients keep the connection.
+
+    `run` None: the run is unknown (200 with an `__error__`, as the reference answers a join); `ended`: it
+    had already ended when joined, so the answer is the thread's (see `_thread_result`).
+    """
+
+    async def outcome() -> Any:
+        if run is None:
+            return {"__error__": RUN_NOT_FOUND}
+        if ended:
+            return await _thread_result(svc, str(run["thread_id"]))
+        return await _result(svc, run)
 
     async def body() -> AsyncIterator[bytes]:
         finished = False
-        task = asyncio.create_task(_result(svc, run))
+        task = asyncio.create_task(outcome())
         try:
             while True:
                 done, _ = await asyncio.wait({task}, timeout=KEEPALIVE_S)
@@ -192,7 +240,7 @@ def _wait_response(
         finally:
             if not task.done():
                 task.cancel()
-            if not finished and cancel_on_disconnect:
+            if not finished and cancel_on_disconnect and run is not None:
                 await _cancel_shielded(svc, run)
 
     return StreamingResponse(body(), media_type="application/json", headers=headers)
@@ -293,11 +341,31 @@ async def get_run(thread_id: ThreadId, run_id: RunId, svc: Service, user: Curren
     return run_json(await owned_run(svc, user, thread_id, run_id))
 
 
+async def joined_run(svc: KeelService, user: User, thread_id: str, run_id: str) -> dict[str, Any] | None:
+    """The caller's run to join; None when its (owned) thread has no such run: the reference answers that
+    with 200 and an error in the body, not a 404."""
+    try:
+        return await owned_run(svc, user, thread_id, run_id)
+    except ApiError as exc:
+        if exc.status == 404 and exc.detail.startswith("Run "):
+            return None
+        raise
+
+
 @router.get("/threads/{thread_id}/runs/{run_id}/join", responses=errors(404))
-async def join_run(thread_id: ThreadId, run_id: RunId, svc: Service, user: CurrentUser) -> StreamingResponse:
-    """Wait for a run and answer with its final values."""
-    run = await owned_run(svc, user, thread_id, run_id)
-    return _wait_response(svc, run, cancel_on_disconnect=False, headers={})
+async def join_run(
+    thread_id: ThreadId, run_id: RunId, svc: Service, user: CurrentUser, cancel_on_disconnect: bool = False
+) -> StreamingResponse:
+    """Wait for a run and answer with its final values (the thread's, if it had already ended)."""
+    run = await joined_run(svc, user, thread_id, run_id)
+    base = f"/threads/{thread_id}/runs/{run_id}"
+    return _wait_response(
+        svc,
+        run,
+        cancel_on_disconnect=cancel_on_disconnect,
+        headers={"location": base + "/join", "content-location": base},
+        ended=run is not None and run["status"] not in ACTIVE,
+    )
 
 
 @router.get(
@@ -314,10 +382,10 @@ async def join_stream(
     cancel_on_disconnect: bool = False,
     last_event_id: str | None = Header(None),
 ) -> StreamingResponse:
-    """Stream a run's events; with Last-Event-ID, only the events after it."""
-    run = await owned_run(svc, user, thread_id, run_id)
+    """Stream a run's events from now on; with Last-Event-ID, the logged events after it first."""
+    run = await joined_run(svc, user, thread_id, run_id)
     modes = [m for m in (stream_mode or []) if m] or None
-    after = 0
+    after: int | None = None
     if last_event_id not in (None, ""):
         try:
             after = max(0, int(last_event_id))
@@ -325,7 +393,12 @@ async def join_stream(
                 raise ValueError(last_event_id)
         except ValueError:
             raise ApiError(422, "Last-Event-ID must be an event id from this run's stream") from None
-    base = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
+    base = f"/threads/{thread_id}/runs/{run_id}"
+    if run is None:
+        return _not_found_stream(base)
+    if after is None:  # live events only, as the reference server sends (a finished run: none)
+        async with svc.db.pool.connection() as conn:
+            after = await store.last_seq(conn, str(run["run_id"]))
     return _stream_response(
         svc,
         run,

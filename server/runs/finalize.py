@@ -13,6 +13,7 @@ from server.runs.attempt import RunHandle, last_event, open_writer, prepare, rec
 from server.runs.errors import attempts_exhausted
 from server.runs.outcome import OutcomeRecorder
 from server.runs.store import Outcome
+from server.runs.stream import output_values
 from server.serde import jsonable
 
 log = logging.getLogger("keel.runs")
@@ -31,7 +32,7 @@ async def finalize(outcomes: OutcomeRecorder, h: RunHandle) -> Outcome:
         log.warning(
             "run's worker died after its last checkpoint (attempt %d); finishing it from there", c.attempt
         )
-        values = jsonable(snapshot.values)
+        values = output_values(outcomes.graph, jsonable(snapshot.values))
         if "values" in recorded_modes(c) and await last_event(pool, c) != "values":
             writer.publish("values", values)  # the final values event came after the last checkpoint
         return await outcomes.settle(h, values)

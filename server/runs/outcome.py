@@ -42,9 +42,10 @@ class OutcomeRecorder:
         assert writer is not None
         snapshot = await self.graph.aget_state({"configurable": {"thread_id": c.thread_id}})
         pending = bool(snapshot.next) or any(t.interrupts for t in snapshot.tasks)
-        writer.publish("end", None)
+        writer.publish("end", None)  # the log's end marker; never sent to clients (see routes.runs)
         await writer.close()
-        status = RunStatus.INTERRUPTED if pending else RunStatus.SUCCESS
+        # A run that stopped at an interrupt succeeded (as in langgraph-api); its thread is "interrupted".
+        status = RunStatus.SUCCESS
         ok = await finish(
             self.pool,
             c,
@@ -54,11 +55,12 @@ class OutcomeRecorder:
             thread_values=jsonable(snapshot.values),
             interrupts=interrupts_by_task(snapshot),
         )
-        log.info("run finished with status %s", status if ok else f"{status} (fenced: lease lost)")
+        outcome = Outcome.INTERRUPTED if pending else Outcome.SUCCESS
+        log.info("run finished: %s", outcome if ok else f"{outcome} (fenced: lease lost)")
         if not ok:
             return Outcome.FENCED
-        await self.housekeeping.after(c, snapshot.values if status == RunStatus.SUCCESS else None)
-        return Outcome(status)
+        await self.housekeeping.after(c, None if pending else snapshot.values)
+        return outcome
 
     async def failed(self, h: RunHandle, error: dict[str, Any]) -> Outcome:
         """End the run in error (undoing its side effects first, if it has any)."""
@@ -139,7 +141,9 @@ class OutcomeRecorder:
             start_seq, _ = await prepare(pool, c)
             writer = open_writer(pool, h, start_seq)
             writer.publish("metadata", {"run_id": c.run_id, "attempt": c.attempt})
-        writer.publish("error", {"error": "Cancelled", "message": "the run was cancelled"})
+        # No error event: the reference server ends a cancelled run's stream without one (a client would
+        # show the cancel as a failure). The end marker stays in the log only.
+        writer.publish("end", None)
         await writer.close()
         snapshot = await self.graph.aget_state({"configurable": {"thread_id": c.thread_id}})
         await finish(

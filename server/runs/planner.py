@@ -32,6 +32,7 @@ SUPPORTED_MODES = {
     "tasks",
     "checkpoints",
     "debug",
+    "events",
 }
 
 # Run settings a request may change through `context`; identity and models come from the server only.
