@@ -1,97 +1,67 @@
-"""The running Keel: settings, database, compiled graph, assistants and runs, wired once at start-up."""
+"""The running Keel: settings, database, compiled graphs, assistants and runs, wired once at start-up."""
 
 from __future__ import annotations
 
-import importlib
 import logging
-import uuid
-from datetime import UTC, datetime
 from typing import Any, cast
 
 from langgraph.graph import StateGraph
 from psycopg_pool import AsyncConnectionPool
 
 from agent.context import Context
-from agent.graph import build
 from agent.toolbox import Toolbox
 from memory.embeddings import DEFAULT_EMBEDDINGS, EMBED_DIMS, get_embeddings
+from server.assistants.graphs import AGENT, build_agent, config_path, load_graphs, load_keel_graph
+from server.assistants.manager import NAMESPACE_GRAPH, Assistants, GraphEntry, system_id
 from server.auth import User
 from server.crons.scheduler import CronScheduler
 from server.db import Database, DatabaseUnavailable, embedded_server, open_database
-from server.errors import ApiError
+from server.runs.attempt import RunHandle
 from server.runs.events import EventFeed
 from server.runs.executor import RunExecutor
 from server.runs.manager import RunManager
-from server.runs.planner import Planner
+from server.runs.planner import GraphInfo, Planner, context_fields
+from server.runs.store import Outcome
 from server.runs.worker import Worker
 from server.settings import Settings
 from server.telemetry import Telemetry
 
 log = logging.getLogger("keel")
 
-# langgraph-api derives default assistant ids this way, so ids match the official server's.
-NAMESPACE_GRAPH = uuid.UUID("6ba7b821-9dad-11d1-80b4-00c04fd430c8")
-GRAPH_ID = "agent"
-_STARTED = datetime.now(UTC).isoformat()
+__all__ = ["NAMESPACE_GRAPH", "Assistants", "GraphEntry", "KeelService", "load_builder", "system_id"]
+
+GRAPH_ID = AGENT
+"""The graph id of Keel's agent, served by every deployment unless langgraph.json leaves it out."""
 
 
 def load_builder(spec: str | None, toolbox: Toolbox) -> StateGraph[Any, Any, Any, Any]:
-    """The graph builder: Keel's agent, or `module:attr` from KEEL_GRAPH (tests, custom agents) naming an
-    uncompiled `StateGraph`, or a function that builds one from the service's `Toolbox`."""
-    if not spec:
-        return build(toolbox)
-    module, _, attr = spec.partition(":")
-    try:
-        found = getattr(importlib.import_module(module), attr or "builder")
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"KEEL_GRAPH={spec!r}: cannot load the graph builder ({exc})") from exc
-    built = found if isinstance(found, StateGraph) or not callable(found) else found(toolbox)
-    return cast(StateGraph[Any, Any, Any, Any], built)  # user code named by KEEL_GRAPH, imported by name
+    """The `agent` graph's builder: Keel's agent, or what KEEL_GRAPH (`module:attr`) names, an uncompiled
+    `StateGraph` or a function that builds one from the service's `Toolbox`."""
+    return load_keel_graph(spec, toolbox) if spec else build_agent(toolbox)
 
 
-class Assistants:
-    """One default assistant per graph; the graph id works wherever an assistant id does."""
+class GraphExecutor(RunExecutor):
+    """Executes each claimed run with the graph chosen when it was created (its configurable names it; runs
+    recorded before that, or on a graph no longer served, fall back to the system assistant's graph, then to
+    the default graph)."""
 
-    def __init__(self, graph_ids: list[str]) -> None:
-        self._by_id: dict[str, dict[str, Any]] = {}
-        for gid in graph_ids:
-            aid = str(uuid.uuid5(NAMESPACE_GRAPH, gid))
-            self._by_id[aid] = {
-                "assistant_id": aid,
-                "graph_id": gid,
-                "config": {},
-                "context": {},
-                "metadata": {"created_by": "system"},
-                "name": gid,
-                "description": None,
-                "version": 1,
-                "created_at": _STARTED,
-                "updated_at": _STARTED,
-            }
+    def __init__(self, by_graph: dict[str, RunExecutor], default: str, assistants: Assistants) -> None:
+        first = by_graph[default]
+        super().__init__(first.db, first.graph, first.planner, first.settings, first.toolbox)
+        self.by_graph = by_graph
+        self.default = default
+        self.assistants = assistants
 
-    def all(self) -> list[dict[str, Any]]:
-        return list(self._by_id.values())
+    def graph_id(self, run: dict[str, Any]) -> str:
+        request = (run.get("kwargs") or {}).get("request") or {}
+        gid = ((request.get("config") or {}).get("configurable") or {}).get("graph_id")
+        if isinstance(gid, str) and gid in self.by_graph:
+            return gid
+        system = self.assistants.find(str(run.get("assistant_id")))
+        return system["graph_id"] if system is not None else self.default
 
-    def find(self, ident: str) -> dict[str, Any] | None:
-        if ident in self._by_id:
-            return self._by_id[ident]
-        for a in self._by_id.values():
-            if a["graph_id"] == ident:
-                return a
-        try:
-            return self._by_id.get(str(uuid.UUID(ident)))
-        except ValueError:
-            return None
-
-    def resolve(self, ident: str, *, for_run: bool = False) -> dict[str, Any]:
-        found = self.find(ident)
-        if found is None:
-            if for_run:
-                raise ApiError(
-                    422, f"Invalid assistant: '{ident}'. Use a graph name ({GRAPH_ID}) or an assistant ID."
-                )
-            raise ApiError(404, f"Assistant with ID {ident} not found")
-        return found
+    async def execute(self, h: RunHandle) -> Outcome:
+        return await self.by_graph[self.graph_id(h.claim.run)].execute(h)
 
 
 async def open_db(settings: Settings, *, check_embeddings: bool = True) -> Database:
@@ -129,14 +99,42 @@ class KeelService:
         self.db = db
         self.toolbox = Toolbox(pool=db.pool, settings={"webhook_url": settings.keel_webhook_url})
         """The tools runs and MCP callers use, and their services."""
-        self.graph = load_builder(settings.keel_graph, self.toolbox).compile(
-            checkpointer=db.checkpointer, store=db.store, name=GRAPH_ID
-        )
+        loaded = load_graphs(config_path(settings.keel_config), settings.keel_graph, self.toolbox)
+        self.graphs: dict[str, Any] = {
+            gid: g.builder.compile(
+                checkpointer=db.checkpointer,
+                store=db.store,
+                name=g.name,
+                interrupt_before=g.interrupt_before or None,
+                interrupt_after=g.interrupt_after or None,
+            )
+            for gid, g in loaded.items()
+        }
+        """Every served graph, compiled with the Postgres checkpointer and store, by graph id."""
+        self.default_graph_id = AGENT if AGENT in self.graphs else next(iter(self.graphs))
+        self.graph = self.graphs[self.default_graph_id]
+        """The default graph (Keel's agent, or KEEL_GRAPH's), for routes that do not yet pick a thread's graph."""
         self.node_names = set(self.graph.nodes) - {"__start__"}
-        self.assistants = Assistants([GRAPH_ID])
-        self.planner = Planner(settings, self.assistants, self.node_names)
-        # server.runs still annotates its pool with the default (tuple) rows; the pool hands out dict rows.
         runs_pool = cast(AsyncConnectionPool, db.pool)
+        self.assistants = Assistants(
+            runs_pool,
+            {gid: GraphEntry(g.name, g.description) for gid, g in loaded.items()},
+            keys_configured=bool(settings.api_users),
+        )
+        self.planner = Planner(
+            settings,
+            self.assistants,
+            {
+                gid: GraphInfo(
+                    keel_context=loaded[gid].keel_context,
+                    context_fields=context_fields(g),
+                    node_names=frozenset(g.nodes) - {"__start__"},
+                )
+                for gid, g in self.graphs.items()
+            },
+        )
+        self.assistants.check = self.planner.check_assistant
+        # server.runs still annotates its pool with the default (tuple) rows; the pool hands out dict rows.
         self.runs = RunManager(runs_pool, db.checkpointer, self.planner)
         self.feed = EventFeed(db.url, runs_pool)
         self.worker: Worker | None = None
@@ -151,8 +149,14 @@ class KeelService:
     async def start_worker(self, concurrency: int, name: str | None = None) -> Worker:
         """Execute queued runs in this process."""
         s = self.settings
-        graph = self.telemetry.instrument(self.graph)  # run and node latency, spans when tracing is on
-        executor = RunExecutor(self.db, graph, self.planner, s, self.toolbox)
+        by_graph = {
+            # run and node latency, spans when tracing is on
+            gid: RunExecutor(
+                self.db, self.telemetry.instrument(g), self.planner.for_graph(gid), s, self.toolbox
+            )
+            for gid, g in self.graphs.items()
+        }
+        executor = GraphExecutor(by_graph, self.default_graph_id, self.assistants)
         worker = Worker(
             self.db,
             executor,
@@ -179,8 +183,13 @@ class KeelService:
     async def start(cls, settings: Settings) -> KeelService:
         """Connect (starting the embedded Postgres when DATABASE_URL is unset), migrate, compile."""
         svc = cls(settings, await open_db(settings))
+        await svc.assistants.ready()  # each graph's system assistant (every process; one row each)
         await svc.import_mcp_tools()
         return svc
+
+    def graph_for(self, graph_id: str | None) -> Any:
+        """The compiled graph of this graph id (a thread's metadata names it), else the default graph."""
+        return self.graphs.get(graph_id or "", self.graph)
 
     async def import_mcp_tools(self) -> int:
         """Register the tools of the external MCP servers in KEEL_MCP_SERVERS (fails start-up if unreachable)."""

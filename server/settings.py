@@ -109,7 +109,14 @@ class Settings(BaseSettings):
     )
     otel_service_name: str = Field(default="keel", description="service.name of Keel's spans")
     keel_graph: str | None = Field(
-        default=None, description="module:attr of an alternative StateGraph builder"
+        default=None,
+        description="module:attr of a StateGraph builder (or a function of the Toolbox) served as the `agent` "
+        "graph in place of Keel's agent; a shorthand beside KEEL_CONFIG",
+    )
+    keel_config: str | None = Field(
+        default=None,
+        description="the langgraph.json whose graphs are served (unset: ./langgraph.json when present, else Keel's "
+        "agent only; empty: Keel's agent only)",
     )
     keel_cors_origins: str = Field(
         default=STUDIO_AND_LOOPBACK_ORIGINS,

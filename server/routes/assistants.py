@@ -1,57 +1,122 @@
-"""Assistants: one default per graph, searchable, with graph topology and schemas."""
+"""Assistants: create, version, search and delete them; the topology and schemas of each one's graph.
+
+Shaped as langgraph-api 0.16.7 serves them; who sees and changes which assistant is in server.assistants.manager.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
+from langgraph.graph import START, StateGraph
 from pydantic import Field
 
+from server.assistants.schemas import (
+    AssistantCount,
+    AssistantCreate,
+    AssistantPatch,
+    AssistantSearch,
+    AssistantVersionChange,
+    AssistantVersions,
+    SelectField,
+)
 from server.auth import CurrentUser
 from server.deps import Service
-from server.schemas import AUTHENTICATED, AssistantSearch, errors
+from server.errors import ApiError
+from server.schemas import AUTHENTICATED, errors
+from server.service import KeelService
 
 XrayDepth = Annotated[int, Field(ge=0, le=100)]
+SELECTABLE = set(SelectField.__args__)  # type: ignore[attr-defined]
 
 router = APIRouter(
     prefix="/assistants", tags=["assistants"], dependencies=AUTHENTICATED, responses=errors(401, 422)
 )
 
 
-def _matches(a: dict[str, Any], q: AssistantSearch) -> bool:
-    if q.graph_id and a["graph_id"] != q.graph_id:
-        return False
-    if q.name and q.name not in a["name"]:
-        return False
-    return all(a["metadata"].get(k) == v for k, v in (q.metadata or {}).items())
+@router.post("", responses=errors(400, 404, 409, 413))
+async def create(body: AssistantCreate, svc: Service, user: CurrentUser) -> dict[str, Any]:
+    """Create an assistant of a served graph (409 when the id exists, unless if_exists is do_nothing)."""
+    return await svc.assistants.create(user, body)
 
 
-@router.post("/search", responses=errors(400, 413))
+@router.post("/search", responses=errors(400, 404, 413))
 async def search(
     body: AssistantSearch, svc: Service, user: CurrentUser, response: Response
 ) -> list[dict[str, Any]]:
-    """Assistants matching metadata / graph_id / name."""
-    found = [a for a in svc.assistants.all() if _matches(a, body)]
-    found.sort(
-        key=lambda a: str(a[body.sort_by or "created_at"]), reverse=(body.sort_order or "desc") == "desc"
-    )
-    response.headers["x-pagination-total"] = str(len(found))
-    page = found[body.offset : body.offset + body.limit]
+    """Assistants matching metadata / graph_id / name, sorted and paged."""
+    if body.select:
+        invalid = [c for c in body.select if c not in SELECTABLE]
+        if invalid:
+            raise ApiError(422, f"Invalid select columns: {invalid}. Expected: {sorted(SELECTABLE)}")
+    page, more = await svc.assistants.search(user, body)
+    if more:
+        response.headers["x-pagination-total"] = str(body.offset + body.limit + 1)
+        response.headers["x-pagination-next"] = str(body.offset + body.limit)
+    else:
+        response.headers["x-pagination-total"] = str(body.offset + len(page))
     if body.select:
         page = [{k: a[k] for k in body.select if k in a} for a in page]
     return page
 
 
-@router.post("/count", responses=errors(400, 413))
-async def count(body: AssistantSearch, svc: Service, user: CurrentUser) -> int:
+@router.post("/count", responses=errors(400, 404, 413))
+async def count(body: AssistantCount, svc: Service, user: CurrentUser) -> int:
     """How many assistants match."""
-    return len([a for a in svc.assistants.all() if _matches(a, body)])
+    return await svc.assistants.count(user, body.graph_id, body.name, body.metadata)
 
 
 @router.get("/{assistant_id}", responses=errors(404))
 async def get(assistant_id: str, svc: Service, user: CurrentUser) -> dict[str, Any]:
-    """One assistant, by id or graph name."""
-    return svc.assistants.resolve(assistant_id)
+    """One assistant, by id (or graph id, for its system assistant)."""
+    return await svc.assistants.get(user, assistant_id)
+
+
+@router.patch("/{assistant_id}", responses=errors(400, 403, 404, 413))
+async def patch(assistant_id: str, body: AssistantPatch, svc: Service, user: CurrentUser) -> dict[str, Any]:
+    """Change an assistant: a new version (metadata merged into the current one's) becomes its latest."""
+    return await svc.assistants.patch(user, assistant_id, body)
+
+
+@router.delete("/{assistant_id}", status_code=204, responses=errors(403, 404, 409))
+async def delete(
+    assistant_id: str,
+    svc: Service,
+    user: CurrentUser,
+    delete_threads: bool = Query(False, description="also delete the caller's threads this assistant ran on"),
+) -> Response:
+    """Delete an assistant with its versions and crons; its active runs are cancelled."""
+    runs, threads = await svc.assistants.delete(user, assistant_id)
+    for run in runs:
+        await svc.runs.cancel(run)
+    if delete_threads:
+        # The thread route's own path: stop the thread's runs, then delete it everywhere.
+        from server.routes.threads import _delete_thread
+
+        for tid in threads:
+            await _delete_thread(svc, tid)
+    return Response(status_code=204)
+
+
+@router.post("/{assistant_id}/versions", responses=errors(404, 413))
+async def versions(
+    assistant_id: str, body: AssistantVersions, svc: Service, user: CurrentUser
+) -> list[dict[str, Any]]:
+    """The assistant's versions, newest first, filtered by metadata."""
+    return await svc.assistants.versions(user, assistant_id, body.metadata, body.limit, body.offset)
+
+
+@router.post("/{assistant_id}/latest", responses=errors(403, 404, 413))
+async def latest(
+    assistant_id: str, body: AssistantVersionChange, svc: Service, user: CurrentUser
+) -> dict[str, Any]:
+    """Make one of the assistant's versions its current one (runs use it from now on)."""
+    return await svc.assistants.set_latest(user, assistant_id, body.version)
+
+
+async def _graph_of(svc: KeelService, user: Any, assistant_id: str) -> Any:
+    a = await svc.assistants.get(user, assistant_id)
+    return svc.graphs[a["graph_id"]]
 
 
 @router.get("/{assistant_id}/graph", responses=errors(404))
@@ -62,27 +127,53 @@ async def graph(
     xray: bool | XrayDepth = Query(False, description="true, or how many subgraph levels"),
 ) -> dict[str, Any]:
     """Nodes and edges, including __start__ and __end__."""
-    svc.assistants.resolve(assistant_id)
-    return svc.graph.get_graph(xray=xray).to_json()
+    g = await _graph_of(svc, user, assistant_id)
+    drawn: dict[str, Any] = g.get_graph(xray=xray).to_json()
+    for node in drawn.get("nodes", []):
+        if isinstance(node.get("data"), dict):
+            node["data"].pop("id", None)  # langgraph-api leaves out the runnable's class path
+    return drawn
 
 
 @router.get("/{assistant_id}/subgraphs", responses=errors(404))
-async def subgraphs(assistant_id: str, svc: Service, user: CurrentUser) -> dict[str, Any]:
-    """Schemas of subgraphs (this graph has none)."""
-    svc.assistants.resolve(assistant_id)
-    return {}
+@router.get("/{assistant_id}/subgraphs/{namespace}", responses=errors(404))
+async def subgraphs(
+    assistant_id: str,
+    svc: Service,
+    user: CurrentUser,
+    namespace: str | None = None,
+    recurse: bool = Query(False, description="include subgraphs of subgraphs"),
+) -> dict[str, Any]:
+    """Schemas of the graph's subgraphs, by namespace (Keel's agent has none)."""
+    g = await _graph_of(svc, user, assistant_id)
+    return {ns: _schemas(sub) async for ns, sub in g.aget_subgraphs(namespace=namespace, recurse=recurse)}
 
 
 @router.get("/{assistant_id}/schemas", responses=errors(404))
 async def schemas(assistant_id: str, svc: Service, user: CurrentUser) -> dict[str, Any]:
     """JSON Schemas of input, output, state, config and context."""
-    a = svc.assistants.resolve(assistant_id)
-    g = svc.graph
+    a = await svc.assistants.get(user, assistant_id)
+    g = svc.graphs[a["graph_id"]]
+    return {"graph_id": a["graph_id"], **_schemas(g)}
+
+
+def _schemas(g: Any) -> dict[str, Any]:
     return {
-        "graph_id": a["graph_id"],
         "input_schema": g.get_input_jsonschema(),
         "output_schema": g.get_output_jsonschema(),
-        "state_schema": svc.state_jsonschema(),
+        "state_schema": state_jsonschema(g),
         "config_schema": g.get_config_jsonschema(),
         "context_schema": g.get_context_jsonschema(),
     }
+
+
+def state_jsonschema(g: Any) -> dict[str, Any]:
+    """JSON Schema of a graph's full state (a one-node graph whose input is the whole state)."""
+    builder = getattr(g, "builder", None)
+    if not isinstance(builder, StateGraph):
+        return dict(g.get_input_jsonschema())
+    sg: StateGraph[Any, Any, Any, Any] = StateGraph(builder.state_schema)
+    sg.add_node("noop", lambda s: {})
+    sg.add_edge(START, "noop")
+    schema: dict[str, Any] = sg.compile().get_input_jsonschema()
+    return schema

@@ -60,7 +60,7 @@ class RunManager:
 
     async def create(self, user: User, thread_id: str | None, body: RunCreate) -> dict[str, Any]:
         """Record a run (and its thread when needed) atomically, apply the multitask strategy, wake workers."""
-        rec = self._prepare(user, thread_id, body)
+        rec = await self._prepare(user, thread_id, body)
         rid, tid = rec["rid"], rec["tid"]
 
         async def record(attempt: int) -> dict[str, Any]:
@@ -88,7 +88,7 @@ class RunManager:
         self, conn: AsyncConnection[Any], user: User, thread_id: str | None, body: RunCreate
     ) -> dict[str, Any]:
         """Record a run in the caller's transaction (the cron scheduler commits it with the schedule's advance)."""
-        return await self._record_and_notify(conn, user, body, self._prepare(user, thread_id, body))
+        return await self._record_and_notify(conn, user, body, await self._prepare(user, thread_id, body))
 
     async def _record_and_notify(
         self, conn: AsyncConnection[Any], user: User, body: RunCreate, rec: dict[str, Any]
@@ -99,9 +99,10 @@ class RunManager:
             await store.notify_cancel(conn, crid, action)
         return run
 
-    def _prepare(self, user: User, thread_id: str | None, body: RunCreate) -> dict[str, Any]:
-        """Plan the request and choose the ids: everything `_record` needs, before any database work."""
-        prep = self.planner.plan(user, body)
+    async def _prepare(self, user: User, thread_id: str | None, body: RunCreate) -> dict[str, Any]:
+        """Plan the request and choose the ids: everything `_record` needs, before any writes."""
+        prep = await self.planner.aplan(user, body)
+        body = prep.body  # with its assistant's config and context merged in: what the run records
         temporary = thread_id is None
         checkpoint = {
             **(body.checkpoint or {}),

@@ -3,15 +3,26 @@
 The run manager plans a request once, when the run is created (so a bad request never reaches the queue), and
 stores the request in the run's kwargs. The executor plans the same stored request again with the same
 planner to get the graph input, context and LangGraph config back (Python objects a JSON column cannot hold);
-the answer cannot differ, since nothing here reads anything but the request, the settings and the graph's
-node names.
+the answer cannot differ, since nothing here reads anything but the request, the settings and the graphs.
+
+Only `aplan` (run creation) reads the database: it loads the run's assistant and merges the assistant's
+config and context under the request's, as langgraph-api does; the merged request is what the run stores,
+so the executor's replay needs no assistant lookup (the stored configurable names the graph).
+
+Context: a graph's runs get the context fields its context schema defines; other keys are dropped, as
+langgraph-api drops them. Keel's agent (and KEEL_GRAPH's graph) gets its `Context` built by the server:
+identity (user_id, roles, tenant) from the API key, models and the other server-only fields from settings,
+budgets capped by the KEEL_LIMIT_* ceilings; a request or an assistant setting one of those is a 422.
+Other graphs may not be given user_id/roles/tenant either; when their schema has such a field, Keel fills
+it from the caller. Unknown interrupt_before/after nodes are accepted and never interrupt, as in LangGraph.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from langgraph.types import Command, Send
@@ -49,8 +60,73 @@ REQUEST_CONTEXT_FIELDS = {
 }
 
 
+IDENTITY_FIELDS = ("user_id", "roles", "tenant")
+"""Context fields only the server sets, from the API key's user, in any graph."""
+AGENT_CONTEXT_FIELDS = frozenset(f.name for f in dataclasses.fields(Context))
+
+
 class AssistantResolver(Protocol):
     def resolve(self, ident: str, *, for_run: bool = False) -> dict[str, Any]: ...
+
+    async def for_run(self, user: User, ident: str) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    """What planning needs to know of a served graph."""
+
+    keel_context: bool = False
+    """Runs get Keel's agent `Context` (settings, identity, ceilings) rather than the request's dict."""
+    context_fields: frozenset[str] | None = None
+    """The fields of the graph's context schema; None when it has none (a request's context passes as is)."""
+    node_names: frozenset[str] = field(default_factory=frozenset)
+
+
+AGENT_GRAPH = GraphInfo(keel_context=True, context_fields=AGENT_CONTEXT_FIELDS)
+
+
+def context_fields(graph: Any) -> frozenset[str] | None:
+    """The property names of a compiled graph's context schema (None when it has no schema)."""
+    try:
+        schema = graph.get_context_jsonschema()
+    except Exception:  # a schema pydantic cannot render: pass the request's context as is
+        return None
+    if not isinstance(schema, dict) or not isinstance(schema.get("properties"), dict):
+        return None
+    return frozenset(schema["properties"])
+
+
+class _FixedGraph:
+    """The resolver of a planner bound to one graph: whatever the run's assistant id, it runs that graph."""
+
+    def __init__(self, inner: AssistantResolver, graph_id: str) -> None:
+        self.inner = inner
+        self.graph_id = graph_id
+
+    def resolve(self, ident: str, *, for_run: bool = False) -> dict[str, Any]:
+        return {"assistant_id": ident, "graph_id": self.graph_id}
+
+    async def for_run(self, user: User, ident: str) -> dict[str, Any]:
+        return await self.inner.for_run(user, ident)
+
+
+def merge_assistant(body: RunCreate, assistant: Mapping[str, Any]) -> RunCreate:
+    """The request with its assistant's config and context under it (the request wins, key by key), and the
+    run's graph and assistant named in its configurable, as langgraph-api records them."""
+    a_cfg = assistant.get("config") or {}
+    r_cfg = body.config or {}
+    config = {**a_cfg, **r_cfg}
+    config["configurable"] = {
+        **(a_cfg.get("configurable") or {}),
+        **(r_cfg.get("configurable") or {}),
+        "graph_id": assistant["graph_id"],
+        "assistant_id": str(assistant["assistant_id"]),
+    }
+    update: dict[str, Any] = {"config": config}
+    context = {**(assistant.get("context") or {}), **(body.context or {})}
+    if context:
+        update["context"] = context
+    return body.model_copy(update=update)
 
 
 @dataclass
@@ -98,36 +174,40 @@ def command_of(body: RunCreate) -> Command[Any] | None:
 class Planner:
     """Validates run requests against this deployment's settings, assistants and graph."""
 
-    def __init__(self, settings: Settings, assistants: AssistantResolver, node_names: set[str]) -> None:
+    def __init__(
+        self, settings: Settings, assistants: AssistantResolver, graphs: Mapping[str, GraphInfo]
+    ) -> None:
         self.settings = settings
         self.assistants = assistants
-        self.node_names = node_names
+        self.graphs = dict(graphs)
+
+    def for_graph(self, graph_id: str) -> Planner:
+        """This planner for the runs of one graph (an executor's: the run's graph was chosen at creation)."""
+        return Planner(self.settings, _FixedGraph(self.assistants, graph_id), self.graphs)
+
+    async def aplan(self, user: User, body: RunCreate) -> Plan:
+        """Plan a new run: load its assistant (the caller's or a system one) and merge it into the request."""
+        assistant = await self.assistants.for_run(user, body.assistant_id)
+        return self.plan(user, merge_assistant(body, assistant), assistant)
 
     @property
     def default_durability(self) -> str:
         return self.settings.keel_durability
 
-    def plan(self, user: User, body: RunCreate) -> Plan:
+    def plan(self, user: User, body: RunCreate, assistant: dict[str, Any] | None = None) -> Plan:
         """Validate everything that can be validated before touching the database."""
-        assistant = self.assistants.resolve(body.assistant_id, for_run=True)
+        if assistant is None:
+            assistant = self.assistants.resolve(body.assistant_id, for_run=True)
         modes = body.modes()
         bad = [m for m in modes if m not in SUPPORTED_MODES]
         if bad:
             raise ApiError(
                 422, f"Unsupported stream_mode {bad[0]!r}; supported: {', '.join(sorted(SUPPORTED_MODES))}"
             )
-        context = self.build_context(user, body.context)
+        context = self.graph_context(user, assistant["graph_id"], body.context)
         self.check_config(body.config)
         command = command_of(body)
         graph_input = command if command is not None else body.input
-        for name, nodes in (
-            ("interrupt_before", body.interrupt_before),
-            ("interrupt_after", body.interrupt_after),
-        ):
-            if isinstance(nodes, list):
-                unknown = [n for n in nodes if n not in self.node_names]
-                if unknown:
-                    raise ApiError(422, f"{name}: unknown node {unknown[0]!r}")
         return Plan(body=body, assistant=assistant, context=context, modes=modes, graph_input=graph_input)
 
     def default_context(
@@ -150,9 +230,33 @@ class Planner:
             history=s.keel_history,
         )
 
+    def graph_context(self, user: User, graph_id: str, overrides: dict[str, Any] | None) -> Any:
+        """The context a run of this graph gets (see the module docstring)."""
+        info = self.graphs.get(graph_id, AGENT_GRAPH)
+        if info.keel_context:
+            return self.build_context(user, overrides)
+        overrides = dict(overrides or {})
+        identity = sorted(set(overrides) & set(IDENTITY_FIELDS))
+        if identity:
+            raise ApiError(422, f"context.{identity[0]} cannot be set by a request; the server sets it")
+        if info.context_fields is not None:
+            overrides = {k: v for k, v in overrides.items() if k in info.context_fields}
+            given = {"user_id": user.id, "roles": list(user.roles), "tenant": user.tenant}
+            overrides.update({k: v for k, v in given.items() if k in info.context_fields})
+        return overrides
+
+    def check_assistant(
+        self, user: User, graph_id: str, config: dict[str, Any], context: dict[str, Any]
+    ) -> None:
+        """Refuse an assistant whose config or context a run request could not have (422)."""
+        self.check_config(config)
+        self.graph_context(user, graph_id, context)
+
     def build_context(self, user: User, overrides: dict[str, Any] | None) -> Context:
-        """The run's Context: configuration defaults plus the request's allowed overrides."""
+        """The run's Context: configuration defaults plus the request's allowed overrides (keys that are no
+        field of Context are dropped, as langgraph-api drops keys outside a graph's context schema)."""
         ctx = self.default_context(user.id, user.roles, user.tenant)
+        overrides = {k: v for k, v in (overrides or {}).items() if k in AGENT_CONTEXT_FIELDS}
         if not overrides:
             return ctx
         unknown = sorted(set(overrides) - REQUEST_CONTEXT_FIELDS)

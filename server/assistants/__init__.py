@@ -1,0 +1,1 @@
+"""Assistants (persisted, versioned, owned) and the graphs they run, loaded from langgraph.json."""
