@@ -133,25 +133,28 @@ def cron_json(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _assistant(svc: KeelService, ident: str) -> dict[str, Any]:
-    """The assistant a cron runs, or 404 as langgraph-api answers it."""
+async def _assistant(svc: KeelService, user: User, ident: str) -> dict[str, Any]:
+    """The assistant a cron runs (a system one or the caller's), or 404 as langgraph-api answers it."""
     found = svc.assistants.find(ident)
     if found is None:
-        raise ApiError(404, f"Assistant '{ident}' not found")
+        try:
+            found = await svc.assistants.get(user, ident)
+        except ApiError:
+            raise ApiError(404, f"Assistant '{ident}' not found") from None
     return found
 
 
-def _checked_request(
+async def _checked_request(
     svc: KeelService, user: User, payload: dict[str, Any], on_completion: str | None
 ) -> None:
     """Plan the runs the cron will create now, so a request `POST /runs` would refuse is refused here (422)."""
-    svc.planner.plan(user, run_request(payload, on_completion=on_completion))
+    await svc.planner.aplan(user, run_request(payload, on_completion=on_completion))
 
 
 async def _create(
     svc: KeelService, user: User, body: _CronFields, thread_id: str | None, on_run_completed: str | None
 ) -> dict[str, Any]:
-    assistant = _assistant(svc, body.assistant_id)
+    assistant = await _assistant(svc, user, body.assistant_id)
     timezone = check_timezone(body.timezone)
     check_schedule(body.schedule)
     cron_id = str(uuid.uuid4())
@@ -165,7 +168,7 @@ async def _create(
             payload[key] = jsonable(getattr(body, key))
     if on_run_completed is not None and "on_run_completed" in body.model_fields_set:
         payload["on_run_completed"] = on_run_completed
-    _checked_request(svc, user, payload, on_run_completed)
+    await _checked_request(svc, user, payload, on_run_completed)
     async with svc.db.pool.connection() as conn, conn.transaction():
         if thread_id is not None:  # locked: the thread cannot go before the cron that references it commits
             row = await runs_store.fetchone(conn, runs_store.LOCK_THREAD_OWNER, (thread_id,))
@@ -319,7 +322,7 @@ async def patch_cron(cron_id: CronId, body: CronPatch, svc: Service, user: Curre
             if key in fields and key not in RUN_FIELDS:
                 payload[key] = jsonable(getattr(body, key))
         new["payload"] = payload
-        _checked_request(svc, user, payload, new["on_run_completed"])
+        await _checked_request(svc, user, payload, new["on_run_completed"])
         if body.schedule is not None or timezone is not None:
             new["next_run_at"] = next_fire(new["schedule"], new["timezone"], datetime.now(UTC))
         out = await store.update_cron(conn, cid, new)

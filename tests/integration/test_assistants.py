@@ -334,3 +334,15 @@ async def test_a_graph_that_fails_to_load_stops_start_up_naming_it(tmp_path, db)
     cfg.write_text(json.dumps({"graphs": {"agent": "agent.graph:nothing_here"}}))
     with pytest.raises(ValueError, match=r"graph 'agent'.*nothing_here"):
         KeelService(Settings(keel_config=str(cfg)), db)
+
+
+async def test_a_cron_runs_the_callers_own_assistant(client):
+    aid = (await create(client, context={"max_steps": 3}))["assistant_id"]
+    body = {"assistant_id": aid, "schedule": "0 0 1 1 *", "input": {}}
+    r = await client.post("/runs/crons", json=body, headers=ALICE)
+    assert r.status_code == 200, r.text
+    assert r.json()["assistant_id"] == aid
+    assert (await client.post("/runs/crons", json=body, headers=BOB)).status_code == 404
+    # Deleting the assistant deletes its crons, as langgraph-api does.
+    assert (await client.delete(f"/assistants/{aid}", headers=ALICE)).status_code == 204
+    assert (await client.get(f"/runs/crons/{r.json()['cron_id']}", headers=ALICE)).status_code == 404
