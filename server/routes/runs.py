@@ -42,6 +42,10 @@ ALWAYS = {"metadata", "error"}
 # Logged but never sent: the log's end-of-run marker (the reference server ends a stream by closing it).
 HIDDEN = {"end"}
 RUN_NOT_FOUND = {"error": "HTTPException", "message": "404: Run not found"}
+CURRENT_METADATA = (
+    "SELECT seq, event, data FROM keel_run_events WHERE run_id = %s AND event = 'metadata' "
+    "ORDER BY seq DESC LIMIT 1"
+)
 
 
 class EventStream(StreamingResponse):
@@ -107,6 +111,7 @@ def _stream_response(
     *,
     modes: list[str] | None = None,
     after: int = 0,
+    first: Event | None = None,
     cancel_on_disconnect: bool = False,
     location: str | None,
     content_location: str,
@@ -119,6 +124,8 @@ def _stream_response(
         finished = False
         try:
             try:
+                if first is not None:
+                    yield sse(first, with_id)
                 async for ev in _events_with_keepalive(svc, str(run["run_id"]), after):
                     if ev is None:
                         yield b": heartbeat\r\n\r\n"
@@ -396,14 +403,20 @@ async def join_stream(
     base = f"/threads/{thread_id}/runs/{run_id}"
     if run is None:
         return _not_found_stream(base)
-    if after is None:  # live events only, as the reference server sends (a finished run: none)
+    first = None
+    if after is None:  # live events only, as the reference server sends (a finished run: none) ...
         async with svc.db.pool.connection() as conn:
             after = await store.last_seq(conn, str(run["run_id"]))
+            if run["status"] in ACTIVE:  # ... after the current attempt's metadata (run id, attempt)
+                cur = await conn.execute(CURRENT_METADATA, (str(run["run_id"]),))
+                row = await cur.fetchone()
+                first = Event(row["seq"], row["event"], row["data"]) if row else None
     return _stream_response(
         svc,
         run,
         modes=modes,
         after=after,
+        first=first,
         cancel_on_disconnect=cancel_on_disconnect,
         location=base + "/stream",
         content_location=base,

@@ -51,16 +51,22 @@ def _checkpoint_ref(config: Any) -> dict[str, Any] | None:
     return ref
 
 
+def with_run_ids(payload: dict[str, Any], ids: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint payload whose config and parent_config name the run, as the reference's do."""
+    payload = dict(payload)
+    for key in ("config", "parent_config"):
+        conf = payload.get(key)
+        if isinstance(conf, dict):
+            payload[key] = {**conf, "configurable": {**(conf.get("configurable") or {}), **ids}}
+    return payload
+
+
 def debug_chunk(chunk: Any, ids: dict[str, Any]) -> Any:
     """A `debug` event as the reference sends it: checkpoints name `checkpoint`/`parent_checkpoint`, their
     configs carry the run's ids, and a task's subgraph state is given as its `checkpoint`."""
     if not isinstance(chunk, dict) or chunk.get("type") != "checkpoint" or not chunk.get("payload"):
         return chunk
-    payload = dict(chunk["payload"])
-    for key in ("config", "parent_config"):
-        conf = payload.get(key)
-        if isinstance(conf, dict):
-            payload[key] = {**conf, "configurable": {**(conf.get("configurable") or {}), **ids}}
+    payload = with_run_ids(chunk["payload"], ids)
     payload["checkpoint"] = _checkpoint_ref(payload.get("config"))
     payload["parent_checkpoint"] = _checkpoint_ref(payload.get("parent_config"))
     tasks = []
@@ -89,6 +95,8 @@ class _Publisher:
             return
         if mode == "debug":
             chunk = debug_chunk(chunk, self.ids)
+        elif mode == "checkpoints" and isinstance(chunk, dict):
+            chunk = with_run_ids(chunk, self.ids)
         data = jsonable(chunk)
         if mode == "values" and not ns:
             self.last_values = data
@@ -149,17 +157,16 @@ async def stream_graph(graph: Any, planner: Planner, h: RunHandle, writer: Event
         "context": prep.context,
         "stream_mode": lg_modes,
         "subgraphs": subgraphs,
-        "output_keys": graph.output_channels,
         "interrupt_before": body.interrupt_before,
         "interrupt_after": body.interrupt_after,
         "durability": kwargs.get("durability") or "sync",
         "control": h.control,
     }
-    if "events" in recorded:
+    if "events" in recorded:  # (the reference streams every channel in this mode: no output_keys)
         async for ns, mode, chunk in _with_events(graph, graph_input, config, options, writer):
             out.part(ns, mode, chunk)
     else:
-        async for item in graph.astream(graph_input, config, **options):
+        async for item in graph.astream(graph_input, config, output_keys=graph.output_channels, **options):
             ns, mode, chunk = item if subgraphs else ((), *item)
             out.part(ns, mode, chunk)
     return out.last_values

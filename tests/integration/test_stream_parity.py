@@ -118,6 +118,11 @@ async def test_debug_checkpoints_name_their_checkpoint_and_the_run(client):
     conf = second["config"]["configurable"]
     assert conf["run_id"] == run_id and conf["thread_id"] == tid and conf["graph_id"] == "agent"
     assert uuid.UUID(conf["assistant_id"])
+    # `checkpoints` mode: the same configs
+    seen = await stream(client, tid, stream_mode=["checkpoints"], context=ONE_PASS)
+    run_id = seen[0][1]["run_id"]
+    conf = [d for e, d in seen if e == "checkpoints"][-1]["config"]["configurable"]
+    assert conf["run_id"] == run_id and conf["graph_id"] == "agent" and conf["thread_id"] == tid
 
 
 async def test_events_mode_alone_and_mixed(client):
@@ -214,9 +219,10 @@ async def test_join_stream_of_a_running_run_is_live_and_a_cancel_sends_no_error(
         r = await client.post(f"/threads/{tid}/runs/{rid}/cancel", params={"wait": 1}, headers=H)
         assert r.status_code in (200, 202, 204), r.text
         got = await asyncio.wait_for(joined, 10)
-        names = [e for e, _ in events(got.text)]
-        # no replay of what happened before the join (metadata, values, retrieve's update), no error
-        assert "metadata" not in names and "error" not in names and "end" not in names, names
+        seen = events(got.text)
+        # the run's metadata (which run, which attempt), then live events only: no replay of what happened
+        # before the join (values, retrieve's update), and no error event for the cancel
+        assert seen == [("metadata", {"run_id": rid, "attempt": 1})], seen
         assert (await client.get(f"/threads/{tid}/runs/{rid}", headers=H)).json()["status"] == "interrupted"
     finally:
         gate.set()

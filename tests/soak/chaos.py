@@ -606,7 +606,8 @@ class Conversation:
 
 
 def sse_reader(state: dict[str, Any]) -> Callable[[httpx.Response, float], dict[str, Any]]:
-    """Read SSE events into `state`: last complete event id, terminal event (end/error), last values."""
+    """Read SSE events into `state`: last complete event id, terminal event (error, or end: a clean close),
+    last values."""
 
     def read(r: httpx.Response, deadline: float) -> dict[str, Any]:
         event, data, ev_id = None, [], None
@@ -633,6 +634,10 @@ def sse_reader(state: dict[str, Any]) -> Callable[[httpx.Response, float], dict[
                 data.append(line[5:].removeprefix(" "))
             elif line.startswith("id:"):
                 ev_id = line[3:].strip()
+        if state["terminal"] is None:
+            # The server closed the stream cleanly: the run ended (streams carry no `end` event, as the
+            # LangGraph Server's; a cut connection raises instead of getting here).
+            state["terminal"] = "end"
         return state
 
     return read
