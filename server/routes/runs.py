@@ -233,7 +233,8 @@ def _wait_response(
                 yield b"\n"
             finished = True
             if task.exception() is not None:  # the 200 is sent: answer in the body, as a failed run would
-                log.error("waiting for run %s failed", run["run_id"], exc_info=task.exception())
+                rid = run["run_id"] if run is not None else None
+                log.error("waiting for run %s failed", rid, exc_info=task.exception())
                 yield dumps(
                     {
                         "__error__": {
