@@ -8,8 +8,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
-from langgraph.graph import START, StateGraph
-from pydantic import Field
+from pydantic import Field, TypeAdapter, create_model
 
 from server.assistants.schemas import (
     AssistantCount,
@@ -162,18 +161,58 @@ def _schemas(g: Any) -> dict[str, Any]:
         "input_schema": g.get_input_jsonschema(),
         "output_schema": g.get_output_jsonschema(),
         "state_schema": state_jsonschema(g),
-        "config_schema": g.get_config_jsonschema(),
+        "config_schema": configurable_jsonschema(g),
         "context_schema": g.get_context_jsonschema(),
     }
 
 
+EXCLUDED_CONFIGURABLE = (
+    "__pregel_checkpointer",
+    "__pregel_store",
+    "checkpoint_id",
+    "checkpoint_ns",
+    "thread_id",
+)
+
+
+def configurable_jsonschema(g: Any) -> dict[str, Any]:
+    """The schema of the graph's `configurable` alone (what an assistant's config sets), as langgraph-api
+    answers it: the config's other keys and the ids the server sets are left out; {} when there is none."""
+    import warnings
+
+    with warnings.catch_warnings():  # deprecated in LangGraph 1.0 for context, still what the API serves
+        warnings.simplefilter("ignore")
+        full: dict[str, Any] = g.get_config_jsonschema()
+    conf = (full.get("properties") or {}).get("configurable")
+    if not isinstance(conf, dict):
+        return {}
+    defs = dict(full.get("$defs") or {})
+    ref = conf.get("$ref")
+    if isinstance(ref, str):
+        name = ref.rsplit("/", 1)[-1]
+        schema = dict(defs.pop(name, {}))
+        if defs:
+            schema["$defs"] = defs
+    else:
+        schema = dict(conf)
+    if isinstance(schema.get("properties"), dict):
+        schema["properties"] = {
+            k: v for k, v in schema["properties"].items() if k not in EXCLUDED_CONFIGURABLE
+        }
+    return schema
+
+
 def state_jsonschema(g: Any) -> dict[str, Any]:
-    """JSON Schema of a graph's full state (a one-node graph whose input is the whole state)."""
-    builder = getattr(g, "builder", None)
-    if not isinstance(builder, StateGraph):
-        return dict(g.get_input_jsonschema())
-    sg: StateGraph[Any, Any, Any, Any] = StateGraph(builder.state_schema)
-    sg.add_node("noop", lambda s: {})
-    sg.add_edge(START, "noop")
-    schema: dict[str, Any] = sg.compile().get_input_jsonschema()
+    """JSON Schema of a graph's full state as langgraph-api describes it: one optional property per channel
+    the graph streams, typed by what the channel accepts (any value when that type has no JSON Schema)."""
+    fields: dict[str, Any] = {}
+    for name in g.stream_channels_list:
+        kind: Any = g.channels[name].UpdateType
+        try:
+            TypeAdapter(kind).json_schema()
+        except Exception:  # e.g. a callable: the property is left untyped rather than failing the route
+            kind = Any
+        fields[name] = (kind, None)
+    model = create_model(g.get_name("State"), **fields)
+    schema: dict[str, Any] = model.model_json_schema()
     return schema

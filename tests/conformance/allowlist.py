@@ -21,7 +21,6 @@ THREAD_CONFIG = (
 )
 CHECKPOINT_META = "PENDING: state/history: the reference's checkpoint metadata has created_by/run_attempt/thread_id, Keel's checkpoint has an extra checkpoint_map; shape only."
 RUN_KWARGS = "PENDING: run objects: `kwargs` internals differ (reference: config.configurable ids, checkpoint_during; Keel: attempt, error, on_completion...)."
-DESCRIPTION = "PENDING: the system assistant's description from langgraph.json is null in Keel."
 ASSISTANT_BY_GRAPH_ID = "INTENDED: a graph id works wherever an assistant id does (GET /assistants/agent is its system assistant); the reference answers 422 unless it is a UUID (docs/api.md, Assistants)."
 COPY = "PENDING: POST /threads/{id}/copy is not served by Keel yet."
 PRUNE = "PENDING: POST /threads/prune is not served by Keel yet."
@@ -105,8 +104,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("interrupt.runs_list", "shape"): RUN_KWARGS,
     ("stateless.create", "shape"): RUN_KWARGS,
     ("stateless.create.webhookless_keep", "shape"): RUN_KWARGS,
-    # DESCRIPTION
-    ("assistants.schemas", "shape"): DESCRIPTION,
     # ASSISTANT_BY_GRAPH_ID
     ("assistants.get.by_graph_id", "status"): ASSISTANT_BY_GRAPH_ID,
     # COPY
