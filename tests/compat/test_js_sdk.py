@@ -40,20 +40,6 @@ CHECK_TIMEOUT_S = 120.0
 """The whole node script; each check in it has its own 30 s limit."""
 
 EXPECTED_FAILURES: dict[str, str] = {
-    # PENDING issue 11: POST /assistants
-    "assistants.create": "assistants CRUD",
-    # PENDING issue 11: POST /assistants (if_exists)
-    "assistants.create(ifExists do_nothing)": "assistants CRUD",
-    # PENDING issue 11: PATCH /assistants/{id}
-    "assistants.update": "assistants CRUD",
-    # PENDING issue 11: POST /assistants/{id}/versions
-    "assistants.getVersions": "assistants CRUD",
-    # PENDING issue 11: POST /assistants/{id}/latest
-    "assistants.setLatest": "assistants CRUD",
-    # PENDING issue 11: POST /runs/wait with a created assistant
-    "runs.wait(created assistant)": "assistants CRUD",
-    # PENDING issue 11: DELETE /assistants/{id}
-    "assistants.delete": "assistants CRUD",
     # PENDING issue 11: stream_mode "events"
     "runs.stream(events)": "stream_mode events",
     # PENDING issue 11: POST /runs/cancel
