@@ -97,7 +97,7 @@ async def delete(
     return Response(status_code=204)
 
 
-@router.post("/{assistant_id}/versions", responses=errors(404, 413))
+@router.post("/{assistant_id}/versions", responses=errors(400, 404, 413))
 async def versions(
     assistant_id: str, body: AssistantVersions, svc: Service, user: CurrentUser
 ) -> list[dict[str, Any]]:
@@ -105,7 +105,7 @@ async def versions(
     return await svc.assistants.versions(user, assistant_id, body.metadata, body.limit, body.offset)
 
 
-@router.post("/{assistant_id}/latest", responses=errors(403, 404, 413))
+@router.post("/{assistant_id}/latest", responses=errors(400, 403, 404, 413))
 async def latest(
     assistant_id: str, body: AssistantVersionChange, svc: Service, user: CurrentUser
 ) -> dict[str, Any]:
