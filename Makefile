@@ -6,7 +6,7 @@ STAMP   = $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install run test test-unit test-integration test-compat lint bench studio clean db-stop fmt soak
+.PHONY: install run test test-unit test-integration test-compat lint bench studio clean db-stop fmt soak eval eval-corpus
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Keel needs Python 3.11 or newer")'
@@ -40,6 +40,15 @@ fmt: $(STAMP)
 
 bench: $(STAMP) ## benchmarks; figures go to docs/benchmarks.md
 	$(BIN)/python -m tests.benchmarks.run
+
+EVAL_CACHE ?= .eval-cache
+EVAL_ARGS  ?=
+eval-corpus: ## fetch the third-party eval corpus (Click 8.1.3 HTML docs, Debian python-click-doc 8.1.3-2) into $(EVAL_CACHE)
+	EVAL_CACHE=$(EVAL_CACHE) sh evals/fetch-corpus.sh
+
+eval: $(STAMP) eval-corpus ## answer quality on both question sets (evals/); reports in evals/reports/; not in make test
+	$(BIN)/keel eval evals/keel-docs.jsonl --corpus README.md $(wildcard docs/*.md) --quiet $(EVAL_ARGS)
+	$(BIN)/keel eval evals/click-docs.jsonl --corpus $(EVAL_CACHE)/click-8.1.3 --quiet $(EVAL_ARGS)
 
 soak: $(STAMP) ## chaos soak, not in CI: worker SIGKILLs + a Postgres restart under load (SOAK_ARGS="--duration 600")
 	$(BIN)/python -m tests.soak.chaos $(SOAK_ARGS)

@@ -8,6 +8,7 @@ import os
 from server.cli.admin import cmd_db, cmd_mcp, cmd_memory, cmd_prune, cmd_tools
 from server.cli.ask import cmd_ask
 from server.cli.common import fail
+from server.cli.eval import cmd_eval
 from server.cli.knowledge import cmd_ingest, cmd_reindex, cmd_search
 from server.cli.serve import cmd_serve, cmd_worker
 from server.settings import get_settings
@@ -74,6 +75,24 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--thread", default=None, help="continue this thread id")
     a.set_defaults(func=cmd_ask)
 
+    ev = sub.add_parser(
+        "eval", help="run a labelled question set through the agent and report answer quality (evals/)"
+    )
+    ev.add_argument("set", help="question set, JSON lines (evals/README.md)")
+    ev.add_argument("--corpus", nargs="+", required=True, help="files and directories to ingest and ask about")
+    ev.add_argument("--root", default=None, help="source labels relative to this (default: the corpus dir, or .)")
+    ev.add_argument(
+        "--namespace", dest="eval_namespace", default=None, help="corpus name (default eval-<set name>)"
+    )
+    ev.add_argument("--name", default=None, help="report name (default: the set's file name)")
+    ev.add_argument("--out", default="evals/reports", help="directory of the Markdown, PNG and JSON report")
+    ev.add_argument("--retrieve-k", type=int, default=None, help="passages per query (default KEEL_RETRIEVE_K)")
+    ev.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    ev.add_argument("--timeout", type=float, default=120.0, help="seconds per turn before it is cancelled")
+    ev.add_argument("--check-set", action="store_true", help="only check the set's facts against the corpus")
+    ev.add_argument("--quiet", action="store_true", help="no line per turn")
+    ev.set_defaults(func=cmd_eval)
+
     t = sub.add_parser("tools", help="the tool registry")
     t.add_argument("action", choices=["list"])
     t.add_argument("--json", action="store_true", help="every tool's versioned JSON Schema contract")
@@ -119,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"invalid configuration: {exc}")
     if getattr(args, "namespace", "x") is None:
         args.namespace = settings.keel_namespace
-    if args.command in ("serve", "ingest", "search", "ask", "worker"):
+    if args.command in ("serve", "ingest", "search", "ask", "worker", "eval"):
         from server.logs import configure_logging
 
         configure_logging(
