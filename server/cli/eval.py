@@ -114,18 +114,39 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
         f"({ingested['files']} files read, {ingested['chunks']} chunks written, {ingested['skipped']} unchanged)",
         "model": f"`{settings.keel_model or 'offline engine'}`",
         "date": started,
-        "command": "`keel " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["eval"] else sys.argv[1:]) + "`",
+        "command": f"`{command_line(args)}`",
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.md").write_text(report.markdown(f"keel eval: {name}", meta, figures, scored))
     report.plot(out / f"{name}.png", f"keel eval: {name} ({started})", figures)
-    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "figures": figures}, indent=2) + "\n")
+    (out / f"{name}.json").write_text(
+        json.dumps(
+            {"meta": meta, "figures": figures, "turns": report.turns_json(scored)},
+            indent=2,
+            ensure_ascii=False,
+        )
+        + "\n"
+    )
     print(summary_line(name, figures))
     print(f"report: {out / (name + '.md')}, plot: {out / (name + '.png')}")
     if os.environ.get("LANGSMITH_API_KEY"):
         return _langsmith(scored, name, meta)
     return 0
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The `keel eval` command that reproduces this run (the options that change what is measured)."""
+    parts = ["keel eval", args.set, "--corpus", *args.corpus]
+    for flag, value in (
+        ("--root", args.root),
+        ("--namespace", args.eval_namespace),
+        ("--retrieve-k", args.retrieve_k),
+        ("--limit", args.limit),
+    ):
+        if value is not None:
+            parts += [flag, str(value)]
+    return " ".join(parts)
 
 
 def summary_line(name: str, f: dict[str, Any]) -> str:

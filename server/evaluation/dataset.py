@@ -99,11 +99,18 @@ def normalise(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+def _bounded(p: str) -> re.Pattern[str]:
+    """The phrase, not inside a longer word or number ("5 s" is not in "15 seconds")."""
+    head = r"(?<![a-z0-9])" if p[:1].isalnum() else ""
+    tail = r"(?![a-z0-9])" if p[-1:].isalnum() else ""
+    return re.compile(head + re.escape(p) + tail)
+
+
 def _phrase_in(phrase: str, norm: str, squashed: str) -> bool:
     if phrase.startswith("re:"):
         return re.search(phrase[3:], norm, re.IGNORECASE) is not None
     p = normalise(phrase)
-    return p in norm or p.replace(" ", "") in squashed
+    return bool(_bounded(p).search(norm) or _bounded(p.replace(" ", "")).search(squashed))
 
 
 def fact_present(expected: Expected, text: str) -> bool:

@@ -77,6 +77,28 @@ def markdown(title: str, meta: dict[str, Any], figures: dict[str, Any], scored: 
     return "\n".join(lines) + "\n"
 
 
+def turns_json(scored: list[Scored]) -> list[dict[str, Any]]:
+    """Each turn's verdicts and what the engine did, for reading answers or comparing two runs."""
+    return [
+        {
+            "key": s.result.turn.key,
+            "question": s.result.turn.question,
+            "answerable": s.result.turn.answerable,
+            "fact": s.fact,
+            "abstained": s.abstained,
+            "source_rank": s.rank,
+            "status": s.result.status,
+            "run_status": s.result.run_status,
+            "error": s.result.error,
+            "revisions": s.result.revisions,
+            "ms": round(s.result.total_ms, 1),
+            "retrieved": [p["source"] for p in (s.result.retrievals[0] if s.result.retrievals else [])],
+            "answer": s.result.answer,
+        }
+        for s in scored
+    ]
+
+
 def plot(path: Path, title: str, figures: dict[str, Any]) -> None:
     """Quality bars (accuracy, recall, abstention, wrong refusals) and per-node latency p50/p95."""
     import matplotlib
