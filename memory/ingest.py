@@ -73,13 +73,22 @@ class PreparedDocument:
     chunks: list[Chunk]
 
 
-def source_name(path: Path, root: Path) -> str:
-    """The recorded source: POSIX path relative to root when possible, else the absolute path."""
+def source_name(path: Path, root: Path, named: Path | None = None) -> str:
+    """The recorded source of a file: its POSIX path relative to `root` (the working directory of `keel ingest`)
+    when the file is under it, as `docs/operations.md`. Otherwise relative to the parent of `named` (the
+    directory or file named on the command line), so it starts with that directory's name, as
+    `html/index.html`, or is the bare file name. Never an absolute path: a label should read the same on
+    every machine and must not reveal the local layout."""
     path = path.resolve()
     try:
         return path.relative_to(root.resolve()).as_posix()
     except ValueError:
-        return path.as_posix()
+        pass
+    base = (named or path).resolve().parent
+    try:
+        return path.relative_to(base).as_posix()
+    except ValueError:
+        return path.name
 
 
 def document_format(source: str) -> str:
@@ -139,26 +148,37 @@ def _walk(directory: Path, include: Sequence[str], exclude: Sequence[str] = ()) 
 
 
 def _collect(
-    paths: Iterable[str | Path], include: Sequence[str], exclude: Sequence[str] = ()
-) -> tuple[list[Path], list[Path]]:
-    """(files to ingest, deduplicated and in order; directories walked)."""
-    files: dict[Path, None] = {}
-    dirs: list[Path] = []
+    paths: Iterable[str | Path], include: Sequence[str], exclude: Sequence[str], root: Path
+) -> tuple[list[tuple[Path, str]], list[tuple[Path, Path]]]:
+    """(files to ingest with their source names, deduplicated and in order; (directory walked, the folder its
+    files' source names are relative to))."""
+    files: dict[Path, str] = {}
+    dirs: list[tuple[Path, Path]] = []
+    root = root.resolve()
     for raw in paths:
         p = Path(raw).expanduser()
         if p.is_dir():
-            dirs.append(p.resolve())
+            d = p.resolve()
+            dirs.append((d, root if d.is_relative_to(root) else d.parent))
             for f in _walk(p, include, exclude):
-                files.setdefault(f.resolve())
+                files.setdefault(f.resolve(), source_name(f, root, p))
         elif p.is_file():
             if p.suffix.lower() in SUPPORTED_SUFFIXES:
-                files.setdefault(p.resolve())
+                files.setdefault(p.resolve(), source_name(p, root, p))
             else:
                 log.warning("skipping %s: supported files are %s", p, ", ".join(SUPPORTED_SUFFIXES))
         else:
             # Fail before writing anything: a typo should not look like "nothing changed".
             raise FileNotFoundError(f"no such file or directory: {p}")
-    return list(files), dirs
+    owner: dict[str, Path] = {}
+    for f, source in files.items():
+        if source in owner:
+            raise ValueError(
+                f"{owner[source]} and {f} would both be recorded as {source!r}: ingest them from a working "
+                "directory that holds both, so their source names differ"
+            )
+        owner[source] = f
+    return list(files.items()), dirs
 
 
 async def _list_items(
@@ -370,25 +390,22 @@ async def delete_source(store: BaseStore, *, namespace: str, source: str) -> int
     return await _remove_source(store, ns, meta_ns, source)
 
 
-def _read_files(files: list[Path], root: Path) -> Iterator[tuple[str, bytes]]:
+def _read_files(files: list[tuple[Path, str]]) -> Iterator[tuple[str, bytes]]:
     """(source name, bytes) of each file, read lazily."""
-    for path in files:
-        yield source_name(path, root), path.read_bytes()
+    for path, source in files:
+        yield source, path.read_bytes()
 
 
-def _vanished_from(dirs: list[Path], root: Path, include: Sequence[str]) -> Callable[[str], bool]:
+def _vanished_from(dirs: list[tuple[Path, Path]], include: Sequence[str]) -> Callable[[str], bool]:
     """Prune rule of the CLI: a source whose file is gone from a directory walked this time (and that the
     include globs would have taken). A file ingested on its own, or under a folder not named, is left alone."""
-    root = root.resolve()
-    walked = [d.resolve() for d in dirs]
 
     def gone(source: str) -> bool:
-        path = Path(source) if Path(source).is_absolute() else root / source
-        return (
-            not path.exists()
-            and any(path.is_relative_to(d) for d in walked)
-            and any(fnmatch(path.name, g) for g in include)
-        )
+        for walked, base in dirs:
+            path = Path(source) if Path(source).is_absolute() else base / source
+            if path.is_relative_to(walked) and any(fnmatch(path.name, g) for g in include):
+                return not path.exists()
+        return False
 
     return gone
 
@@ -407,21 +424,30 @@ async def ingest_paths(
     prune: bool = False,
 ) -> IngestReport:
     """Ingest files and directories into corpus `namespace`; unchanged files are skipped, changed ones replaced;
-    with `prune`, files that vanished from a walked directory lose their chunks."""
+    with `prune`, files that vanished from a walked directory lose their chunks. Source names follow
+    `source_name`; a document recorded by an earlier version under its absolute path is replaced by the same
+    file under its new name (its old entry and chunks are deleted), so re-ingesting never leaves duplicates."""
     docs_namespace(namespace)  # validate before touching the filesystem
     if max_tokens <= 0 or not 0 <= overlap < max_tokens:
         raise ValueError(f"need max_tokens > 0 and 0 <= overlap < max_tokens, got {max_tokens}, {overlap}")
     root = Path(root) if root is not None else Path.cwd()
     if isinstance(paths, str | Path):  # a lone path would otherwise be iterated character by character
         paths = [paths]
-    files, dirs = await asyncio.to_thread(_collect, paths, tuple(include), tuple(exclude))
+    files, dirs = await asyncio.to_thread(_collect, paths, tuple(include), tuple(exclude), root)
+    # Sources that earlier versions recorded as absolute paths, for files ingested now under another name.
+    legacy = {path.as_posix() for path, source in files if path.as_posix() != source}
+    vanished = _vanished_from(dirs, tuple(include)) if prune else None
+
+    def drop(source: str) -> bool:
+        return source in legacy or (vanished is not None and vanished(source))
+
     return await ingest_documents(
         store,
-        _read_files(files, root),
+        _read_files(files),
         namespace=namespace,
         max_tokens=max_tokens,
         overlap=overlap,
-        prune=_vanished_from(dirs, root, tuple(include)) if prune else None,
+        prune=drop,
         progress=progress,
         total=len(files),
     )

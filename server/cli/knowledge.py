@@ -33,7 +33,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     d = report.to_dict()
     print(
         f"ingested into '{args.namespace}': {d['files']} files, {d['chunks']} chunks written, "
-        f"{d['skipped']} unchanged files skipped, {d['removed']} chunks removed, {d['seconds']:.1f}s"
+        f"{d['skipped']} unchanged files skipped, {d['removed']} files removed, {d['seconds']:.1f}s"
     )
     return 0
 
