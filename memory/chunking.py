@@ -13,6 +13,11 @@ _HEADING = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 
 
+# Recorded in each document's manifest entry: an ingest re-chunks documents chunked by another version, so
+# an upgrade that moves chunk boundaries reaches every document once (bump it when boundaries change).
+CHUNKER_VERSION = 2
+
+
 @dataclass(frozen=True)
 class Chunk:
     """A verbatim slice of the source: tokens [start_token, end_token) of the whole text."""

@@ -20,7 +20,7 @@ from typing import Any
 from langgraph.store.base import BaseStore, PutOp
 from tqdm import tqdm
 
-from memory.chunking import Chunk, chunk_text, content_hash, title_of
+from memory.chunking import CHUNKER_VERSION, Chunk, chunk_text, content_hash, title_of
 from memory.readers import DEFAULT_INCLUDE, SUPPORTED_SUFFIXES, html_to_text, pdf_to_text
 from memory.search import docs_namespace, meta_namespace
 
@@ -244,8 +244,8 @@ async def ingest_documents(
     total: int | None = None,
 ) -> IngestReport:
     """Ingest (source name, bytes) documents into corpus `namespace`; the format comes from the source's
-    extension. A document whose text and chunking parameters are unchanged is skipped, a changed one has its
-    chunks replaced. `prune(source)` is asked about every source of the corpus not in `documents`; True
+    extension. A document whose text and chunking parameters are unchanged (and that this version's chunker
+    chunked) is skipped, a changed one has its chunks replaced. `prune(source)` is asked about every source of the corpus not in `documents`; True
     deletes its chunks and manifest entry.
 
     With `prepare_all_first`, every document is read, parsed and chunked before anything is written, so a
@@ -279,7 +279,12 @@ async def ingest_documents(
             seen.add(source)
             report.files += 1
             old = manifest.get(source)
-            if old and old.get("file_hash") == doc.file_hash and old.get("params") == params:
+            if (
+                old
+                and old.get("file_hash") == doc.file_hash
+                and old.get("params") == params
+                and old.get("chunker") == CHUNKER_VERSION
+            ):
                 report.skipped += 1
                 report.documents.append(
                     {"source": source, "status": "unchanged", "chunks": old.get("chunks")}
@@ -345,6 +350,7 @@ async def _write_document(
                     "chunks": len(doc.chunks),
                     "title": doc.title,
                     "params": params,
+                    "chunker": CHUNKER_VERSION,
                 },
                 index=False,
             )

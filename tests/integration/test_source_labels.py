@@ -97,3 +97,18 @@ async def test_reingest_replaces_absolute_labels_of_older_versions(db, layout):
     # Idempotent: a second run changes nothing.
     again = await ingest_paths(db.store, [site], namespace="lbl-legacy", root=cwd)
     assert (again.chunks, again.skipped, again.removed) == (0, 2, 0)
+
+
+async def test_documents_chunked_by_an_older_chunker_are_rechunked_once(db, layout):
+    cwd, _ = layout
+    await ingest_paths(db.store, [cwd / "docs"], namespace="lbl-rechunk", root=cwd)
+    # An entry as an older version wrote it: same text and parameters, no chunker version.
+    item = await db.store.aget(meta_namespace("lbl-rechunk"), "docs/keeper.md")
+    value = {k: v for k, v in item.value.items() if k != "chunker"}
+    await db.store.aput(meta_namespace("lbl-rechunk"), "docs/keeper.md", value, index=False)
+
+    report = await ingest_paths(db.store, [cwd / "docs"], namespace="lbl-rechunk", root=cwd)
+    status = {d["source"]: d["status"] for d in report.to_dict(details=True)["documents"]}
+    assert status == {"docs/keeper.md": "replaced", "docs/guide/fog.md": "unchanged"}
+    again = await ingest_paths(db.store, [cwd / "docs"], namespace="lbl-rechunk", root=cwd)
+    assert (again.chunks, again.skipped) == (0, 2)
