@@ -79,14 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
         "eval", help="run a labelled question set through the agent and report answer quality (evals/)"
     )
     ev.add_argument("set", help="question set, JSON lines (evals/README.md)")
-    ev.add_argument("--corpus", nargs="+", required=True, help="files and directories to ingest and ask about")
-    ev.add_argument("--root", default=None, help="source labels relative to this (default: the corpus dir, or .)")
+    ev.add_argument(
+        "--corpus", nargs="+", required=True, help="files and directories to ingest and ask about"
+    )
+    ev.add_argument(
+        "--root", default=None, help="source labels relative to this (default: the corpus dir, or .)"
+    )
     ev.add_argument(
         "--namespace", dest="eval_namespace", default=None, help="corpus name (default eval-<set name>)"
     )
     ev.add_argument("--name", default=None, help="report name (default: the set's file name)")
     ev.add_argument("--out", default="evals/reports", help="directory of the Markdown, PNG and JSON report")
-    ev.add_argument("--retrieve-k", type=int, default=None, help="passages per query (default KEEL_RETRIEVE_K)")
+    ev.add_argument(
+        "--retrieve-k", type=int, default=None, help="passages per query (default KEEL_RETRIEVE_K)"
+    )
     ev.add_argument("--limit", type=int, default=None, help="only the first N questions")
     ev.add_argument("--timeout", type=float, default=120.0, help="seconds per turn before it is cancelled")
     ev.add_argument("--check-set", action="store_true", help="only check the set's facts against the corpus")

@@ -133,7 +133,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         metrics_port = settings.keel_metrics_port if args.metrics_port is None else args.metrics_port
         metrics = None
         if metrics_port is not None:
-            from server.telemetry import MetricsServer
+            from server.metrics_server import MetricsServer
 
             metrics = MetricsServer(svc, settings.keel_metrics_host, metrics_port)
             try:
