@@ -12,7 +12,7 @@ from server.errors import BodyGuard, install_error_handlers
 from server.mcp import mount_mcp
 from server.metrics import HttpTelemetry
 from server.origins import OriginGuard, origin_regex
-from server.routes import assistants, crons, knowledge, meta, metrics, runs, store, threads
+from server.routes import assistants, crons, knowledge, meta, metrics, runs, store, thread_stream, threads
 from server.service import KeelService
 from server.settings import Settings, get_settings
 
@@ -53,6 +53,7 @@ def create_app(
     for r in (meta.router, assistants.router, threads.router, runs.router, store.router, knowledge.router):
         app.include_router(r)
     app.include_router(crons.router)
+    app.include_router(thread_stream.router)
     app.include_router(metrics.router)
     mcp_sessions = mount_mcp(app, settings)
     # Outermost first: HttpTelemetry, OriginGuard, then CORS, then BodyGuard (add_middleware wraps, so the last added is outermost).

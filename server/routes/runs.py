@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Body, Header, Query, Response
 from fastapi.responses import StreamingResponse
+from pydantic import Field
 
 from server.auth import CurrentUser, User
 from server.deps import Service
@@ -27,6 +28,7 @@ from server.schemas import (
     RunId,
     StreamMode,
     ThreadId,
+    _Body,
     errors,
 )
 from server.serde import dumps, jsonable
@@ -37,6 +39,12 @@ router = APIRouter(tags=["runs"], dependencies=AUTHENTICATED, responses=errors(4
 log = logging.getLogger("keel")
 
 KEEPALIVE_S = 5.0
+DELETE_WAIT_S = 30.0  # how long DELETE of a running run waits for its rollback
+MAX_BATCH = 100  # runs per POST /runs/batch
+NOTHING_TO_CANCEL = (
+    "No matching runs to cancel. Please verify the thread ID and run IDs are correct, and the runs haven't "
+    "been deleted or completed."
+)
 SSE_HEADERS = {"cache-control": "no-store", "x-accel-buffering": "no"}
 ALWAYS = {"metadata", "error"}
 # Logged but never sent: the log's end-of-run marker (the reference server ends a stream by closing it).
@@ -438,7 +446,7 @@ async def cancel_run(
         raise ApiError(422, "action must be 'interrupt' or 'rollback'")
     run = await owned_run(svc, user, thread_id, run_id)
     if run["status"] not in ACTIVE:
-        raise ApiError(409, f"Run {run['run_id']} is already {run['status']}")
+        raise ApiError(404, NOTHING_TO_CANCEL)
     await svc.runs.cancel(run, action=action)
     if wait:
         await svc.feed.wait_terminal(str(run["run_id"]))
@@ -447,10 +455,16 @@ async def cancel_run(
 
 @router.delete("/threads/{thread_id}/runs/{run_id}", status_code=204, responses=errors(404, 409))
 async def delete_run(thread_id: ThreadId, run_id: RunId, svc: Service, user: CurrentUser) -> Response:
-    """Delete a finished run's record."""
+    """Delete a run's record; a pending or running run is first cancelled with rollback (its checkpoints go)."""
     run = await owned_run(svc, user, thread_id, run_id)
     if run["status"] in ACTIVE:
-        raise ApiError(409, "Cancel the run before deleting it")
+        await svc.runs.cancel(run, action="rollback")
+        try:
+            row = await asyncio.wait_for(svc.feed.wait_terminal(str(run["run_id"])), DELETE_WAIT_S)
+        except TimeoutError:
+            raise ApiError(409, f"The run did not stop within {DELETE_WAIT_S:.0f} s; try again") from None
+        if row is None:  # rolled back: the run is gone already
+            return Response(status_code=204)
     async with svc.db.pool.connection() as conn, conn.transaction():
         await store.delete_run(conn, run["run_id"])
     return Response(status_code=204)
@@ -473,11 +487,12 @@ async def create_stateless(
 async def wait_stateless(body: RunCreate, svc: Service, user: CurrentUser) -> StreamingResponse:
     """Run on a temporary thread and answer with its final values."""
     run = await svc.runs.create(user, None, _foreground(body))
+    base = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
     return _wait_response(
         svc,
         run,
         cancel_on_disconnect=body.on_disconnect == "cancel",
-        headers={"content-location": f"/threads/{run['thread_id']}/runs/{run['run_id']}"},
+        headers={"location": base + "/join", "content-location": base},
     )
 
 
@@ -494,3 +509,54 @@ async def stream_stateless(body: RunCreate, svc: Service, user: CurrentUser) -> 
     return _stream_response(
         svc, run, cancel_on_disconnect=body.on_disconnect == "cancel", location=None, content_location=base
     )
+
+
+@router.post("/runs/batch", responses=errors(400, 413))
+async def create_batch(
+    body: Annotated[list[RunCreate], Body(min_length=1, max_length=MAX_BATCH)],
+    svc: Service,
+    user: CurrentUser,
+) -> list[dict[str, Any]]:
+    """Start several runs, each on its own temporary thread, in the background: all of them or none."""
+    async with svc.db.pool.connection() as conn, conn.transaction():
+        runs = [await svc.runs.create_in(conn, user, None, _background(b)) for b in body]
+    return [run_json(r) for r in runs]
+
+
+class RunsCancel(_Body):
+    status: str | None = None
+    thread_id: str | None = None
+    run_ids: list[str] | None = Field(None, max_length=1000)
+
+
+@router.post("/runs/cancel", status_code=204, responses=errors(400, 404, 413))
+async def cancel_many(
+    body: RunsCancel, svc: Service, user: CurrentUser, action: str = "interrupt"
+) -> Response:
+    """Cancel the caller's runs: `thread_id` + `run_ids`, or every run of a `status` (pending, running, all)."""
+    if action not in ("interrupt", "rollback"):
+        raise ApiError(422, "action must be 'interrupt' or 'rollback'")
+    if body.status is not None:
+        status = body.status.lower()
+        if status not in ("pending", "running", "all"):
+            raise ApiError(422, "Invalid status: must be 'pending', 'running', or 'all'")
+        if body.thread_id or body.run_ids:
+            raise ApiError(422, "When providing a 'status', 'thread_id' and 'run_ids' must be omitted.")
+        statuses = list(ACTIVE) if status == "all" else [status]
+        async with svc.db.pool.connection() as conn:
+            runs = await store.fetchall(conn, store.USER_RUNS_WITH_STATUS, (user.id, statuses))
+    else:
+        if body.thread_id is None or body.run_ids is None:
+            raise ApiError(422, "Must provide either a status or both 'thread_id' and 'run_ids'")
+        row = await owned_thread(svc, user, body.thread_id)
+        rids = [parse_uuid(r, "run") for r in body.run_ids]
+        async with svc.db.pool.connection() as conn:
+            runs = await store.fetchall(conn, store.THREAD_RUNS_BY_ID, (row["thread_id"], rids))
+    if not runs:
+        raise ApiError(404, "No runs found to cancel.")
+    active = [r for r in runs if r["status"] in ACTIVE]
+    if not active:
+        raise ApiError(404, NOTHING_TO_CANCEL)
+    for run in active:
+        await svc.runs.cancel(run, action=action)
+    return Response(status_code=204)

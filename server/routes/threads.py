@@ -10,12 +10,13 @@ import psycopg
 from fastapi import APIRouter, Query, Response
 from langchain_core.runnables import RunnableConfig
 from psycopg.types.json import Jsonb
+from pydantic import Field
 
 from server.auth import CurrentUser, User
 from server.db import Connection, retry_transient
 from server.deps import Service
 from server.errors import ApiError, not_found, parse_uuid
-from server.retention import delete_thread_everywhere
+from server.retention import delete_thread_everywhere, trim_checkpoints
 from server.runs import store
 from server.runs.store import ACTIVE, ThreadStatus
 from server.schemas import (
@@ -27,6 +28,7 @@ from server.schemas import (
     ThreadId,
     ThreadPatch,
     ThreadSearch,
+    _Body,
     errors,
 )
 from server.serde import jsonable
@@ -158,6 +160,22 @@ async def get(thread_id: ThreadId, svc: Service, user: CurrentUser) -> dict[str,
     return thread_json(await owned_thread(svc, user, thread_id))
 
 
+@router.post("/{thread_id}/copy", responses=errors(409))
+async def copy(thread_id: ThreadId, svc: Service, user: CurrentUser) -> dict[str, Any]:
+    """A new thread with this one's metadata, state and checkpoint history (not its runs).
+
+    An unknown thread is a 409, as the reference answers."""
+    tid = parse_uuid(thread_id, "thread")
+    async with svc.db.pool.connection() as conn:
+        row = await store.get_thread(conn, tid)
+        if row is None or row["user_id"] != user.id:
+            raise ApiError(409, f"Thread with ID {tid} not found")
+        new = await store.copy_thread(conn, tid, str(uuid.uuid4()))
+    if new is None:  # deleted meanwhile
+        raise ApiError(409, f"Thread with ID {tid} not found")
+    return thread_json(new)
+
+
 @router.patch("/{thread_id}", responses=errors(400, 404, 413))
 async def patch(thread_id: ThreadId, body: ThreadPatch, svc: Service, user: CurrentUser) -> dict[str, Any]:
     """Merge metadata into a thread; a `ttl` restarts its expiry from now."""
@@ -176,7 +194,12 @@ async def patch(thread_id: ThreadId, body: ThreadPatch, svc: Service, user: Curr
 async def delete(thread_id: ThreadId, svc: Service, user: CurrentUser) -> Response:
     """Delete a thread, its runs and its checkpoints."""
     row = await owned_thread(svc, user, thread_id)
-    tid = str(row["thread_id"])
+    await _delete_thread(svc, str(row["thread_id"]))
+    return Response(status_code=204)
+
+
+async def _delete_thread(svc: KeelService, tid: str) -> None:
+    """Stop the thread's runs (409 if one does not stop), then delete it everywhere."""
     async with svc.db.pool.connection() as conn:
         active = await store.fetchall(conn, store.THREAD_ACTIVE_RUN_IDS, (tid, list(ACTIVE)))
     for run in active:
@@ -187,7 +210,31 @@ async def delete(thread_id: ThreadId, svc: Service, user: CurrentUser) -> Respon
         except TimeoutError:
             raise ApiError(409, "The thread's run did not stop within 30 s; try again") from None
     await delete_thread_everywhere(svc.db, tid)
-    return Response(status_code=204)
+
+
+class ThreadPrune(_Body):
+    thread_ids: list[str] = Field(..., max_length=1000)
+    strategy: str = "delete"
+
+
+@router.post("/prune", responses=errors(400, 409, 413))
+async def prune(body: ThreadPrune, svc: Service, user: CurrentUser) -> dict[str, int]:
+    """Delete threads (`delete`), or keep only their latest checkpoint (`keep_latest`); the caller's only."""
+    ids = [parse_uuid(t, "thread") for t in body.thread_ids]
+    if body.strategy not in ("delete", "keep_latest"):
+        raise ApiError(422, f"Invalid strategy: {body.strategy}. Expected 'delete' or 'keep_latest'.")
+    pruned = 0
+    for tid in dict.fromkeys(ids):
+        async with svc.db.pool.connection() as conn:
+            row = await store.get_thread(conn, tid)
+        if row is None or row["user_id"] != user.id:
+            continue  # as the reference: a missing (or another user's) thread is skipped
+        if body.strategy == "delete":
+            await _delete_thread(svc, tid)
+        else:
+            await trim_checkpoints(svc.db, tid, keep=1)
+        pruned += 1
+    return {"pruned_count": pruned}
 
 
 @router.get("/{thread_id}/state", responses=errors(404))
@@ -227,9 +274,8 @@ async def _state_at(
 ) -> dict[str, Any]:
     if not checkpoint.get("checkpoint_id"):
         raise ApiError(422, "checkpoint.checkpoint_id is required")
+    # A checkpoint the thread does not have is an empty state (values {}, no next), as the reference answers.
     config = thread_config(tid, checkpoint)
-    if await svc.db.checkpointer.aget_tuple(config) is None:
-        raise not_found("Checkpoint", checkpoint["checkpoint_id"])
     return snapshot_json(await svc.graph.aget_state(config, subgraphs=subgraphs), select=select)
 
 
@@ -242,6 +288,12 @@ async def update_state(
     tid = str(row["thread_id"])
     if row["status"] == "busy":
         raise ApiError(409, "Thread is busy; wait for its run to finish before updating state")
+    if not (row["metadata"] or {}).get("graph_id"):  # every run (and a copy of a thread that ran) sets it
+        raise ApiError(
+            400,
+            f"Thread '{tid}' has no assigned graph ID. This usually occurs when no runs have been made on "
+            "this particular thread. Make a run on the thread, or set its metadata's 'graph_id', first.",
+        )
     checkpoint = dict(body.checkpoint or {})
     if body.checkpoint_id:
         checkpoint["checkpoint_id"] = body.checkpoint_id
@@ -298,6 +350,8 @@ async def history(
 ) -> list[dict[str, Any]]:
     """Past states, newest first."""
     row = await owned_thread(svc, user, thread_id)
+    if isinstance(body.before, str):  # the reference's schema: a checkpoint config object (GET takes the id)
+        raise ApiError(422, 'before must be a checkpoint config object, e.g. {"configurable": {...}}')
     return await _history(svc, str(row["thread_id"]), body)
 
 

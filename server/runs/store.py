@@ -120,6 +120,28 @@ SET_THREAD_AFTER_RUN = (
     "interrupts = %s, error = %s, updated_at = now(), state_updated_at = now() WHERE thread_id = %s"
 )
 DELETE_THREAD = "DELETE FROM keel_threads WHERE thread_id = %s"
+# POST /threads/{id}/copy: the thread's row under a new id (owner, metadata, values, expiry; a busy thread's
+# copy is idle, it has no runs), then its checkpoints, blobs and pending writes (see copy_thread).
+COPY_THREAD = (
+    'INSERT INTO keel_threads (thread_id, user_id, metadata, status, config, "values", interrupts, error, '
+    "expires_at) SELECT %s, user_id, metadata, CASE WHEN status = 'busy' THEN 'idle' ELSE status END, config, "
+    f'"values", interrupts, error, expires_at FROM keel_threads WHERE thread_id = %s RETURNING {THREAD_COLUMNS}'
+)
+COPY_CHECKPOINTS = (
+    "INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, type, checkpoint, "
+    "metadata) SELECT %(new)s, checkpoint_ns, checkpoint_id, parent_checkpoint_id, type, checkpoint, "
+    "CASE WHEN metadata ? 'thread_id' THEN jsonb_set(metadata - 'keel_epoch', '{thread_id}', "
+    "to_jsonb(%(new)s::text)) ELSE metadata - 'keel_epoch' END FROM checkpoints WHERE thread_id = %(old)s"
+)  # without keel_epoch: the copies belong to no run's lease (the fencing trigger would refuse them)
+COPY_CHECKPOINT_BLOBS = (
+    "INSERT INTO checkpoint_blobs (thread_id, checkpoint_ns, channel, version, type, blob) "
+    "SELECT %(new)s, checkpoint_ns, channel, version, type, blob FROM checkpoint_blobs WHERE thread_id = %(old)s"
+)
+COPY_CHECKPOINT_WRITES = (
+    "INSERT INTO checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, "
+    "type, blob) SELECT %(new)s, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, blob "
+    "FROM checkpoint_writes WHERE thread_id = %(old)s"
+)
 DELETE_THREAD_RUN_EVENTS = (
     "DELETE FROM keel_run_events WHERE run_id IN (SELECT run_id FROM keel_runs WHERE thread_id = %s)"
 )
@@ -144,6 +166,21 @@ THREAD_ACTIVE_RUNS = (
 )
 THREAD_ACTIVE_RUN_IDS = "SELECT run_id, thread_id FROM keel_runs WHERE thread_id = %s AND status = ANY(%s)"
 THREAD_HAS_ACTIVE_RUN = "SELECT 1 FROM keel_runs WHERE thread_id = %s AND status = ANY(%s)"
+# GET /threads/{id}/stream: the thread's runs created since a time (all with NULL), oldest first; no row at all
+# when the thread is gone, one with a NULL run_id when it has no such run.
+THREAD_RUNS_SINCE = (
+    "SELECT r.run_id, r.status, r.created_at FROM keel_threads t LEFT JOIN keel_runs r "
+    "ON r.thread_id = t.thread_id AND r.created_at >= coalesce(%s, '-infinity'::timestamptz) "
+    "WHERE t.thread_id = %s ORDER BY r.created_at, r.run_id"
+)
+# POST /runs/cancel: the caller's runs of some statuses, or a thread's runs by id.
+USER_RUNS_WITH_STATUS = (
+    "SELECT run_id, thread_id, status FROM keel_runs WHERE user_id = %s AND status = ANY(%s) "
+    "ORDER BY created_at"
+)
+THREAD_RUNS_BY_ID = (
+    "SELECT run_id, thread_id, status FROM keel_runs WHERE thread_id = %s AND run_id = ANY(%s::uuid[])"
+)
 INSERT_RUN = (
     f"INSERT INTO keel_runs (run_id, thread_id, assistant_id, user_id, status, metadata, kwargs, "
     f"multitask_strategy, temporary) VALUES (%s, %s, %s, %s, 'pending', %s, %s, %s, %s) "
@@ -394,6 +431,20 @@ async def set_thread_state(
 ) -> None:
     """The thread's cached values and status after its state changed outside a run (update_state)."""
     await conn.execute(SET_THREAD_STATE, (Jsonb(values), status, thread_id))
+
+
+async def copy_thread(conn: psycopg.AsyncConnection[Any], source: str, target: str) -> dict[str, Any] | None:
+    """A new thread `target` with `source`'s row and checkpoint history (not its runs), or None if no
+    `source`. One REPEATABLE READ transaction: a run writing checkpoints meanwhile cannot tear the copy."""
+    async with conn.transaction():
+        await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        row = await fetchone(conn, COPY_THREAD, (target, source))
+        if row is None:
+            return None
+        ids = {"new": target, "old": source}
+        for sql in (COPY_CHECKPOINTS, COPY_CHECKPOINT_BLOBS, COPY_CHECKPOINT_WRITES):
+            await conn.execute(sql, ids)
+    return row
 
 
 async def delete_run(conn: psycopg.AsyncConnection[Any], run_id: str) -> None:
