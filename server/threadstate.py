@@ -64,7 +64,7 @@ def snapshot_json(s: StateSnapshot, *, select: list[str] | None = None) -> dict[
         ],
         "checkpoint": checkpoint,
         "parent_checkpoint": parent,
-        "metadata": jsonable(s.metadata or {}),
+        "metadata": jsonable(s.metadata) if s.metadata is not None else None,  # null with no checkpoint
         "created_at": s.created_at,
         "interrupts": interrupts_of(s),
         "checkpoint_id": checkpoint["checkpoint_id"] if checkpoint else None,

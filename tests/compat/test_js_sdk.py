@@ -42,18 +42,6 @@ CHECK_TIMEOUT_S = 120.0
 EXPECTED_FAILURES: dict[str, str] = {
     # PENDING issue 11: stream_mode "events"
     "runs.stream(events)": "stream_mode events",
-    # PENDING issue 11: POST /runs/cancel
-    "runs.cancelMany": "bulk cancel",
-    # PENDING issue 11: POST /runs/batch
-    "runs.createBatch": "runs batch",
-    # PENDING issue 11: GET /threads/{id}/stream
-    "threads.joinStream": "thread-level join",
-    # PENDING issue 11: POST /threads/{id}/copy
-    "threads.copy": "thread copy",
-    # PENDING issue 11: POST /threads/prune
-    "threads.prune": "thread prune",
-    # PENDING issue 11: GET /store/items of a missing key returns 200 null
-    "store.getItem(missing) -> null": "store missing key",
 }
 """Checks that fail today, each with the missing feature; the test fails when one of them passes."""
 

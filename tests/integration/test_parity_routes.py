@@ -126,6 +126,7 @@ async def test_state_at_an_unknown_checkpoint_is_an_empty_state(client):
     ):
         assert r.status_code == 200, r.text
         assert r.json()["values"] == {} and r.json()["next"] == [] and r.json()["tasks"] == []
+        assert r.json()["metadata"] is None  # no checkpoint, no metadata: null as the reference
     # a known checkpoint still answers its state
     state = (await client.get(f"/threads/{tid}/state", headers=ALICE)).json()
     at = await client.get(f"/threads/{tid}/state/{state['checkpoint']['checkpoint_id']}", headers=ALICE)
