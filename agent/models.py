@@ -8,8 +8,9 @@ select them through the same `Context.model` field, so no call site is ever patc
 from __future__ import annotations
 
 import threading
-from typing import Literal
+from typing import Any, Literal
 
+from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
 
 from agent.context import Context
@@ -54,8 +55,17 @@ def resolve_model(name: str | None) -> BaseChatModel:
     return model
 
 
-def get_chat_model(role: Literal["answer", "critic"], ctx: Context) -> BaseChatModel:
-    """The model for a role in this run."""
-    if role == "critic":
-        return resolve_model(ctx.critic_model or ctx.model)
-    return resolve_model(ctx.model)
+def store_embeddings(store: Any) -> Embeddings | None:
+    """The embedder of a store's index (the one retrieval embeds queries with), None if it has none."""
+    embeddings = getattr(store, "embeddings", None)
+    return embeddings if isinstance(embeddings, Embeddings) else None
+
+
+def get_chat_model(
+    role: Literal["answer", "critic"], ctx: Context, *, embeddings: Embeddings | None = None
+) -> BaseChatModel:
+    """The model for a role in this run; the offline engine ranks and grades by meaning with `embeddings`."""
+    model = resolve_model(ctx.critic_model or ctx.model) if role == "critic" else resolve_model(ctx.model)
+    if embeddings is not None and isinstance(model, OfflineChatModel):
+        return model.model_copy(update={"embeddings": embeddings})
+    return model

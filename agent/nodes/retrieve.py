@@ -10,6 +10,7 @@ from langgraph.runtime import Runtime
 
 from agent.budgets import RUNNING, finish, next_step
 from agent.context import Context
+from agent.offline.text import followup_context
 from agent.state import Fields, State
 from memory.search import search_docs
 from tools.memory_tools import memories_namespace
@@ -48,14 +49,24 @@ def continues_turn(state: State) -> bool:
     return state.get("question") == message_text(msg)
 
 
+def search_query(question: str, messages: list[AnyMessage]) -> str:
+    """The first search of a turn: the question, read with the previous question when it plainly refers back
+    to it ("How many dimensions do its vectors have?"); a short follow-up that does not ("How long does
+    detection take?") gets the previous topic from the critic's rewrite when the question alone is not answered."""
+    earlier = [m for m in messages if isinstance(m, HumanMessage)][:-1]
+    context = followup_context(question, message_text(earlier[-1]), strict=True) if earlier else ""
+    return f"{question} {context}" if context else question
+
+
 def fresh_turn(state: State) -> Fields:
     """Every per-turn field reset for the last human message; only `messages` and `summary` carry over."""
-    msg = last_human(state.get("messages", []))
+    messages = state.get("messages", [])
+    msg = last_human(messages)
     question = message_text(msg) if msg is not None else ""
     return {
         "turn_of": (msg.id or "") if msg is not None else "",
         "question": question,
-        "query": question,
+        "query": search_query(question, messages),
         "passages": [],
         "sources": [],
         "draft": "",
@@ -88,6 +99,18 @@ async def recall_memories(store: Any, ctx: Context, query: str) -> list[dict[str
     ]
 
 
+async def search_corpus(store: Any, query: str, ctx: Context, revision: int) -> list[dict[str, Any]]:
+    """The corpus's passages for a query: dense top-k on a turn's first pass; on a revision (the critic found
+    the first pass weak) a wider net, hybrid (dense + full-text, fused) with twice k, so a revision always
+    changes what is retrieved even when the query cannot. Hybrid needs Postgres; other stores search dense."""
+    if revision == 0:
+        return await search_docs(store, query, namespace=ctx.namespace, k=ctx.retrieve_k)
+    k = 2 * ctx.retrieve_k
+    if getattr(store, "conn", None) is None:
+        return await search_docs(store, query, namespace=ctx.namespace, k=k)
+    return await search_docs(store, query, namespace=ctx.namespace, k=k, mode="hybrid")
+
+
 async def retrieve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """Start a turn for a new human message (every per-turn field reset) or continue the critic's revision,
     then search the corpus."""
@@ -98,10 +121,11 @@ async def retrieve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     if over:
         return {**update, **finish({**state, **update}, "max_steps", step=step)}
     query = update["query"] if new_turn else state.get("query", "")
+    revision = 0 if new_turn else state.get("revisions", 0)
     hits = []
     if runtime.store is not None and query.strip():
         docs, memories = await asyncio.gather(  # independent lookups: one round trip of latency, not two
-            search_docs(runtime.store, query, namespace=ctx.namespace, k=ctx.retrieve_k),
+            search_corpus(runtime.store, query, ctx, revision),
             recall_memories(runtime.store, ctx, query),
         )
         hits = [*docs, *memories]

@@ -13,7 +13,7 @@ from langgraph.runtime import Runtime
 from agent.budgets import finish, next_step
 from agent.context import Context
 from agent.history import apply_fold, fold_history
-from agent.models import get_chat_model
+from agent.models import get_chat_model, store_embeddings
 from agent.nodes import Node
 from agent.render import build_prompt
 from agent.state import State
@@ -31,7 +31,7 @@ def make_summarize(registry: ToolRegistry) -> Node:
         step, over = next_step(state, ctx)
         if over:
             return finish(state, "max_steps", step=step)
-        base = get_chat_model("answer", ctx)
+        base = get_chat_model("answer", ctx, embeddings=store_embeddings(runtime.store))
         messages = list(state.get("messages", []))
         folded = None
         if ctx.history == "summarize":

@@ -1,4 +1,10 @@
-"""The extractive answer: the passages' sentences that best match the question, cited, then the sources."""
+"""The extractive answer: the passages' whole sentences that answer the question, cited, then the sources.
+
+With an embedder (the one the corpus was indexed with), sentences are ranked by meaning: cosine similarity
+to the question, plus a small share for the question's words and for sentences that name a solution. When
+no sentence reaches `ANSWER_MIN_SIMILARITY` the engine abstains with `NO_ANSWER_TEXT`. Without an embedder
+(unit tests, a store without an index) the ranking falls back to idf-weighted word overlap.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from agent.offline.messages import Document
-from agent.offline.text import SENTENCE_SPLIT_RE, WORD_RE, stems
+from agent.offline.semantic import (
+    ANSWER_MIN_SIMILARITY,
+    CUE_BONUS,
+    LEXICAL_WEIGHT,
+    SUPPORTING_MARGIN,
+    Embedder,
+    absent_terms,
+    cosine,
+)
+from agent.offline.text import CITATION_RE, SENTENCE_SPLIT_RE, WORD_RE, followup_context, stems
 
-NO_ANSWER_TEXT = "I could not find an answer to that in the knowledge base."
+NO_ANSWER_TEXT = "I could not find this in the documents."
 """The whole answer when the retrieved documents do not contain one."""
 
 SOURCES_HEADER = "Sources:"
@@ -26,13 +41,45 @@ _FENCE_RE = re.compile(r"^(?:```|~~~)")
 
 _ABBREVIATIONS = ("e.g.", "i.e.", "etc.", "vs.", "cf.", "approx.", "no.", "dr.", "mr.", "ms.")
 
+INTRO_MAX_ITEMS = 6
+"""Most list items quoted with the sentence that introduces them."""
+
+ITEM_MAX_WORDS = 12
+"""A list item without a full stop and longer than this is a sentence that a chunk boundary cut off."""
+
+_TERMINAL_RE = re.compile(r"[.!?:][)\"'`*_\]]*$")
+
+_SOLUTION_RE = re.compile(
+    r"(?i)^(?:to [^,]{3,80}, )?(?:run|set|use|start|add|call|pass|install|configure|create|send|point|give|put|"
+    r"enable|disable|scale|deploy|ingest|open|write|choose|pick|increase|raise|lower|export|mount|restart|stop|"
+    r"resume|register|keep|make|mark|attach|replace|delete|remove|list|ask|tell|select|return|raise|check)\b"
+    r"|\byou can\b|\bby (?:setting|running|passing|adding|starting|calling)\b|`[A-Z][A-Z0-9_]{2,}`|`keel [a-z]"
+)
+
+_QUANTITY_QUESTION_RE = re.compile(
+    r"(?i)\b(?:how (?:long|many|much|often|big|large|fast|soon|quickly)|when|what is the (?:default|maximum|"
+    r"minimum|limit|size|timeout))\b"
+)
+
+
+@dataclass
+class _Unit:
+    kind: str
+    """prose | item (a list item or table row) | code"""
+    text: str
+
 
 @dataclass
 class _Sentence:
     doc: int
     position: int
     text: str
+    kind: str
     stems: list[str] = field(default_factory=list)
+    code: str = ""
+    """The code block that follows this sentence, when the sentence introduces it ("...:")."""
+    items: list[str] = field(default_factory=list)
+    """The list items that follow this sentence, when the sentence introduces them ("...:")."""
 
 
 def _inline_cleanup(text: str) -> str:
@@ -43,32 +90,40 @@ def _inline_cleanup(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def _passage_units(text: str) -> list[str]:
-    """Paragraphs and list items of a Markdown passage, without headings, fences or bullets."""
-    units: list[str] = []
+def _passage_units(text: str) -> list[_Unit]:
+    """Paragraphs, list items and code blocks of a Markdown passage, without headings, rules or bullets."""
+    units: list[_Unit] = []
     current: list[str] = []
     code: list[str] | None = None
 
     def flush() -> None:
         if current:
-            units.append(" ".join(current))
+            units.append(_Unit("prose", " ".join(current)))
             current.clear()
 
-    for raw in text.splitlines():
+    lines = text.splitlines()
+    fences = [i for i, raw in enumerate(lines) if _FENCE_RE.match(raw.strip())]
+    if len(fences) % 2 and lines[fences[0]].strip() in ("```", "~~~"):
+        # An odd number of fences whose first one is bare: the chunk starts inside a code block (an opening
+        # fence usually names its language), so what comes before that fence is code, not prose.
+        lines = lines[fences[0] + 1 :]
+    for raw in lines:
         line = raw.strip()
         if _FENCE_RE.match(line):
             if code is None:
                 flush()
                 code = []
             else:
-                # A short snippet introduced by "...:" reads naturally inline; longer code is not prose.
-                if units and units[-1].endswith(":") and 0 < len(code) <= 3:
-                    units[-1] += " `" + "; ".join(code) + "`"
+                # A one-line snippet introduced by "...:" reads naturally inline; longer code stays a block.
+                if units and units[-1].kind != "code" and units[-1].text.endswith(":") and len(code) == 1:
+                    units[-1].text += " `" + code[0] + "`"
+                elif code:
+                    units.append(_Unit("code", "\n".join(code)))
                 code = None
             continue
         if code is not None:
             if line:
-                code.append(line)
+                code.append(raw.rstrip())
             continue
         if not line or _RULE_RE.match(line) or _HEADING_RE.match(line):
             flush()
@@ -78,15 +133,24 @@ def _passage_units(text: str) -> list[str]:
             flush()
             cells = [c.strip() for c in line.strip("|").split("|")]
             if not all(re.fullmatch(r":?-*:?", c) for c in cells):
-                units.append(", ".join(c for c in cells if c))
+                units.append(_Unit("item", ", ".join(c for c in cells if c)))
             continue
         bullet = _BULLET_RE.match(line)
         if bullet:
             flush()
-            line = bullet.group(1)
+            units.append(_Unit("item", bullet.group(1)))
+            continue
+        if units and units[-1].kind == "item" and not current and raw[:1].isspace():
+            units[-1].text += " " + line  # a list item's continuation line
+            continue
         current.append(line)
     flush()
-    return [u for u in (_inline_cleanup(u) for u in units) if u]
+    out = []
+    for unit in units:
+        clean = unit.text if unit.kind == "code" else _inline_cleanup(unit.text)
+        if clean:
+            out.append(_Unit(unit.kind, clean))
+    return out
 
 
 def _split_sentences(unit: str) -> list[str]:
@@ -99,16 +163,53 @@ def _split_sentences(unit: str) -> list[str]:
     return [s.strip() for s in out if s.strip()]
 
 
+def _whole(text: str, kind: str, *, first: bool, last: bool) -> bool:
+    """Whether a sentence can be quoted on its own: not a chunk's cut-off start or end, not a question."""
+    if text.endswith("?"):
+        return False  # a question restates a problem; it never answers one
+    if first and text[0].islower():
+        return False  # the chunk starts mid-sentence
+    if text.endswith((",", ";", "-", "—", "(")):
+        return False  # dangling: the rest was cut off
+    if _TERMINAL_RE.search(text):
+        return True
+    # A list item or table row needs no full stop, unless it is as long as a sentence (then it was cut off).
+    return kind == "item" and not last and len(text.split()) <= ITEM_MAX_WORDS
+
+
 def _sentences(docs: Sequence[Document]) -> list[_Sentence]:
-    sentences = []
+    """The whole sentences of the passages. A sentence that ends in ":" introduces what follows it: it takes
+    the code block or the list items right after it, and without them (cut off by the chunk) it is dropped."""
+    sentences: list[_Sentence] = []
     for d, doc in enumerate(docs):
         position = 0
-        for unit in _passage_units(doc.text):
-            for text in _split_sentences(unit):
-                if len(WORD_RE.findall(text.casefold())) >= 3:
-                    sentences.append(_Sentence(d, position, text, stems(text)))
+        intro: _Sentence | None = None  # the last sentence, while it still takes what it introduces
+        units = _passage_units(doc.text)
+        for u, unit in enumerate(units):
+            if unit.kind == "code":
+                if intro is not None and not intro.items:
+                    intro.code = unit.text
+                intro = None
                 position += 1
-    return sentences
+                continue
+            if unit.kind == "item" and intro is not None and len(intro.items) < INTRO_MAX_ITEMS:
+                intro.items.append(CITATION_RE.sub("", unit.text))
+                position += 1
+                continue
+            intro = None
+            pieces = _split_sentences(CITATION_RE.sub("", unit.text))
+            for p, text in enumerate(pieces):
+                first = u == 0 and p == 0
+                last = u == len(units) - 1 and p == len(pieces) - 1
+                if len(WORD_RE.findall(text.casefold())) >= 3 and _whole(
+                    text, unit.kind, first=first, last=last
+                ):
+                    sentence = _Sentence(d, position, text, unit.kind, stems(text))
+                    sentences.append(sentence)
+                    intro = sentence if text.endswith(":") and p == len(pieces) - 1 else None
+                position += 1
+    # An introduction whose continuation the chunk cut off says nothing on its own.
+    return [s for s in sentences if not s.text.endswith(":") or s.code or s.items]
 
 
 def _cite(sentence: str, index: str) -> str:
@@ -121,18 +222,171 @@ def _index_key(index: str) -> tuple[int, str]:
     return (int(index), "") if index.isdigit() else (1 << 30, index)
 
 
-def extractive_answer(question: str, docs: Sequence[Document], max_sentences: int) -> str:
-    question_stems = stems(question)
-    sentences = _sentences(docs)
-    if not question_stems or not sentences:
-        return NO_ANSWER_TEXT
-    n = len(sentences)
-    stem_sets = [set(s.stems) for s in sentences]
+def _idf(question_stems: list[str], stem_sets: list[set[str]]) -> dict[str, float]:
+    n = len(stem_sets)
     idf: dict[str, float] = {}
     for stem in question_stems:
         df = sum(1 for words in stem_sets if stem in words)
         if df:
             idf[stem] = math.log(1 + n / df)
+    return idf
+
+
+def _render(docs: Sequence[Document], sentences: list[_Sentence], picked: list[int]) -> str:
+    """Best passage first, reading order within each passage; citations, code blocks, then the sources."""
+    doc_order = list(dict.fromkeys(sentences[i].doc for i in picked))
+    ordered = sorted(picked, key=lambda i: (doc_order.index(sentences[i].doc), sentences[i].position))
+    paragraphs: list[str] = []
+    line: list[str] = []
+    for i in ordered:
+        s = sentences[i]
+        line.append(_cite(s.text, docs[s.doc].index))
+        if s.code:
+            paragraphs += [" ".join(line), f"```\n{s.code}\n```"]
+            line = []
+        elif s.items:
+            paragraphs += [" ".join(line), "\n".join(f"- {item}" for item in s.items)]
+            line = []
+    if line:
+        paragraphs.append(" ".join(line))
+    cited = sorted(
+        {docs[sentences[i].doc].index: docs[sentences[i].doc] for i in ordered}.values(),
+        key=lambda d: _index_key(d.index),
+    )
+    lines = [
+        f"[{d.index}] {d.source} — {d.heading}" if d.heading else f"[{d.index}] {d.source}" for d in cited
+    ]
+    return "\n\n".join(paragraphs) + "\n\n" + SOURCES_HEADER + "\n" + "\n".join(lines)
+
+
+def question_similarities(
+    embedder: Embedder, question: str, texts: Sequence[str], context: str
+) -> list[float]:
+    """Similarity of each text to the question; a follow-up's is the mean of the question alone and the
+    question read with the earlier one (its topic), so neither the new words nor the thread's topic is lost."""
+    return _question_sims(embedder, question, list(texts), context)[0]
+
+
+def _question_sims(
+    embedder: Embedder, question: str, texts: list[str], context: str, parts: Sequence[str] = ()
+) -> tuple[list[float], list[list[float]]]:
+    """The question's similarities to the texts and each part's, the texts embedded once."""
+    if not texts:
+        return [], [[] for _ in parts]
+    queries = [question, *([f"{question} {context}"] if context else []), *parts]
+    vectors = embedder.embed_documents([*queries, *texts])
+    known = vectors[len(queries) :]
+    rows = [[cosine(q, v) for v in known] for q in vectors[: len(queries)]]
+    sims = rows[0] if not context else [(a + b) / 2 for a, b in zip(rows[0], rows[1], strict=True)]
+    return sims, rows[len(queries) - len(parts) :]
+
+
+_PART_SPLIT_RE = re.compile(
+    r"(?i),?\s+and\s+(?=(?:what|how|which|where|when|why|who|is|are|does|do|can)\b)|(?<=\?)\s+|;\s+"
+)
+
+
+def question_parts(question: str) -> list[str]:
+    """The questions a compound question asks ("How does X work, and what is the default Y?"), or []."""
+    parts = [p.strip() for p in _PART_SPLIT_RE.split(question.strip()) if len(stems(p)) >= 2]
+    return parts if len(parts) > 1 else []
+
+
+@dataclass
+class Judgement:
+    """How well the passages can answer a question: their whole sentences, each one's similarity to the
+    question (and to each part of a compound question), and the question's salient terms no passage names."""
+
+    sentences: list[_Sentence]
+    sims: list[float]
+    absent: list[str]
+    part_sims: list[list[float]] = field(default_factory=list)
+
+    @property
+    def best(self) -> float:
+        return max(self.sims, default=0.0)
+
+    @property
+    def answerable(self) -> bool:
+        """Some sentence is about the question, and the passages name everything the question is about."""
+        return self.best >= ANSWER_MIN_SIMILARITY and not self.absent
+
+
+def judge(question: str, docs: Sequence[Document], embedder: Embedder, earlier: str = "") -> Judgement:
+    """Shared by the answer and the critic, so both judge "the documents answer this" the same way."""
+    sentences = _sentences(docs)
+    context = followup_context(question, earlier)
+    parts = question_parts(question)
+    sims, part_sims = _question_sims(embedder, question, [s.text for s in sentences], context, parts)
+    absent = absent_terms(question, [f"{d.source} {d.heading} {d.text}" for d in docs])
+    return Judgement(sentences, sims, absent, part_sims)
+
+
+def extractive_answer(
+    question: str,
+    docs: Sequence[Document],
+    max_sentences: int,
+    embedder: Embedder | None = None,
+    context: str = "",
+) -> str:
+    """The cited answer to `question` from `docs`, or exactly `NO_ANSWER_TEXT`.
+
+    `context` is the conversation's earlier question: a follow-up ("How long does detection take?") is read
+    together with it.
+    """
+    if embedder is None:
+        return _lexical_answer(question, docs, max_sentences)
+    if not stems(question) or not docs:
+        return NO_ANSWER_TEXT
+    verdict = judge(question, docs, embedder, context)
+    if not verdict.answerable:
+        return NO_ANSWER_TEXT  # nothing retrieved is about the question: never quote unrelated text
+    sentences, sims = verdict.sentences, verdict.sims
+
+    question_stems = stems(question)
+    stem_sets = [set(s.stems) for s in sentences]
+    idf = _idf(question_stems, stem_sets)
+    total = sum(idf.values()) or 1.0
+    quantity = _QUANTITY_QUESTION_RE.search(question) is not None
+
+    def score(i: int) -> float:
+        lexical = sum(w for t, w in idf.items() if t in stem_sets[i]) / total
+        text = sentences[i].text
+        cue = bool(_SOLUTION_RE.search(text) or sentences[i].code) or (
+            quantity and re.search(r"\d", text) is not None
+        )
+        return sims[i] + LEXICAL_WEIGHT * lexical + (CUE_BONUS if cue else 0.0)
+
+    scores = [score(i) for i in range(len(sentences))]
+    order = sorted(range(len(sentences)), key=lambda i: (-scores[i], i))
+    picked: list[int] = []
+    top = max(scores[i] for i in order if sims[i] >= ANSWER_MIN_SIMILARITY)
+    for i in order:
+        if len(picked) >= max_sentences or scores[i] < top - SUPPORTING_MARGIN:
+            break
+        if sims[i] < ANSWER_MIN_SIMILARITY or any(
+            _near_duplicate(stem_sets[i], stem_sets[j]) for j in picked
+        ):
+            continue
+        picked.append(i)
+    # A compound question gets each part's best sentence too, so the answer spans the passages it needs.
+    for row in verdict.part_sims:
+        best = max(range(len(sentences)), key=lambda i: (row[i], -i))
+        if row[best] >= ANSWER_MIN_SIMILARITY and not any(
+            _near_duplicate(stem_sets[best], stem_sets[j]) for j in picked
+        ):
+            picked.append(best)
+    return _render(docs, sentences, picked) if picked else NO_ANSWER_TEXT
+
+
+def _lexical_answer(question: str, docs: Sequence[Document], max_sentences: int) -> str:
+    """Word-overlap ranking, for an engine built without an embedder."""
+    question_stems = stems(question)
+    sentences = _sentences(docs)
+    if not question_stems or not sentences:
+        return NO_ANSWER_TEXT
+    stem_sets = [set(s.stems) for s in sentences]
+    idf = _idf(question_stems, stem_sets)
 
     def score(i: int, covered: dict[str, None]) -> float:
         gain = sum(
@@ -146,7 +400,7 @@ def extractive_answer(question: str, docs: Sequence[Document], max_sentences: in
     top = 0.0
     while len(picked) < max_sentences:
         best, best_score = None, 0.0
-        for i in range(n):
+        for i in range(len(sentences)):
             if i in picked or any(_near_duplicate(stem_sets[i], stem_sets[j]) for j in picked):
                 continue
             s = score(i, covered)
@@ -162,19 +416,12 @@ def extractive_answer(question: str, docs: Sequence[Document], max_sentences: in
         covered.update(dict.fromkeys(t for t in question_stems if t in stem_sets[best]))
     if not picked:
         return NO_ANSWER_TEXT
+    return _render(docs, sentences, picked)
 
-    # Best passage first, reading order within each passage.
-    doc_order = list(dict.fromkeys(sentences[i].doc for i in picked))
-    ordered = sorted(picked, key=lambda i: (doc_order.index(sentences[i].doc), sentences[i].position))
-    body = " ".join(_cite(sentences[i].text, docs[sentences[i].doc].index) for i in ordered)
-    cited = sorted(
-        {docs[sentences[i].doc].index: docs[sentences[i].doc] for i in ordered}.values(),
-        key=lambda d: _index_key(d.index),
-    )
-    lines = [
-        f"[{d.index}] {d.source} — {d.heading}" if d.heading else f"[{d.index}] {d.source}" for d in cited
-    ]
-    return body + "\n\n" + SOURCES_HEADER + "\n" + "\n".join(lines)
+
+def document_sentences(docs: Sequence[Document]) -> list[str]:
+    """The whole sentences of `docs` (what an answer may quote)."""
+    return [s.text for s in _sentences(docs)]
 
 
 def _near_duplicate(a: set[str], b: set[str]) -> bool:

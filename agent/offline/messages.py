@@ -38,6 +38,18 @@ def question_index(messages: Sequence[BaseMessage]) -> int | None:
     return None
 
 
+def earlier_question(messages: Sequence[BaseMessage], h: int | None) -> str:
+    """The human question before message `h` (the conversation's previous turn), "" if there is none."""
+    for i in range((h if h is not None else len(messages)) - 1, -1, -1):
+        message = messages[i]
+        if message.type != "human":
+            continue
+        text = DOCS_BLOCK_RE.sub("", message_text(message)).strip()
+        if text and not text.startswith(("/tool", "<")):
+            return text
+    return ""
+
+
 @dataclass(frozen=True)
 class Document:
     index: str

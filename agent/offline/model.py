@@ -16,6 +16,7 @@ from langchain_core.messages.tool import tool_call, tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import Field
 
 from agent.offline.critic import critique, is_critic_schema
 from agent.offline.extract import NO_ANSWER_TEXT, extractive_answer
@@ -23,6 +24,7 @@ from agent.offline.messages import (
     DOCS_BLOCK_RE,
     Document,
     documents_in,
+    earlier_question,
     message_text,
     parse_documents,
     question_index,
@@ -80,6 +82,9 @@ class OfflineChatModel(BaseChatModel):
     """Reported in traces; there is only one engine."""
     max_sentences: int = 3
     """Most sentences an extractive answer quotes."""
+    embeddings: Any = Field(default=None, exclude=True)
+    """The embedder (a LangChain `Embeddings`) answers and grades rank sentences with, by meaning; None = by
+    word overlap. The graph's nodes pass the store's, the one retrieval embeds queries with."""
 
     @property
     def _llm_type(self) -> str:
@@ -136,7 +141,13 @@ class OfflineChatModel(BaseChatModel):
             if last_results:
                 return _Reply(text=_apply_stop(summarise_tool_messages(messages, last_results), stop))
 
-        answer = extractive_answer(question, documents_in(messages), self.max_sentences)
+        answer = extractive_answer(
+            question,
+            documents_in(messages),
+            self.max_sentences,
+            self.embeddings,
+            context=earlier_question(messages, h),
+        )
         return _Reply(text=_apply_stop(answer, stop))
 
     def _structured_args(self, spec: dict[str, Any], messages: Sequence[BaseMessage]) -> dict[str, Any]:
@@ -145,11 +156,13 @@ class OfflineChatModel(BaseChatModel):
             args: dict[str, Any] = default_for({**parameters, "type": "object"})  # an object schema's value
             return args
         question = draft = None
+        context = ""
         docs: list[Document] = []
         for message in reversed(messages):
             text = message_text(message)
             if "<draft>" in text:
                 question, draft = tagged(text, "question"), tagged(text, "draft")
+                context = tagged(text, "earlier_question") or ""
                 docs = parse_documents(text)
                 break
         if question is None:
@@ -160,7 +173,7 @@ class OfflineChatModel(BaseChatModel):
             draft = message_text(ai[-1]) if ai else ""
         if not docs:
             docs = documents_in(messages)
-        result = critique(question, draft, docs)
+        result = critique(question, draft, docs, self.embeddings, context=context)
         properties = parameters.get("properties") or {}
         if not properties:
             return result

@@ -60,3 +60,26 @@ def terms(text: str) -> list[tuple[str, str]]:
 def stems(text: str) -> list[str]:
     """Distinct content stems of `text`, in first-seen order."""
     return list(dict.fromkeys(stem for _, stem in terms(text)))
+
+
+_REFERRING_RE = re.compile(
+    r"(?i)^(?:and|or|but|what about|how about)\b|\b(?:it|its|they|them|their|this|these|those)\b"
+)
+
+FOLLOWUP_MAX_TERMS = 4
+"""A question with at most this many content words leans on the conversation for its topic."""
+
+
+def followup_context(question: str, earlier: str, *, strict: bool = False) -> str:
+    """The earlier question when `question` is a follow-up that leans on it, else "".
+
+    A question that refers back (a pronoun such as "its", or a leading "And"/"What about") is one; so, unless
+    `strict`, is a short one ("How long does detection take?"). The first search of a turn is strict, since a
+    short question may well stand alone ("How do I send traces?"); ranking blends both readings, and the
+    critic's rewrite uses the loose rule once the question alone found nothing that answers it.
+    """
+    if not earlier.strip():
+        return ""
+    if _REFERRING_RE.search(question) or (not strict and len(stems(question)) <= FOLLOWUP_MAX_TERMS):
+        return earlier
+    return ""

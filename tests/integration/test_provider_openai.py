@@ -21,12 +21,18 @@ from agent.graph import builder
 pytest.importorskip("langchain_openai", reason="langchain-openai is a dev dependency (pyproject [dev])")
 
 
-def _reply(body: dict) -> dict:
-    """Decide like a tiny model: critic -> JSON verdict; '/calc' -> tool call; tool result -> answer."""
+def _reply(body: dict, server=None) -> dict:
+    """Decide like a tiny model: critic -> JSON verdict; '/calc' -> tool call; tool result -> answer. A test may
+    script the critic's verdicts and the answers (server.verdicts / server.answers, used in order)."""
     messages = body["messages"]
     last = messages[-1]
+    verdicts, answers = getattr(server, "verdicts", []), getattr(server, "answers", [])
     if body.get("response_format") or body.get("tool_choice") not in (None, "auto"):
-        verdict = {"score": 0.9, "reasons": ["supported by [1]"], "revised_query": ""}
+        verdict = (
+            verdicts.pop(0)
+            if verdicts
+            else {"score": 0.9, "reasons": ["supported by [1]"], "revised_query": ""}
+        )
         if body.get("response_format"):
             return {"role": "assistant", "content": json.dumps(verdict)}
         name = body["tool_choice"]["function"]["name"]
@@ -55,6 +61,8 @@ def _reply(body: dict) -> dict:
                 }
             ],
         }
+    if answers:
+        return {"role": "assistant", "content": answers.pop(0)}
     return {"role": "assistant", "content": "Workers scale out by claiming runs [1]."}
 
 
@@ -62,7 +70,7 @@ class FakeOpenAI(BaseHTTPRequestHandler):
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.server.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-        msg = _reply(body)
+        msg = _reply(body, self.server)
         base = {"id": "chatcmpl-1", "created": 0, "model": body["model"], "system_fingerprint": None}
         if body.get("stream"):
             self.send_response(200)
@@ -102,6 +110,7 @@ class FakeOpenAI(BaseHTTPRequestHandler):
 def fake_openai(monkeypatch):
     srv = ThreadingHTTPServer(("127.0.0.1", 0), FakeOpenAI)
     srv.requests = []
+    srv.verdicts, srv.answers = [], []
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
     monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{srv.server_port}/v1")
@@ -111,8 +120,8 @@ def fake_openai(monkeypatch):
     agent.models._cache.clear()
 
 
-async def run_graph(text: str):
-    graph = builder.compile(checkpointer=InMemorySaver(), name="agent")
+async def run_graph(text: str, store=None):
+    graph = builder.compile(checkpointer=InMemorySaver(), store=store, name="agent")
     ctx = Context(model="openai:gpt-4o-mini")
     config = {"configurable": {"thread_id": str(uuid.uuid4())}}
     return await graph.ainvoke({"messages": [HumanMessage(content=text)]}, config, context=ctx)
@@ -147,3 +156,46 @@ async def test_openai_provider_tool_loop(fake_openai):
     assert second[-1] == {"role": "tool", "content": "42", "tool_call_id": "call_1"} or (
         second[-1]["role"] == "tool" and second[-1]["tool_call_id"] == "call_1"
     )
+
+
+async def test_critic_structured_verdict_revises_the_query_then_accepts(fake_openai):
+    """The critic's schema (answers_question, grounded, missing, revised_query) drives the revision."""
+    fake_openai.answers += ["Keel has workers [1].", "Run more `keel worker` processes [1]."]
+    fake_openai.verdicts += [
+        {
+            "score": 0.4,
+            "answers_question": False,
+            "grounded": True,
+            "abstained": False,
+            "missing": ["how to add capacity"],
+            "reasons": ["restates the topic, names no way to scale"],
+            "revised_query": "run more keel worker processes",
+        },
+        {"score": 0.95, "answers_question": True, "grounded": True, "abstained": False, "missing": []},
+    ]
+    out = await run_graph("How do I scale Keel out?")
+    assert out["status"] == "done" and out["answer"] == "Run more `keel worker` processes [1]."
+    critic_req = fake_openai.requests[1][2]
+    schema = json.dumps(critic_req.get("response_format") or critic_req.get("tools"))
+    assert all(field in schema for field in ("answers_question", "grounded", "missing", "revised_query"))
+    assert "Answer only from" not in critic_req["messages"][0]["content"]  # the critic's own instructions
+    answer_system = fake_openai.requests[0][2]["messages"][0]["content"]
+    assert "I could not find this in the documents." in answer_system
+
+
+async def test_a_provider_abstention_ends_not_found_after_one_widened_retrieval(fake_openai):
+    abstain = {
+        "score": 0.0,
+        "answers_question": False,
+        "grounded": True,
+        "abstained": True,
+        "missing": ["sourdough"],
+        "reasons": ["the documents do not mention bread"],
+        "revised_query": "",
+    }
+    fake_openai.answers += ["I could not find this in the documents."] * 2
+    fake_openai.verdicts += [dict(abstain), dict(abstain)]
+    out = await run_graph("How do I bake sourdough bread?")
+    assert out["status"] == "not_found" and out["answer"] == "I could not find this in the documents."
+    assert out["messages"][-1].content == "I could not find this in the documents."
+    assert len(fake_openai.requests) == 4  # answer, critic, one widened retry (answer, critic), no more
