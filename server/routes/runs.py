@@ -188,7 +188,10 @@ async def _result(svc: KeelService, run: dict[str, Any]) -> Any:
         return {"__error__": row["error"] or {"error": "RunError", "message": "the run failed"}}
     if row["result"] is not None:
         return row["result"]
-    snap = await svc.graph.aget_state({"configurable": {"thread_id": str(run["thread_id"])}})
+    async with svc.db.pool.connection() as conn:
+        thread = await store.get_thread(conn, str(run["thread_id"]))
+    graph = svc.graph_for(((thread or {}).get("metadata") or {}).get("graph_id"))
+    snap = await graph.aget_state({"configurable": {"thread_id": str(run["thread_id"])}})
     return jsonable(snap.values or {})
 
 

@@ -247,7 +247,7 @@ async def get_state(
 ) -> dict[str, Any]:
     """The thread's latest state."""
     row = await owned_thread(svc, user, thread_id)
-    snap = await svc.graph.aget_state(thread_config(str(row["thread_id"])), subgraphs=subgraphs)
+    snap = await _graph(svc, row).aget_state(thread_config(str(row["thread_id"])), subgraphs=subgraphs)
     return snapshot_json(snap, select=select)
 
 
@@ -257,7 +257,7 @@ async def get_state_at(
 ) -> dict[str, Any]:
     """The thread's state at one checkpoint."""
     row = await owned_thread(svc, user, thread_id)
-    return await _state_at(svc, str(row["thread_id"]), {"checkpoint_id": checkpoint_id}, subgraphs)
+    return await _state_at(svc, row, {"checkpoint_id": checkpoint_id}, subgraphs)
 
 
 @router.post("/{thread_id}/state/checkpoint", responses=errors(400, 404, 413))
@@ -266,17 +266,26 @@ async def post_state_at(
 ) -> dict[str, Any]:
     """The thread's state at the checkpoint in the body."""
     row = await owned_thread(svc, user, thread_id)
-    return await _state_at(svc, str(row["thread_id"]), body.checkpoint, body.subgraphs, body.select)
+    return await _state_at(svc, row, body.checkpoint, body.subgraphs, body.select)
+
+
+def _graph(svc: KeelService, row: dict[str, Any]) -> Any:
+    """The compiled graph that runs on this thread (its metadata's graph_id, as every run records it)."""
+    return svc.graph_for((row["metadata"] or {}).get("graph_id"))
 
 
 async def _state_at(
-    svc: KeelService, tid: str, checkpoint: dict[str, Any], subgraphs: bool, select: list[str] | None = None
+    svc: KeelService,
+    row: dict[str, Any],
+    checkpoint: dict[str, Any],
+    subgraphs: bool,
+    select: list[str] | None = None,
 ) -> dict[str, Any]:
     if not checkpoint.get("checkpoint_id"):
         raise ApiError(422, "checkpoint.checkpoint_id is required")
     # A checkpoint the thread does not have is an empty state (values {}, no next), as the reference answers.
-    config = thread_config(tid, checkpoint)
-    return snapshot_json(await svc.graph.aget_state(config, subgraphs=subgraphs), select=select)
+    config = thread_config(str(row["thread_id"]), checkpoint)
+    return snapshot_json(await _graph(svc, row).aget_state(config, subgraphs=subgraphs), select=select)
 
 
 @router.post("/{thread_id}/state", responses=errors(400, 404, 409, 413))
@@ -298,15 +307,17 @@ async def update_state(
     if body.checkpoint_id:
         checkpoint["checkpoint_id"] = body.checkpoint_id
     config = thread_config(tid, checkpoint)
-    if body.as_node and body.as_node not in svc.node_names and body.as_node not in ("__copy__", "__start__"):
+    graph = _graph(svc, row)
+    nodes = set(graph.nodes) - {"__start__"}
+    if body.as_node and body.as_node not in nodes and body.as_node not in ("__copy__", "__start__"):
         raise ApiError(422, f"as_node: unknown node {body.as_node!r}")
     try:
-        new_config = await svc.graph.aupdate_state(config, body.values, as_node=body.as_node)
+        new_config = await graph.aupdate_state(config, body.values, as_node=body.as_node)
     except psycopg.Error:
         raise  # the database's trouble, not the request's: a logged 500 without its internals
     except Exception as exc:  # LangGraph raises InvalidUpdateError etc. for bad input
         raise ApiError(400, f"Could not update state: {exc}") from exc
-    snap = await svc.graph.aget_state(thread_config(tid))
+    snap = await graph.aget_state(thread_config(tid))
     async with svc.db.pool.connection() as conn:
         await store.set_thread_state(
             conn, tid, jsonable(snap.values), ThreadStatus.INTERRUPTED if snap.next else ThreadStatus.IDLE
@@ -334,10 +345,10 @@ def _before(value: str | dict[str, Any] | None) -> RunnableConfig | None:
     raise ApiError(422, "before must be a checkpoint id, a checkpoint or a config")
 
 
-async def _history(svc: KeelService, tid: str, q: HistoryQuery) -> list[dict[str, Any]]:
-    config = thread_config(tid, q.checkpoint)
+async def _history(svc: KeelService, row: dict[str, Any], q: HistoryQuery) -> list[dict[str, Any]]:
+    config = thread_config(str(row["thread_id"]), q.checkpoint)
     out: list[dict[str, Any]] = []
-    async for snap in svc.graph.aget_state_history(
+    async for snap in _graph(svc, row).aget_state_history(
         config, limit=q.limit, before=_before(q.before), filter=q.metadata or None
     ):
         out.append(snapshot_json(snap, select=q.select))
@@ -352,7 +363,7 @@ async def history(
     row = await owned_thread(svc, user, thread_id)
     if isinstance(body.before, str):  # the reference's schema: a checkpoint config object (GET takes the id)
         raise ApiError(422, 'before must be a checkpoint config object, e.g. {"configurable": {...}}')
-    return await _history(svc, str(row["thread_id"]), body)
+    return await _history(svc, row, body)
 
 
 @router.get("/{thread_id}/history", responses=errors(404))
@@ -365,4 +376,4 @@ async def history_get(
 ) -> list[dict[str, Any]]:
     """Past states, newest first (query-string form)."""
     row = await owned_thread(svc, user, thread_id)
-    return await _history(svc, str(row["thread_id"]), HistoryQuery(limit=limit, before=before))
+    return await _history(svc, row, HistoryQuery(limit=limit, before=before))

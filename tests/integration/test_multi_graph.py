@@ -97,3 +97,28 @@ async def test_runs_on_both_graphs_through_the_sdk(sdk):
     await sdk.assistants.delete(mine["assistant_id"])
     with pytest.raises(NotFoundError):
         await sdk.assistants.get(mine["assistant_id"])
+
+
+async def test_state_and_history_of_a_thread_use_the_graph_that_ran_on_it(sdk):
+    """State, history and state updates of an echo-graph thread go through the echo graph (its channels and
+    nodes), not through the default agent graph."""
+    thread = await sdk.threads.create()
+    tid = thread["thread_id"]
+    out = await sdk.runs.wait(tid, "echo", input={"question": "tides"})
+    assert out["answer"] == "plain: tides about none"
+
+    state = await sdk.threads.get_state(tid)
+    assert state["values"]["answer"] == "plain: tides about none" and state["values"]["question"] == "tides"
+    assert "messages" not in state["values"] and state["next"] == []
+    at = await sdk.threads.get_state(tid, checkpoint_id=state["checkpoint"]["checkpoint_id"])
+    assert at["values"]["question"] == "tides"
+
+    history = await sdk.threads.get_history(tid, limit=10)
+    assert history[0]["values"]["answer"] == "plain: tides about none"
+    assert any(step["next"] == ["echo"] for step in history)  # the echo graph's node, not the agent's
+
+    updated = await sdk.threads.update_state(tid, {"answer": "edited"}, as_node="echo")
+    assert updated["checkpoint"]["checkpoint_id"] != state["checkpoint"]["checkpoint_id"]
+    after = await sdk.threads.get_state(tid)
+    assert after["values"] == {**state["values"], "answer": "edited"}
+    assert (await sdk.threads.get(tid))["values"]["answer"] == "edited"
