@@ -120,7 +120,7 @@ async def test_if_not_exists_create_is_all_or_nothing(client, db):
         headers=ALICE,
         json={"assistant_id": "agent", "input": Q, "if_not_exists": "create"},
     )
-    assert r.status_code == 200 and r.json()["status"] in ("done", "budget_exhausted:max_revisions")
+    assert r.status_code == 200 and r.json()["status"] in ("done", "budget_exhausted:max_revisions", "not_found")
 
 
 async def test_failed_run_reports_error_and_thread_status(client, svc):
@@ -207,7 +207,7 @@ async def test_interrupt_status_and_resume_with_null_input(client):
     r = await client.post(
         f"/threads/{tid}/runs/wait", headers=ALICE, json={"assistant_id": "agent", "input": None}
     )
-    assert r.json()["status"] in ("done", "budget_exhausted:max_revisions")
+    assert r.json()["status"] in ("done", "budget_exhausted:max_revisions", "not_found")
     assert (await client.get(f"/threads/{tid}", headers=ALICE)).json()["status"] == "idle"
     hist = (await client.post(f"/threads/{tid}/history", json={"limit": 50}, headers=ALICE)).json()
     assert hist[0]["next"] == [] and hist[-1]["parent_checkpoint"] is None
