@@ -29,6 +29,7 @@ from langgraph.types import Command, Send
 
 from agent.context import Context
 from agent.graph import recursion_limit
+from server.assistants.manager import BOTH_CONTEXTS
 from server.auth import User
 from server.errors import ApiError
 from server.schemas import RunCreate
@@ -187,6 +188,8 @@ class Planner:
 
     async def aplan(self, user: User, body: RunCreate) -> Plan:
         """Plan a new run: load its assistant (the caller's or a system one) and merge it into the request."""
+        if (body.config or {}).get("configurable") and body.context:  # the request's own, as langgraph-api
+            raise ApiError(400, BOTH_CONTEXTS)
         assistant = await self.assistants.for_run(user, body.assistant_id)
         return self.plan(user, merge_assistant(body, assistant), assistant)
 

@@ -279,6 +279,28 @@ async def test_runs_use_their_assistants_config_and_context_under_the_requests(c
     assert (await wait(client, a["assistant_id"]))["seen"]["context"]["max_steps"] == 5
 
 
+async def test_a_run_request_with_both_configurable_and_context_is_400_as_the_reference(client):
+    both = {"config": {"configurable": {"flavour": "mint"}}, "context": {"max_steps": 7}}
+    thread = (await client.post("/threads", json={}, headers=ALICE)).json()["thread_id"]
+    for path in ("/runs/wait", f"/threads/{thread}/runs", "/runs", "/runs/stream"):
+        r = await client.post(
+            path, json={"assistant_id": "agent", "input": {"question": "q"}, **both}, headers=ALICE
+        )
+        assert r.status_code == 400, (path, r.text)
+        assert r.json()["detail"].startswith("Cannot specify both configurable and context."), r.text
+    # Either alone is fine, and an assistant holding both (kept in step) does not make a request ambiguous.
+    a = await create(client, context={"max_steps": 5})
+    assert (await wait(client, a["assistant_id"], context={"max_steps": 6}))["seen"]["context"][
+        "max_steps"
+    ] == 6
+    assert (await wait(client, a["assistant_id"], config={"configurable": {"flavour": "x"}}))["seen"][
+        "flavour"
+    ] == "x"
+    assert (await wait(client, "agent", config={"configurable": {}}, context={"max_steps": 4}))["seen"][
+        "context"
+    ]["max_steps"] == 4
+
+
 async def test_an_assistant_cannot_set_identity_or_lift_the_ceilings(client):
     for context in (
         {"user_id": "mallory"},
