@@ -181,7 +181,7 @@ def critique(
     revised = question
     if followup:
         revised = _contextual_query(question, followup)  # a follow-up: search with the earlier turn's topic
-    elif missing and not answers:
+    elif missing:  # lead with what the cited passages lack, so the next search looks for it
         revised = " ".join(_dedupe_casefold([*missing, *re.findall(r"[\w'-]+", question)]))
     return {
         "score": score,
