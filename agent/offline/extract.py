@@ -41,6 +41,9 @@ _FENCE_RE = re.compile(r"^(?:```|~~~)")
 
 _ABBREVIATIONS = ("e.g.", "i.e.", "etc.", "vs.", "cf.", "approx.", "no.", "dr.", "mr.", "ms.")
 
+EXAMPLE_MAX_LINES = 15
+"""Longest code example quoted after the paragraph it follows (longer code is a listing, not an example)."""
+
 INTRO_MAX_ITEMS = 6
 """Most list items quoted with the sentence that introduces them."""
 
@@ -80,6 +83,10 @@ class _Sentence:
     """The code block that follows this sentence, when the sentence introduces it ("...:")."""
     items: list[str] = field(default_factory=list)
     """The list items that follow this sentence, when the sentence introduces them ("...:")."""
+    unit: int = -1
+    """The paragraph (unit) of its passage the sentence belongs to."""
+    example: str = ""
+    """The code example right after the sentence's paragraph (at most `EXAMPLE_MAX_LINES` lines)."""
 
 
 def _inline_cleanup(text: str) -> str:
@@ -189,6 +196,10 @@ def _sentences(docs: Sequence[Document]) -> list[_Sentence]:
             if unit.kind == "code":
                 if intro is not None and not intro.items:
                     intro.code = unit.text
+                if u > 0 and units[u - 1].kind == "prose" and unit.text.count("\n") < EXAMPLE_MAX_LINES:
+                    for sentence in sentences:
+                        if sentence.doc == d and sentence.unit == u - 1:
+                            sentence.example = unit.text
                 intro = None
                 position += 1
                 continue
@@ -204,7 +215,7 @@ def _sentences(docs: Sequence[Document]) -> list[_Sentence]:
                 if len(WORD_RE.findall(text.casefold())) >= 3 and _whole(
                     text, unit.kind, first=first, last=last
                 ):
-                    sentence = _Sentence(d, position, text, unit.kind, stems(text))
+                    sentence = _Sentence(d, position, text, unit.kind, stems(text), unit=u)
                     sentences.append(sentence)
                     intro = sentence if text.endswith(":") and p == len(pieces) - 1 else None
                 position += 1
@@ -238,10 +249,17 @@ def _render(docs: Sequence[Document], sentences: list[_Sentence], picked: list[i
     ordered = sorted(picked, key=lambda i: (doc_order.index(sentences[i].doc), sentences[i].position))
     paragraphs: list[str] = []
     line: list[str] = []
-    for i in ordered:
+    shown: set[tuple[int, int]] = set()
+    for n, i in enumerate(ordered):
         s = sentences[i]
         line.append(_cite(s.text, docs[s.doc].index))
-        if s.code:
+        later = any((sentences[j].doc, sentences[j].unit) == (s.doc, s.unit) for j in ordered[n + 1 :])
+        if s.example and not s.code and not later and (s.doc, s.unit) not in shown:
+            # The example that follows the paragraph shows the answer in code: quote it after the paragraph.
+            shown.add((s.doc, s.unit))
+            paragraphs += [" ".join(line), f"```\n{s.example}\n```"]
+            line = []
+        elif s.code:
             paragraphs += [" ".join(line), f"```\n{s.code}\n```"]
             line = []
         elif s.items:

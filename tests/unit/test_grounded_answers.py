@@ -173,3 +173,21 @@ def test_critique_schema_fields_have_defaults_for_terse_providers():
 
     verdict = Critique.model_validate(Terse(score=0.9).model_dump())
     assert verdict.answers_question and verdict.grounded and not verdict.abstained and verdict.missing == []
+
+
+def test_the_code_example_after_the_answering_paragraph_is_quoted(model):
+    counting = {
+        "index": 5,
+        "source": "options.html",
+        "heading": "Options > Counting",
+        "text": (
+            "Options can count how many times they are repeated, which suits verbosity flags.\n\n"
+            "```python\n@click.option('-v', '--verbose', count=True)\ndef log(verbose): ...\n```\n\n"
+            "Boolean flags are options that take no value."
+        ),
+    }
+    answer = ask(
+        model, "How do I count how many times an option like -v is repeated?", [counting, DURABILITY]
+    )
+
+    assert "which suits verbosity flags [5].\n\n```\n@click.option('-v', '--verbose', count=True)" in answer
