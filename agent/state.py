@@ -26,7 +26,7 @@ class OutputState(TypedDict):
     sources: NotRequired[list[dict[str, Any]]]
     """Passages the answer may cite: index, source, heading, score."""
     status: NotRequired[str]
-    """running | done | budget_exhausted:<budget>."""
+    """running | done | not_found (the documents do not answer the question) | budget_exhausted:<budget>."""
 
 
 class Fields(TypedDict, total=False):
@@ -38,7 +38,7 @@ class Fields(TypedDict, total=False):
     sources: list[dict[str, Any]]
     """Passages the answer may cite: index, source, heading, score."""
     status: str
-    """running | done | budget_exhausted:<budget>."""
+    """running | done | not_found (the documents do not answer the question) | budget_exhausted:<budget>."""
 
     turn_of: str
     """Id of the human message this turn answers; with `question`, how retrieve tells a new message from a
