@@ -39,10 +39,7 @@ INSTALL_TIMEOUT_S = 300.0
 CHECK_TIMEOUT_S = 120.0
 """The whole node script; each check in it has its own 30 s limit."""
 
-EXPECTED_FAILURES: dict[str, str] = {
-    # PENDING issue 11: stream_mode "events"
-    "runs.stream(events)": "stream_mode events",
-}
+EXPECTED_FAILURES: dict[str, str] = {}
 """Checks that fail today, each with the missing feature; the test fails when one of them passes."""
 
 NOT_SERVED_BY_REFERENCE: dict[str, str] = {
