@@ -59,6 +59,9 @@ _SOLUTION_RE = re.compile(
     r"|\byou can\b|\bby (?:setting|running|passing|adding|starting|calling)\b|`[A-Z][A-Z0-9_]{2,}`|`keel [a-z]"
 )
 
+_DEFINITION_QUESTION_RE = re.compile(r"(?i)^what (?:is|are) (?:the |a |an )?([^?]{2,60}?)\s*\??$")
+"""A question asking what something is: the sentence that says "X is ..." names the answer."""
+
 _QUANTITY_QUESTION_RE = re.compile(
     r"(?i)\b(?:how (?:long|many|much|often|big|large|fast|soon|quickly)|when|what is the (?:default|maximum|"
     r"minimum|limit|size|timeout))\b"
@@ -366,12 +369,20 @@ def extractive_answer(
     idf = _idf(question_stems, stem_sets)
     total = sum(idf.values()) or 1.0
     quantity = _QUANTITY_QUESTION_RE.search(question) is not None
+    definition = _DEFINITION_QUESTION_RE.match(question.strip())
+    defines = definition.group(1).strip().casefold() if definition else None
 
     def score(i: int) -> float:
         lexical = sum(w for t, w in idf.items() if t in stem_sets[i]) / total
         text = sentences[i].text
-        cue = bool(_SOLUTION_RE.search(text) or sentences[i].code) or (
-            quantity and re.search(r"\d", text) is not None
+        cue = (
+            bool(_SOLUTION_RE.search(text) or sentences[i].code or sentences[i].example)
+            or (quantity and re.search(r"\d", text) is not None)
+            or (
+                defines is not None
+                and re.match(rf"(?i)(?:the |a |an )?{re.escape(defines)}\b.{{0,40}}\b(?:is|are)\b", text)
+                is not None
+            )
         )
         return sims[i] + LEXICAL_WEIGHT * lexical + (CUE_BONUS if cue else 0.0)
 

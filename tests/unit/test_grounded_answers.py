@@ -191,3 +191,18 @@ def test_the_code_example_after_the_answering_paragraph_is_quoted(model):
     )
 
     assert "which suits verbosity flags [5].\n\n```\n@click.option('-v', '--verbose', count=True)" in answer
+
+
+def test_a_what_is_question_is_answered_by_the_sentence_that_defines_it(model):
+    engine = {
+        "index": 6,
+        "source": "docs/offline.md",
+        "heading": "The offline engine",
+        "text": (
+            "Unset, Keel answers with the offline engine. The offline engine is a deterministic chat model "
+            "that is not an LLM. It reads the same prompt a real model reads."
+        ),
+    }
+    answer = ask(model, "What is the offline engine?", [engine, DURABILITY])
+
+    assert "The offline engine is a deterministic chat model that is not an LLM [6]." in answer
