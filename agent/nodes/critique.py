@@ -10,9 +10,10 @@ remain, then the best one ends the turn `budget_exhausted:max_revisions`.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
-from langchain_core.messages import HumanMessage, RemoveMessage, SystemMessage, ToolMessage
+from langchain_core.messages import AIMessage, HumanMessage, RemoveMessage, SystemMessage, ToolMessage
 from langgraph.runtime import Runtime
 
 from agent.budgets import DONE, finish, next_step
@@ -94,6 +95,16 @@ async def critique(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             "phase": "revise",
         }
     if verdict.abstained and state.get("best_score", -1.0) <= 0.0:
-        # Nothing retrieved answers the question: say so plainly (the draft already is that answer).
-        return {**update, "answer": draft, "status": NOT_FOUND, "phase": DONE}
+        # Nothing retrieved answers the question: say so plainly. Like a turn that ends on a budget, the turn
+        # ends with a final message of its own (the draft it replaces said the same).
+        draft_id = state.get("draft_id")
+        final = AIMessage(content=draft, id=f"final-{uuid.uuid4()}")
+        return {
+            **update,
+            "messages": [*([RemoveMessage(id=draft_id)] if draft_id else []), final],
+            "draft_id": "",
+            "answer": draft,
+            "status": NOT_FOUND,
+            "phase": DONE,
+        }
     return {**update, **finish({**state, **update}, "max_revisions", step=step)}
