@@ -105,9 +105,10 @@ class EventWriter:
         """Before a checkpoint: are the events appended since the last one still there (Postgres crash)?"""
         async with self.pool.connection() as conn:
             have = await store.last_seq(conn, self.run_id)
-        if have >= self._unconfirmed[-1][0]:
-            return
+        # Read the list after the query: a checkpoint may have confirmed (and dropped) events meanwhile.
         lost = [e for e in self._unconfirmed if e[0] > have]
+        if not lost:
+            return
         log.warning("re-appending %d event(s) lost by a Postgres restart", len(lost))
         async with self.pool.connection() as conn, conn.transaction():
             if await store.fetchone(conn, store.FENCE, (self.run_id, self.epoch)) is None:
