@@ -30,6 +30,9 @@ class KeelSaver(AsyncPostgresSaver):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         writer = current_event_writer.get()
+        if (thread_id := (config.get("configurable") or {}).get("thread_id")) is not None:
+            # langgraph leaves thread_id out of checkpoint metadata; langgraph-api's metadata has it.
+            metadata = cast(CheckpointMetadata, {**metadata, "thread_id": str(thread_id)})
         if writer is None or (config.get("configurable") or {}).get("checkpoint_ns"):
             return await super().aput(config, checkpoint, metadata, new_versions)
         await writer.flush()

@@ -16,12 +16,13 @@ def _checkpoint(config: RunnableConfig | None) -> dict[str, Any] | None:
     c = config.get("configurable") or {}
     if not c.get("checkpoint_id"):
         return None
-    return {
-        "thread_id": str(c.get("thread_id")),
-        "checkpoint_ns": c.get("checkpoint_ns", ""),
-        "checkpoint_id": c["checkpoint_id"],
-        "checkpoint_map": c.get("checkpoint_map"),
-    }
+    out = {"thread_id": str(c.get("thread_id")), "checkpoint_id": c["checkpoint_id"]}
+    # As langgraph-api: checkpoint_ns and checkpoint_map only when the config has them.
+    if "checkpoint_ns" in c:
+        out["checkpoint_ns"] = c["checkpoint_ns"] or ""
+    if "checkpoint_map" in c:
+        out["checkpoint_map"] = c["checkpoint_map"]
+    return out
 
 
 def _interrupt(i: Any) -> dict[str, Any]:

@@ -95,8 +95,6 @@ def item_json(user: User, item: Any) -> dict[str, Any]:
         "created_at": item.created_at.isoformat(),
         "updated_at": item.updated_at.isoformat(),
     }
-    if getattr(item, "score", None) is not None:
-        out["score"] = item.score
     return out
 
 
@@ -145,15 +143,41 @@ async def search_items(body: SearchItems, svc: Service, user: CurrentUser) -> di
     """Filter and/or semantic search within the caller's namespaces (default: ["memories"])."""
     prefix = body.namespace_prefix or ["memories"]
     _check_filter(body.filter)
-    items = await svc.db.store.asearch(
-        real(user, prefix),
-        query=body.query,
-        filter=body.filter,
-        limit=body.limit,
-        offset=body.offset,
-        refresh_ttl=body.refresh_ttl,
-    )
-    return {"items": [item_json(user, i) for i in items]}
+    items = await _search(svc.db.store, real(user, prefix), body)
+    return {"items": [{**item_json(user, i), "score": getattr(i, "score", None)} for i in items]}
+
+
+SCAN_PAGE = 100
+
+
+async def _search(store: Any, prefix: tuple[str, ...], body: SearchItems) -> list[Any]:
+    """A page of the search. With a query, as langgraph-api's store orders it: the items with an embedded
+    `text` by similarity, then the matching items with nothing to embed (score null); the vector search
+    alone would hide those."""
+    common: dict[str, Any] = {"filter": body.filter, "refresh_ttl": body.refresh_ttl}
+    if not body.query:
+        return list(await store.asearch(prefix, limit=body.limit, offset=body.offset, **common))
+    want = body.offset + body.limit
+    scored = list(await store.asearch(prefix, query=body.query, limit=want, offset=0, **common))
+    if len(scored) >= want:
+        return scored[body.offset :]
+    seen = {(tuple(i.namespace), i.key) for i in scored}
+    out, skip, at = scored[body.offset :], max(0, body.offset - len(scored)), 0
+    while len(out) < body.limit:
+        page = await store.asearch(prefix, limit=SCAN_PAGE, offset=at, **common)
+        for item in page:
+            if (tuple(item.namespace), item.key) in seen:
+                continue
+            if skip:
+                skip -= 1
+                continue
+            out.append(item)
+            if len(out) == body.limit:
+                break
+        if len(page) < SCAN_PAGE:
+            break
+        at += SCAN_PAGE
+    return out
 
 
 @router.post("/namespaces", responses=errors(400, 413))

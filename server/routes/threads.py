@@ -285,7 +285,10 @@ async def _state_at(
         raise ApiError(422, "checkpoint.checkpoint_id is required")
     # A checkpoint the thread does not have is an empty state (values {}, no next), as the reference answers.
     config = thread_config(str(row["thread_id"]), checkpoint)
-    return snapshot_json(await _graph(svc, row).aget_state(config, subgraphs=subgraphs), select=select)
+    out = snapshot_json(await _graph(svc, row).aget_state(config, subgraphs=subgraphs), select=select)
+    if out.get("checkpoint") and "checkpoint_ns" not in checkpoint:  # named as asked, as the reference
+        out["checkpoint"].pop("checkpoint_ns", None)
+    return out
 
 
 @router.post("/{thread_id}/state", responses=errors(400, 404, 409, 413))
@@ -307,10 +310,11 @@ async def update_state(
     if body.checkpoint_id:
         checkpoint["checkpoint_id"] = body.checkpoint_id
     config = thread_config(tid, checkpoint)
+    config["configurable"]["graph_id"] = row["metadata"]["graph_id"]  # into the checkpoint's metadata
     graph = _graph(svc, row)
     nodes = set(graph.nodes) - {"__start__"}
     if body.as_node and body.as_node not in nodes and body.as_node not in ("__copy__", "__start__"):
-        raise ApiError(422, f"as_node: unknown node {body.as_node!r}")
+        raise ApiError(400, f"Node {body.as_node} does not exist")  # the reference's status and words
     try:
         new_config = await graph.aupdate_state(config, body.values, as_node=body.as_node)
     except psycopg.Error:

@@ -50,6 +50,19 @@ def run_json(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def thread_config(
+    assistant: dict[str, Any], current: dict[str, Any] | None, request: dict[str, Any] | None
+) -> dict[str, Any]:
+    """A thread's `config` once a run starts on it, as langgraph-api keeps it: the assistant's config, the
+    thread's, the run request's on top, and `configurable` from the assistant's and the thread's only."""
+    current = current or {}
+    configurable = {
+        **((assistant.get("config") or {}).get("configurable") or {}),
+        **(current.get("configurable") or {}),
+    }
+    return {**(assistant.get("config") or {}), **current, **(request or {}), "configurable": configurable}
+
+
 class RunManager:
     """Creates and cancels runs; execution happens in queue workers."""
 
@@ -185,9 +198,11 @@ class RunManager:
             if active and body.multitask_strategy in ("interrupt", "rollback"):
                 cancels = await self._cancel_active(conn, active, body.multitask_strategy)
             thread_meta = {**(row["metadata"] or {}), **graph_meta}
-            await conn.execute(store.MARK_THREAD_BUSY, (Jsonb(thread_meta), tid))
-        # The thread's metadata is copied into each run's metadata, not the other way round.
-        run_meta = {**thread_meta, **(body.metadata or {})}
+            config = thread_config(prep.assistant, row.get("config"), body.config)
+            await conn.execute(store.MARK_THREAD_BUSY, (Jsonb(thread_meta), Jsonb(jsonable(config)), tid))
+        # The thread's metadata is copied into each run's metadata, not the other way round; the assistant's
+        # (created_by ...) lies under both, as langgraph-api merges them.
+        run_meta = {**(prep.assistant.get("metadata") or {}), **thread_meta, **(body.metadata or {})}
         run = await store.fetchone(
             conn,
             store.INSERT_RUN,

@@ -188,7 +188,9 @@ class Planner:
 
     async def aplan(self, user: User, body: RunCreate) -> Plan:
         """Plan a new run: load its assistant (the caller's or a system one) and merge it into the request."""
-        if (body.config or {}).get("configurable") and body.context:  # the request's own, as langgraph-api
+        # The request's own configurable, as langgraph-api checks it (a cron's run carries its cron_id there).
+        own = {k for k in ((body.config or {}).get("configurable") or {}) if k != "cron_id"}
+        if own and body.context:
             raise ApiError(400, BOTH_CONTEXTS)
         assistant = await self.assistants.for_run(user, body.assistant_id)
         return self.plan(user, merge_assistant(body, assistant), assistant)

@@ -95,11 +95,12 @@ INSERT_TEMPORARY_THREAD = (
     "INSERT INTO keel_threads (thread_id, user_id, metadata, status) VALUES (%s, %s, %s, 'busy')"
 )
 INSERT_THREAD = "INSERT INTO keel_threads (thread_id, user_id, metadata) VALUES (%s, %s, %s)"
-LOCK_THREAD_OWNER = "SELECT user_id, metadata FROM keel_threads WHERE thread_id = %s FOR UPDATE"
+LOCK_THREAD_OWNER = "SELECT user_id, metadata, config FROM keel_threads WHERE thread_id = %s FOR UPDATE"
 LOCK_THREAD = "SELECT 1 FROM keel_threads WHERE thread_id = %s FOR UPDATE"
 LOCK_THREAD_NO_KEY = "SELECT 1 FROM keel_threads WHERE thread_id = %s FOR NO KEY UPDATE"
 MARK_THREAD_BUSY = (
-    "UPDATE keel_threads SET status = 'busy', metadata = %s, updated_at = now() WHERE thread_id = %s"
+    "UPDATE keel_threads SET status = 'busy', metadata = %s, config = %s, updated_at = now() "
+    "WHERE thread_id = %s"
 )
 MARK_THREAD_IDLE = (
     "UPDATE keel_threads SET status = 'idle', updated_at = now() WHERE thread_id = %s AND status = 'busy'"
@@ -121,10 +122,11 @@ SET_THREAD_AFTER_RUN = (
 )
 DELETE_THREAD = "DELETE FROM keel_threads WHERE thread_id = %s"
 # POST /threads/{id}/copy: the thread's row under a new id (owner, metadata, values, expiry; a busy thread's
-# copy is idle, it has no runs), then its checkpoints, blobs and pending writes (see copy_thread).
+# copy is idle, it has no runs; its config starts empty, as the reference's), then its checkpoints, blobs and
+# pending writes (see copy_thread).
 COPY_THREAD = (
     'INSERT INTO keel_threads (thread_id, user_id, metadata, status, config, "values", interrupts, error, '
-    "expires_at) SELECT %s, user_id, metadata, CASE WHEN status = 'busy' THEN 'idle' ELSE status END, config, "
+    "expires_at) SELECT %s, user_id, metadata, CASE WHEN status = 'busy' THEN 'idle' ELSE status END, '{}', "
     f'"values", interrupts, error, expires_at FROM keel_threads WHERE thread_id = %s RETURNING {THREAD_COLUMNS}'
 )
 COPY_CHECKPOINTS = (

@@ -145,7 +145,7 @@ async def stream_graph(graph: Any, planner: Planner, h: RunHandle, writer: Event
         run_id=c.run_id,
         user=user,
         assistant=assistant,
-        run_metadata={**(c.run["metadata"] or {}), "keel_epoch": c.epoch},
+        run_metadata={**(c.run["metadata"] or {}), "keel_epoch": c.epoch, "run_attempt": c.attempt},
     )
     recorded = set(prep.modes) | set(body.record_modes or ())
     internal = (recorded - {"events"}) | {"values"}

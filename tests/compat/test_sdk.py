@@ -392,7 +392,11 @@ async def test_raw_http_error_bodies(live_server):
         assert r.json()["metadata"] == {"via": "text/plain"}
 
         r = await http.get("/ok")
-        assert r.json() == {"ok": True}
+        assert r.json() == {"ok": True, "services": {}}
+        assert (await http.get("/ok", params={"check_db": 1})).json() == {
+            "ok": True,
+            "services": {"postgres": "healthy"},
+        }
 
 
 # ----------------------------------------------------------------------------------------------- auth

@@ -240,7 +240,8 @@ def steps() -> list[Step]:
              run_body(context={"no_such_field": 1}), before=idle("t1")))  # fmt: skip
     add(Step("runs.create.unknown_interrupt_node", "POST", "/threads/{t1}/runs/wait",
              run_body(interrupt_before=["no-such-node"])))  # fmt: skip
-    add(Step("runs.create.unknown_checkpoint", "POST", "/threads/{t1}/runs/wait",
+    # On the copy, not on t1: the reference runs from an empty state here, which would fork t1's history.
+    add(Step("runs.create.unknown_checkpoint", "POST", "/threads/{tcopy}/runs/wait",
              run_body(checkpoint_id=MISSING)))  # fmt: skip
     add(Step("runs.wait.multitask_reject_idle", "POST", "/threads/{t1}/runs/wait",
              run_body(multitask_strategy="reject")))  # fmt: skip

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from langgraph_sdk.client import LangGraphClient
-from langgraph_sdk.errors import ConflictError, NotFoundError
+from langgraph_sdk.errors import BadRequestError, ConflictError, NotFoundError
 
 from server.assistants.manager import system_id
 from server.settings import Settings
@@ -117,6 +117,8 @@ async def test_state_and_history_of_a_thread_use_the_graph_that_ran_on_it(sdk):
     assert history[0]["values"]["answer"] == "plain: tides about none"
     assert any(step["next"] == ["echo"] for step in history)  # the echo graph's node, not the agent's
 
+    with pytest.raises(BadRequestError, match="Node summarize does not exist"):  # the agent's node, not echo's
+        await sdk.threads.update_state(tid, {"answer": "x"}, as_node="summarize")
     updated = await sdk.threads.update_state(tid, {"answer": "edited"}, as_node="echo")
     assert updated["checkpoint"]["checkpoint_id"] != state["checkpoint"]["checkpoint_id"]
     after = await sdk.threads.get_state(tid)
