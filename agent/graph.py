@@ -14,7 +14,7 @@ from __future__ import annotations
 from langgraph.graph import END, START, StateGraph
 
 from agent.context import Context
-from agent.nodes.critique import critique
+from agent.nodes.critique import make_critique
 from agent.nodes.execute_tools import make_execute_tools
 from agent.nodes.retrieve import retrieve
 from agent.nodes.summarize import make_summarize
@@ -34,9 +34,11 @@ def build(toolbox: Toolbox | None = None) -> StateGraph[State, Context, InputSta
     toolbox = toolbox if toolbox is not None else Toolbox()
     b = StateGraph(State, context_schema=Context, input_schema=InputState, output_schema=OutputState)
     b.add_node("retrieve", retrieve, retry_policy=STORE_RETRY)
-    b.add_node("summarize", make_summarize(toolbox.registry), retry_policy=MODEL_RETRY)
+    b.add_node(
+        "summarize", make_summarize(toolbox.registry, toolbox.embedding_cache), retry_policy=MODEL_RETRY
+    )
     b.add_node("execute_tools", make_execute_tools(toolbox))
-    b.add_node("critique", critique, retry_policy=MODEL_RETRY)
+    b.add_node("critique", make_critique(toolbox.embedding_cache), retry_policy=MODEL_RETRY)
 
     b.add_edge(START, "retrieve")
     b.add_conditional_edges("retrieve", route_after_retrieve, ["summarize", END])

@@ -15,6 +15,7 @@ from langchain_core.language_models import BaseChatModel
 
 from agent.context import Context
 from agent.offline import OfflineChatModel
+from agent.offline.semantic import EmbeddingCache
 
 OFFLINE = "keel:offline"
 
@@ -55,10 +56,13 @@ def resolve_model(name: str | None) -> BaseChatModel:
     return model
 
 
-def store_embeddings(store: Any) -> Embeddings | None:
-    """The embedder of a store's index (the one retrieval embeds queries with), None if it has none."""
+def store_embeddings(store: Any, cache: EmbeddingCache | None = None) -> Embeddings | None:
+    """The embedder of a store's index (the one retrieval embeds queries with), None if it has none; with
+    `cache`, its vectors are kept there (the graph's nodes pass their toolbox's, shared by every turn)."""
     embeddings = getattr(store, "embeddings", None)
-    return embeddings if isinstance(embeddings, Embeddings) else None
+    if not isinstance(embeddings, Embeddings):
+        return None
+    return cache.wrap(embeddings) if cache is not None else embeddings
 
 
 def get_chat_model(

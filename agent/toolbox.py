@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.offline.semantic import EmbeddingCache
 from agent.specialists.researcher import RESEARCHER
 from tools.builtin import default_registry
 from tools.registry import ToolRegistry
@@ -32,3 +33,5 @@ class Toolbox:
     """The database pool for the side-effect ledger, audit and tools that write (None: none)."""
     settings: dict[str, Any] = field(default_factory=dict)
     """Tool settings, such as `webhook_url`."""
+    embedding_cache: EmbeddingCache = field(default_factory=EmbeddingCache)
+    """Sentence vectors the offline engine's answer and critic share across nodes and turns."""

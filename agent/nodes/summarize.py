@@ -15,14 +15,15 @@ from agent.context import Context
 from agent.history import apply_fold, fold_history
 from agent.models import get_chat_model, store_embeddings
 from agent.nodes import Node
+from agent.offline.semantic import EmbeddingCache
 from agent.render import build_prompt
 from agent.state import State
 from tools.registry import ToolRegistry
 
 
-def make_summarize(registry: ToolRegistry) -> Node:
+def make_summarize(registry: ToolRegistry, cache: EmbeddingCache | None = None) -> Node:
     """The summarize node, offering the model the tools of `registry` (read at each call, so tools registered
-    after the graph is built are offered too)."""
+    after the graph is built are offered too); the offline engine keeps its sentence vectors in `cache`."""
 
     async def summarize(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         """Fold turns over the history budget (agent/history), then call the answering model once; a text reply
@@ -31,7 +32,7 @@ def make_summarize(registry: ToolRegistry) -> Node:
         step, over = next_step(state, ctx)
         if over:
             return finish(state, "max_steps", step=step)
-        base = get_chat_model("answer", ctx, embeddings=store_embeddings(runtime.store))
+        base = get_chat_model("answer", ctx, embeddings=store_embeddings(runtime.store, cache))
         messages = list(state.get("messages", []))
         folded = None
         if ctx.history == "summarize":

@@ -13,8 +13,14 @@ from __future__ import annotations
 
 import math
 import re
+import threading
+from array import array
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Protocol
+
+import numpy as np
+from langchain_core.embeddings import Embeddings
 
 from agent.offline.text import WORD_RE, stems
 from memory.embeddings import get_tokenizer
@@ -40,10 +46,95 @@ CUE_BONUS = 0.03
 a quantity or a duration, states a number."""
 
 
+TYPE_BONUS = 0.07
+"""Bonus for a sentence of the kind the question asks for: an instruction or code for "how do I", a number
+with its unit for "how long/how many", "X is ..." for "what is X" (half of it for a named setting or table
+row when the question asks "which")."""
+
+KIND_MARGIN = 0.15
+"""A sentence of the kind the question asks for (code for a how-to, a number for how long) joins an answer
+that has none when it scores within this margin of the best sentence."""
+
+HEADING_WEIGHT = 0.1
+"""Weight of the similarity of the question to a sentence's section heading (its heading path): a sentence
+under "Scaling out" is about scaling out even when it does not say so."""
+
+
 class Embedder(Protocol):
     """What the engine needs of a LangChain `Embeddings`."""
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]: ...
+
+
+EMBEDDING_CACHE_SIZE = 8192
+"""Texts whose vectors an `EmbeddingCache` keeps (about 1.5 kB each for 384 dimensions)."""
+
+
+class EmbeddingCache:
+    """A bounded LRU of text -> vector for one embedder, shared by every turn of a graph.
+
+    The answer and the critic embed the sentences of the same passages, and later turns retrieve many of the
+    same passages again; with the cache each sentence is embedded once. Whoever builds the graph owns it
+    (agent.toolbox.Toolbox), so there is no module state. Vectors of another embedder are never mixed in: the
+    cache empties when it is asked for a different one.
+    """
+
+    def __init__(self, maxsize: int = EMBEDDING_CACHE_SIZE) -> None:
+        self.maxsize = maxsize
+        self._vectors: OrderedDict[str, array[float]] = OrderedDict()
+        self._owner: object | None = None
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._vectors)
+
+    def wrap(self, embedder: Embedder) -> CachedEmbedder:
+        """`embedder` with its `embed_documents` answered from this cache where it can be."""
+        with self._lock:
+            if self._owner is not embedder:
+                self._vectors.clear()
+                self._owner = embedder
+        return CachedEmbedder(embedder, self)
+
+    def embed(self, embedder: Embedder, texts: list[str]) -> list[list[float]]:
+        out: dict[str, list[float]] = {}
+        with self._lock:
+            for text in texts:
+                cached = self._vectors.get(text)
+                if cached is not None:
+                    self._vectors.move_to_end(text)
+                    out[text] = cached.tolist()
+        missing = [t for t in dict.fromkeys(texts) if t not in out]
+        self.hits += len(out)
+        self.misses += len(missing)
+        if missing:
+            # Embedded longest first, so each of the model's batches pads to similar lengths; kept in order.
+            ordered = sorted(missing, key=len, reverse=True)
+            for text, vector in zip(ordered, embedder.embed_documents(ordered), strict=True):
+                out[text] = array("f", vector).tolist()  # as a cached one will read
+            with self._lock:
+                for text in missing:
+                    self._vectors[text] = array("f", out[text])
+                    self._vectors.move_to_end(text)
+                while len(self._vectors) > self.maxsize:
+                    self._vectors.popitem(last=False)
+        return [out[t] for t in texts]
+
+
+class CachedEmbedder(Embeddings):
+    """An embedder whose document vectors come from an `EmbeddingCache` (see `EmbeddingCache.wrap`)."""
+
+    def __init__(self, embedder: Embedder, cache: EmbeddingCache) -> None:
+        self.embedder = embedder
+        self.cache = cache
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self.cache.embed(self.embedder, list(texts))
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.embed_documents([text])[0]
 
 
 def cosine(a: Sequence[float], b: Sequence[float]) -> float:
@@ -54,12 +145,26 @@ def cosine(a: Sequence[float], b: Sequence[float]) -> float:
     return dot / (na * nb) if na and nb else 0.0
 
 
+def cosine_rows(queries: Sequence[Sequence[float]], texts: Sequence[Sequence[float]]) -> list[list[float]]:
+    """Cosine similarity of each query vector to each text vector (a row per query), in one matrix product."""
+    if not queries or not texts:
+        return [[] for _ in queries]
+    q, t = np.asarray(queries, dtype=np.float64), np.asarray(texts, dtype=np.float64)
+    qn, tn = np.linalg.norm(q, axis=1, keepdims=True), np.linalg.norm(t, axis=1, keepdims=True)
+    q, t = (
+        np.divide(q, qn, out=np.zeros_like(q), where=qn > 0),
+        np.divide(t, tn, out=np.zeros_like(t), where=tn > 0),
+    )
+    rows: list[list[float]] = (q @ t.T).tolist()
+    return rows
+
+
 def similarities(embedder: Embedder, query: str, texts: Sequence[str]) -> list[float]:
     """Cosine similarity of `query` to each text, embedded in one batch."""
     if not texts:
         return []
     vectors = embedder.embed_documents([query, *texts])
-    return [cosine(vectors[0], v) for v in vectors[1:]]
+    return cosine_rows(vectors[:1], vectors[1:])[0]
 
 
 PREFIX_CHARS = 6
