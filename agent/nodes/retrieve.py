@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from itertools import zip_longest
 from typing import Any
 
 from langchain_core.messages import AnyMessage, HumanMessage
@@ -51,11 +52,36 @@ def continues_turn(state: State) -> bool:
 
 def search_query(question: str, messages: list[AnyMessage]) -> str:
     """The first search of a turn: the question, read with the previous question when it plainly refers back
-    to it ("How many dimensions do its vectors have?"); a short follow-up that does not ("How long does
-    detection take?") gets the previous topic from the critic's rewrite when the question alone is not answered."""
+    to it ("How many dimensions do its vectors have?"). A short follow-up that does not ("How long does
+    detection take?") may stand alone ("How do I send traces?"): `followup_query` gives its second reading."""
     earlier = [m for m in messages if isinstance(m, HumanMessage)][:-1]
     context = followup_context(question, message_text(earlier[-1]), strict=True) if earlier else ""
     return f"{question} {context}" if context else question
+
+
+def followup_query(question: str, messages: list[AnyMessage]) -> str:
+    """The question read with the previous one when it is short enough to lean on it but does not refer back
+    plainly (then `search_query` is the question alone), else ""."""
+    earlier = [m for m in messages if isinstance(m, HumanMessage)][:-1]
+    if not earlier or search_query(question, messages) != question:
+        return ""
+    context = followup_context(question, message_text(earlier[-1]))
+    return f"{question} {context}" if context else ""
+
+
+def interleave(first: list[dict[str, Any]], second: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+    """The passages of two searches taken in turns, best first, each passage once, at most k."""
+    out: list[dict[str, Any]] = []
+    seen: set[tuple[Any, Any]] = set()
+    for pair in zip_longest(first, second):
+        for hit in pair:
+            if hit is None:
+                continue
+            key = (hit.get("key"), hit.get("text"))
+            if key not in seen and len(out) < k:
+                seen.add(key)
+                out.append(hit)
+    return out
 
 
 def fresh_turn(state: State) -> Fields:
@@ -128,6 +154,10 @@ async def retrieve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             search_corpus(runtime.store, query, ctx, revision),
             recall_memories(runtime.store, ctx, query),
         )
+        second = followup_query(update["question"], state.get("messages", [])) if new_turn else ""
+        if second:
+            # A short follow-up: the passages for the question alone and for it read with the previous one.
+            docs = interleave(docs, await search_corpus(runtime.store, second, ctx, 0), ctx.retrieve_k)
         hits = [*docs, *memories]
     passages = [{"index": i, **h} for i, h in enumerate(hits, start=1)]
     sources = [{k: p.get(k) for k in ("index", "source", "heading", "score")} for p in passages]

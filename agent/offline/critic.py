@@ -6,14 +6,21 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from agent.offline.extract import NO_ANSWER_TEXT, document_sentences, judge, question_similarities
+from agent.offline.extract import (
+    NO_ANSWER_TEXT,
+    SOLUTION_RE,
+    document_sentences,
+    judge,
+    question_kind,
+    question_similarities,
+)
 from agent.offline.messages import Document
 from agent.offline.semantic import (
     ANSWER_MIN_SIMILARITY,
     FULL_ANSWER_SPAN,
     GROUNDED_SIMILARITY,
     Embedder,
-    cosine,
+    cosine_rows,
 )
 from agent.offline.text import CITATION_RE, SENTENCE_SPLIT_RE, WORD_RE, followup_context, stems, terms
 from agent.offline.tools import TOOL_COMMAND, parse_tool_command
@@ -151,9 +158,10 @@ def critique(
         if others:
             vectors = embedder.embed_documents([*others, *doc_sentences])
             drafted, known = vectors[: len(others)], vectors[len(others) :]
-            restated = sum(1 for v in drafted if max(cosine(v, k) for k in known) >= GROUNDED_SIMILARITY)
+            restated = sum(1 for row in cosine_rows(drafted, known) if max(row) >= GROUNDED_SIMILARITY)
         grounded_share = (len(quoted) + restated) / len(sentences)
-    answers = relevance >= ANSWER_MIN_SIMILARITY and not verdict.absent
+    lacks = lacking_kind(question, body)
+    answers = relevance >= ANSWER_MIN_SIMILARITY and not verdict.absent and not lacks
     grounded = grounded_share >= 0.5
     strength = min(1.0, max(0.0, (relevance - ANSWER_MIN_SIMILARITY) / FULL_ANSWER_SPAN))
     # A grounded draft that answers the question reaches 0.7 (the default threshold) on those two alone;
@@ -161,6 +169,8 @@ def critique(
     score = round(0.35 * answers + 0.35 * grounded_share + 0.15 * strength + 0.15 * coverage, 3)
     if verdict.absent:
         reasons.append("does not answer the question: no document mentions " + ", ".join(verdict.absent))
+    elif lacks and relevance >= ANSWER_MIN_SIMILARITY:
+        reasons.append(f"does not answer the question: it asks for {lacks} and the draft gives none")
     else:
         reasons.append(
             f"answers the question: similarity {relevance:.2f} to the question"
@@ -192,6 +202,25 @@ def critique(
         "reasons": reasons,
         "revised_query": revised,
     }
+
+
+_NUMBER_RE = re.compile(r"\d|\b(?:two|three|four|five|six|seven|eight|nine|ten|twice|half)\b", re.I)
+
+
+def lacking_kind(question: str, body: str) -> str:
+    """What kind of answer the question asks for that the draft lacks ("" when none is lacking): a number for
+    "how long/how many", an instruction, command or example for "how do I"."""
+    kind = question_kind(question)
+    prose = re.sub(r"(?s)```.*?```", " ", body)
+    if kind == "quantity" and not _NUMBER_RE.search(prose):
+        return "a number"
+    if (
+        kind == "how"
+        and "```" not in body
+        and not any(SOLUTION_RE.search(s) for s in SENTENCE_SPLIT_RE.split(" ".join(prose.split())))
+    ):
+        return "an instruction, a command or an example"
+    return ""
 
 
 def _lexical_critique(question: str, draft: str, docs: Sequence[Document], context: str) -> dict[str, Any]:

@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from agent.offline.messages import Document
 from agent.offline.semantic import (
     ANSWER_MIN_SIMILARITY,
     CUE_BONUS,
+    HEADING_WEIGHT,
+    KIND_MARGIN,
     LEXICAL_WEIGHT,
     SUPPORTING_MARGIN,
+    TYPE_BONUS,
     Embedder,
     absent_terms,
-    cosine,
+    cosine_rows,
+    similarities,
 )
 from agent.offline.text import CITATION_RE, SENTENCE_SPLIT_RE, WORD_RE, followup_context, stems
 
@@ -52,7 +56,7 @@ ITEM_MAX_WORDS = 12
 
 _TERMINAL_RE = re.compile(r"[.!?:][)\"'`*_\]]*$")
 
-_SOLUTION_RE = re.compile(
+SOLUTION_RE = re.compile(
     r"(?i)^(?:to [^,]{3,80}, )?(?:run|set|use|start|add|call|pass|install|configure|create|send|point|give|put|"
     r"enable|disable|scale|deploy|ingest|open|write|choose|pick|increase|raise|lower|export|mount|restart|stop|"
     r"resume|register|keep|make|mark|attach|replace|delete|remove|list|ask|tell|select|return|raise|check)\b"
@@ -66,6 +70,44 @@ _QUANTITY_QUESTION_RE = re.compile(
     r"(?i)\b(?:how (?:long|many|much|often|big|large|fast|soon|quickly)|when|what is the (?:default|maximum|"
     r"minimum|limit|size|timeout))\b"
 )
+
+
+_HOW_QUESTION_RE = re.compile(
+    r"(?i)^(?:and |so |then )?(?:how (?:do|can|should|would|could|to)\b|what (?:should|do|must) i\b)"
+)
+
+_WHICH_QUESTION_RE = re.compile(
+    r"(?i)^(?:and |so |then )?(?:which|what (?:setting|variable|option|flag|endpoint|command|parameter|field|header|status|mode|tool|value)s?)\b"
+)
+
+_QUANTITY_RE = re.compile(
+    r"(?i)\b\d[\d,.]*(?:\s*(?:-|to|and)\s*\d[\d,.]*)?[\s-]*(?:%|ms|s\b|sec|second|minute|min\b|hour|day|week|"
+    r"month|year|byte|[kmg]i?b\b|kb|mb|gb|token|dimension|dims?\b|time|run|worker|process|passage|char|row|line|"
+    r"request|retr|attempt|connection|item|entr|event|vector|step|thread|percent|x\b)"
+    r"|\b(?:one|two|three|four|five|six|seven|eight|nine|ten|twice|half)\s+(?:second|minute|hour|day|time|"
+    r"worker|process|run|step|passage|attempt)"
+)
+"""A number with its unit ("5 to 7 seconds", "384-dimensional", "twice k")."""
+
+
+_KIND_TESTS: dict[str, Callable[[_Sentence], bool]] = {
+    "how": lambda s: bool(s.code or s.example),
+    "quantity": lambda s: _QUANTITY_RE.search(s.text) is not None,
+}
+"""For a question of that kind: whether a sentence gives the kind of answer it asks for."""
+
+
+def question_kind(question: str) -> str:
+    """What a question asks for: "quantity" (how long / how many), "how" (how to do something), "which" (a
+    named setting, endpoint or option), or "" (anything else, "what is" included)."""
+    q = question.strip()
+    if _QUANTITY_QUESTION_RE.search(q):
+        return "quantity"
+    if _HOW_QUESTION_RE.match(q):
+        return "how"
+    if _WHICH_QUESTION_RE.match(q):
+        return "which"
+    return ""
 
 
 @dataclass
@@ -297,7 +339,7 @@ def _question_sims(
     queries = [question, *([f"{question} {context}"] if context else []), *parts]
     vectors = embedder.embed_documents([*queries, *texts])
     known = vectors[len(queries) :]
-    rows = [[cosine(q, v) for v in known] for q in vectors[: len(queries)]]
+    rows = cosine_rows(vectors[: len(queries)], known)
     sims = rows[0] if not context else [(a + b) / 2 for a, b in zip(rows[0], rows[1], strict=True)]
     return sims, rows[len(queries) - len(parts) :]
 
@@ -331,6 +373,22 @@ class Judgement:
     def answerable(self) -> bool:
         """Some sentence is about the question, and the passages name everything the question is about."""
         return self.best >= ANSWER_MIN_SIMILARITY and not self.absent
+
+
+def heading_similarities(
+    verdict: Judgement, docs: Sequence[Document], embedder: Embedder, question: str
+) -> list[float]:
+    """Each passage's section heading (the last part of its heading path) by similarity to the question; 0 for
+    a passage without one. Only the share above the passages' mean counts, so a heading lifts the sentences
+    of the section that is about the question without lifting every passage."""
+    sections = [d.heading.split(" > ")[-1].strip() for d in docs]
+    named = [h for h in sections if h]
+    if not named or len(docs) < 2:
+        return [0.0] * len(docs)
+    sims = dict(zip(named, similarities(embedder, question, named), strict=True))
+    values = [sims.get(h, 0.0) if h else 0.0 for h in sections]
+    mean = sum(values) / len(values)
+    return [max(0.0, v - mean) for v in values]
 
 
 def judge(question: str, docs: Sequence[Document], embedder: Embedder, earlier: str = "") -> Judgement:
@@ -368,23 +426,26 @@ def extractive_answer(
     stem_sets = [set(s.stems) for s in sentences]
     idf = _idf(question_stems, stem_sets)
     total = sum(idf.values()) or 1.0
-    quantity = _QUANTITY_QUESTION_RE.search(question) is not None
+    kind = question_kind(question)
     definition = _DEFINITION_QUESTION_RE.match(question.strip())
     defines = definition.group(1).strip().casefold() if definition else None
+    headings = heading_similarities(verdict, docs, embedder, question)
 
     def score(i: int) -> float:
         lexical = sum(w for t, w in idf.items() if t in stem_sets[i]) / total
-        text = sentences[i].text
-        cue = (
-            bool(_SOLUTION_RE.search(text) or sentences[i].code or sentences[i].example)
-            or (quantity and re.search(r"\d", text) is not None)
-            or (
-                defines is not None
-                and re.match(rf"(?i)(?:the |a |an )?{re.escape(defines)}\b.{{0,40}}\b(?:is|are)\b", text)
-                is not None
-            )
-        )
-        return sims[i] + LEXICAL_WEIGHT * lexical + (CUE_BONUS if cue else 0.0)
+        s = sentences[i]
+        cue = CUE_BONUS if (SOLUTION_RE.search(s.text) or s.code or s.example) else 0.0
+        if kind == "how" and (SOLUTION_RE.search(s.text) or s.code or s.example or s.items):
+            cue = TYPE_BONUS  # a how-to question: the instruction, the command, the code
+        elif kind == "quantity" and _QUANTITY_RE.search(s.text):
+            cue = TYPE_BONUS  # how long / how many: a number with its unit
+        elif kind == "which" and (s.kind == "item" or "`" in s.text):
+            cue = max(cue, TYPE_BONUS / 2)  # which setting / endpoint: a named one
+        if defines is not None and re.match(
+            rf"(?i)(?:the |a |an )?{re.escape(defines)}\b.{{0,40}}\b(?:is|are)\b", s.text
+        ):
+            cue = TYPE_BONUS  # "What is X?": the sentence that says "X is ..."
+        return sims[i] + LEXICAL_WEIGHT * lexical + cue + HEADING_WEIGHT * headings[s.doc]
 
     scores = [score(i) for i in range(len(sentences))]
     order = sorted(range(len(sentences)), key=lambda i: (-scores[i], i))
@@ -398,6 +459,17 @@ def extractive_answer(
         ):
             continue
         picked.append(i)
+    # A question that asks for a kind of answer (a how-to: code or an instruction; how long/how many: a number)
+    # gets the best sentence of that kind too when none of the picked ones is, if it is nearly as good.
+    wanted = _KIND_TESTS.get(kind)
+    if wanted is not None and picked and not any(wanted(sentences[i]) for i in picked):
+        for i in order:
+            if scores[i] < top - KIND_MARGIN:
+                break
+            if sims[i] >= ANSWER_MIN_SIMILARITY and wanted(sentences[i]):
+                if not any(_near_duplicate(stem_sets[i], stem_sets[j]) for j in picked):
+                    picked = [*picked[: max_sentences - 1], i]
+                break
     # A compound question gets each part's best sentence too, so the answer spans the passages it needs.
     for row in verdict.part_sims:
         best = max(range(len(sentences)), key=lambda i: (row[i], -i))
