@@ -95,8 +95,13 @@ async def test_assistants_search_get_graph_schemas(client):
     assert schemas["output_schema"] and "answer" in schemas["output_schema"]["properties"]
     assert schemas["state_schema"]
 
-    with pytest.raises(NotFoundError):
+    # A graph id works as an assistant id (Keel's intended difference); any other id that is not a UUID is
+    # 422 and an unknown UUID 404, as in the reference (docs/api.md, Assistants).
+    with pytest.raises(UnprocessableEntityError) as err:
         await client.assistants.get("no-such-graph")
+    assert err.value.status_code == 422 and "UUID" in err.value.message
+    with pytest.raises(NotFoundError):
+        await client.assistants.get(str(uuid.uuid4()))
 
 
 # ----------------------------------------------------------------------------------------------- threads
@@ -258,13 +263,18 @@ async def test_history_newest_first_with_parent_chain_and_before(client):
 
     pivot = history[1]["checkpoint_id"]
     expected = [h["checkpoint_id"] for h in history[2:]]
-    as_string = await client.threads.get_history(tid, limit=50, before=pivot)
     as_config = await client.threads.get_history(
         tid, limit=50, before={"configurable": {"checkpoint_id": pivot}}
     )
     as_checkpoint = await client.threads.get_history(tid, limit=50, before={"checkpoint_id": pivot})
-    for got in (as_string, as_config, as_checkpoint):
+    # The GET form of the route takes the bare checkpoint id.
+    as_query = await client.http.get(f"/threads/{tid}/history", params={"limit": 50, "before": pivot})
+    for got in (as_config, as_checkpoint, as_query):
         assert [h["checkpoint_id"] for h in got] == expected
+    # get_history POSTs `before`; a bare string there is 422, as the reference's schema has it.
+    with pytest.raises(UnprocessableEntityError) as err:
+        await client.threads.get_history(tid, limit=50, before=pivot)
+    assert "before" in err.value.message
 
     limited = await client.threads.get_history(tid, limit=2)
     assert [h["checkpoint_id"] for h in limited] == [h["checkpoint_id"] for h in history[:2]]
@@ -323,17 +333,19 @@ async def test_sdk_error_classes(client):
 
 
 async def test_failed_create_writes_nothing(client):
-    for bad in (
-        {"assistant_id": "no-such-assistant"},
-        {"interrupt_before": ["no-such-node"]},
-        {"context": {"user_id": "mallory"}},
+    # (An unknown interrupt_before node is no failure: it is accepted and never interrupts, as in the
+    # reference; docs/api.md, Run request body.)
+    for bad, status in (
+        ({"assistant_id": "no-such-assistant"}, 422),
+        ({"context": {"user_id": "mallory"}}, 422),
+        ({"config": {"configurable": {"k": 1}}, "context": {"retrieve_k": 2}}, 400),
     ):
         tid = str(uuid.uuid4())
         kwargs: dict[str, Any] = {"assistant_id": "agent", "input": ask(), "if_not_exists": "create", **bad}
         assistant = kwargs.pop("assistant_id")
         with pytest.raises(httpx.HTTPStatusError) as err:
             await client.runs.wait(tid, assistant, **kwargs)
-        assert http_status(err.value) == 422, bad
+        assert http_status(err.value) == status, bad
         with pytest.raises(NotFoundError):
             await client.threads.get(tid)
 
@@ -455,8 +467,7 @@ async def test_background_run_join_and_resumable_stream(client):
     # A background run records every mode, so a join may ask for updates only; without last_event_id a
     # join sends live events only (as the reference server), with it Keel replays its durable log.
     parts = [
-        p
-        async for p in client.runs.join_stream(tid, run["run_id"], stream_mode="updates", last_event_id="0")
+        p async for p in client.runs.join_stream(tid, run["run_id"], stream_mode="updates", last_event_id="0")
     ]
     events = [p.event for p in parts]
     assert "updates" in events and "values" not in events and events[-1] == "updates", events

@@ -120,7 +120,11 @@ async def test_if_not_exists_create_is_all_or_nothing(client, db):
         headers=ALICE,
         json={"assistant_id": "agent", "input": Q, "if_not_exists": "create"},
     )
-    assert r.status_code == 200 and r.json()["status"] in ("done", "budget_exhausted:max_revisions", "not_found")
+    assert r.status_code == 200 and r.json()["status"] in (
+        "done",
+        "budget_exhausted:max_revisions",
+        "not_found",
+    )
 
 
 async def test_failed_run_reports_error_and_thread_status(client, svc):
@@ -202,6 +206,9 @@ async def test_interrupt_status_and_resume_with_null_input(client):
     assert r.status_code == 200
     t = (await client.get(f"/threads/{tid}", headers=ALICE)).json()
     assert t["status"] == "interrupted"
+    # A run stopped by interrupt_before ends `success`, as the reference's; its thread says `interrupted`.
+    runs = (await client.get(f"/threads/{tid}/runs", headers=ALICE)).json()
+    assert [run["status"] for run in runs] == ["success"]
     state = (await client.get(f"/threads/{tid}/state", headers=ALICE)).json()
     assert state["next"] == ["critique"] and state["checkpoint"]["checkpoint_id"]
     r = await client.post(
@@ -211,13 +218,21 @@ async def test_interrupt_status_and_resume_with_null_input(client):
     assert (await client.get(f"/threads/{tid}", headers=ALICE)).json()["status"] == "idle"
     hist = (await client.post(f"/threads/{tid}/history", json={"limit": 50}, headers=ALICE)).json()
     assert hist[0]["next"] == [] and hist[-1]["parent_checkpoint"] is None
-    # The three `before` forms all work.
+    # `before` in a POST body is a checkpoint or a config object; the GET query string takes the bare id.
     cid = hist[1]["checkpoint"]["checkpoint_id"]
-    for before in (cid, {"checkpoint_id": cid}, {"configurable": {"checkpoint_id": cid}}):
+    older = hist[2]["checkpoint"]["checkpoint_id"]
+    for before in ({"checkpoint_id": cid}, {"configurable": {"checkpoint_id": cid}}):
         page = (
             await client.post(f"/threads/{tid}/history", json={"before": before, "limit": 2}, headers=ALICE)
         ).json()
-        assert page[0]["checkpoint"]["checkpoint_id"] == hist[2]["checkpoint"]["checkpoint_id"]
+        assert page[0]["checkpoint"]["checkpoint_id"] == older
+    page = (
+        await client.get(f"/threads/{tid}/history", params={"before": cid, "limit": 2}, headers=ALICE)
+    ).json()
+    assert page[0]["checkpoint"]["checkpoint_id"] == older
+    # A bare string in the body is 422, as the reference's schema has it (docs/api.md, Thread state and history).
+    r = await client.post(f"/threads/{tid}/history", json={"before": cid, "limit": 2}, headers=ALICE)
+    assert r.status_code == 422 and "before" in r.json()["detail"], r.text
 
 
 async def test_delete_thread_removes_runs_and_checkpoints(client, db):
