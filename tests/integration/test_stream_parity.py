@@ -172,8 +172,10 @@ async def test_joining_finished_and_unknown_runs(client):
 
 class Gated(ScriptedChatModel):
     gate: asyncio.Event
+    entered: asyncio.Event  # set when a call reaches the gate: the run is blocked in the model
 
     async def _agenerate(self, messages, stop=None, run_manager=None, **kw):
+        self.entered.set()
         await self.gate.wait()
         return self._generate(messages, stop=stop, **kw)
 
@@ -186,10 +188,13 @@ async def wait_for(predicate, what: str, timeout: float = 10.0) -> None:
 
 
 async def test_join_stream_of_a_running_run_is_live_and_a_cancel_sends_no_error(client, svc):
-    gate = asyncio.Event()
+    gate, entered = asyncio.Event(), asyncio.Event()
     name = f"test:gated-{uuid.uuid4()}"
     register_model(
-        name, Gated(["slow answer", {"score": 0.9, "reasons": [], "revised_query": ""}], gate=gate)
+        name,
+        Gated(
+            ["slow answer", {"score": 0.9, "reasons": [], "revised_query": ""}], gate=gate, entered=entered
+        ),
     )
     svc.settings.keel_model = name
     try:
@@ -201,15 +206,24 @@ async def test_join_stream_of_a_running_run_is_live_and_a_cancel_sends_no_error(
         )
         rid = r.json()["run_id"]
 
-        async def logged() -> bool:  # the run is blocked in summarize, after retrieve's events
+        async def blocked_and_logged() -> bool:
+            # The run is blocked in summarize's model call, and every event it sent before (the input's
+            # values, retrieve's update, the values after retrieve) is in the log. The writer flushes in
+            # batches, so retrieve's update alone can be logged before the values that follow it: a join
+            # that read the log position in between saw those values as a live event.
+            if not entered.is_set():
+                return False
             async with svc.db.pool.connection() as conn:
                 cur = await conn.execute(
-                    "SELECT count(*) AS n FROM keel_run_events WHERE run_id = %s AND event = 'updates'",
+                    "SELECT count(*) FILTER (WHERE event = 'updates') AS updates,"
+                    " count(*) FILTER (WHERE event = 'values') AS vals"
+                    " FROM keel_run_events WHERE run_id = %s",
                     (rid,),
                 )
-                return (await cur.fetchone())["n"] >= 1
+                row = await cur.fetchone()
+                return row["updates"] >= 1 and row["vals"] >= 2
 
-        await wait_for(logged, "retrieve's update")
+        await wait_for(blocked_and_logged, "the run to block in summarize with retrieve's events logged")
         joined = asyncio.create_task(client.get(f"/threads/{tid}/runs/{rid}/stream", headers=H))
 
         async def following() -> bool:  # the join has read the log position and tails the run
