@@ -67,9 +67,10 @@ _DEFINITION_QUESTION_RE = re.compile(r"(?i)^what (?:is|are) (?:the |a |an )?([^?
 """A question asking what something is: the sentence that says "X is ..." names the answer."""
 
 _QUANTITY_QUESTION_RE = re.compile(
-    r"(?i)\b(?:how (?:long|many|much|often|big|large|fast|soon|quickly)|when|what is the (?:default|maximum|"
-    r"minimum|limit|size|timeout))\b"
+    r"(?i)\b(?:how (?:long|many|much|often|big|large|fast|soon|quickly)|what is the (?:default|maximum|"
+    r"minimum|limit|size|timeout))\b|^(?:and |so )?when\b"
 )
+"""A question about a quantity or a duration ("when" only as its first word: "... even when X" is not one)."""
 
 
 _HOW_QUESTION_RE = re.compile(
@@ -95,6 +96,30 @@ _KIND_TESTS: dict[str, Callable[[_Sentence], bool]] = {
     "quantity": lambda s: _QUANTITY_RE.search(s.text) is not None,
 }
 """For a question of that kind: whether a sentence gives the kind of answer it asks for."""
+
+
+SOLUTION_LOOKAHEAD = 2
+"""How many sentences after a how-to answer's best sentence, in its paragraph, may name the solution."""
+
+
+def _names_solution(s: _Sentence) -> bool:
+    return bool(SOLUTION_RE.search(s.text) or s.code or s.example)
+
+
+def _solution_after(sentences: list[_Sentence], picked: list[int]) -> tuple[int, int] | None:
+    """(a picked sentence, the sentence naming a solution at most `SOLUTION_LOOKAHEAD` sentences after it in
+    its paragraph), for the best-ranked picked sentence that has one; None if none has."""
+    for i in picked:
+        first = sentences[i]
+        for j, s in enumerate(sentences):
+            if (
+                s.doc == first.doc
+                and s.unit == first.unit
+                and 0 < s.position - first.position <= SOLUTION_LOOKAHEAD
+                and _names_solution(s)
+            ):
+                return i, j
+    return None
 
 
 def question_kind(question: str) -> str:
@@ -459,6 +484,14 @@ def extractive_answer(
         ):
             continue
         picked.append(i)
+    # A how-to answer's sentences often restate the problem ("By default, X is not ..."), and the next sentence
+    # or two of the same paragraph name the solution ("This can be changed by passing ..."): quote it too.
+    if kind == "how" and not any(_names_solution(sentences[i]) for i in picked):
+        follower = _solution_after(sentences, picked)
+        if follower is not None:
+            anchor, j = follower
+            rest = [i for i in picked if i != anchor]
+            picked = [anchor, j, *rest][:max_sentences]
     # A question that asks for a kind of answer (a how-to: code or an instruction; how long/how many: a number)
     # gets the best sentence of that kind too when none of the picked ones is, if it is nearly as good.
     wanted = _KIND_TESTS.get(kind)

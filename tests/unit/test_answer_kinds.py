@@ -109,3 +109,32 @@ def test_a_short_follow_up_is_searched_alone_and_with_the_previous_question() ->
     a = [{"key": "a", "text": "1"}, {"key": "b", "text": "2"}, {"key": "c", "text": "3"}]
     b = [{"key": "b", "text": "2"}, {"key": "d", "text": "4"}]
     assert [h["key"] for h in interleave(a, b, 4)] == ["a", "b", "d", "c"]
+
+
+GROUPS = [
+    Document(
+        "1",
+        "commands.html",
+        "Commands and Groups > Multi Command Pipelines",
+        "This callback will be invoked with an argument which is the list of all return values of all "
+        "subcommands and then the same keyword parameters as our group itself.",
+    ),
+    Document(
+        "2",
+        "commands.html",
+        "Commands and Groups > Group Invocation Without Command",
+        "By default, a group or multi command is not invoked unless a subcommand is passed. In fact, not "
+        "providing a command automatically passes --help by default. This behavior can be changed by passing "
+        "invoke_without_command=True to a group. In that case, the callback is always invoked instead of "
+        "showing the help page.",
+    ),
+]
+
+
+def test_a_how_to_answer_quotes_the_solution_after_the_sentence_that_restates_the_problem(
+    embedder: object,
+) -> None:
+    question = "How do I make a group callback run even when no subcommand is given?"
+    assert question_kind(question) == "how"  # "even when" does not make it a question about time
+    answer = extractive_answer(question, GROUPS, 3, embedder)  # type: ignore[arg-type]
+    assert "invoke_without_command=True" in answer
