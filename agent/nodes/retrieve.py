@@ -126,12 +126,11 @@ async def recall_memories(store: Any, ctx: Context, query: str) -> list[dict[str
 
 
 async def search_corpus(store: Any, query: str, ctx: Context, revision: int) -> list[dict[str, Any]]:
-    """The corpus's passages for a query: dense top-k on a turn's first pass; on a revision (the critic found
-    the first pass weak) a wider net, hybrid (dense + full-text, fused) with twice k, so a revision always
-    changes what is retrieved even when the query cannot. Hybrid needs Postgres; other stores search dense."""
-    if revision == 0:
-        return await search_docs(store, query, namespace=ctx.namespace, k=ctx.retrieve_k)
-    k = 2 * ctx.retrieve_k
+    """The corpus's passages for a query: hybrid (dense + full-text, fused) top-k on a turn's first pass, so a
+    rare word the embedding model splits into pieces ("liveness", "HNSW") still finds its passage; on a
+    revision (the critic found the first pass weak) a wider net, twice k, so a revision always changes what
+    is retrieved even when the query cannot. Hybrid needs Postgres; other stores search dense."""
+    k = ctx.retrieve_k if revision == 0 else 2 * ctx.retrieve_k
     if getattr(store, "conn", None) is None:
         return await search_docs(store, query, namespace=ctx.namespace, k=k)
     return await search_docs(store, query, namespace=ctx.namespace, k=k, mode="hybrid")
