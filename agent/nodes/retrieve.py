@@ -126,14 +126,19 @@ async def recall_memories(store: Any, ctx: Context, query: str) -> list[dict[str
 
 
 async def search_corpus(store: Any, query: str, ctx: Context, revision: int) -> list[dict[str, Any]]:
-    """The corpus's passages for a query: hybrid (dense + full-text, fused) top-k on a turn's first pass, so a
-    rare word the embedding model splits into pieces ("liveness", "HNSW") still finds its passage; on a
-    revision (the critic found the first pass weak) a wider net, twice k, so a revision always changes what
-    is retrieved even when the query cannot. Hybrid needs Postgres; other stores search dense."""
+    """The corpus's passages for a query. A turn's first pass takes hybrid (dense + full-text, fused) top-k
+    and dense top-k in turns, k in all: the full-text half finds a rare word the embedding model splits into
+    pieces ("liveness"), the dense half keeps the passages closest in meaning when common question words
+    pull unrelated full-text matches in (full-text ranking has no idf). A revision (the critic found the
+    first pass weak) casts a wider net, hybrid with twice k, so it always changes what is retrieved even when
+    the query cannot. Hybrid needs Postgres; other stores search dense."""
     k = ctx.retrieve_k if revision == 0 else 2 * ctx.retrieve_k
     if getattr(store, "conn", None) is None:
         return await search_docs(store, query, namespace=ctx.namespace, k=k)
-    return await search_docs(store, query, namespace=ctx.namespace, k=k, mode="hybrid")
+    hybrid = await search_docs(store, query, namespace=ctx.namespace, k=k, mode="hybrid")
+    if revision:
+        return hybrid
+    return interleave(hybrid, await search_docs(store, query, namespace=ctx.namespace, k=k), k)
 
 
 async def retrieve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:

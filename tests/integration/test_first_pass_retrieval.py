@@ -1,5 +1,6 @@
-"""A turn's first retrieval is hybrid (dense + full-text, fused) on Postgres, so a passage that names the
-question's rare word is found even when the embedding model scores another passage closer."""
+"""A turn's first retrieval takes hybrid (dense + full-text, fused) and dense results in turns on Postgres, so
+a passage that names the question's rare word is found even when the embedding model scores others closer,
+and the passage closest in meaning is kept."""
 
 from __future__ import annotations
 
@@ -46,3 +47,4 @@ async def test_the_first_pass_finds_the_passage_naming_a_rare_question_word(db):
     assert "ops.md#health" not in [h["key"] for h in dense], dense
     # ... the full-text half of the first pass matches the word itself.
     assert len(found) == 2 and "ops.md#health" in [h["key"] for h in found], found
+    assert dense[0]["key"] in [h["key"] for h in found]
