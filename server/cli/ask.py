@@ -33,7 +33,8 @@ def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
             body = RunCreate(
                 assistant_id=GRAPH_ID,
                 input={"messages": [{"role": "user", "content": args.question}]},
-                stream_mode=["updates"],
+                # `tasks`: each node's full result (`updates` carry only the graph's output channels).
+                stream_mode=["tasks"],
                 if_not_exists="create",
                 metadata={"source": "keel ask"},
             )
@@ -46,9 +47,8 @@ def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
             async for ev in svc.feed.subscribe(str(created["run_id"])):
                 if ev.event == "error":
                     raise ValueError(f"the run failed: {ev.data.get('error')}: {ev.data.get('message')}")
-                if ev.event == "updates" and isinstance(ev.data, dict):
-                    for node, value in ev.data.items():
-                        _print_progress(node, value)
+                if ev.event == "tasks" and isinstance(ev.data, dict) and "result" in ev.data:
+                    _print_progress(str(ev.data.get("name")), ev.data.get("result"))
             ended = True
             state = await svc.graph.aget_state({"configurable": {"thread_id": tid}})
             return {"thread_id": tid, **state.values}
@@ -70,7 +70,7 @@ def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _print_progress(node: str, value: Any) -> None:
-    """One line on stderr per graph step of `keel ask` (an `updates` event of its run)."""
+    """One line on stderr per graph step of `keel ask` (a `tasks` result event of its run)."""
     detail = ""
     if node == "retrieve" and isinstance(value, dict):
         detail = f"{len(value.get('passages', []))} passages for {value.get('query', '')!r}"

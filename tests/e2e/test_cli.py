@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -52,7 +53,11 @@ def test_ask_prints_cited_answer_and_progress(cli_env):
     progress = [line for line in r.stderr.splitlines() if line.startswith("· ")]
     nodes = [line[2:].split(":", 1)[0] for line in progress]
     assert nodes[:3] == ["retrieve", "summarize", "critique"], r.stderr
-    assert "passages" in progress[0]
+    # Each line reports its node's own result (the passages and the query, the critic's score), not the output channels.
+    assert re.fullmatch(r"· retrieve: [1-9]\d* passages for 'How do I scale out workers\?'", progress[0]), (
+        progress
+    )
+    assert re.fullmatch(r"· critique: score \d\.\d\d.*", progress[2]), progress
     assert "status: done" in r.stderr, r.stderr
 
 
@@ -84,14 +89,14 @@ def test_ask_goes_through_the_run_engine(cli_env):
             "SELECT run_id, status, attempt, metadata, kwargs FROM keel_runs WHERE thread_id = %s", (tid,)
         ).fetchall()
         assert len(runs) == 1 and runs[0]["status"] == "success" and runs[0]["attempt"] == 1, runs
-        assert runs[0]["metadata"]["source"] == "keel ask" and runs[0]["kwargs"]["stream_mode"] == ["updates"]
+        assert runs[0]["metadata"]["source"] == "keel ask" and runs[0]["kwargs"]["stream_mode"] == ["tasks"]
         events = [
             e["event"]
             for e in conn.execute(
                 "SELECT event FROM keel_run_events WHERE run_id = %s ORDER BY seq", (runs[0]["run_id"],)
             )
         ]
-        assert events[0] == "metadata" and events[-1] == "end" and "updates" in events, events
+        assert events[0] == "metadata" and events[-1] == "end" and "tasks" in events, events
         thread = conn.execute(
             'SELECT user_id, status, "values" FROM keel_threads WHERE thread_id = %s', (tid,)
         ).fetchone()
