@@ -117,7 +117,8 @@ async def test_state_and_history_of_a_thread_use_the_graph_that_ran_on_it(sdk):
     assert history[0]["values"]["answer"] == "plain: tides about none"
     assert any(step["next"] == ["echo"] for step in history)  # the echo graph's node, not the agent's
 
-    with pytest.raises(BadRequestError, match="Node summarize does not exist"):  # the agent's node, not echo's
+    # `summarize` is the agent's node, not the echo graph's.
+    with pytest.raises(BadRequestError, match="Node summarize does not exist"):
         await sdk.threads.update_state(tid, {"answer": "x"}, as_node="summarize")
     updated = await sdk.threads.update_state(tid, {"answer": "edited"}, as_node="echo")
     assert updated["checkpoint"]["checkpoint_id"] != state["checkpoint"]["checkpoint_id"]
