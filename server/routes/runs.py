@@ -84,7 +84,7 @@ def _wanted(event: str, modes: list[str]) -> bool:
     return base in modes
 
 
-async def _events_with_keepalive(svc: KeelService, run_id: str, after: int) -> AsyncIterator[Event | None]:
+async def events_with_keepalive(svc: KeelService, run_id: str, after: int) -> AsyncIterator[Event | None]:
     """The run's events from the persisted log; None every KEEPALIVE_S seconds of silence."""
     queue: asyncio.Queue[Event | None] = asyncio.Queue()
 
@@ -134,7 +134,7 @@ def _stream_response(
             try:
                 if first is not None:
                     yield sse(first, with_id)
-                async for ev in _events_with_keepalive(svc, str(run["run_id"]), after):
+                async for ev in events_with_keepalive(svc, str(run["run_id"]), after):
                     if ev is None:
                         yield b": heartbeat\r\n\r\n"
                     elif _wanted(ev.event, modes):

@@ -22,6 +22,7 @@ from fastapi.responses import StreamingResponse
 from server.auth import CurrentUser
 from server.deps import Service
 from server.errors import ApiError
+from server.routes.runs import KEEPALIVE_S, events_with_keepalive
 from server.routes.threads import owned_thread
 from server.runs import store
 from server.runs.store import ACTIVE
@@ -33,7 +34,6 @@ router = APIRouter(tags=["threads"], dependencies=AUTHENTICATED, responses=error
 
 THREAD_STREAM_MODES = ("run_modes", "lifecycle", "state_update")
 POLL_S = 0.5  # how often an idle stream looks for the thread's next run
-KEEPALIVE_S = 5.0
 LATE_COMMIT = timedelta(minutes=1)  # a run's created_at is its transaction's start, which may commit later
 SSE_HEADERS = {"cache-control": "no-store", "x-accel-buffering": "no"}
 EVENT_ID = re.compile(r"^([0-9a-fA-F-]{36}):(\d{1,18}|done)$")
@@ -81,31 +81,8 @@ async def _runs(svc: KeelService, tid: str, since: datetime | None) -> list[dict
 
 async def _follow(svc: KeelService, rid: str, after: int) -> AsyncIterator[tuple[int, str, Any] | None]:
     """(seq, event, data) of the run after `after` until it ends; None every KEEPALIVE_S of silence."""
-    queue: asyncio.Queue[tuple[int, str, Any] | None] = asyncio.Queue()
-
-    async def pump() -> None:
-        try:
-            async for ev in svc.feed.subscribe(rid, after):
-                await queue.put((ev.seq, ev.event, ev.data))
-        finally:
-            await queue.put(None)
-
-    task = asyncio.create_task(pump())
-    try:
-        while True:
-            try:
-                item = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
-            except TimeoutError:
-                yield None
-                continue
-            if item is None:
-                failure = task.exception() if task.done() else None
-                if failure is not None:
-                    raise failure
-                return
-            yield item
-    finally:
-        task.cancel()
+    async for ev in events_with_keepalive(svc, rid, after):
+        yield None if ev is None else (ev.seq, ev.event, ev.data)
 
 
 async def _start(
