@@ -84,6 +84,11 @@ def _wanted(event: str, modes: list[str]) -> bool:
     return base in modes
 
 
+def _wait_links(base: str) -> dict[str, str]:
+    """Headers of a wait or join answer, as the reference sends them: Location (the join), Content-Location (the run)."""
+    return {"location": base + "/join", "content-location": base}
+
+
 async def events_with_keepalive(svc: KeelService, run_id: str, after: int) -> AsyncIterator[Event | None]:
     """The run's events from the persisted log; None every KEEPALIVE_S seconds of silence."""
     queue: asyncio.Queue[Event | None] = asyncio.Queue()
@@ -304,7 +309,7 @@ async def wait_run(
         svc,
         run,
         cancel_on_disconnect=body.on_disconnect == "cancel",
-        headers={"location": base + "/join", "content-location": base},
+        headers=_wait_links(base),
     )
 
 
@@ -382,7 +387,7 @@ async def join_run(
         svc,
         run,
         cancel_on_disconnect=cancel_on_disconnect,
-        headers={"location": base + "/join", "content-location": base},
+        headers=_wait_links(base),
         ended=run is not None and run["status"] not in ACTIVE,
     )
 
@@ -495,7 +500,7 @@ async def wait_stateless(body: RunCreate, svc: Service, user: CurrentUser) -> St
         svc,
         run,
         cancel_on_disconnect=body.on_disconnect == "cancel",
-        headers={"location": base + "/join", "content-location": base},
+        headers=_wait_links(base),
     )
 
 
