@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.embeddings import Embeddings
 
+from memory.quantized import QuantizationError, int8_graph
+
 if TYPE_CHECKING:
     from langgraph.store.postgres.base import HNSWConfig, PostgresIndexConfig
+
+log = logging.getLogger(__name__)
 
 EMBED_DIMS = 384
 DEFAULT_EMBEDDINGS = "keel:all-MiniLM-L6-v2"
@@ -25,7 +31,7 @@ MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6
 
 # sentence-transformers uses 256 for this model; longer inputs are truncated, not rejected.
 MAX_LENGTH = 256
-BATCH_SIZE = 16
+PRECISIONS = ("int8", "fp32")
 
 
 class EmbeddingModelError(RuntimeError):
@@ -76,7 +82,12 @@ def _default_model_path() -> Path:
 
 
 class LocalMiniLMEmbeddings(Embeddings):
-    """all-MiniLM-L6-v2 (int8 ONNX) on onnxruntime: 384-dim, L2-normalised, no torch, no network."""
+    """all-MiniLM-L6-v2 on onnxruntime: 384-dim, L2-normalised, no torch, no network.
+
+    precision "int8" (the default) runs an int8 graph derived from the pinned model (memory/quantized.py);
+    "fp32" runs the pinned file as it loads. Texts are embedded one per inference, spread over `threads`
+    threads: no padding is computed, and a text's vector does not depend on what it is embedded with.
+    """
 
     def __init__(
         self,
@@ -86,12 +97,15 @@ class LocalMiniLMEmbeddings(Embeddings):
         model_sha256: str = MODEL_SHA256,
         tokenizer_sha256: str = TOKENIZER_SHA256,
         max_length: int = MAX_LENGTH,
-        batch_size: int = BATCH_SIZE,
         threads: int = 2,
+        precision: str = "int8",
+        cache_dir: str | Path | None = None,
     ) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         model = verify_file(
             Path(model_path) if model_path else _default_model_path(),
             model_sha256,
@@ -102,50 +116,64 @@ class LocalMiniLMEmbeddings(Embeddings):
             tokenizer_sha256,
             "tokenizer (tokenizer.json)",
         )
+        graph: str | bytes = str(model)
+        self.precision = precision
+        if precision == "int8":
+            try:
+                graph = int8_graph(model, model_sha256, Path(cache_dir) if cache_dir else None)
+            except QuantizationError as exc:  # still a working embedder, only slower
+                log.warning("embedding in fp32: %s", exc)
+                self.precision = "fp32"
         opts = ort.SessionOptions()
-        # No arena / memory patterns: batch shapes vary, and the arena would keep the peak allocation forever.
+        # No arena / memory patterns: input shapes vary, and the arena would keep the peak allocation forever.
         opts.enable_cpu_mem_arena = False
         opts.enable_mem_pattern = False
-        # Embedding runs next to the API and Postgres on small boxes; two threads is plenty for a 6-layer model.
-        opts.intra_op_num_threads = max(1, min(2, threads))
+        # One thread per inference; parallelism comes from running `threads` inferences at once, which on
+        # one text at a time keeps both cores busy where intra-op threads mostly wait on each other.
+        opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         try:
-            self._session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
             tok = Tokenizer.from_file(str(tok_file))
         except Exception as exc:  # any load failure is a model problem for the caller
             raise EmbeddingModelError(f"could not load the embedding model {model}: {exc}") from exc
-        # The vendored file pads to a fixed 128 and truncates at 128; we want longest-in-batch and 256.
         tok.enable_truncation(max_length=max_length)
-        tok.enable_padding(pad_id=0, pad_token="[PAD]")
+        tok.no_padding()  # one text per inference: nothing to pad to
         self._tokenizer = tok
         self._inputs = {i.name for i in self._session.get_inputs()}
         missing = {"input_ids", "attention_mask"} - self._inputs
         if missing:
             raise EmbeddingModelError(f"embedding model {model} lacks inputs {sorted(missing)}")
-        self._batch_size = max(1, batch_size)
-        # One inference at a time: ORT sessions are thread-safe, but parallel runs on 2 cores only thrash.
-        self._lock = threading.Lock()
+        self._threads = max(1, threads)
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_lock = threading.Lock()
 
-    def _encode(self, texts: list[str]) -> list[list[float]]:
-        """Embed texts in batches: tokenize, run, masked mean pool, L2-normalise."""
+    def _one(self, ids: list[int]) -> list[float]:
+        """One text's vector: run, mean-pool, L2-normalise (ORT releases the GIL while it runs)."""
         import numpy as np
 
-        out: list[list[float]] = []
-        for i in range(0, len(texts), self._batch_size):
-            encs = self._tokenizer.encode_batch(texts[i : i + self._batch_size])
-            ids = np.asarray([e.ids for e in encs], dtype=np.int64)
-            mask = np.asarray([e.attention_mask for e in encs], dtype=np.int64)
-            feed = {"input_ids": ids, "attention_mask": mask}
-            if "token_type_ids" in self._inputs:
-                feed["token_type_ids"] = np.zeros_like(ids)
-            with self._lock:
-                hidden = self._session.run(None, feed)[0]  # last_hidden_state: (batch, seq, 384)
-            m = mask[..., None].astype(np.float32)
-            pooled = (hidden * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
-            pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
-            out.extend(pooled.tolist())  # plain python floats
-        return out
+        arr = np.asarray([ids], dtype=np.int64)
+        feed = {"input_ids": arr, "attention_mask": np.ones_like(arr)}
+        if "token_type_ids" in self._inputs:
+            feed["token_type_ids"] = np.zeros_like(arr)
+        hidden = self._session.run(None, feed)[0][0]  # last_hidden_state of the text: (seq, 384)
+        pooled = hidden.mean(axis=0)
+        pooled /= max(float(np.linalg.norm(pooled)), 1e-12)
+        return [float(x) for x in pooled]
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._executor_lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="keel-embed")
+            return self._executor
+
+    def _encode(self, texts: list[str]) -> list[list[float]]:
+        """Embed texts, one inference each, `threads` at a time."""
+        ids = [e.ids for e in self._tokenizer.encode_batch(texts)]
+        if len(ids) == 1 or self._threads == 1:
+            return [self._one(i) for i in ids]
+        return list(self._pool().map(self._one, ids))
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed a list of documents."""
@@ -169,13 +197,15 @@ _default_lock = threading.Lock()
 _tokenizer: Any = None
 
 
-def get_embeddings(name: str | None = None) -> Embeddings:
-    """The embedder for a config value: None/""/"local"/DEFAULT_EMBEDDINGS → offline MiniLM, else provider:model."""
+def get_embeddings(name: str | None = None, *, cache_dir: str | Path | None = None) -> Embeddings:
+    """The embedder for a config value: None/""/"local"/DEFAULT_EMBEDDINGS → offline MiniLM, else provider:model.
+
+    `cache_dir` keeps the offline model's int8 graph between processes (the first caller's is used)."""
     global _default
     if name is None or name.strip() in _LOCAL_NAMES:
         with _default_lock:  # one 22 MB session per process, however many callers race to create it
             if _default is None:
-                _default = LocalMiniLMEmbeddings()
+                _default = LocalMiniLMEmbeddings(cache_dir=cache_dir)
             return _default
     try:
         from langchain.embeddings import init_embeddings

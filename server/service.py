@@ -72,7 +72,9 @@ async def open_db(settings: Settings, *, check_embeddings: bool = True) -> Datab
         server = embedded_server(settings.keel_home)
         url = server.get_uri()
         log.info("using the embedded Postgres in %s", settings.keel_home.resolve() / "pgdata")
-    embeddings = get_embeddings(settings.keel_embeddings)
+    embeddings = get_embeddings(
+        settings.keel_embeddings, cache_dir=settings.keel_model_cache or settings.keel_home / "models"
+    )
     dims = settings.keel_embed_dims or (EMBED_DIMS if not settings.keel_embeddings else None)
     if dims is None:
         raise DatabaseUnavailable("KEEL_EMBED_DIMS must be set together with KEEL_EMBEDDINGS")

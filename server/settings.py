@@ -39,6 +39,10 @@ class Settings(BaseSettings):
         default=None, description="provider:model for init_embeddings; unset = offline MiniLM"
     )
     keel_embed_dims: int | None = Field(default=None, description="vector size when KEEL_EMBEDDINGS is set")
+    keel_model_cache: Path | None = Field(
+        default=None,
+        description="where the offline embedding model's int8 graph is kept (default KEEL_HOME/models)",
+    )
     keel_api_keys: str = Field(
         default="", description="comma-separated key:user_id[:role+role[:tenant]]; empty = single local user"
     )

@@ -67,8 +67,9 @@ def fresh_database_url(pg_admin_url, request):
 def embeddings():
     """The offline MiniLM embedder (loaded once per session)."""
     from memory.embeddings import get_embeddings
+    from tests.support.live import MODEL_CACHE
 
-    return get_embeddings(None)
+    return get_embeddings(None, cache_dir=MODEL_CACHE)
 
 
 @pytest.fixture(scope="module")

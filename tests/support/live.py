@@ -54,6 +54,10 @@ Each run becomes one trace whose root carries the thread id and the run id as me
 """A tiny Markdown corpus: questions about scaling out and crash recovery have answers in it."""
 
 
+MODEL_CACHE = Path(tempfile.gettempdir()) / "keel-test-model-cache"
+"""Where test processes keep the offline embedding model's int8 graph (memory/quantized.py)."""
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nobody listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -73,6 +77,8 @@ def keel_env(
             "LANGSMITH_TRACING": "false",
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
+            # One int8 embedding graph for every keel process the tests start, not one per KEEL_HOME.
+            "KEEL_MODEL_CACHE": str(MODEL_CACHE),
         }
     )
     env.update(extra or {})
