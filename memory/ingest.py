@@ -71,6 +71,7 @@ class PreparedDocument:
     file_hash: str  # sha256 of the extracted text
     title: str
     chunks: list[Chunk]
+    size: int = 0  # bytes read (the progress bar's unit)
 
 
 def source_name(path: Path, root: Path, named: Path | None = None) -> str:
@@ -129,6 +130,7 @@ def prepare_document(
         content_hash(text),
         title_of(text, stem),
         chunk_text(text, max_tokens=max_tokens, overlap=overlap),
+        len(data),
     )
 
 
@@ -241,7 +243,7 @@ async def ingest_documents(
     prepare_all_first: bool = False,
     prune: Callable[[str], bool] | None = None,
     progress: bool = False,
-    total: int | None = None,
+    total_bytes: int | None = None,
 ) -> IngestReport:
     """Ingest (source name, bytes) documents into corpus `namespace`; the format comes from the source's
     extension. A document whose text and chunking parameters are unchanged (and that this version's chunker
@@ -264,15 +266,24 @@ async def ingest_documents(
             if source in seen_sources:
                 raise DocumentError(source, "given more than once")
             seen_sources.add(source)
-        total = len(documents)
+        total_bytes = sum(len(data) for _, data in documents)
     manifest = {it.key: it.value for it in await _list_items(store, meta_ns)}
 
     report = IngestReport(files=0, chunks=0, skipped=0, removed=0, seconds=0.0)
     seen: set[str] = set()
-    bar = tqdm(desc=f"ingest {namespace}", unit="file", total=total, file=sys.stderr, disable=not progress)
+    # Bytes read are the unit (known up front from file sizes, so the bar has an ETA); chunks and their rate
+    # are shown beside it, since embedding them is where the time goes.
+    bar = tqdm(
+        desc=f"ingest {namespace}",
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        total=total_bytes,
+        file=sys.stderr,
+        disable=not progress,
+    )
     try:
         async for doc in _prepared(documents, max_tokens, overlap, prepare_all_first):
-            bar.update(1)
             source = doc.source
             if source in seen:
                 raise DocumentError(source, "given more than once")
@@ -289,12 +300,16 @@ async def ingest_documents(
                 report.documents.append(
                     {"source": source, "status": "unchanged", "chunks": old.get("chunks")}
                 )
+                bar.update(doc.size)
                 continue
             await _write_document(store, ns, meta_ns, doc, params)
             report.chunks += len(doc.chunks)
             report.documents.append(
                 {"source": source, "status": "replaced" if old else "added", "chunks": len(doc.chunks)}
             )
+            rate = report.chunks / max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix_str(f"{report.chunks} chunks, {rate:.1f} chunks/s", refresh=False)
+            bar.update(doc.size)
     finally:
         bar.close()
 
@@ -440,6 +455,7 @@ async def ingest_paths(
     if isinstance(paths, str | Path):  # a lone path would otherwise be iterated character by character
         paths = [paths]
     files, dirs = await asyncio.to_thread(_collect, paths, tuple(include), tuple(exclude), root)
+    total_bytes = await asyncio.to_thread(lambda: sum(path.stat().st_size for path, _ in files))
     # Sources that earlier versions recorded as absolute paths, for files ingested now under another name.
     legacy = {path.as_posix() for path, source in files if path.as_posix() != source}
     vanished = _vanished_from(dirs, tuple(include)) if prune else None
@@ -455,5 +471,5 @@ async def ingest_paths(
         overlap=overlap,
         prune=drop,
         progress=progress,
-        total=len(files),
+        total_bytes=total_bytes,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import psycopg
@@ -165,6 +166,7 @@ async def test_direct_files_and_sources(db, tmp_path, capsys):
     docs = write_corpus(tmp_path)
     other = tmp_path.parent / f"{tmp_path.name}-outside.md"
     other.write_text("# Outside\nA file outside the root is recorded by its name, not its absolute path.")
+    total = (docs / "backups.md").stat().st_size + other.stat().st_size  # the .rst file is not read
     try:
         report = await ingest_paths(
             db.store,
@@ -178,7 +180,10 @@ async def test_direct_files_and_sources(db, tmp_path, capsys):
     assert report.files == 2
     sources = {i.value["source"] for i in await db.store.asearch(("docs_meta", "direct"), limit=10)}
     assert sources == {"docs/backups.md", other.name}
-    assert "ingest direct" in capsys.readouterr().err  # the tqdm bar goes to stderr
+    err = capsys.readouterr().err  # the tqdm bar goes to stderr
+    assert "ingest direct" in err
+    # Bytes of the files named are the bar's total (so it has an ETA); chunks and their rate sit beside it.
+    assert re.search(rf"100%\|.*\| {total}/{total} \[.*, 2 chunks, [\d.]+ chunks/s\]", err), err
     with pytest.raises(FileNotFoundError):
         await ingest_paths(db.store, [tmp_path / "nope.md"], namespace="direct", root=tmp_path)
 
