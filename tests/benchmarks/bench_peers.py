@@ -115,7 +115,7 @@ class Peer:
     notes: list[str] = field(default_factory=list)
     rss_mb: float = 0.0
     redis_port: int | None = None
-    scale: int = 1  # divides the run counts (`langgraph dev` runs one job at a time, ~1 s each)
+    scale: int = 1  # divides the run counts (`langgraph dev`: ~1 s per sequential run)
 
     @property
     def python(self) -> Path:
@@ -672,7 +672,7 @@ def report(peers: list[Peer], pg_version: str, took: float) -> str:
     out.append(
         f"\nMethod: each run on a fresh thread created before timing; {WARMUP} + {2 * WARMUP} warm-up runs per "
         f"graph; sequential = {N_SEQ['noop']} runs (no-op) / {N_SEQ['agent']} (agent); throughput = {N_CONC['noop']} / {N_CONC['agent']} runs "
-        f"kept 8 or 32 in flight (all counts ÷5 for `langgraph dev`, which runs one job at a time and polls its queue, ~1 s a run); first event = POST runs/stream (stream_mode values), time to the first SSE "
+        f"kept 8 or 32 in flight (all counts ÷5 for `langgraph dev`, whose in-memory queue takes ~1 s per sequential run); first event = POST runs/stream (stream_mode values), time to the first SSE "
         f"event that is not `metadata`, p50 of {N_TTFE}; transactions/run = pg_stat_database.xact_commit delta of "
         f"that server's database over {N_COMMITS} sequential runs, WAL fsyncs/run = pg_stat_io (object wal) "
         f"fsyncs delta, both read {STATS_FLUSH_S:.0f} s after the load with the idle rate of the "
