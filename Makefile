@@ -6,7 +6,7 @@ STAMP   = $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install run test test-unit test-integration test-compat lint bench studio clean db-stop fmt soak eval eval-corpus
+.PHONY: install run test test-unit test-integration test-compat lint bench bench-peers studio clean db-stop fmt soak eval eval-corpus
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Keel needs Python 3.11 or newer")'
@@ -40,6 +40,9 @@ fmt: $(STAMP)
 
 bench: $(STAMP) ## benchmarks; figures go to docs/benchmarks.md
 	$(BIN)/python -m tests.benchmarks.run
+
+bench-peers: $(STAMP) ## the peer table only: Keel, langgraph dev, Aegra, langgraph-api + runtime-pg (venvs in .venv/peers)
+	$(BIN)/python -m tests.benchmarks.run peers
 
 EVAL_CACHE ?= .eval-cache
 EVAL_ARGS  ?=

@@ -1,6 +1,7 @@
 """`make bench`: run the benchmarks and print Markdown for docs/benchmarks.md.
 
-python -m tests.benchmarks.run [foundation engine ...]
+python -m tests.benchmarks.run [peers foundation engine ...]
+(peers: KEEL_BENCH_PEERS=keel,lgdev,aegra,lgpg picks some of the peers)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["LANGSMITH_TRACING"] = "false"
 
 SECTIONS = {
+    "peers": "tests.benchmarks.bench_peers",
     "foundation": "tests.benchmarks.bench_foundation",
     "storage": "tests.benchmarks.bench_storage",
     "engine": "tests.benchmarks.bench_engine",
