@@ -89,11 +89,11 @@ async def fts_search(
             SELECT DISTINCT lex FROM unnest(tsvector_to_array(to_tsvector('{FTS_CONFIG}', %s::text))) AS lex
         ),
         q AS (SELECT string_agg(quote_literal(lex), ' | ')::tsquery AS q FROM words),
-        stats AS (
+        stats AS MATERIALIZED (
             SELECT count(*) AS n, GREATEST(avg(length(value->>'text')), 1) AS avgdl
             FROM store WHERE prefix = %s
         ),
-        df AS (
+        df AS MATERIALIZED (
             SELECT lex, (
                 SELECT count(*) FROM store
                 WHERE prefix = %s AND {_TSV} @@ quote_literal(lex)::tsquery
