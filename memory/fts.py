@@ -15,6 +15,9 @@ FTS_CONFIG = "english"
 # The exact expression the GIN index is built on; queries must repeat it verbatim for the index to apply.
 _TSV = "to_tsvector('english'::regconfig, value->>'text')"
 RRF_K = 60
+# Okapi BM25 parameters (the usual defaults): term-frequency saturation and length normalisation.
+BM25_K1 = 1.2
+BM25_B = 0.75
 
 _FILTER_OPS = {
     "$eq": "value->%s = %s::jsonb",
@@ -70,28 +73,57 @@ def _filter_sql(filter: dict[str, Any] | None) -> tuple[str, list[Any]]:
 async def fts_search(
     pool: Any, prefix: str, query: str, *, limit: int, filter: dict[str, Any] | None = None
 ) -> list[tuple[str, dict[str, Any], float]]:
-    """(key, value, rank) of the rows of one store prefix matching any query word, best first.
+    """(key, value, score) of the rows of one store prefix matching any query word, best first.
 
-    The query's words are stemmed and OR-ed (a question rarely shares every word with its answer);
-    rows are ranked by ts_rank_cd, normalised by document length.
+    The query's words are stemmed and OR-ed (a question rarely shares every word with its answer); rows are
+    ranked by Okapi BM25 (k1 = BM25_K1, b = BM25_B): a word's weight grows with how rare it is in the prefix
+    (its document frequency, counted through the GIN index at query time, so it is never stale), a row's
+    score with how often it holds the word, damped by the row's length against the prefix's average. So
+    "liveness" outweighs "endpoint" in a corpus where every chunk says "endpoint".
     """
     if pool not in _ensured:
         await ensure_fts_index(pool)
     where, params = _filter_sql(filter)
     sql = f"""
-        WITH q AS (
-            SELECT string_agg(quote_literal(lex), ' | ')::tsquery AS q
-            FROM unnest(tsvector_to_array(to_tsvector('{FTS_CONFIG}', %s::text))) AS lex
+        WITH words AS (
+            SELECT DISTINCT lex FROM unnest(tsvector_to_array(to_tsvector('{FTS_CONFIG}', %s::text))) AS lex
+        ),
+        q AS (SELECT string_agg(quote_literal(lex), ' | ')::tsquery AS q FROM words),
+        stats AS MATERIALIZED (
+            SELECT count(*) AS n, GREATEST(avg(length(value->>'text')), 1) AS avgdl
+            FROM store WHERE prefix = %s
+        ),
+        df AS MATERIALIZED (
+            SELECT lex, (
+                SELECT count(*) FROM store
+                WHERE prefix = %s AND {_TSV} @@ quote_literal(lex)::tsquery
+            ) AS n
+            FROM words
+        ),
+        hits AS (
+            SELECT key, value, {_TSV} AS tsv FROM store, q
+            WHERE prefix = %s AND q.q IS NOT NULL AND {_TSV} @@ q.q
+              AND (expires_at IS NULL OR expires_at > NOW()){where}
+        ),
+        scored AS (
+            SELECT h.key, sum(
+                ln(1 + (stats.n - df.n + 0.5) / (df.n + 0.5))
+                * cardinality(t.positions) * ({BM25_K1} + 1)
+                / (cardinality(t.positions)
+                   + {BM25_K1} * (1 - {BM25_B} + {BM25_B} * length(h.value->>'text') / stats.avgdl))
+            ) AS score
+            FROM hits h CROSS JOIN stats
+            CROSS JOIN LATERAL unnest(h.tsv) AS t(lexeme, positions, weights)
+            JOIN df ON df.lex = t.lexeme
+            GROUP BY h.key
         )
-        SELECT key, value, ts_rank_cd({_TSV}, q.q, 1) AS rank
-        FROM store, q
-        WHERE prefix = %s AND q.q IS NOT NULL AND {_TSV} @@ q.q
-          AND (expires_at IS NULL OR expires_at > NOW()){where}
-        ORDER BY rank DESC, key
+        SELECT h.key, h.value, s.score
+        FROM scored s JOIN hits h USING (key)
+        ORDER BY s.score DESC, h.key
         LIMIT %s
     """
-    rows = await _execute(pool, sql, [query, prefix, *params, limit])
-    return [(key, value, float(rank)) for key, value, rank in rows]
+    rows = await _execute(pool, sql, [query, prefix, prefix, prefix, *params, limit])
+    return [(key, value, float(score)) for key, value, score in rows]
 
 
 def rrf(rankings: Sequence[Sequence[str]], k: int = RRF_K) -> list[tuple[str, float]]:

@@ -107,7 +107,7 @@ async def search_docs(
     """Top-k chunks of one corpus for a query, best first, as plain dicts.
 
     mode: "dense" (embedding similarity; score = cosine similarity), "fts" (Postgres full-text, any query
-    word; score = ts_rank_cd) or "hybrid" (reciprocal-rank fusion, k=60, of both; score = fused RRF score).
+    word; score = BM25) or "hybrid" (reciprocal-rank fusion, k=60, of both; score = fused RRF score).
     None means DEFAULT_SEARCH_MODE.
     """
     ns = docs_namespace(namespace)

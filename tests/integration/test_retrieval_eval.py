@@ -85,3 +85,24 @@ async def test_ensure_fts_index_idempotent(corpora):
             await conn.execute("SELECT count(*) AS n FROM pg_indexes WHERE indexname = %s", (FTS_INDEX,))
         ).fetchone()
     assert row["n"] == 1
+
+
+async def test_fts_a_rare_word_outranks_common_ones(db, tmp_path):
+    """BM25: "liveness" is in one chunk, "server", "endpoint" and "check" in every other one, close together.
+    Ranked by ts_rank_cd (no idf) the chunks holding three common query words came first; the one holding the
+    rare word has to win."""
+    from memory.ingest import ingest_paths
+    from memory.search import search_docs
+
+    common = "Check the server endpoint. The server endpoint check runs often."
+    pages = {f"p{i}.md": f"# Page {i}\n\n{common} Topic {i} is covered in this page.\n" for i in range(8)}
+    pages["probe.md"] = "# Probes\n\nThe liveness of a process is reported by its health route.\n"
+    for name, text in pages.items():
+        (tmp_path / name).write_text(text)
+    await ingest_paths(db.store, [tmp_path], namespace="rare-words", root=tmp_path)
+    hits = await search_docs(
+        db.store, "Which server endpoint is the liveness check?", namespace="rare-words", k=3, mode="fts"
+    )
+    assert hits[0]["source"] == "probe.md", [(h["source"], h["score"]) for h in hits]
+    # Words in every other chunk still rank (a small positive weight), below the rare match.
+    assert len(hits) == 3 and all(h["score"] > 0 for h in hits)
