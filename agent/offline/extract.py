@@ -20,7 +20,7 @@ from agent.offline.questions import (
     KIND_TESTS,
     QUANTITY_RE,
     SOLUTION_RE,
-    names_solution,
+    names_concrete,
     question_kind,
     question_parts,
 )
@@ -52,20 +52,55 @@ __all__ = [
 ]
 
 SOLUTION_LOOKAHEAD = 2
-"""How many sentences after a how-to answer's best sentence, in its paragraph, may name the solution."""
+"""How many sentences after a sentence about a how-to question, in its passage, may name the solution."""
+
+ANCHOR_MARGIN = 0.15
+"""A sentence scoring within this margin of the best one may anchor the solution that follows it."""
 
 
-def _solution_after(sentences: list[Sentence], picked: list[int]) -> tuple[int, int] | None:
-    """(a picked sentence, the sentence naming a solution at most `SOLUTION_LOOKAHEAD` sentences after it in
-    its paragraph), for the best-ranked picked sentence that has one; None if none has."""
+def _solution_after(
+    sentences: list[Sentence], sims: list[float], anchors: list[int], skip: set[int]
+) -> tuple[int, int] | None:
+    """(an anchor, the sentence at most `SOLUTION_LOOKAHEAD` sentences after it in its passage that names
+    something concrete to type or run), the follower most similar to the question; None if no anchor has one.
+    The follower needs no similarity of its own: the anchor says it is about the question ("One way is to
+    build the names automatically." followed by "To enable this, pass the auto_envvar_prefix parameter.")."""
+    best: tuple[float, int, int] | None = None
+    for rank, i in enumerate(anchors):
+        first = sentences[i]
+        for j, s in enumerate(sentences):
+            if (
+                j not in skip
+                and s.doc == first.doc
+                and 0 < s.position - first.position <= SOLUTION_LOOKAHEAD
+                and names_concrete(s)
+            ):
+                key = (sims[j] - 0.01 * rank, i, j)
+                if best is None or key[0] > best[0]:
+                    best = key
+    return (best[1], best[2]) if best is not None else None
+
+
+def _next_covering(
+    sentences: list[Sentence], sims: list[float], picked: list[int], question_stems: list[str]
+) -> tuple[int, int] | None:
+    """(a picked sentence, the next sentence of its paragraph) when that next sentence names a word of the
+    question that no picked sentence names and is itself about the question: the answer continues there
+    ("`KEEL_EMBEDDINGS` selects another provider." then "Unset means Keel's default model, ...")."""
+    covered = {t for i in picked for t in sentences[i].stems}
+    missing = {t for t in question_stems if t not in covered}
+    if not missing:
+        return None
     for i in picked:
         first = sentences[i]
         for j, s in enumerate(sentences):
             if (
-                s.doc == first.doc
+                j not in picked
+                and s.doc == first.doc
                 and s.unit == first.unit
-                and 0 < s.position - first.position <= SOLUTION_LOOKAHEAD
-                and names_solution(s)
+                and s.position == first.position + 1
+                and sims[j] >= ANSWER_MIN_SIMILARITY
+                and missing & set(s.stems)
             ):
                 return i, j
     return None
@@ -207,14 +242,23 @@ def extractive_answer(
         ):
             continue
         picked.append(i)
-    # A how-to answer's sentences often restate the problem ("By default, X is not ..."), and the next sentence
-    # or two of the same paragraph name the solution ("This can be changed by passing ..."): quote it too.
-    if kind == "how" and not any(names_solution(sentences[i]) for i in picked):
-        follower = _solution_after(sentences, picked)
+    # A how-to answer's sentences often restate the problem ("By default, X is not ..."; "There is also the
+    # case of wanting ..."), and the next sentence or two name the solution ("This can be changed by passing
+    # ..."; "To enable this feature, the auto_envvar_prefix parameter ..."): quote it, after its anchor.
+    if kind == "how" and not any(names_concrete(sentences[i]) for i in picked):
+        anchors = [i for i in order if scores[i] >= top - ANCHOR_MARGIN and sims[i] >= ANSWER_MIN_SIMILARITY]
+        follower = _solution_after(sentences, sims, anchors, set(picked))
         if follower is not None:
             anchor, j = follower
             rest = [i for i in picked if i != anchor]
             picked = [anchor, j, *rest][:max_sentences]
+    # An answer that leaves a word of the question unsaid may continue in the next sentence of its paragraph.
+    elif picked:
+        covering = _next_covering(sentences, sims, picked, question_stems)
+        if covering is not None:
+            anchor, j = covering
+            at = picked.index(anchor) + 1
+            picked = [*picked[:at], j, *picked[at:]][:max_sentences]
     # A question that asks for a kind of answer (a how-to: code or an instruction; how long/how many: a number)
     # gets the best sentence of that kind too when none of the picked ones is, if it is nearly as good.
     wanted = KIND_TESTS.get(kind)

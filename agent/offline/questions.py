@@ -16,6 +16,13 @@ SOLUTION_RE = re.compile(
     r"|\byou can\b|\bby (?:setting|running|passing|adding|starting|calling)\b|`[A-Z][A-Z0-9_]{2,}`|`keel [a-z]"
 )
 
+CONCRETE_RE = re.compile(
+    r"`[^`]+`|\b[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b|\b\w+=\S|\b[\w.]+\(\)|(?<![\w-])--[a-z][\w-]*|\\[a-z]\b"
+    r"|\b[\w-]+\.(?:py|toml|cfg|ini|json|ya?ml|txt)\b"
+)
+"""Something a reader can type: code in backticks, an identifier (`auto_envvar_prefix`), `name=value`, a call
+(`isolated_filesystem()`), a `--flag`, an escape (`\\b`), a file name (`setup.py`)."""
+
 DEFINITION_QUESTION_RE = re.compile(r"(?i)^what (?:is|are) (?:the |a |an )?([^?]{2,60}?)\s*\??$")
 """A question asking what something is: the sentence that says "X is ..." names the answer."""
 
@@ -53,6 +60,11 @@ KIND_TESTS: dict[str, Callable[[Sentence], bool]] = {
 
 def names_solution(s: Sentence) -> bool:
     return bool(SOLUTION_RE.search(s.text) or s.code or s.example)
+
+
+def names_concrete(s: Sentence) -> bool:
+    """Whether a sentence names something the reader can type or run (see `CONCRETE_RE`), or shows code."""
+    return bool(s.code or s.example or CONCRETE_RE.search(s.text))
 
 
 def question_kind(question: str) -> str:

@@ -1,0 +1,78 @@
+"""Sentence selection of the offline engine: the answer continues past the sentence that is about the question
+to the one that names the solution, or the word of the question it left unsaid."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.offline.extract import extractive_answer
+from agent.offline.messages import Document
+from agent.offline.semantic import EmbeddingCache
+from memory.embeddings import get_embeddings
+
+ENVVARS = [
+    Document(
+        "1",
+        "arguments.html",
+        "Arguments > Environment Variables",
+        "Like options, arguments can also grab values from an environment variable. Unlike options, however, "
+        "this is only supported for explicitly named environment variables.",
+    ),
+    Document(
+        "2",
+        "options.html",
+        "Options > Values from Environment Variables",
+        "A very useful feature of Click is the ability to accept parameters from environment variables in "
+        "addition to regular parameters. This allows tools to be automated much easier. There are two ways "
+        "to do that.\n\nOne is to automatically build environment variables which is supported for options "
+        "only. To enable this feature, the auto_envvar_prefix parameter needs to be passed to the script "
+        "that is invoked.\n\nThe second option is to manually pull values in from specific environment "
+        "variables by defining the name of the environment variable on the option.",
+    ),
+]
+
+EMBEDDINGS = [
+    Document(
+        "1",
+        "docs/operations.md",
+        "Running Keel in production > Configuration",
+        "- `KEEL_EMBEDDINGS` selects another embeddings provider, as `provider:model` for `init_embeddings`.\n"
+        "  Unset means Keel's default embedding model, the offline all-MiniLM-L6-v2.\n"
+        "- `KEEL_EMBED_DIMS` is the vector size of the `KEEL_EMBEDDINGS` model.\n",
+    ),
+    Document(
+        "2",
+        "docs/memory.md",
+        "Long-term memory > Changing the embedding model",
+        "The embedding model and its vector size are recorded with the index the first time Keel starts. "
+        "Starting Keel with a different `KEEL_EMBEDDINGS` fails with a message that names both models.",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def embedder() -> object:
+    return EmbeddingCache().wrap(get_embeddings())
+
+
+def test_a_how_to_answer_quotes_the_identifier_that_follows_the_sentence_about_the_question(
+    embedder: object,
+) -> None:
+    question = "How can a Click program read option values from environment variables automatically?"
+    answer = extractive_answer(question, ENVVARS, 3, embedder)  # type: ignore[arg-type]
+    body = answer.split("Sources:")[0]
+    assert "auto_envvar_prefix" in body
+    # The solution is quoted after the sentence that says what it is the solution to.
+    assert body.index("automatically build environment variables") < body.index("auto_envvar_prefix")
+
+
+def test_an_answer_continues_in_the_next_sentence_when_it_names_what_the_question_asks(
+    embedder: object,
+) -> None:
+    answer = extractive_answer(
+        "Which embedding model does Keel use by default?",
+        EMBEDDINGS,
+        3,
+        embedder,  # type: ignore[arg-type]
+    )
+    assert "all-MiniLM-L6-v2" in answer.split("Sources:")[0]
