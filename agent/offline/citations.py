@@ -27,6 +27,9 @@ def _index_key(index: str) -> tuple[int, str]:
 
 def render_answer(docs: Sequence[Document], sentences: list[Sentence], picked: list[int]) -> str:
     """Best passage first, reading order within each passage; citations, code blocks, then the sources."""
+    # A list item quoted with its introduction's list is not quoted again on its own.
+    intros = {(sentences[i].doc, sentences[i].position) for i in picked if sentences[i].items}
+    picked = [i for i in picked if (sentences[i].doc, sentences[i].listed_under) not in intros]
     doc_order = list(dict.fromkeys(sentences[i].doc for i in picked))
     ordered = sorted(picked, key=lambda i: (doc_order.index(sentences[i].doc), sentences[i].position))
     paragraphs: list[str] = []

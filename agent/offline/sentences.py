@@ -56,6 +56,8 @@ class Sentence:
     """The list items that follow this sentence, when the sentence introduces them ("...:")."""
     unit: int = -1
     """The paragraph (unit) of its passage the sentence belongs to."""
+    listed_under: int = -1
+    """For a list item that is also one of the items its introduction quotes: the introduction's position."""
     example: str = ""
     """The code example right after the sentence's paragraph (at most `EXAMPLE_MAX_LINES` lines)."""
 
@@ -134,7 +136,9 @@ def passage_units(text: str) -> list[Unit]:
 def split_sentences(unit: str) -> list[str]:
     out: list[str] = []
     for piece in SENTENCE_SPLIT_RE.split(unit):
-        if out and out[-1].casefold().endswith(_ABBREVIATIONS):
+        if out and (out[-1].casefold().endswith(_ABBREVIATIONS) or piece[:1].islower()):
+            # An abbreviation, or a "!" or "?" inside a sentence ("print the string Aborted! to standard
+            # error"): a sentence never starts in lower case.
             out[-1] += " " + piece
         else:
             out.append(piece)
@@ -175,7 +179,14 @@ def passage_sentences(docs: Sequence[Document]) -> list[Sentence]:
                 position += 1
                 continue
             if unit.kind == "item" and intro is not None and len(intro.items) < INTRO_MAX_ITEMS:
-                intro.items.append(CITATION_RE.sub("", unit.text))
+                item = CITATION_RE.sub("", unit.text)
+                intro.items.append(item)
+                # An item that is a sentence answers on its own too ("If an Abort exception is raised, print
+                # ..."): quotable alone, and not repeated when its introduction is quoted with the list.
+                if len(WORD_RE.findall(item.casefold())) > ITEM_MAX_WORDS and _TERMINAL_RE.search(item):
+                    listed = Sentence(d, position, item, "item", stems(item), unit=u)
+                    listed.listed_under = intro.position
+                    sentences.append(listed)
                 position += 1
                 continue
             intro = None

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from agent.offline.citations import render_answer
 from agent.offline.extract import extractive_answer
 from agent.offline.messages import Document
 from agent.offline.semantic import EmbeddingCache
+from agent.offline.sentences import passage_sentences, split_sentences
 from memory.embeddings import get_embeddings
 
 ENVVARS = [
@@ -76,3 +78,35 @@ def test_an_answer_continues_in_the_next_sentence_when_it_names_what_the_questio
         embedder,  # type: ignore[arg-type]
     )
     assert "all-MiniLM-L6-v2" in answer.split("Sources:")[0]
+
+
+ERRORS = [
+    Document(
+        "1",
+        "exceptions.html",
+        "Exception Handling > Where are Errors Handled?",
+        "The logic applied is the following:\n\n"
+        "- If an EOFError or KeyboardInterrupt happens, reraise it as Abort.\n"
+        "- If an Abort exception is raised print the string Aborted! to standard error and exit the program "
+        "with exit code 1.\n"
+        "- if it goes through well, exit the program with exit code 0.\n",
+    ),
+]
+
+
+def test_an_exclamation_inside_a_sentence_does_not_end_it() -> None:
+    assert split_sentences("Click prints the string Aborted! to standard error. Then it exits.") == [
+        "Click prints the string Aborted! to standard error.",
+        "Then it exits.",
+    ]
+
+
+def test_a_list_item_under_an_introduction_is_quotable_on_its_own_and_not_repeated() -> None:
+    sentences = passage_sentences(ERRORS)
+    item = next(i for i, s in enumerate(sentences) if s.text.startswith("If an Abort exception"))
+    assert sentences[item].text.endswith("exit code 1.")
+    intro = next(i for i, s in enumerate(sentences) if s.items)
+    alone = render_answer(ERRORS, sentences, [item])
+    assert alone.startswith("If an Abort exception is raised print the string Aborted!")
+    both = render_answer(ERRORS, sentences, [intro, item])
+    assert both.count("If an Abort exception") == 1
