@@ -33,6 +33,10 @@ INTRO_MAX_ITEMS = 6
 ITEM_MAX_WORDS = 12
 """A list item without a full stop and longer than this is a sentence that a chunk boundary cut off."""
 
+_INLINED_SNIPPET_RE = re.compile(r":\s+`[^`]+`$")
+"""A sentence that ends in the one-line snippet it introduced ("Enter the following command: `$ pip install
+click`"): `passage_units` inlines a one-line code block after a sentence ending in ":"."""
+
 _TERMINAL_RE = re.compile(r"[.!?:][)\"'`*_\]]*$")
 
 
@@ -153,7 +157,7 @@ def _whole(text: str, kind: str, *, first: bool, last: bool) -> bool:
         return False  # the chunk starts mid-sentence
     if text.endswith((",", ";", "-", "—", "(")):
         return False  # dangling: the rest was cut off
-    if _TERMINAL_RE.search(text):
+    if _TERMINAL_RE.search(text) or _INLINED_SNIPPET_RE.search(text):
         return True
     # A list item or table row needs no full stop, unless it is as long as a sentence (then it was cut off).
     return kind == "item" and not last and len(text.split()) <= ITEM_MAX_WORDS

@@ -110,3 +110,35 @@ def test_a_list_item_under_an_introduction_is_quotable_on_its_own_and_not_repeat
     assert alone.startswith("If an Abort exception is raised print the string Aborted!")
     both = render_answer(ERRORS, sentences, [intro, item])
     assert both.count("If an Abort exception") == 1
+
+
+INSTALL = [
+    Document(
+        "1",
+        "index.html",
+        "Welcome to Click",
+        "Click is a Python package for creating beautiful command line interfaces in a composable way with as "
+        "little code as necessary. It is highly configurable but comes with sensible defaults out of the box.",
+    ),
+    Document(
+        "2",
+        "quickstart.html",
+        "Quickstart > virtualenv",
+        "After doing this, the prompt of your shell should be as familiar as before.\n\n"
+        "Now, let's move on. Enter the following command to get Click activated in your virtualenv:\n\n"
+        "```\n$ pip install click\n```\n\nA few seconds later and you are good to go.",
+    ),
+]
+
+
+def test_a_sentence_ending_in_the_one_line_command_it_introduces_is_whole() -> None:
+    texts = [s.text for s in passage_sentences(INSTALL[1:])]
+    assert (
+        "Enter the following command to get Click activated in your virtualenv: `$ pip install click`"
+        in texts
+    )
+
+
+def test_a_how_to_answer_prefers_the_sentence_with_the_command(embedder: object) -> None:
+    answer = extractive_answer("How do I install Click?", INSTALL, 3, embedder)  # type: ignore[arg-type]
+    assert "pip install click" in answer.split("Sources:")[0]
