@@ -18,10 +18,10 @@ SOLUTION_RE = re.compile(
 
 CONCRETE_RE = re.compile(
     r"`[^`]+`|\b[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b|\b\w+=\S|\b[\w.]+\(\)|(?<![\w-])--[a-z][\w-]*|\\[a-z]\b"
-    r"|\b[\w-]+\.(?:py|toml|cfg|ini|json|ya?ml|txt)\b"
+    r"|\b[\w-]+\.(?:py|toml|cfg|ini|json|ya?ml|txt)\b|\b[A-Z][a-z0-9]+[A-Z]\w*"
 )
 """Something a reader can type: code in backticks, an identifier (`auto_envvar_prefix`), `name=value`, a call
-(`isolated_filesystem()`), a `--flag`, an escape (`\\b`), a file name (`setup.py`)."""
+(`isolated_filesystem()`), a `--flag`, an escape (`\\b`), a file name (`setup.py`), a CamelCase class name (`CliRunner`)."""
 
 DEFINITION_QUESTION_RE = re.compile(r"(?i)^what (?:is|are) (?:the |a |an )?([^?]{2,60}?)\s*\??$")
 """A question asking what something is: the sentence that says "X is ..." names the answer."""

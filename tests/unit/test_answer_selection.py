@@ -8,8 +8,9 @@ import pytest
 from agent.offline.citations import render_answer
 from agent.offline.extract import extractive_answer
 from agent.offline.messages import Document
+from agent.offline.questions import names_concrete
 from agent.offline.semantic import EmbeddingCache
-from agent.offline.sentences import passage_sentences, split_sentences
+from agent.offline.sentences import Sentence, passage_sentences, split_sentences
 from memory.embeddings import get_embeddings
 
 ENVVARS = [
@@ -142,3 +143,14 @@ def test_a_sentence_ending_in_the_one_line_command_it_introduces_is_whole() -> N
 def test_a_how_to_answer_prefers_the_sentence_with_the_command(embedder: object) -> None:
     answer = extractive_answer("How do I install Click?", INSTALL, 3, embedder)  # type: ignore[arg-type]
     assert "pip install click" in answer.split("Sources:")[0]
+
+
+def test_a_class_name_is_something_concrete_to_use() -> None:
+    def sentence(text: str) -> Sentence:
+        return Sentence(0, 0, text, "prose")
+
+    assert names_concrete(
+        sentence("The basic functionality for testing is the CliRunner which invokes commands.")
+    )
+    assert names_concrete(sentence("To enable this, the auto_envvar_prefix parameter needs to be passed."))
+    assert not names_concrete(sentence("Click provides a module that helps you test applications."))
