@@ -218,7 +218,7 @@ def extractive_answer(
         lexical = sum(w for t, w in idf.items() if t in stem_sets[i]) / total
         s = sentences[i]
         cue = CUE_BONUS if (SOLUTION_RE.search(s.text) or s.code or s.example) else 0.0
-        if kind == "how" and (SOLUTION_RE.search(s.text) or names_concrete(s) or s.items):
+        if kind == "how" and (SOLUTION_RE.search(s.text) or s.code or s.example or s.items or s.inline_code):
             cue = TYPE_BONUS  # a how-to question: the instruction, the command, the code
         elif kind == "quantity" and QUANTITY_RE.search(s.text):
             cue = TYPE_BONUS  # how long / how many: a number with its unit

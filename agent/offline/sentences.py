@@ -60,6 +60,9 @@ class Sentence:
     """The list items that follow this sentence, when the sentence introduces them ("...:")."""
     unit: int = -1
     """The paragraph (unit) of its passage the sentence belongs to."""
+    inline_code: bool = False
+    """The sentence ends in the one-line command it introduces (`passage_units` inlines a one-line code block
+    after a sentence ending in ":"): it introduces code like a sentence that carries a code block."""
     listed_under: int = -1
     """For a list item that is also one of the items its introduction quotes: the introduction's position."""
     example: str = ""
@@ -202,6 +205,7 @@ def passage_sentences(docs: Sequence[Document]) -> list[Sentence]:
                     text, unit.kind, first=first, last=last
                 ):
                     sentence = Sentence(d, position, text, unit.kind, stems(text), unit=u)
+                    sentence.inline_code = _INLINED_SNIPPET_RE.search(text) is not None
                     sentences.append(sentence)
                     intro = sentence if text.endswith(":") and p == len(pieces) - 1 else None
                 position += 1

@@ -154,3 +154,32 @@ def test_a_class_name_is_something_concrete_to_use() -> None:
     )
     assert names_concrete(sentence("To enable this, the auto_envvar_prefix parameter needs to be passed."))
     assert not names_concrete(sentence("Click provides a module that helps you test applications."))
+
+
+CHAINING = [
+    Document(
+        "1",
+        "commands.html",
+        "Commands and Groups > Multi Command Chaining",
+        "It is also not possible to nest multi commands below chained multicommands. Other than that there are no restrictions on how they work. They can accept options and arguments as normal. The order between options and arguments is limited for chained commands. Currently only --options argument order is allowed.\n\nAnother note: the Context.invoked_subcommand attribute is a bit useless for multi commands as it will give '*' as value if more than one command is invoked. This is necessary because the handling of subcommands happens one after another so the exact subcommands that will be handled are not yet available when the callback fires.\n\nNote\n\nIt is currently not possible for chain commands to be nested. This will be fixed in future versions of Click.",
+    ),
+    Document(
+        "2",
+        "commands.html",
+        "Commands and Groups > Multi Command Chaining",
+        "## Multi Command Chaining\n\nChangelog\n\nNew in version 3.0.\n\nSometimes it is useful to be allowed to invoke more than one subcommand in one go. For instance if you have installed a setuptools package before you might be familiar with the setup.py sdist bdist_wheel upload command chain which invokes sdist before bdist_wheel before upload. Starting with Click 3.0 this is very simple to implement. All you have to do is to pass chain=True to your multicommand:",
+    ),
+    Document(
+        "3",
+        "commands.html",
+        "Commands and Groups > Multi Command Chaining",
+        "Starting with Click 3.0 this is very simple to implement. All you have to do is to pass chain=True to your multicommand:\n\n```\n@click.group(chain=True)\ndef cli():\n    pass\n\n\n@cli.command('sdist')\ndef sdist():\n    click.echo('sdist called')\n\n\n@cli.command('bdist_wheel')\ndef bdist_wheel():\n    click.echo('bdist_wheel called')\n```\n\nNow you can invoke it like this:\n\n```\n$ setup.py sdist bdist_wheel\nsdist called\nbdist_wheel called\n```\n\nWhen using multi command chaining you can only have one command (the last) use nargs=-1 on an argument. It is also not possible to nest multi commands below chained multicommands.",
+    ),
+]
+
+
+def test_an_identifier_alone_does_not_make_a_sentence_a_how_to_answer(embedder: object) -> None:
+    # "Context.invoked_subcommand" names something, but the sentence is a note about it, not the way to do it.
+    question = "How do I allow invoking several subcommands in one call?"
+    answer = extractive_answer(question, CHAINING, 3, embedder)  # type: ignore[arg-type]
+    assert "chain=True" in answer.split("Sources:")[0]
