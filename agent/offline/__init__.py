@@ -9,8 +9,8 @@ extractive answer), `critic` (grading a draft), `tools` (tool commands, forced t
 `summary` (the history summary), `messages` (reading the prompt) and `text` (words and stems).
 """
 
+from agent.offline.citations import NO_ANSWER_TEXT, SOURCES_HEADER
 from agent.offline.critic import CRITIC_TOOL_NAME
-from agent.offline.extract import NO_ANSWER_TEXT, SOURCES_HEADER
 from agent.offline.model import OfflineChatModel
 from agent.offline.tools import TOOL_COMMAND
 

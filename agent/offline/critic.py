@@ -6,15 +6,10 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from agent.offline.extract import (
-    NO_ANSWER_TEXT,
-    SOLUTION_RE,
-    document_sentences,
-    judge,
-    question_kind,
-    question_similarities,
-)
+from agent.offline.citations import NO_ANSWER_TEXT
+from agent.offline.extract import judge, question_similarities
 from agent.offline.messages import Document
+from agent.offline.questions import SOLUTION_RE, question_kind
 from agent.offline.semantic import (
     ANSWER_MIN_SIMILARITY,
     FULL_ANSWER_SPAN,
@@ -22,6 +17,7 @@ from agent.offline.semantic import (
     Embedder,
     cosine_rows,
 )
+from agent.offline.sentences import document_sentences
 from agent.offline.text import CITATION_RE, SENTENCE_SPLIT_RE, WORD_RE, followup_context, stems, terms
 from agent.offline.tools import TOOL_COMMAND, parse_tool_command
 

@@ -9,8 +9,9 @@ from langchain_core.messages import AIMessage, HumanMessage
 
 from agent.nodes.retrieve import followup_query, interleave, search_query
 from agent.offline.critic import critique
-from agent.offline.extract import extractive_answer, question_kind
+from agent.offline.extract import extractive_answer
 from agent.offline.messages import Document
+from agent.offline.questions import question_kind
 from agent.offline.semantic import EmbeddingCache
 from memory.embeddings import get_embeddings
 

@@ -1,0 +1,185 @@
+"""Sentence selection of the offline engine: the answer continues past the sentence that is about the question
+to the one that names the solution, or the word of the question it left unsaid."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.offline.citations import render_answer
+from agent.offline.extract import extractive_answer
+from agent.offline.messages import Document
+from agent.offline.questions import names_concrete
+from agent.offline.semantic import EmbeddingCache
+from agent.offline.sentences import Sentence, passage_sentences, split_sentences
+from memory.embeddings import get_embeddings
+
+ENVVARS = [
+    Document(
+        "1",
+        "arguments.html",
+        "Arguments > Environment Variables",
+        "Like options, arguments can also grab values from an environment variable. Unlike options, however, "
+        "this is only supported for explicitly named environment variables.",
+    ),
+    Document(
+        "2",
+        "options.html",
+        "Options > Values from Environment Variables",
+        "A very useful feature of Click is the ability to accept parameters from environment variables in "
+        "addition to regular parameters. This allows tools to be automated much easier. There are two ways "
+        "to do that.\n\nOne is to automatically build environment variables which is supported for options "
+        "only. To enable this feature, the auto_envvar_prefix parameter needs to be passed to the script "
+        "that is invoked.\n\nThe second option is to manually pull values in from specific environment "
+        "variables by defining the name of the environment variable on the option.",
+    ),
+]
+
+EMBEDDINGS = [
+    Document(
+        "1",
+        "docs/operations.md",
+        "Running Keel in production > Configuration",
+        "- `KEEL_EMBEDDINGS` selects another embeddings provider, as `provider:model` for `init_embeddings`.\n"
+        "  Unset means Keel's default embedding model, the offline all-MiniLM-L6-v2.\n"
+        "- `KEEL_EMBED_DIMS` is the vector size of the `KEEL_EMBEDDINGS` model.\n",
+    ),
+    Document(
+        "2",
+        "docs/memory.md",
+        "Long-term memory > Changing the embedding model",
+        "The embedding model and its vector size are recorded with the index the first time Keel starts. "
+        "Starting Keel with a different `KEEL_EMBEDDINGS` fails with a message that names both models.",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def embedder() -> object:
+    return EmbeddingCache().wrap(get_embeddings())
+
+
+def test_a_how_to_answer_quotes_the_identifier_that_follows_the_sentence_about_the_question(
+    embedder: object,
+) -> None:
+    question = "How can a Click program read option values from environment variables automatically?"
+    answer = extractive_answer(question, ENVVARS, 3, embedder)  # type: ignore[arg-type]
+    body = answer.split("Sources:")[0]
+    assert "auto_envvar_prefix" in body
+    # The solution is quoted after the sentence that says what it is the solution to.
+    assert body.index("automatically build environment variables") < body.index("auto_envvar_prefix")
+
+
+def test_an_answer_continues_in_the_next_sentence_when_it_names_what_the_question_asks(
+    embedder: object,
+) -> None:
+    answer = extractive_answer(
+        "Which embedding model does Keel use by default?",
+        EMBEDDINGS,
+        3,
+        embedder,  # type: ignore[arg-type]
+    )
+    assert "all-MiniLM-L6-v2" in answer.split("Sources:")[0]
+
+
+ERRORS = [
+    Document(
+        "1",
+        "exceptions.html",
+        "Exception Handling > Where are Errors Handled?",
+        "The logic applied is the following:\n\n"
+        "- If an EOFError or KeyboardInterrupt happens, reraise it as Abort.\n"
+        "- If an Abort exception is raised print the string Aborted! to standard error and exit the program "
+        "with exit code 1.\n"
+        "- if it goes through well, exit the program with exit code 0.\n",
+    ),
+]
+
+
+def test_an_exclamation_inside_a_sentence_does_not_end_it() -> None:
+    assert split_sentences("Click prints the string Aborted! to standard error. Then it exits.") == [
+        "Click prints the string Aborted! to standard error.",
+        "Then it exits.",
+    ]
+
+
+def test_a_list_item_under_an_introduction_is_quotable_on_its_own_and_not_repeated() -> None:
+    sentences = passage_sentences(ERRORS)
+    item = next(i for i, s in enumerate(sentences) if s.text.startswith("If an Abort exception"))
+    assert sentences[item].text.endswith("exit code 1.")
+    intro = next(i for i, s in enumerate(sentences) if s.items)
+    alone = render_answer(ERRORS, sentences, [item])
+    assert alone.startswith("If an Abort exception is raised print the string Aborted!")
+    both = render_answer(ERRORS, sentences, [intro, item])
+    assert both.count("If an Abort exception") == 1
+
+
+INSTALL = [
+    Document(
+        "1",
+        "index.html",
+        "Welcome to Click",
+        "Click is a Python package for creating beautiful command line interfaces in a composable way with as "
+        "little code as necessary. It is highly configurable but comes with sensible defaults out of the box.",
+    ),
+    Document(
+        "2",
+        "quickstart.html",
+        "Quickstart > virtualenv",
+        "After doing this, the prompt of your shell should be as familiar as before.\n\n"
+        "Now, let's move on. Enter the following command to get Click activated in your virtualenv:\n\n"
+        "```\n$ pip install click\n```\n\nA few seconds later and you are good to go.",
+    ),
+]
+
+
+def test_a_sentence_ending_in_the_one_line_command_it_introduces_is_whole() -> None:
+    texts = [s.text for s in passage_sentences(INSTALL[1:])]
+    assert (
+        "Enter the following command to get Click activated in your virtualenv: `$ pip install click`"
+        in texts
+    )
+
+
+def test_a_how_to_answer_prefers_the_sentence_with_the_command(embedder: object) -> None:
+    answer = extractive_answer("How do I install Click?", INSTALL, 3, embedder)  # type: ignore[arg-type]
+    assert "pip install click" in answer.split("Sources:")[0]
+
+
+def test_a_class_name_is_something_concrete_to_use() -> None:
+    def sentence(text: str) -> Sentence:
+        return Sentence(0, 0, text, "prose")
+
+    assert names_concrete(
+        sentence("The basic functionality for testing is the CliRunner which invokes commands.")
+    )
+    assert names_concrete(sentence("To enable this, the auto_envvar_prefix parameter needs to be passed."))
+    assert not names_concrete(sentence("Click provides a module that helps you test applications."))
+
+
+CHAINING = [
+    Document(
+        "1",
+        "commands.html",
+        "Commands and Groups > Multi Command Chaining",
+        "It is also not possible to nest multi commands below chained multicommands. Other than that there are no restrictions on how they work. They can accept options and arguments as normal. The order between options and arguments is limited for chained commands. Currently only --options argument order is allowed.\n\nAnother note: the Context.invoked_subcommand attribute is a bit useless for multi commands as it will give '*' as value if more than one command is invoked. This is necessary because the handling of subcommands happens one after another so the exact subcommands that will be handled are not yet available when the callback fires.\n\nNote\n\nIt is currently not possible for chain commands to be nested. This will be fixed in future versions of Click.",
+    ),
+    Document(
+        "2",
+        "commands.html",
+        "Commands and Groups > Multi Command Chaining",
+        "## Multi Command Chaining\n\nChangelog\n\nNew in version 3.0.\n\nSometimes it is useful to be allowed to invoke more than one subcommand in one go. For instance if you have installed a setuptools package before you might be familiar with the setup.py sdist bdist_wheel upload command chain which invokes sdist before bdist_wheel before upload. Starting with Click 3.0 this is very simple to implement. All you have to do is to pass chain=True to your multicommand:",
+    ),
+    Document(
+        "3",
+        "commands.html",
+        "Commands and Groups > Multi Command Chaining",
+        "Starting with Click 3.0 this is very simple to implement. All you have to do is to pass chain=True to your multicommand:\n\n```\n@click.group(chain=True)\ndef cli():\n    pass\n\n\n@cli.command('sdist')\ndef sdist():\n    click.echo('sdist called')\n\n\n@cli.command('bdist_wheel')\ndef bdist_wheel():\n    click.echo('bdist_wheel called')\n```\n\nNow you can invoke it like this:\n\n```\n$ setup.py sdist bdist_wheel\nsdist called\nbdist_wheel called\n```\n\nWhen using multi command chaining you can only have one command (the last) use nargs=-1 on an argument. It is also not possible to nest multi commands below chained multicommands.",
+    ),
+]
+
+
+def test_an_identifier_alone_does_not_make_a_sentence_a_how_to_answer(embedder: object) -> None:
+    # "Context.invoked_subcommand" names something, but the sentence is a note about it, not the way to do it.
+    question = "How do I allow invoking several subcommands in one call?"
+    answer = extractive_answer(question, CHAINING, 3, embedder)  # type: ignore[arg-type]
+    assert "chain=True" in answer.split("Sources:")[0]
