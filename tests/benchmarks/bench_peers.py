@@ -16,7 +16,8 @@ package, `name==version` lines only) and re-installed when its requirement file 
 be installed or started is reported in the table with the reason, never skipped.
 
 Every peer serves two graphs from one langgraph.json: `noop` (tests/benchmarks/peers/noop_graph.py, four
-no-op nodes) and `agent` (Keel's agent, ./agent/graph.py, offline model, empty knowledge base).
+no-op nodes) and `agent` (Keel's agent, ./agent/graph.py, offline model) over Keel's docs/ loaded into every server's store
+(indexed with the same offline MiniLM: equal retrieval work).
 
 python -m tests.benchmarks.run peers   (or: make bench-peers)
 """
