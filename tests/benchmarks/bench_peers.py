@@ -464,7 +464,10 @@ async def load_corpus(peer: Peer, c: httpx.AsyncClient, corpus: list) -> float:
         if r.json().get("chunks") != want:
             raise RuntimeError(f"Keel ingested {r.json().get('chunks')} chunks, the corpus has {want}")
         return time.perf_counter() - t
-    sem = asyncio.Semaphore(LOAD_CONCURRENCY)
+    # langgraph's InMemoryStore (langgraph dev) embeds a batch of puts keyed by text, so two chunks with the
+    # same text in one batch fail ("Number of embeddings (4) does not match number of indices (5)"): it gets
+    # one put at a time.
+    sem = asyncio.Semaphore(1 if peer.key == "lgdev" else LOAD_CONCURRENCY)
 
     async def put(key: str, value: dict) -> None:
         async with sem:
