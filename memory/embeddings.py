@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -192,16 +193,83 @@ class LocalMiniLMEmbeddings(Embeddings):
         return await asyncio.to_thread(self.embed_query, text)
 
 
+class DeferredEmbeddings(Embeddings):
+    """An embedder built when it is first needed rather than when it is configured.
+
+    The first embed call builds it (`factory()`), once however many callers race; `start()` builds it in a
+    background thread instead, so a server can answer its health route while the model loads and a request
+    that needs it only waits for the rest of that load. A failed build is not kept: the caller gets the
+    error (EmbeddingModelError for the offline model) and the next call tries again.
+    """
+
+    def __init__(self, factory: Callable[[], Embeddings]) -> None:
+        self._factory = factory
+        self._inner: Embeddings | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the embedder has been built."""
+        return self._inner is not None
+
+    def get(self) -> Embeddings:
+        """The embedder, built now if it was not yet (blocking)."""
+        inner = self._inner
+        if inner is None:
+            with self._lock:
+                if self._inner is None:
+                    self._inner = self._factory()
+                inner = self._inner
+        return inner
+
+    def start(self) -> threading.Thread:
+        """Build the embedder in a daemon thread now; a failure is logged and left to the first use."""
+
+        def build() -> None:
+            try:
+                self.get()
+            except Exception as exc:
+                log.warning("could not load the embedding model in the background: %s", exc)
+
+        thread = threading.Thread(target=build, name="keel-embed-load", daemon=True)
+        thread.start()
+        return thread
+
+    async def _aget(self) -> Embeddings:
+        return self._inner if self._inner is not None else await asyncio.to_thread(self.get)
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Embed a list of documents."""
+        return self.get().embed_documents(texts)
+
+    def embed_query(self, text: str) -> list[float]:
+        """Embed one query."""
+        return self.get().embed_query(text)
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Embed documents (the embedder built in a worker thread if it is not yet)."""
+        return await (await self._aget()).aembed_documents(texts)
+
+    async def aembed_query(self, text: str) -> list[float]:
+        """Embed one query (the embedder built in a worker thread if it is not yet)."""
+        return await (await self._aget()).aembed_query(text)
+
+
 _default: LocalMiniLMEmbeddings | None = None
 _default_lock = threading.Lock()
 _tokenizer: Any = None
 
 
-def get_embeddings(name: str | None = None, *, cache_dir: str | Path | None = None) -> Embeddings:
+def get_embeddings(
+    name: str | None = None, *, cache_dir: str | Path | None = None, deferred: bool = False
+) -> Embeddings:
     """The embedder for a config value: None/""/"local"/DEFAULT_EMBEDDINGS → offline MiniLM, else provider:model.
 
-    `cache_dir` keeps the offline model's int8 graph between processes (the first caller's is used)."""
+    `cache_dir` keeps the offline model's int8 graph between processes (the first caller's is used).
+    `deferred`: a DeferredEmbeddings that builds this embedder on first use (or on its `start()`)."""
     global _default
+    if deferred:
+        return DeferredEmbeddings(lambda: get_embeddings(name, cache_dir=cache_dir))
     if name is None or name.strip() in _LOCAL_NAMES:
         with _default_lock:  # one 22 MB session per process, however many callers race to create it
             if _default is None:

@@ -10,7 +10,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from agent.context import Context
 from agent.toolbox import Toolbox
-from memory.embeddings import DEFAULT_EMBEDDINGS, EMBED_DIMS, get_embeddings
+from memory.embeddings import DEFAULT_EMBEDDINGS, EMBED_DIMS, DeferredEmbeddings, get_embeddings
 from server.assistants.graphs import AGENT, build_agent, config_path, load_graphs, load_keel_graph
 from server.assistants.manager import NAMESPACE_GRAPH, Assistants, GraphEntry, system_id
 from server.auth import User
@@ -64,8 +64,14 @@ class GraphExecutor(RunExecutor):
         return await self.by_graph[self.graph_id(h.claim.run)].execute(h)
 
 
-async def open_db(settings: Settings, *, check_embeddings: bool = True) -> Database:
-    """The database from configuration: DATABASE_URL, or the embedded Postgres under KEEL_HOME."""
+async def open_db(
+    settings: Settings, *, check_embeddings: bool = True, embed_load: str = "start"
+) -> Database:
+    """The database from configuration: DATABASE_URL, or the embedded Postgres under KEEL_HOME.
+
+    embed_load (KEEL_EMBED_LOAD for a server): "start" loads the embedding model before returning;
+    "background" starts loading it in a thread once the database is open; "first-use" at the first embedding.
+    """
     server = None
     url = settings.database_url
     if not url:
@@ -73,12 +79,14 @@ async def open_db(settings: Settings, *, check_embeddings: bool = True) -> Datab
         url = server.get_uri()
         log.info("using the embedded Postgres in %s", settings.keel_home.resolve() / "pgdata")
     embeddings = get_embeddings(
-        settings.keel_embeddings, cache_dir=settings.keel_model_cache or settings.keel_home / "models"
+        settings.keel_embeddings,
+        cache_dir=settings.keel_model_cache or settings.keel_home / "models",
+        deferred=embed_load != "start",
     )
     dims = settings.keel_embed_dims or (EMBED_DIMS if not settings.keel_embeddings else None)
     if dims is None:
         raise DatabaseUnavailable("KEEL_EMBED_DIMS must be set together with KEEL_EMBEDDINGS")
-    return await open_database(
+    db = await open_database(
         url,
         embeddings=embeddings,
         dims=dims,
@@ -91,6 +99,9 @@ async def open_db(settings: Settings, *, check_embeddings: bool = True) -> Datab
         check_embeddings=check_embeddings,
         hnsw_ef_search=settings.keel_hnsw_ef_search,
     )
+    if embed_load == "background" and isinstance(embeddings, DeferredEmbeddings):
+        embeddings.start()
+    return db
 
 
 class KeelService:
@@ -184,7 +195,7 @@ class KeelService:
     @classmethod
     async def start(cls, settings: Settings) -> KeelService:
         """Connect (starting the embedded Postgres when DATABASE_URL is unset), migrate, compile."""
-        svc = cls(settings, await open_db(settings))
+        svc = cls(settings, await open_db(settings, embed_load=settings.keel_embed_load))
         await svc.assistants.ready()  # each graph's system assistant (every process; one row each)
         await svc.import_mcp_tools()
         return svc

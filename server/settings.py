@@ -43,6 +43,11 @@ class Settings(BaseSettings):
         default=None,
         description="where the offline embedding model's int8 graph is kept (default KEEL_HOME/models)",
     )
+    keel_embed_load: Literal["background", "first-use", "start"] = Field(
+        default="background",
+        description="when `keel serve` loads the offline embedding model: in a thread right after start (the "
+        "health route answers meanwhile), at the first embedding, or before serving",
+    )
     keel_api_keys: str = Field(
         default="", description="comma-separated key:user_id[:role+role[:tenant]]; empty = single local user"
     )

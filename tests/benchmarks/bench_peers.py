@@ -16,7 +16,8 @@ package, `name==version` lines only) and re-installed when its requirement file 
 be installed or started is reported in the table with the reason, never skipped.
 
 Every peer serves two graphs from one langgraph.json: `noop` (tests/benchmarks/peers/noop_graph.py, four
-no-op nodes) and `agent` (Keel's agent, ./agent/graph.py, offline model, empty knowledge base).
+no-op nodes) and `agent` (Keel's agent, ./agent/graph.py, offline model) over Keel's docs/ loaded into every server's store
+(indexed with the same offline MiniLM: equal retrieval work).
 
 python -m tests.benchmarks.run peers   (or: make bench-peers)
 """
@@ -50,6 +51,22 @@ PEERS_DIR = Path(__file__).resolve().parent / "peers"
 VENVS = ROOT / ".venv" / "peers"
 NOOP_PATH = PEERS_DIR / "noop_graph.py"
 AGENT_PATH = ROOT / "agent" / "graph.py"
+EMBED_PATH = PEERS_DIR / "embed.py"
+DOCS_DIR = ROOT / "docs"
+CORPUS = "default"  # the agent's Context.namespace: it reads ("docs", "default")
+LOAD_CONCURRENCY = 8
+# The store index every peer that can take one gets: Keel's offline MiniLM on the chunks' "text" (Keel's own
+# index embeds the same field with the same model).
+STORE_INDEX = {"embed": f"{EMBED_PATH}:embeddings", "dims": 384, "fields": ["text"]}
+LAUNCHER = PEERS_DIR / "indexed_store.py"
+# Peers whose store never gets an index from their config: started through LAUNCHER, which hands the
+# AsyncPostgresStore they create the index of LANGGRAPH_STORE (see that file for what each one lacks).
+INDEX_BY_LAUNCHER = {
+    "aegra": "Aegra 0.6.0 passes `store.index` to AsyncPostgresStore as it is: `embed` can only be a LangChain "
+    "`provider:model` string, no `path.py:function`",
+    "lgpg": "langgraph-runtime-pg 0.11.1.post1 creates `AsyncPostgresStore(pool)` without an index: "
+    "`LANGGRAPH_STORE` never reaches it",
+}
 
 GRAPHS = ("noop", "agent")
 INPUTS = {
@@ -191,6 +208,8 @@ def _config(tmp: Path, peer: Peer) -> Path:
         "graphs": {"noop": f"{NOOP_PATH}:graph", "agent": f"{AGENT_PATH}:graph"},
         "env": {},
     }
+    if peer.key == "lgdev":  # Keel's store has its own index; Aegra and runtime-pg get it from LAUNCHER
+        cfg["store"] = {"index": STORE_INDEX}
     (d / "langgraph.json").write_text(json.dumps(cfg))
     return d
 
@@ -198,7 +217,7 @@ def _config(tmp: Path, peer: Peer) -> Path:
 def _start(peer: Peer, tmp: Path, admin: str, redis_port: int | None) -> None:
     """Start (or restart, for the recovery row) the peer's server processes; the database is kept."""
     d = _config(tmp, peer)
-    env = dict(BASE_ENV)
+    env = dict(BASE_ENV) | {"KEEL_MODEL_CACHE": str(tmp / "models")}
     py = str(peer.python)
     if peer.key == "keel":
         env |= {
@@ -233,8 +252,18 @@ def _start(peer: Peer, tmp: Path, admin: str, redis_port: int | None) -> None:
             "AEGRA_CONFIG": str(d / "langgraph.json"),
             "LOG_LEVEL": "WARNING",
             "ENV_MODE": "PRODUCTION",
+            "LANGGRAPH_STORE": json.dumps({"index": STORE_INDEX}),
         }
-        args = [py, "-m", "uvicorn", "aegra_api.main:app", "--host", "127.0.0.1", "--port", str(peer.port)]
+        args = [
+            py,
+            str(LAUNCHER),
+            "aegra",
+            "aegra_api.main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(peer.port),
+        ]
         args += ["--log-level", "warning", "--no-access-log"]
     else:
         graphs = json.loads((d / "langgraph.json").read_text())["graphs"]
@@ -243,12 +272,13 @@ def _start(peer: Peer, tmp: Path, admin: str, redis_port: int | None) -> None:
             "DATABASE_URI": peer.db or "",
             "REDIS_URI": f"redis://127.0.0.1:{redis_port}",
             "LANGSERVE_GRAPHS": json.dumps(graphs),
+            "LANGGRAPH_STORE": json.dumps({"index": STORE_INDEX}),
             "LOG_LEVEL": "WARNING",
         }
         args = [
             py,
-            "-m",
-            "uvicorn",
+            str(LAUNCHER),
+            "lgpg",
             "langgraph_api.server:app",
             "--host",
             "127.0.0.1",
@@ -324,6 +354,12 @@ def check_output(graph: str, out: object) -> str | None:
     msgs = out.get("messages")
     if not isinstance(msgs, list) or len(msgs) < 2 or msgs[-1].get("type") != "ai":
         return f"no AI answer: {str(out)[:200]}"
+    # Equal work: the answer must come from passages of the loaded corpus, not from an empty search.
+    docs = [s for s in out.get("sources") or [] if isinstance(s, dict) and s.get("source") != "memory"]
+    if not docs:
+        return f"the agent found no passages (empty search): {str(msgs[-1].get('content'))[:160]}"
+    if not re.search(r"\[\d+\]", str(msgs[-1].get("content"))):
+        return f"the answer cites no passage: {str(msgs[-1].get('content'))[:160]}"
     return None
 
 
@@ -379,6 +415,77 @@ async def _ttfe(c: httpx.AsyncClient, graph: str, n: int) -> list[float]:
             raise RuntimeError("runs/stream ended without a non-metadata event")
         out.append(first)
     return out
+
+
+# ------------------------------------------------------------------------------------------ corpus
+
+
+def corpus_chunks() -> list[tuple[str, bytes, list[tuple[str, dict]]]]:
+    """Keel's docs/ as `keel ingest docs/` chunks them (memory.ingest.prepare_document, default sizes, source
+    names relative to the checkout): (source, file bytes, [(key, store value)]) per file, keys and values as
+    Keel's ingest writes them."""
+    from memory.ingest import content_hash, prepare_document
+
+    out = []
+    for path in sorted(DOCS_DIR.glob("*.md")):
+        source = path.relative_to(ROOT).as_posix()
+        data = path.read_bytes()
+        doc = prepare_document(source, data)
+        items = [
+            (
+                f"{source}#{c.index}",
+                {
+                    "text": c.text,
+                    "source": source,
+                    "title": doc.title,
+                    "heading": c.heading,
+                    "chunk_index": c.index,
+                    "content_hash": content_hash(c.text),
+                    "file_hash": doc.file_hash,
+                },
+            )
+            for c in doc.chunks
+        ]
+        out.append((source, data, items))
+    return out
+
+
+async def load_corpus(peer: Peer, c: httpx.AsyncClient, corpus: list) -> float:
+    """The corpus into the peer's store through its own API (Keel: POST /knowledge/ingest, which chunks as
+    above; the others: PUT /store/items per chunk, namespace ("docs", CORPUS), embedded by the server's index
+    where it has one). Returns the seconds it took."""
+    t = time.perf_counter()
+    if peer.key == "keel":
+        docs = [{"source": s, "content": d.decode()} for s, d, _ in corpus]
+        r = await c.post("/knowledge/ingest", json={"namespace": CORPUS, "documents": docs}, timeout=600)
+        if r.status_code != 200:
+            raise RuntimeError(f"POST /knowledge/ingest -> {r.status_code}: {r.text[:300]}")
+        want = sum(len(items) for _, _, items in corpus)
+        if r.json().get("chunks") != want:
+            raise RuntimeError(f"Keel ingested {r.json().get('chunks')} chunks, the corpus has {want}")
+        return time.perf_counter() - t
+    # langgraph's InMemoryStore (langgraph dev) embeds a batch of puts keyed by text, so two chunks with the
+    # same text in one batch fail ("Number of embeddings (4) does not match number of indices (5)"): it gets
+    # one put at a time.
+    sem = asyncio.Semaphore(1 if peer.key == "lgdev" else LOAD_CONCURRENCY)
+
+    async def put(key: str, value: dict) -> None:
+        async with sem:
+            body = {"namespace": ["docs", CORPUS], "key": key, "value": value}
+            r = await c.put("/store/items", json=body, timeout=300)
+            if r.status_code not in (200, 204):
+                raise RuntimeError(f"PUT /store/items -> {r.status_code}: {r.text[:300]}")
+
+    await asyncio.gather(*(put(k, v) for _, _, items in corpus for k, v in items))
+    return time.perf_counter() - t
+
+
+def warm_model_cache(tmp: Path) -> None:
+    """Build the int8 graph once into the KEEL_MODEL_CACHE every server reads, so no server's start-up
+    includes building it (Keel's second and later starts never do)."""
+    code = "import sys; from memory.embeddings import get_embeddings; get_embeddings(cache_dir=sys.argv[1])"
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    subprocess.run([str(BIN / "python"), "-c", code, str(tmp / "models")], check=True, timeout=600, env=env)
 
 
 # ------------------------------------------------------------------------------------------ server side
@@ -685,6 +792,14 @@ def report(peers: list[Peer], pg_version: str, took: float) -> str:
         "contrib modules; Aegra 0.6.0 also needs `greenlet`, which SQLAlchemy 2.1 no longer pulls in."
     )
     for p in peers:
+        if p.key in INDEX_BY_LAUNCHER:
+            out.append(
+                f"\n{p.label}: store index handed over by `tests/benchmarks/peers/indexed_store.py`, because "
+                f"{INDEX_BY_LAUNCHER[p.key]}."
+            )
+        if "corpus" in p.cells:
+            out.append(f"\n{p.label}: loading the corpus {p.cells['corpus']}")
+    for p in peers:
         out += [f"\n{n}" for n in p.notes]
     out.append(f"\n_(peer section took {took:.0f} s)_")
     return "\n".join(out)
@@ -709,6 +824,15 @@ async def _main(admin: str, tmp: Path, only: list[str] | None) -> str:
             log(f"{peer.key}: {peer.error or 'started'}")
         live = [p for p in peers if not p.error]
         clients = {p.key: _client(p) for p in live}
+        corpus = corpus_chunks()
+        log(f"corpus: {len(corpus)} files, {sum(len(i) for _, _, i in corpus)} chunks")
+        for p in live:
+            try:
+                secs = await load_corpus(p, clients[p.key], corpus)
+                log(f"{p.key}: corpus loaded in {secs:.1f} s")
+            except Exception as exc:
+                p.cells["corpus"] = f"failed: {str(exc)[:200]}"
+                log(f"{p.key}: corpus load failed: {exc}")
         for graph in GRAPHS:
             await _interleaved(graph, live, clients, log)
             log(f"latency and throughput, {graph}: done")
@@ -735,6 +859,7 @@ def run() -> str:
     tmp = Path(tempfile.mkdtemp(prefix="keel-bench-peers-"))
     tmp.chmod(0o755)  # Postgres (another user) reads the uuid-ossp stand-in from it
     try:
+        warm_model_cache(tmp)
         with scratch_postgres() as (admin, _server):
             return asyncio.run(_main(admin, tmp, only or None))
     finally:
