@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,19 +42,42 @@ class Event:
     data: Any
 
 
+# How long a published event may wait for the step's checkpoint to carry it (one transaction for both) before
+# a flush of its own appends it: short enough that a streamed token still reaches readers at once.
+FLUSH_DELAY_S = 0.005
+
+
 class EventWriter:
-    """Buffers a run's events and appends them in batches, fenced by the lease epoch."""
+    """Buffers a run's events and appends them in batches, fenced by the lease epoch.
+
+    Most events ride in the transaction of the checkpoint that follows them (see server.saver); an event that
+    no checkpoint picks up within FLUSH_DELAY_S (a token streamed from a long model call) is appended by a
+    background flush of its own."""
 
     def __init__(
-        self, pool: AsyncConnectionPool, run_id: str, epoch: int, attempt: int, start_seq: int
+        self,
+        pool: AsyncConnectionPool,
+        run_id: str,
+        epoch: int,
+        attempt: int,
+        start_seq: int,
+        flush_delay: float = FLUSH_DELAY_S,
     ) -> None:
         self.pool, self.run_id, self.epoch, self.attempt = pool, run_id, epoch, attempt
+        self.flush_delay = flush_delay
+        self._delaying = False  # the background flush is still waiting for a checkpoint to carry the events
         self.last_seq = start_seq  # last seq handed out
         self.flushed_seq = start_seq  # last seq known to be in the table
         self._buffer: list[tuple[int, str, Any]] = []
         self._unconfirmed: list[tuple[int, str, Any]] = []  # appended, not yet known to be durable
         self._lock = asyncio.Lock()
         self._pending: asyncio.Task[None] | None = None
+        self.closed = False  # the attempt's log is closed: its outcome is being recorded
+
+    @property
+    def active(self) -> bool:
+        """The run's graph is executing (its steps' writes are made durable by the next checkpoint)."""
+        return not self.closed
 
     def publish(self, event: str, data: Any) -> int:
         """Queue an event; a background flush picks it up (batching whatever arrives meanwhile)."""
@@ -65,18 +88,24 @@ class EventWriter:
         return self.last_seq
 
     async def _flush_soon(self) -> None:
+        if self.flush_delay > 0:
+            self._delaying = True
+            try:
+                await asyncio.sleep(self.flush_delay)
+            finally:
+                self._delaying = False
         try:
-            await self.flush()
+            await self.flush(verify=False)  # (a checkpoint re-appends what a Postgres crash lost)
         except Fenced:
             pass  # the run's owner finds out through its own flush, heartbeat or finish
         except Exception:  # retried by the next flush (barrier before checkpoints, finish)
             log.warning("event flush failed; will retry", exc_info=True)
 
-    async def flush(self) -> None:
+    async def flush(self, *, verify: bool = True) -> None:
         """Write every queued event (and re-append lost ones); raises Fenced if the lease is gone."""
         async with self._lock:
             if not self._buffer:
-                if self._unconfirmed:
+                if self._unconfirmed and verify:
                     await self._verify()
                 return
             batch, self._buffer = self._buffer, []
@@ -123,11 +152,34 @@ class EventWriter:
         """Events up to `seq` were followed by a synchronous commit (a checkpoint): forget them."""
         self._unconfirmed = [e for e in self._unconfirmed if e[0] > seq]
 
-    async def close(self) -> None:
-        """Wait for the background flush and write what is left."""
+    @asynccontextmanager
+    async def barrier(self) -> AsyncIterator[tuple[list[tuple[int, str, Any]], int]]:
+        """Hold the log while a checkpoint commits: yields (events, seq) — the events to append in the
+        checkpoint's own transaction (the queued ones, and those appended earlier that no synchronous commit
+        has confirmed yet: re-appending one that is there is a no-op, one a Postgres crash lost comes back) and
+        the last seq the log holds once it commits. Nothing is taken off the writer unless the block succeeds."""
+        async with self._lock:
+            batch, self._buffer = self._buffer, []
+            rows = self._unconfirmed + batch
+            mark = batch[-1][0] if batch else self.flushed_seq
+            try:
+                yield rows, mark
+            except BaseException:
+                self._buffer = batch + self._buffer  # keep order; nothing was committed
+                raise
+            self.flushed_seq = mark
+            self._unconfirmed = []  # the checkpoint's synchronous commit made every one of them durable
+
+    async def close(self, *, flush: bool = True) -> None:
+        """Wait for the background flush and write what is left (or leave it to the caller's transaction,
+        through `barrier`, when `flush` is false)."""
+        self.closed = True
+        if self._pending is not None and self._delaying:
+            self._pending.cancel()  # still waiting: what it would write is written below
         if self._pending is not None:
             await asyncio.gather(self._pending, return_exceptions=True)
-        await self.flush()
+        if flush:
+            await self.flush()
 
 
 class EventFeed:

@@ -43,7 +43,7 @@ class OutcomeRecorder:
         snapshot = await self.graph.aget_state({"configurable": {"thread_id": c.thread_id}})
         pending = bool(snapshot.next) or any(t.interrupts for t in snapshot.tasks)
         writer.publish("end", None)  # the log's end marker; never sent to clients (see routes.runs)
-        await writer.close()
+        await writer.close(flush=False)  # the last events commit with the outcome, in finish()
         # A run that stopped at an interrupt succeeded (as in langgraph-api); its thread is "interrupted".
         status = RunStatus.SUCCESS
         ok = await finish(
@@ -54,6 +54,7 @@ class OutcomeRecorder:
             thread_status=thread_status(pending),
             thread_values=jsonable(snapshot.values),
             interrupts=interrupts_by_task(snapshot),
+            writer=writer,
         )
         outcome = Outcome.INTERRUPTED if pending else Outcome.SUCCESS
         log.info("run finished: %s", outcome if ok else f"{outcome} (fenced: lease lost)")
