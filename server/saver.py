@@ -7,26 +7,28 @@ work that will be redone (those after `keel_event_seq`). The transaction first t
 lease epoch, FOR KEY SHARE), and the `keel_fence` trigger refuses a checkpoint of a lost lease, so a zombie
 worker writes neither.
 
-Everything else a run writes while its graph executes — the pending writes of finished tasks
-(`aput_writes`) and the graph's own store writes — commits without waiting for the WAL flush
-(`synchronous_commit = off`). That is safe because WAL is flushed in order: the step's checkpoint, or the
-run's terminal `finish()` for its last step, is a synchronous commit that comes after them and makes them
-durable with it. A worker crash loses none of them (they are committed); only a crash of Postgres itself
-within a fraction of a second can, and then the step's checkpoint is lost with them and the step is redone
-from the previous checkpoint, exactly as after a worker crash mid-step. Side effects of tools are not among
-these writes: the tool ledger commits synchronously on its own, so they stay at most once per key.
+The pending writes of finished tasks (`aput_writes`) are held by the run's event writer like events: the
+next checkpoint's transaction carries them, or, when no checkpoint comes within a few milliseconds (a
+sibling task still running), they commit on their own; closing the writer commits what is left before the
+run's outcome is read back. These, and the graph's own store writes, commit without waiting for the WAL
+flush (`synchronous_commit = off`). That is safe because WAL is flushed in order: the step's checkpoint,
+or the run's terminal `finish()` for its last step, is a synchronous commit that comes after them and makes
+them durable with it. Only a crash (of the worker, for writes still held; of Postgres, for the others)
+within those milliseconds can lose them, and then the step's checkpoint is lost with them and the step is
+redone from the previous checkpoint, exactly as after a worker crash mid-step. Side effects of tools are
+not among these writes: the tool ledger commits synchronously on its own, so they stay at most once per key.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, cast
 
 from langchain_core.runnables import RunnableConfig
-from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMetadata
+from langgraph.checkpoint.base import WRITES_IDX_MAP, ChannelVersions, Checkpoint, CheckpointMetadata
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.store.base import (
     NOT_PROVIDED,
@@ -41,9 +43,7 @@ from psycopg import AsyncCursor
 from psycopg.rows import DictRow, dict_row
 
 from server.runs import store
-from server.runs.events import Fenced
-
-T = TypeVar("T")
+from server.runs.events import Fenced, run_to_end
 
 # The event writer of the run executing in the current task (None outside runs).
 current_event_writer: contextvars.ContextVar[Any] = contextvars.ContextVar("keel_event_writer", default=None)
@@ -52,18 +52,6 @@ current_event_writer: contextvars.ContextVar[Any] = contextvars.ContextVar("keel
 _checkpoint_conn: contextvars.ContextVar[Any] = contextvars.ContextVar("keel_checkpoint_conn", default=None)
 # Set while a write that the step's checkpoint will make durable is being committed.
 _deferred_flush: contextvars.ContextVar[bool] = contextvars.ContextVar("keel_deferred_flush", default=False)
-
-
-async def _whole(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a database write to its end even when the calling task is cancelled meanwhile (a run's cancel or
-    lost lease): a pipeline cut off mid-protocol could go back to the pool half-used. The caller's cancel is
-    raised once the write is over, committed or not."""
-    task = asyncio.ensure_future(coro)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await asyncio.wait([task])
-        raise
 
 
 def _active_writer() -> Any:
@@ -102,7 +90,7 @@ class KeelSaver(AsyncPostgresSaver):
         async with writer.barrier() as (events, mark):
             # Checkpoint metadata is open-ended (a run's config metadata lands there too); the TypedDict is not.
             marked = cast(CheckpointMetadata, {**metadata, "keel_event_seq": mark})
-            return await _whole(
+            return await run_to_end(
                 self._put_with_events(writer, events, config, checkpoint, marked, new_versions)
             )
 
@@ -117,12 +105,37 @@ class KeelSaver(AsyncPostgresSaver):
     ) -> RunnableConfig:
         """The run's fence, its pending events and the checkpoint, in one transaction (one round trip more)."""
         pool: Any = self.conn  # (Keel always builds the saver on its pool)
+        await writer.writes_settled()  # the step's tasks' writes, still being serialised, come along
+        writes = writer.take_writes()
+        try:
+            return await self._commit_with(
+                pool, writer, events, writes, config, checkpoint, metadata, new_versions
+            )
+        except BaseException:
+            writer.restore_writes(writes)  # (a write already committed is not written twice: ON CONFLICT)
+            raise
+
+    async def _commit_with(
+        self,
+        pool: Any,
+        writer: Any,
+        events: list[tuple[int, str, Any]],
+        writes: list[tuple[str, list[Any]]],
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
         async with pool.connection() as conn, conn.pipeline(), conn.transaction():
             cur = await conn.execute(store.FENCE, (writer.run_id, writer.epoch))
             if await cur.fetchone() is None:
                 raise Fenced(writer.run_id)
             if events:
                 await store.append_events(conn, writer.run_id, writer.attempt, events)
+            if writes:
+                async with conn.cursor(binary=True) as wcur:
+                    for query, rows in writes:
+                        await wcur.executemany(query, rows)
             token = _checkpoint_conn.set(conn)
             try:
                 return await super().aput(config, checkpoint, metadata, new_versions)
@@ -130,26 +143,29 @@ class KeelSaver(AsyncPostgresSaver):
                 _checkpoint_conn.reset(token)
 
     async def aput_writes(
-        self, config: RunnableConfig, writes: Any, task_id: str, task_path: str = ""
+        self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
     ) -> None:
-        if _active_writer() is None:
+        conf = config["configurable"]
+        writer = _active_writer()
+        if writer is None or conf.get("checkpoint_ns"):
             return await super().aput_writes(config, writes, task_id, task_path)
-        await _whole(self._deferred_writes(config, writes, task_id, task_path))
-
-    async def _deferred_writes(
-        self, config: RunnableConfig, writes: Any, task_id: str, task_path: str
-    ) -> None:
-        _deferred_flush.set(True)  # (in this task's own context)
-        await super().aput_writes(config, writes, task_id, task_path)
+        # Held for the next checkpoint's transaction (or committed alone shortly): see the module docstring.
+        query = (
+            self.UPSERT_CHECKPOINT_WRITES_SQL
+            if all(w[0] in WRITES_IDX_MAP for w in writes)
+            else self.INSERT_CHECKPOINT_WRITES_SQL
+        )
+        async with writer.adding_writes():
+            rows = await asyncio.to_thread(
+                self._dump_writes, conf["thread_id"], "", conf["checkpoint_id"], task_id, task_path, writes
+            )
+            writer.add_writes(query, rows)
 
     @asynccontextmanager
     async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[AsyncCursor[DictRow]]:
         conn = _checkpoint_conn.get()
         if conn is not None:  # inside aput's transaction above
             async with conn.cursor(binary=True, row_factory=dict_row) as cur:
-                yield cur
-        elif _deferred_flush.get():
-            async with _deferred_cursor(self.conn) as cur:
                 yield cur
         else:
             async with super()._cursor(pipeline=pipeline) as cur:
@@ -175,7 +191,7 @@ class KeelStore(AsyncPostgresStore):
         if _active_writer() is None:
             return await super().aput(namespace, key, value, index, ttl=ttl)
         _validate_namespace(namespace)
-        await _whole(
+        await run_to_end(
             self._deferred([PutOp(namespace, key, value, index, ttl=_ensure_ttl(self.ttl_config, ttl))])
         )
 
@@ -183,7 +199,7 @@ class KeelStore(AsyncPostgresStore):
         if _active_writer() is None:
             return await super().adelete(namespace, key)
         _validate_namespace_labels(namespace)
-        await _whole(self._deferred([PutOp(namespace, key, None)]))
+        await run_to_end(self._deferred([PutOp(namespace, key, None)]))
 
     async def _deferred(self, ops: list[PutOp]) -> None:
         _deferred_flush.set(True)  # (in this task's own context)

@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -27,6 +27,21 @@ from server.runs.store import EVENTS_CHANNEL, TERMINAL, append_unfenced
 __all__ = ["EVENTS_CHANNEL", "TERMINAL", "Event", "EventFeed", "EventWriter", "Fenced", "append_unfenced"]
 
 log = logging.getLogger("keel.events")
+
+
+T = TypeVar("T")
+
+
+async def run_to_end(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a database write to its end even when the calling task is cancelled meanwhile (a run's cancel or
+    lost lease): a pipeline cut off mid-protocol could go back to the pool half-used. The caller's cancel is
+    raised once the write is over, committed or not."""
+    task = asyncio.ensure_future(coro)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        raise
 
 
 class Fenced(Exception):
@@ -73,22 +88,33 @@ class EventWriter:
         self._lock = asyncio.Lock()
         self._pending: asyncio.Task[None] | None = None
         self.closed = False  # the attempt's log is closed: its outcome is being recorded
+        # The graph's pending writes (LangGraph's put_writes: query, rows), held like events for the next
+        # checkpoint's transaction, else committed on their own after flush_delay (see server.saver).
+        self._writes: list[tuple[str, list[Any]]] = []
+        self._writes_task: asyncio.Task[None] | None = None
+        self._writes_lock = asyncio.Lock()
+        self._writes_sleeping = False
+        self._writes_inflight = 0
+        self._writes_idle = asyncio.Event()
+        self._writes_idle.set()
 
     @property
     def active(self) -> bool:
         """The run's graph is executing (its steps' writes are made durable by the next checkpoint)."""
         return not self.closed
 
-    def publish(self, event: str, data: Any) -> int:
-        """Queue an event; a background flush picks it up (batching whatever arrives meanwhile)."""
+    def publish(self, event: str, data: Any, *, now: bool = False) -> int:
+        """Queue an event; a background flush picks it up (batching whatever arrives meanwhile). `now`: flush
+        at once rather than wait for a checkpoint to carry it (an attempt's `metadata`, which a client that
+        joins the run's stream starts after)."""
         self.last_seq += 1
         self._buffer.append((self.last_seq, event, data))
         if self._pending is None or self._pending.done():
-            self._pending = asyncio.get_running_loop().create_task(self._flush_soon())
+            self._pending = asyncio.get_running_loop().create_task(self._flush_soon(now))
         return self.last_seq
 
-    async def _flush_soon(self) -> None:
-        if self.flush_delay > 0:
+    async def _flush_soon(self, now: bool = False) -> None:
+        if self.flush_delay > 0 and not now:
             self._delaying = True
             try:
                 await asyncio.sleep(self.flush_delay)
@@ -148,6 +174,67 @@ class EventWriter:
         """Insert events (in the caller's fenced transaction) and wake the run's readers."""
         await store.append_events(conn, self.run_id, self.attempt, rows)
 
+    def add_writes(self, query: str, rows: list[Any]) -> None:
+        """Hold pending writes for the next checkpoint's transaction; commit them alone if none comes soon."""
+        self._writes.append((query, rows))
+        if self._writes_task is None or self._writes_task.done():
+            self._writes_task = asyncio.get_running_loop().create_task(self._write_soon())
+
+    @asynccontextmanager
+    async def adding_writes(self) -> AsyncIterator[None]:
+        """Around the preparation of pending writes (their serialisation), so a checkpoint waits for them."""
+        self._writes_inflight += 1
+        self._writes_idle.clear()
+        try:
+            yield
+        finally:
+            self._writes_inflight -= 1
+            if not self._writes_inflight:
+                self._writes_idle.set()
+
+    async def writes_settled(self) -> None:
+        """Until no pending writes are being prepared (LangGraph hands them over from a task of its own)."""
+        await self._writes_idle.wait()
+
+    def take_writes(self) -> list[tuple[str, list[Any]]]:
+        """The held pending writes, for the caller's transaction (`restore_writes` if it fails)."""
+        batch, self._writes = self._writes, []
+        return batch
+
+    def restore_writes(self, batch: list[tuple[str, list[Any]]]) -> None:
+        self._writes = batch + self._writes
+
+    async def _write_soon(self) -> None:
+        self._writes_sleeping = True
+        try:
+            await asyncio.sleep(self.flush_delay)
+        finally:
+            self._writes_sleeping = False
+        try:
+            await self.flush_writes()
+        except Exception:  # retried by the next checkpoint or by close()
+            log.warning("pending writes flush failed; will retry", exc_info=True)
+
+    async def flush_writes(self) -> None:
+        """Commit the held pending writes now, without waiting for the disk: the next synchronous commit of
+        the run (a checkpoint, or finish) makes them durable (see server.saver)."""
+        async with self._writes_lock:
+            batch = self.take_writes()
+            if not batch:
+                return
+            try:
+                await run_to_end(self._commit_writes(batch))
+            except BaseException:
+                self.restore_writes(batch)
+                raise
+
+    async def _commit_writes(self, batch: list[tuple[str, list[Any]]]) -> None:
+        async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
+            await conn.execute("SET LOCAL synchronous_commit = off")
+            async with conn.cursor(binary=True) as cur:
+                for query, rows in batch:
+                    await cur.executemany(query, rows)
+
     def mark_durable(self, seq: int) -> None:
         """Events up to `seq` were followed by a synchronous commit (a checkpoint): forget them."""
         self._unconfirmed = [e for e in self._unconfirmed if e[0] > seq]
@@ -174,6 +261,11 @@ class EventWriter:
         """Wait for the background flush and write what is left (or leave it to the caller's transaction,
         through `barrier`, when `flush` is false)."""
         self.closed = True
+        if self._writes_task is not None and self._writes_sleeping:
+            self._writes_task.cancel()  # still waiting: flush_writes below commits its writes now
+        if self._writes_task is not None:
+            await asyncio.gather(self._writes_task, return_exceptions=True)
+        await self.flush_writes()  # before the outcome is read from the checkpoints and their writes
         if self._pending is not None and self._delaying:
             self._pending.cancel()  # still waiting: what it would write is written below
         if self._pending is not None:

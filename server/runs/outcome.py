@@ -55,6 +55,7 @@ class OutcomeRecorder:
             thread_values=jsonable(snapshot.values),
             interrupts=interrupts_by_task(snapshot),
             writer=writer,
+            trim_keep=self.housekeeping.settings.keel_keep_checkpoints,
         )
         outcome = Outcome.INTERRUPTED if pending else Outcome.SUCCESS
         log.info("run finished: %s", outcome if ok else f"{outcome} (fenced: lease lost)")
@@ -141,7 +142,7 @@ class OutcomeRecorder:
         if writer is None:  # cancelled before this attempt began its part of the event log
             start_seq, _ = await prepare(pool, c)
             writer = open_writer(pool, h, start_seq)
-            writer.publish("metadata", {"run_id": c.run_id, "attempt": c.attempt})
+            writer.publish("metadata", {"run_id": c.run_id, "attempt": c.attempt}, now=True)
         # No error event: the reference server ends a cancelled run's stream without one (a client would
         # show the cancel as a failure). The end marker stays in the log only.
         writer.publish("end", None)

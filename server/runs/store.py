@@ -244,12 +244,20 @@ RETURNING {_prefixed("r")},
     (SELECT jsonb_build_object('id', c.checkpoint_id, 'seq', c.metadata->'keel_event_seq') FROM checkpoints c
      WHERE c.thread_id = r.thread_id::text AND c.checkpoint_ns = '' AND c.metadata->>'run_id' = r.run_id::text
      ORDER BY c.checkpoint_id DESC LIMIT 1) AS resume_from,
-    (SELECT coalesce(max(e.seq), 0) FROM keel_run_events e WHERE e.run_id = r.run_id) AS logged_seq
+    (SELECT coalesce(max(e.seq), 0) FROM keel_run_events e WHERE e.run_id = r.run_id) AS logged_seq,
+    -- Anything else queued (as of this statement)? If not, the worker need not try another claim: a run queued
+    -- later sends its own NOTIFY.
+    EXISTS (SELECT 1 FROM keel_runs p WHERE p.status = 'pending' AND p.run_id <> r.run_id) AS more_pending
 """
 FINISH_RUN = (
     "UPDATE keel_runs SET status = %s, result = %s, error = %s, lease_owner = NULL, lease_expires_at = NULL, "
     "finished_at = now(), updated_at = now() "
     "WHERE run_id = %s AND lease_epoch = %s AND status = 'running' RETURNING temporary, kwargs"
+)
+# The newest checkpoint of a thread that checkpoint trimming would drop older ones than (None: nothing to trim).
+TRIM_CUT = (
+    "SELECT checkpoint_id FROM checkpoints WHERE thread_id = %s AND checkpoint_ns = '' "
+    "ORDER BY checkpoint_id DESC OFFSET %s LIMIT 1"
 )
 # Wake the run's waiters; wake workers only if this thread has queued runs (others need no claim).
 NOTIFY_FINISHED = (

@@ -235,6 +235,8 @@ class Worker:
                     if c is None:
                         break
                     self._start(c)
+                    if not c.run.get("more_pending", True):
+                        break
                 # Full: runs may be waiting, so a slot that frees up wakes the loop (else NOTIFY does).
                 self._saturated = len(self.handles) >= self.concurrency
             except asyncio.CancelledError:

@@ -1,6 +1,7 @@
 """The engine benchmark's fast sub-mode: transactions and WAL fsyncs per run, and a short sequential / c8 loop.
 
-`python -m tests.benchmarks.run engine-quick` (about 2 minutes). Keel `serve --workers 8` against the plain
+`python -m tests.benchmarks.run engine-quick` (about 3 minutes). With KEEL_BENCH_BASE_TREE=<another checkout>, a
+second Keel served from that tree runs alongside (before/after a change, in one run). Keel `serve --workers 8` against the plain
 in-request FastAPI endpoint with the stock saver (with and without the store), side by side on one scratch
 Postgres (fsync and synchronous_commit on), in the same run: what a change to the run path costs or saves,
 without the full section's slow-disk, `langgraph dev` and recovery parts (see bench_engine).
@@ -9,14 +10,15 @@ without the full section's slow-disk, `langgraph dev` and recovery parts (see be
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 from tests.benchmarks.bench_engine import (
-    CONC,
     BIN,
+    CONC,
     CpuMeter,
     Procs,
     Variant,
@@ -37,9 +39,12 @@ async def _start(admin: str, home: Path, variants: list[Variant], procs: Procs) 
         port = free_port()
         v.base = f"http://127.0.0.1:{port}"
         v.db = new_db(admin, "bench_q_" + v.key.replace("-", "_").replace("+", "_"))
-        if v.key == "keel":
+        if v.key.startswith("keel"):
             args = [str(BIN / "keel"), "serve", "--workers", str(CONC), "--port", str(port)]
-            p = procs.start(v.key, [*args, "--log-level", "warning"], keel_env(v.db, home))
+            env = keel_env(v.db, home)
+            if v.key == "keel-base":  # another checkout of Keel (a before/after comparison in one run)
+                env["PYTHONPATH"] = os.environ["KEEL_BENCH_BASE_TREE"]
+            p = procs.start(v.key, [*args, "--log-level", "warning"], env)
         else:
             env = {
                 "BASELINE_DATABASE_URL": v.db,
@@ -47,7 +52,9 @@ async def _start(admin: str, home: Path, variants: list[Variant], procs: Procs) 
                 "BASELINE_STORE": "1" if v.key.endswith("store") else "0",
             }
             args = [str(BIN / "uvicorn"), "tests.benchmarks.baseline_app:app", "--host", "127.0.0.1"]
-            p = procs.start(v.key, [*args, "--port", str(port), "--log-level", "warning", "--no-access-log"], env)
+            p = procs.start(
+                v.key, [*args, "--port", str(port), "--log-level", "warning", "--no-access-log"], env
+            )
         v.pgids = [p.pid]
     for v, p in zip(variants, procs.all, strict=True):
         await p.ready(v.base + "/ok")
@@ -58,6 +65,15 @@ async def _main(admin: str, tmp: Path, postmaster: int) -> str:
     home.mkdir()
     variants = [
         Variant("keel", "Keel `serve --workers 8`", n_seq=N_SEQ, n_conc=N_CONC),
+        *(
+            [
+                Variant(
+                    "keel-base", f"Keel at {os.environ['KEEL_BENCH_BASE_TREE']}", n_seq=N_SEQ, n_conc=N_CONC
+                )
+            ]
+            if os.environ.get("KEEL_BENCH_BASE_TREE")
+            else []
+        ),
         Variant("fastapi", "FastAPI + stock AsyncPostgresSaver (in-request)", n_seq=N_SEQ, n_conc=N_CONC),
         Variant("fastapi+store", "same + AsyncPostgresStore", n_seq=N_SEQ, n_conc=N_CONC),
     ]
@@ -80,7 +96,9 @@ async def _main(admin: str, tmp: Path, postmaster: int) -> str:
             continue
         n = len(v.seq)
         server, pg, client = (x * 1000 / n for x in v.cpu)
-        rows.append({"variant": v.label, "server CPU ms": server, "Postgres CPU ms": pg, "client CPU ms": client})
+        rows.append(
+            {"variant": v.label, "server CPU ms": server, "Postgres CPU ms": pg, "client CPU ms": client}
+        )
     out.append("\nCPU per sequential run (ms):\n")
     out.append(table(rows, ["variant", "server CPU ms", "Postgres CPU ms", "client CPU ms"]))
     crow = []
@@ -130,13 +148,15 @@ async def _main(admin: str, tmp: Path, postmaster: int) -> str:
         trows.append(row)
     out.append("\nRow changes per run (inserted / updated / deleted):\n")
     out.append(table(trows, ["table", *keys]))
-    k, f = by["keel"], by["fastapi"]
-    if _p50(k) and _p50(f) and _c8(k) and _c8(f):
-        out.append(
-            f"\nRatios: Keel p50 / FastAPI p50 = {_p50(k):.1f} / {_p50(f):.1f} ms = **{_p50(k) / _p50(f):.2f}×** "
-            f"(goal ≤ 1.5×); Keel c8 / FastAPI c8 = {_c8(k):.1f} / {_c8(f):.1f} runs/s = "
-            f"**{_c8(k) / _c8(f):.2f}×** (goal ≥ 1×)."
-        )
+    f = by["fastapi"]
+    for key in ("keel", "keel-base"):
+        k = by.get(key)
+        if k and _p50(k) and _p50(f) and _c8(k) and _c8(f):
+            out.append(
+                f"\nRatios, {k.label}: p50 / FastAPI p50 = {_p50(k):.1f} / {_p50(f):.1f} ms = "
+                f"**{_p50(k) / _p50(f):.2f}×** (goal ≤ 1.5×); c8 / FastAPI c8 = {_c8(k):.1f} / {_c8(f):.1f} "
+                f"runs/s = **{_c8(k) / _c8(f):.2f}×** (goal ≥ 1×)."
+            )
     out.append(f"\n_(latency/throughput {lat_s:.0f} s, commits {com_s:.0f} s)_")
     return "\n".join(out)
 

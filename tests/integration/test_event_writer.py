@@ -105,3 +105,38 @@ async def test_a_fenced_checkpoint_writes_neither_itself_nor_the_events_before_i
             ).fetchone()
         )["n"]
     assert (n_events, n_ck) == (0, 0)
+
+
+async def test_pending_writes_ride_in_the_next_checkpoint_or_are_committed_by_close(db):
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    from server.saver import current_event_writer
+
+    tid, rid = await _running_run(db, epoch=2)
+    writer = EventWriter(db.pool, rid, epoch=2, attempt=1, start_seq=0, flush_delay=60)
+    token = current_event_writer.set(writer)
+    try:
+        first = await db.checkpointer.aput(
+            {"configurable": {"thread_id": tid, "checkpoint_ns": ""}},
+            empty_checkpoint(),
+            {"run_id": rid, "keel_epoch": 2},
+            {},
+        )
+        await db.checkpointer.aput_writes(first, [("x", 1)], "task-1")
+        await _checkpoint(db, tid, rid, 2)  # carries task-1's write
+        await db.checkpointer.aput_writes(first, [("y", 2)], "task-2")  # no checkpoint after it
+    finally:
+        current_event_writer.reset(token)
+        await writer.close()  # commits task-2's write
+    async with db.pool.connection() as conn:
+        rows = await (
+            await conn.execute(
+                "SELECT w.task_id, w.xmin::text AS x, (SELECT c.xmin::text FROM checkpoints c WHERE c.thread_id = "
+                "w.thread_id ORDER BY c.checkpoint_id DESC LIMIT 1) AS ck FROM checkpoint_writes w "
+                "WHERE w.thread_id = %s ORDER BY w.task_id",
+                (tid,),
+            )
+        ).fetchall()
+    assert [r["task_id"] for r in rows] == ["task-1", "task-2"]
+    assert rows[0]["x"] == rows[0]["ck"], "the write did not commit with the checkpoint after it"
+    assert rows[1]["x"] != rows[1]["ck"]
