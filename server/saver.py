@@ -28,8 +28,15 @@ from contextlib import asynccontextmanager
 from typing import Any, Literal, cast
 
 from langchain_core.runnables import RunnableConfig
-from langgraph.checkpoint.base import WRITES_IDX_MAP, ChannelVersions, Checkpoint, CheckpointMetadata
+from langgraph.checkpoint.base import (
+    WRITES_IDX_MAP,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    get_serializable_checkpoint_metadata,
+)
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from langgraph.checkpoint.serde.types import _DeltaSnapshot
 from langgraph.store.base import (
     NOT_PROVIDED,
     NotProvided,
@@ -41,6 +48,7 @@ from langgraph.store.base import (
 from langgraph.store.postgres.aio import AsyncPostgresStore
 from psycopg import AsyncCursor
 from psycopg.rows import DictRow, dict_row
+from psycopg.types.json import Jsonb
 
 from server.runs import store
 from server.runs.events import Fenced, run_to_end
@@ -48,8 +56,6 @@ from server.runs.events import Fenced, run_to_end
 # The event writer of the run executing in the current task (None outside runs).
 current_event_writer: contextvars.ContextVar[Any] = contextvars.ContextVar("keel_event_writer", default=None)
 
-# The connection of the checkpoint transaction in progress (the saver's cursor runs on it).
-_checkpoint_conn: contextvars.ContextVar[Any] = contextvars.ContextVar("keel_checkpoint_conn", default=None)
 # Set while a write that the step's checkpoint will make durable is being committed.
 _deferred_flush: contextvars.ContextVar[bool] = contextvars.ContextVar("keel_deferred_flush", default=False)
 
@@ -103,44 +109,65 @@ class KeelSaver(AsyncPostgresSaver):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        """The run's fence, its pending events and the checkpoint, in one transaction (one round trip more)."""
-        pool: Any = self.conn  # (Keel always builds the saver on its pool)
+        """The run's fence, its pending events and writes, and the checkpoint, in one transaction.
+
+        The rows are prepared (serialised, in a thread as the stock saver does) before a connection is taken, so
+        a busy worker never holds pool connections while it serialises. The checkpoint's rows are the stock
+        `aput`'s (langgraph-checkpoint-postgres, pinned): primitive channel values inline, the others as blobs.
+        """
+        conf = config["configurable"]
+        thread_id, checkpoint_ns = conf["thread_id"], conf["checkpoint_ns"]
+        copy = checkpoint.copy()
+        copy["channel_values"] = copy["channel_values"].copy()
+        blob_values = {}
+        for k, v in checkpoint["channel_values"].items():
+            if isinstance(v, _DeltaSnapshot):
+                blob_values[k] = copy["channel_values"].pop(k)
+                copy["channel_values"][k] = True
+            elif v is None or isinstance(v, (str, int, float, bool)):
+                pass
+            else:
+                blob_values[k] = copy["channel_values"].pop(k)
+        blob_versions = {k: v for k, v in new_versions.items() if k in blob_values}
+        blob_rows = (
+            await asyncio.to_thread(self._dump_blobs, thread_id, checkpoint_ns, blob_values, blob_versions)
+            if blob_versions
+            else []
+        )
+        row = (
+            thread_id,
+            checkpoint_ns,
+            checkpoint["id"],
+            conf.get("checkpoint_id"),
+            Jsonb(copy),
+            Jsonb(get_serializable_checkpoint_metadata(config, metadata)),
+        )
         await writer.writes_settled()  # the step's tasks' writes, still being serialised, come along
         writes = writer.take_writes()
+        pool: Any = self.conn  # (Keel always builds the saver on its pool)
         try:
-            return await self._commit_with(
-                pool, writer, events, writes, config, checkpoint, metadata, new_versions
-            )
-        except BaseException:
-            writer.restore_writes(writes)  # (a write already committed is not written twice: ON CONFLICT)
-            raise
-
-    async def _commit_with(
-        self,
-        pool: Any,
-        writer: Any,
-        events: list[tuple[int, str, Any]],
-        writes: list[tuple[str, list[Any]]],
-        config: RunnableConfig,
-        checkpoint: Checkpoint,
-        metadata: CheckpointMetadata,
-        new_versions: ChannelVersions,
-    ) -> RunnableConfig:
-        async with pool.connection() as conn, conn.pipeline(), conn.transaction():
-            cur = await conn.execute(store.FENCE, (writer.run_id, writer.epoch))
-            if await cur.fetchone() is None:
-                raise Fenced(writer.run_id)
-            if events:
-                await store.append_events(conn, writer.run_id, writer.attempt, events)
-            if writes:
+            async with pool.connection() as conn, conn.pipeline(), conn.transaction():
+                cur = await conn.execute(store.FENCE, (writer.run_id, writer.epoch))
+                if await cur.fetchone() is None:
+                    raise Fenced(writer.run_id)
+                if events:
+                    await store.append_events(conn, writer.run_id, writer.attempt, events)
                 async with conn.cursor(binary=True) as wcur:
                     for query, rows in writes:
                         await wcur.executemany(query, rows)
-            token = _checkpoint_conn.set(conn)
-            try:
-                return await super().aput(config, checkpoint, metadata, new_versions)
-            finally:
-                _checkpoint_conn.reset(token)
+                    if blob_rows:
+                        await wcur.executemany(self.UPSERT_CHECKPOINT_BLOBS_SQL, blob_rows)
+                    await wcur.execute(self.UPSERT_CHECKPOINTS_SQL, row)
+        except BaseException:
+            writer.restore_writes(writes)  # (a write already committed is not written twice: ON CONFLICT)
+            raise
+        return {
+            "configurable": {
+                "thread_id": thread_id,
+                "checkpoint_ns": checkpoint_ns,
+                "checkpoint_id": checkpoint["id"],
+            }
+        }
 
     async def aput_writes(
         self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
@@ -160,16 +187,6 @@ class KeelSaver(AsyncPostgresSaver):
                 self._dump_writes, conf["thread_id"], "", conf["checkpoint_id"], task_id, task_path, writes
             )
             writer.add_writes(query, rows)
-
-    @asynccontextmanager
-    async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[AsyncCursor[DictRow]]:
-        conn = _checkpoint_conn.get()
-        if conn is not None:  # inside aput's transaction above
-            async with conn.cursor(binary=True, row_factory=dict_row) as cur:
-                yield cur
-        else:
-            async with super()._cursor(pipeline=pipeline) as cur:
-                yield cur
 
 
 class KeelStore(AsyncPostgresStore):
