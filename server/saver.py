@@ -1,26 +1,82 @@
-"""The Postgres checkpointer with Keel's run-engine hooks.
+"""The Postgres checkpointer and store with Keel's run-engine hooks: one synchronous commit per super-step.
 
-Before a checkpoint is written, every stream event the run produced so far is flushed to the run's
-event log, and the checkpoint's metadata records how far the log had got (`keel_event_seq`). So an
-event that precedes a durable checkpoint is itself durable, and after a crash the next attempt knows
-exactly which logged events describe work that will be redone (those after `keel_event_seq`).
+A run's checkpoint and the stream events that precede it commit in ONE transaction: the checkpoint's
+metadata records how far the event log had got (`keel_event_seq`), so an event that precedes a durable
+checkpoint is itself durable, and after a crash the next attempt knows exactly which logged events describe
+work that will be redone (those after `keel_event_seq`). The transaction first takes the run's fence (its
+lease epoch, FOR KEY SHARE), and the `keel_fence` trigger refuses a checkpoint of a lost lease, so a zombie
+worker writes neither.
+
+The pending writes of finished tasks (`aput_writes`) are held by the run's event writer like events: the
+next checkpoint's transaction carries them, or, when no checkpoint comes within a few milliseconds (a
+sibling task still running), they commit on their own; closing the writer commits what is left before the
+run's outcome is read back. These, and the graph's own store writes, commit without waiting for the WAL
+flush (`synchronous_commit = off`). That is safe because WAL is flushed in order: the step's checkpoint,
+or the run's terminal `finish()` for its last step, is a synchronous commit that comes after them and makes
+them durable with it. Only a crash (of the worker, for writes still held; of Postgres, for the others)
+within those milliseconds can lose them, and then the step's checkpoint is lost with them and the step is
+redone from the previous checkpoint, exactly as after a worker crash mid-step. Side effects of tools are
+not among these writes: the tool ledger commits synchronously on its own, so they stay at most once per key.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
-from typing import Any, cast
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Literal, cast
 
 from langchain_core.runnables import RunnableConfig
-from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMetadata
+from langgraph.checkpoint.base import (
+    WRITES_IDX_MAP,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    get_serializable_checkpoint_metadata,
+)
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from langgraph.checkpoint.serde.types import _DeltaSnapshot
+from langgraph.store.base import (
+    NOT_PROVIDED,
+    NotProvided,
+    PutOp,
+    _ensure_ttl,
+    _validate_namespace,
+    _validate_namespace_labels,
+)
+from langgraph.store.postgres.aio import AsyncPostgresStore
+from psycopg import AsyncCursor
+from psycopg.rows import DictRow, dict_row
+from psycopg.types.json import Jsonb
+
+from server.runs import store
+from server.runs.events import Fenced, run_to_end
 
 # The event writer of the run executing in the current task (None outside runs).
 current_event_writer: contextvars.ContextVar[Any] = contextvars.ContextVar("keel_event_writer", default=None)
 
+# Set while a write that the step's checkpoint will make durable is being committed.
+_deferred_flush: contextvars.ContextVar[bool] = contextvars.ContextVar("keel_deferred_flush", default=False)
+
+
+def _active_writer() -> Any:
+    """The current run's event writer while its graph executes, else None."""
+    writer = current_event_writer.get()
+    return writer if writer is not None and writer.active else None
+
+
+@asynccontextmanager
+async def _deferred_cursor(pool: Any) -> AsyncIterator[AsyncCursor[DictRow]]:
+    """A cursor in a transaction that commits without waiting for the WAL flush (see the module docstring)."""
+    async with pool.connection() as conn, conn.pipeline(), conn.transaction():
+        await conn.execute("SET LOCAL synchronous_commit = off")
+        async with conn.cursor(binary=True, row_factory=dict_row) as cur:
+            yield cur
+
 
 class KeelSaver(AsyncPostgresSaver):
-    """AsyncPostgresSaver + a flush barrier between a run's events and its checkpoints."""
+    """AsyncPostgresSaver whose run checkpoints commit with the events before them, in one transaction."""
 
     async def aput(
         self,
@@ -29,16 +85,151 @@ class KeelSaver(AsyncPostgresSaver):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        writer = current_event_writer.get()
-        if (thread_id := (config.get("configurable") or {}).get("thread_id")) is not None:
+        conf = config.get("configurable") or {}
+        if (thread_id := conf.get("thread_id")) is not None:
             # langgraph leaves thread_id out of checkpoint metadata; langgraph-api's metadata has it.
             metadata = cast(CheckpointMetadata, {**metadata, "thread_id": str(thread_id)})
-        if writer is None or (config.get("configurable") or {}).get("checkpoint_ns"):
+        writer = current_event_writer.get()
+        if writer is None or conf.get("checkpoint_ns"):
             return await super().aput(config, checkpoint, metadata, new_versions)
-        await writer.flush()
-        mark = writer.last_seq
-        # Checkpoint metadata is open-ended (a run's config metadata lands there too); the TypedDict is not.
-        marked = cast(CheckpointMetadata, {**metadata, "keel_event_seq": mark})
-        result = await super().aput(config, checkpoint, marked, new_versions)
-        writer.mark_durable(mark)  # the checkpoint's synchronous commit also flushed the events before it
-        return result
+        # The event log's writer is held until the checkpoint commits: events published meanwhile wait.
+        async with writer.barrier() as (events, mark):
+            # Checkpoint metadata is open-ended (a run's config metadata lands there too); the TypedDict is not.
+            marked = cast(CheckpointMetadata, {**metadata, "keel_event_seq": mark})
+            return await run_to_end(
+                self._put_with_events(writer, events, config, checkpoint, marked, new_versions)
+            )
+
+    async def _put_with_events(
+        self,
+        writer: Any,
+        events: list[tuple[int, str, Any]],
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        """The run's fence, its pending events and writes, and the checkpoint, in one transaction.
+
+        The rows are prepared (serialised, in a thread as the stock saver does) before a connection is taken, so
+        a busy worker never holds pool connections while it serialises. The checkpoint's rows are the stock
+        `aput`'s (langgraph-checkpoint-postgres, pinned): primitive channel values inline, the others as blobs.
+        """
+        conf = config["configurable"]
+        thread_id, checkpoint_ns = conf["thread_id"], conf["checkpoint_ns"]
+        copy = checkpoint.copy()
+        copy["channel_values"] = copy["channel_values"].copy()
+        blob_values = {}
+        for k, v in checkpoint["channel_values"].items():
+            if isinstance(v, _DeltaSnapshot):
+                blob_values[k] = copy["channel_values"].pop(k)
+                copy["channel_values"][k] = True
+            elif v is None or isinstance(v, (str, int, float, bool)):
+                pass
+            else:
+                blob_values[k] = copy["channel_values"].pop(k)
+        blob_versions = {k: v for k, v in new_versions.items() if k in blob_values}
+        blob_rows = (
+            await asyncio.to_thread(self._dump_blobs, thread_id, checkpoint_ns, blob_values, blob_versions)
+            if blob_versions
+            else []
+        )
+        row = (
+            thread_id,
+            checkpoint_ns,
+            checkpoint["id"],
+            conf.get("checkpoint_id"),
+            Jsonb(copy),
+            Jsonb(get_serializable_checkpoint_metadata(config, metadata)),
+        )
+        await writer.writes_settled()  # the step's tasks' writes, still being serialised, come along
+        writes = writer.take_writes()
+        pool: Any = self.conn  # (Keel always builds the saver on its pool)
+        try:
+            async with pool.connection() as conn, conn.pipeline(), conn.transaction():
+                cur = await conn.execute(store.FENCE, (writer.run_id, writer.epoch))
+                if await cur.fetchone() is None:
+                    raise Fenced(writer.run_id)
+                if events:
+                    await store.append_events(conn, writer.run_id, writer.attempt, events)
+                async with conn.cursor(binary=True) as wcur:
+                    for query, rows in writes:
+                        await wcur.executemany(query, rows)
+                    if blob_rows:
+                        await wcur.executemany(self.UPSERT_CHECKPOINT_BLOBS_SQL, blob_rows)
+                    await wcur.execute(self.UPSERT_CHECKPOINTS_SQL, row)
+        except BaseException:
+            writer.restore_writes(writes)  # (a write already committed is not written twice: ON CONFLICT)
+            raise
+        return {
+            "configurable": {
+                "thread_id": thread_id,
+                "checkpoint_ns": checkpoint_ns,
+                "checkpoint_id": checkpoint["id"],
+            }
+        }
+
+    async def aput_writes(
+        self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
+    ) -> None:
+        conf = config["configurable"]
+        writer = _active_writer()
+        if writer is None or conf.get("checkpoint_ns"):
+            return await super().aput_writes(config, writes, task_id, task_path)
+        # Held for the next checkpoint's transaction (or committed alone shortly): see the module docstring.
+        query = (
+            self.UPSERT_CHECKPOINT_WRITES_SQL
+            if all(w[0] in WRITES_IDX_MAP for w in writes)
+            else self.INSERT_CHECKPOINT_WRITES_SQL
+        )
+        async with writer.adding_writes():
+            rows = await asyncio.to_thread(
+                self._dump_writes, conf["thread_id"], "", conf["checkpoint_id"], task_id, task_path, writes
+            )
+            writer.add_writes(query, rows)
+
+
+class KeelStore(AsyncPostgresStore):
+    """AsyncPostgresStore whose writes during a run's steps commit with the step's checkpoint (see above).
+
+    The stock store hands writes to a batching task of its own; a run's writes are executed in the run's task
+    instead, so they can be told apart from every other write (API, housekeeping, ingestion), which stays
+    synchronous."""
+
+    async def aput(
+        self,
+        namespace: tuple[str, ...],
+        key: str,
+        value: Mapping[str, Any],
+        index: Literal[False] | list[str] | None = None,
+        *,
+        ttl: float | None | NotProvided = NOT_PROVIDED,
+    ) -> None:
+        if _active_writer() is None:
+            return await super().aput(namespace, key, value, index, ttl=ttl)
+        _validate_namespace(namespace)
+        await run_to_end(
+            self._deferred([PutOp(namespace, key, value, index, ttl=_ensure_ttl(self.ttl_config, ttl))])
+        )
+
+    async def adelete(self, namespace: tuple[str, ...], key: str) -> None:
+        if _active_writer() is None:
+            return await super().adelete(namespace, key)
+        _validate_namespace_labels(namespace)
+        await run_to_end(self._deferred([PutOp(namespace, key, None)]))
+
+    async def _deferred(self, ops: list[PutOp]) -> None:
+        _deferred_flush.set(True)  # (in this task's own context)
+        await self.abatch(ops)
+
+    @asynccontextmanager
+    async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[AsyncCursor[DictRow]]:
+        if _deferred_flush.get():
+            async with _deferred_cursor(self.conn) as cur:
+                yield cur
+        else:
+            async with super()._cursor(pipeline=pipeline) as cur:
+                yield cur
+
+
+__all__ = ["KeelSaver", "KeelStore", "current_event_writer"]

@@ -23,7 +23,7 @@ from server.db.errors import DatabaseUnavailable, EmbeddingMismatch
 from server.db.migrations import migrate
 from server.db.pool import HNSW_EF_SEARCH, Connection, Pool, make_pool
 from server.db.urls import describe
-from server.saver import KeelSaver
+from server.saver import KeelSaver, KeelStore
 
 log = logging.getLogger("keel.db")
 
@@ -120,7 +120,7 @@ async def open_database(
         # The stock saver serialises every call behind one asyncio.Lock even with a pool (langgraph #7259).
         # A semaphore sized to the pool keeps its critical sections bounded without capping throughput.
         saver.lock = asyncio.Semaphore(max(1, pool_max - 1))  # type: ignore[assignment]
-        store = AsyncPostgresStore(pool, index=embedding_index_config(embeddings, dims))
+        store = KeelStore(pool, index=embedding_index_config(embeddings, dims))
         async with pool.connection() as conn:
             await conn.execute("SELECT pg_advisory_lock(%s)", (_SETUP_LOCK_KEY,))
             try:

@@ -60,6 +60,15 @@ def recorded_modes(c: Claim) -> set[str]:
 
 async def prepare(pool: Any, c: Claim) -> tuple[int, bool]:
     """(last durable event seq, resume?) — and trim events of the previous attempt past its last checkpoint."""
+    if "logged_seq" in c.run:  # the claim read where the log stands (store.CLAIM)
+        ck = c.run["resume_from"]
+        mark = ck.get("seq") if ck else 0
+        keep = mark if isinstance(mark, int) else int(c.run["logged_seq"])
+        # A first attempt has nothing to trim; after an earlier one, drop what it logged past its checkpoint.
+        if int(c.run["logged_seq"]) > keep or c.attempt > 1:
+            async with pool.connection() as conn:
+                await conn.execute(store.DELETE_EVENTS_AFTER, (c.run_id, keep))
+        return keep, ck is not None
     async with pool.connection() as conn, conn.transaction():
         cur = await conn.execute(
             "SELECT checkpoint_id, metadata FROM checkpoints WHERE thread_id = %s AND checkpoint_ns = '' "
@@ -67,10 +76,7 @@ async def prepare(pool: Any, c: Claim) -> tuple[int, bool]:
             (c.thread_id, c.run_id),
         )
         ck = await cur.fetchone()
-        # Where the thread stood before this run wrote anything (a rollback deletes what comes after). Set by
-        # the first attempt that gets this far, whatever its number: an attempt that died before this point
-        # wrote no checkpoint.
-        await conn.execute(store.SET_CHECKPOINT_BEFORE, (c.thread_id, c.run_id))
+        # (Where the thread stood before the run, `checkpoint_before`, was recorded by the claim.)
         if ck is None:
             keep = 0
         else:

@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -27,6 +27,21 @@ from server.runs.store import EVENTS_CHANNEL, TERMINAL, append_unfenced
 __all__ = ["EVENTS_CHANNEL", "TERMINAL", "Event", "EventFeed", "EventWriter", "Fenced", "append_unfenced"]
 
 log = logging.getLogger("keel.events")
+
+
+T = TypeVar("T")
+
+
+async def run_to_end(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a database write to its end even when the calling task is cancelled meanwhile (a run's cancel or
+    lost lease): a pipeline cut off mid-protocol could go back to the pool half-used. The caller's cancel is
+    raised once the write is over, committed or not."""
+    task = asyncio.ensure_future(coro)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        raise
 
 
 class Fenced(Exception):
@@ -42,41 +57,81 @@ class Event:
     data: Any
 
 
+# How long a published event may wait for the step's checkpoint to carry it (one transaction for both) before
+# a flush of its own appends it: short enough that a streamed token still reaches readers at once.
+FLUSH_DELAY_S = 0.005
+
+
 class EventWriter:
-    """Buffers a run's events and appends them in batches, fenced by the lease epoch."""
+    """Buffers a run's events and appends them in batches, fenced by the lease epoch.
+
+    Most events ride in the transaction of the checkpoint that follows them (see server.saver); an event that
+    no checkpoint picks up within FLUSH_DELAY_S (a token streamed from a long model call) is appended by a
+    background flush of its own."""
 
     def __init__(
-        self, pool: AsyncConnectionPool, run_id: str, epoch: int, attempt: int, start_seq: int
+        self,
+        pool: AsyncConnectionPool,
+        run_id: str,
+        epoch: int,
+        attempt: int,
+        start_seq: int,
+        flush_delay: float = FLUSH_DELAY_S,
     ) -> None:
         self.pool, self.run_id, self.epoch, self.attempt = pool, run_id, epoch, attempt
+        self.flush_delay = flush_delay
+        self._delaying = False  # the background flush is still waiting for a checkpoint to carry the events
         self.last_seq = start_seq  # last seq handed out
         self.flushed_seq = start_seq  # last seq known to be in the table
         self._buffer: list[tuple[int, str, Any]] = []
         self._unconfirmed: list[tuple[int, str, Any]] = []  # appended, not yet known to be durable
         self._lock = asyncio.Lock()
         self._pending: asyncio.Task[None] | None = None
+        self.closed = False  # the attempt's log is closed: its outcome is being recorded
+        # The graph's pending writes (LangGraph's put_writes: query, rows), held like events for the next
+        # checkpoint's transaction, else committed on their own after flush_delay (see server.saver).
+        self._writes: list[tuple[str, list[Any]]] = []
+        self._writes_task: asyncio.Task[None] | None = None
+        self._writes_lock = asyncio.Lock()
+        self._writes_sleeping = False
+        self._writes_inflight = 0
+        self._writes_idle = asyncio.Event()
+        self._writes_idle.set()
 
-    def publish(self, event: str, data: Any) -> int:
-        """Queue an event; a background flush picks it up (batching whatever arrives meanwhile)."""
+    @property
+    def active(self) -> bool:
+        """The run's graph is executing (its steps' writes are made durable by the next checkpoint)."""
+        return not self.closed
+
+    def publish(self, event: str, data: Any, *, now: bool = False) -> int:
+        """Queue an event; a background flush picks it up (batching whatever arrives meanwhile). `now`: flush
+        at once rather than wait for a checkpoint to carry it (an attempt's `metadata`, which a client that
+        joins the run's stream starts after)."""
         self.last_seq += 1
         self._buffer.append((self.last_seq, event, data))
         if self._pending is None or self._pending.done():
-            self._pending = asyncio.get_running_loop().create_task(self._flush_soon())
+            self._pending = asyncio.get_running_loop().create_task(self._flush_soon(now))
         return self.last_seq
 
-    async def _flush_soon(self) -> None:
+    async def _flush_soon(self, now: bool = False) -> None:
+        if self.flush_delay > 0 and not now:
+            self._delaying = True
+            try:
+                await asyncio.sleep(self.flush_delay)
+            finally:
+                self._delaying = False
         try:
-            await self.flush()
+            await self.flush(verify=False)  # (a checkpoint re-appends what a Postgres crash lost)
         except Fenced:
             pass  # the run's owner finds out through its own flush, heartbeat or finish
         except Exception:  # retried by the next flush (barrier before checkpoints, finish)
             log.warning("event flush failed; will retry", exc_info=True)
 
-    async def flush(self) -> None:
+    async def flush(self, *, verify: bool = True) -> None:
         """Write every queued event (and re-append lost ones); raises Fenced if the lease is gone."""
         async with self._lock:
             if not self._buffer:
-                if self._unconfirmed:
+                if self._unconfirmed and verify:
                     await self._verify()
                 return
             batch, self._buffer = self._buffer, []
@@ -119,15 +174,104 @@ class EventWriter:
         """Insert events (in the caller's fenced transaction) and wake the run's readers."""
         await store.append_events(conn, self.run_id, self.attempt, rows)
 
+    def add_writes(self, query: str, rows: list[Any]) -> None:
+        """Hold pending writes for the next checkpoint's transaction; commit them alone if none comes soon."""
+        self._writes.append((query, rows))
+        if self._writes_task is None or self._writes_task.done():
+            self._writes_task = asyncio.get_running_loop().create_task(self._write_soon())
+
+    @asynccontextmanager
+    async def adding_writes(self) -> AsyncIterator[None]:
+        """Around the preparation of pending writes (their serialisation), so a checkpoint waits for them."""
+        self._writes_inflight += 1
+        self._writes_idle.clear()
+        try:
+            yield
+        finally:
+            self._writes_inflight -= 1
+            if not self._writes_inflight:
+                self._writes_idle.set()
+
+    async def writes_settled(self) -> None:
+        """Until no pending writes are being prepared (LangGraph hands them over from a task of its own)."""
+        await self._writes_idle.wait()
+
+    def take_writes(self) -> list[tuple[str, list[Any]]]:
+        """The held pending writes, for the caller's transaction (`restore_writes` if it fails)."""
+        batch, self._writes = self._writes, []
+        return batch
+
+    def restore_writes(self, batch: list[tuple[str, list[Any]]]) -> None:
+        self._writes = batch + self._writes
+
+    async def _write_soon(self) -> None:
+        self._writes_sleeping = True
+        try:
+            await asyncio.sleep(self.flush_delay)
+        finally:
+            self._writes_sleeping = False
+        try:
+            await self.flush_writes()
+        except Exception:  # retried by the next checkpoint or by close()
+            log.warning("pending writes flush failed; will retry", exc_info=True)
+
+    async def flush_writes(self) -> None:
+        """Commit the held pending writes now, without waiting for the disk: the next synchronous commit of
+        the run (a checkpoint, or finish) makes them durable (see server.saver)."""
+        async with self._writes_lock:
+            batch = self.take_writes()
+            if not batch:
+                return
+            try:
+                await run_to_end(self._commit_writes(batch))
+            except BaseException:
+                self.restore_writes(batch)
+                raise
+
+    async def _commit_writes(self, batch: list[tuple[str, list[Any]]]) -> None:
+        async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
+            await conn.execute("SET LOCAL synchronous_commit = off")
+            async with conn.cursor(binary=True) as cur:
+                for query, rows in batch:
+                    await cur.executemany(query, rows)
+
     def mark_durable(self, seq: int) -> None:
         """Events up to `seq` were followed by a synchronous commit (a checkpoint): forget them."""
         self._unconfirmed = [e for e in self._unconfirmed if e[0] > seq]
 
-    async def close(self) -> None:
-        """Wait for the background flush and write what is left."""
+    @asynccontextmanager
+    async def barrier(self) -> AsyncIterator[tuple[list[tuple[int, str, Any]], int]]:
+        """Hold the log while a checkpoint commits: yields (events, seq) — the events to append in the
+        checkpoint's own transaction (the queued ones, and those appended earlier that no synchronous commit
+        has confirmed yet: re-appending one that is there is a no-op, one a Postgres crash lost comes back) and
+        the last seq the log holds once it commits. Nothing is taken off the writer unless the block succeeds."""
+        async with self._lock:
+            batch, self._buffer = self._buffer, []
+            rows = self._unconfirmed + batch
+            mark = batch[-1][0] if batch else self.flushed_seq
+            try:
+                yield rows, mark
+            except BaseException:
+                self._buffer = batch + self._buffer  # keep order; nothing was committed
+                raise
+            self.flushed_seq = mark
+            self._unconfirmed = []  # the checkpoint's synchronous commit made every one of them durable
+
+    async def close(self, *, flush: bool = True) -> None:
+        """Wait for the background flush and write what is left (or leave it to the caller's transaction,
+        through `barrier`, when `flush` is false)."""
+        self.closed = True
+        if self._writes_task is not None and self._writes_sleeping:
+            self._writes_task.cancel()  # still waiting: flush_writes below commits its writes now
+        if self._writes_task is not None:
+            await asyncio.gather(self._writes_task, return_exceptions=True)
+        await self.flush_writes()  # before the outcome is read from the checkpoints and their writes
+        if self._pending is not None and self._delaying:
+            self._pending.cancel()  # still waiting: what it would write is written below
         if self._pending is not None:
             await asyncio.gather(self._pending, return_exceptions=True)
-        await self.flush()
+        if flush:
+            await self.flush()
 
 
 class EventFeed:

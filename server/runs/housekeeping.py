@@ -45,6 +45,8 @@ class Housekeeping:
         """Bound the thread's checkpoint storage (best effort)."""
         from server.retention import trim_checkpoints
 
+        if "trim_cut" in c.run and c.run["trim_cut"] is None:
+            return  # finish() found no more checkpoints than are kept
         try:
             await trim_checkpoints(self.db, c.thread_id, self.settings.keel_keep_checkpoints)
         except Exception:

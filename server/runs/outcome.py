@@ -43,7 +43,7 @@ class OutcomeRecorder:
         snapshot = await self.graph.aget_state({"configurable": {"thread_id": c.thread_id}})
         pending = bool(snapshot.next) or any(t.interrupts for t in snapshot.tasks)
         writer.publish("end", None)  # the log's end marker; never sent to clients (see routes.runs)
-        await writer.close()
+        await writer.close(flush=False)  # the last events commit with the outcome, in finish()
         # A run that stopped at an interrupt succeeded (as in langgraph-api); its thread is "interrupted".
         status = RunStatus.SUCCESS
         ok = await finish(
@@ -54,6 +54,8 @@ class OutcomeRecorder:
             thread_status=thread_status(pending),
             thread_values=jsonable(snapshot.values),
             interrupts=interrupts_by_task(snapshot),
+            writer=writer,
+            trim_keep=self.housekeeping.settings.keel_keep_checkpoints,
         )
         outcome = Outcome.INTERRUPTED if pending else Outcome.SUCCESS
         log.info("run finished: %s", outcome if ok else f"{outcome} (fenced: lease lost)")
@@ -140,7 +142,7 @@ class OutcomeRecorder:
         if writer is None:  # cancelled before this attempt began its part of the event log
             start_seq, _ = await prepare(pool, c)
             writer = open_writer(pool, h, start_seq)
-            writer.publish("metadata", {"run_id": c.run_id, "attempt": c.attempt})
+            writer.publish("metadata", {"run_id": c.run_id, "attempt": c.attempt}, now=True)
         # No error event: the reference server ends a cancelled run's stream without one (a client would
         # show the cancel as a failure). The end marker stays in the log only.
         writer.publish("end", None)

@@ -76,8 +76,14 @@ async def finish(
     thread_status: str,
     thread_values: Any,
     interrupts: Any,
+    writer: Any = None,
+    trim_keep: int = 0,
 ) -> bool:
-    """Move the run to a terminal status and update its thread; False if the lease was lost (fenced)."""
+    """Move the run to a terminal status and update its thread; False if the lease was lost (fenced).
+
+    With `writer` (a closed EventWriter), the events it still holds are appended in the same transaction. With
+    `trim_keep`, it also notes (in `c.run["trim_cut"]`) whether the thread has more checkpoints than that, so
+    housekeeping trims only when there is something to trim."""
     async with pool.connection() as conn, conn.transaction():
         # Thread first, then run: the order run creation and cancellation lock them in (no deadlock).
         await conn.execute(store.LOCK_THREAD_NO_KEY, (c.thread_id,))
@@ -94,6 +100,13 @@ async def finish(
         )
         if row is None:
             return False
+        if trim_keep > 0:
+            cut = await store.fetchone(conn, store.TRIM_CUT, (c.thread_id, trim_keep - 1))
+            c.run["trim_cut"] = cut["checkpoint_id"] if cut else None
+        if writer is not None:
+            async with writer.barrier() as (events, _):
+                if events:
+                    await store.append_events(conn, c.run_id, c.attempt, events)
         await set_thread_after_run(conn, c.thread_id, thread_status, thread_values, interrupts, error)
         await conn.execute(
             store.NOTIFY_FINISHED, (store.EVENTS_CHANNEL, f"done:{c.run_id}", c.thread_id, RUNS_CHANNEL)

@@ -197,11 +197,6 @@ CANCEL_PENDING = (
 DELETE_PENDING_RUN = "DELETE FROM keel_runs WHERE run_id = %s AND status = 'pending'"
 DELETE_RUN = "DELETE FROM keel_runs WHERE run_id = %s"
 LOCK_RUN_FOR_ROLLBACK = "SELECT lease_epoch, checkpoint_before FROM keel_runs WHERE run_id = %s FOR UPDATE"
-# Where the thread stood before this run wrote anything (a rollback deletes what comes after).
-SET_CHECKPOINT_BEFORE = (
-    "UPDATE keel_runs SET checkpoint_before = coalesce((SELECT max(checkpoint_id) FROM checkpoints "
-    "WHERE thread_id = %s AND checkpoint_ns = ''), '') WHERE run_id = %s AND checkpoint_before IS NULL"
-)
 
 
 def count_threads_sql(where: str) -> str:
@@ -236,14 +231,33 @@ WITH next AS (
 )
 UPDATE keel_runs r SET status = 'running', attempt = r.attempt + 1, lease_owner = %(owner)s,
        lease_expires_at = now() + make_interval(secs => %(lease)s), lease_epoch = r.lease_epoch + 1,
-       started_at = coalesce(r.started_at, now()), updated_at = now()
+       started_at = coalesce(r.started_at, now()), updated_at = now(),
+       -- Where the thread stood before this run wrote anything (a rollback deletes what comes after), set by
+       -- the first claim: no attempt has written a checkpoint before it, and recording it here costs no
+       -- commit of its own.
+       checkpoint_before = coalesce(r.checkpoint_before, (SELECT max(c.checkpoint_id) FROM checkpoints c
+           WHERE c.thread_id = r.thread_id::text AND c.checkpoint_ns = ''), '')
 FROM next WHERE r.run_id = next.run_id
-RETURNING {_prefixed("r")}
+RETURNING {_prefixed("r")},
+    -- Where this attempt's event log resumes (see runs.attempt.prepare), read in the same round trip: the run's
+    -- last checkpoint (its id and how far the log had got), and the last event logged.
+    (SELECT jsonb_build_object('id', c.checkpoint_id, 'seq', c.metadata->'keel_event_seq') FROM checkpoints c
+     WHERE c.thread_id = r.thread_id::text AND c.checkpoint_ns = '' AND c.metadata->>'run_id' = r.run_id::text
+     ORDER BY c.checkpoint_id DESC LIMIT 1) AS resume_from,
+    (SELECT coalesce(max(e.seq), 0) FROM keel_run_events e WHERE e.run_id = r.run_id) AS logged_seq,
+    -- Anything else queued (as of this statement)? If not, the worker need not try another claim: a run queued
+    -- later sends its own NOTIFY.
+    EXISTS (SELECT 1 FROM keel_runs p WHERE p.status = 'pending' AND p.run_id <> r.run_id) AS more_pending
 """
 FINISH_RUN = (
     "UPDATE keel_runs SET status = %s, result = %s, error = %s, lease_owner = NULL, lease_expires_at = NULL, "
     "finished_at = now(), updated_at = now() "
     "WHERE run_id = %s AND lease_epoch = %s AND status = 'running' RETURNING temporary, kwargs"
+)
+# The newest checkpoint of a thread that checkpoint trimming would drop older ones than (None: nothing to trim).
+TRIM_CUT = (
+    "SELECT checkpoint_id FROM checkpoints WHERE thread_id = %s AND checkpoint_ns = '' "
+    "ORDER BY checkpoint_id DESC OFFSET %s LIMIT 1"
 )
 # Wake the run's waiters; wake workers only if this thread has queued runs (others need no claim).
 NOTIFY_FINISHED = (

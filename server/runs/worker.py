@@ -100,6 +100,7 @@ class Worker:
         self.executor = executor
         self.handles: dict[str, RunHandle] = {}
         self._wake = asyncio.Event()
+        self._saturated = False  # the last claim pass stopped at `concurrency`
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._main: asyncio.Task[None] | None = None
@@ -234,6 +235,10 @@ class Worker:
                     if c is None:
                         break
                     self._start(c)
+                    if not c.run.get("more_pending", True):
+                        break
+                # Full: runs may be waiting, so a slot that frees up wakes the loop (else NOTIFY does).
+                self._saturated = len(self.handles) >= self.concurrency
             except asyncio.CancelledError:
                 raise
             except Exception:  # Postgres unavailable: back off, the pool reconnects
@@ -254,7 +259,8 @@ class Worker:
     def _release_handle(self, h: RunHandle) -> None:
         if self.handles.get(h.claim.run_id) is h:  # not a later claim of the same run
             del self.handles[h.claim.run_id]
-        self._wake.set()
+        if self._saturated or self._stopping:
+            self._wake.set()
 
     async def _execute(self, h: RunHandle) -> None:
         try:

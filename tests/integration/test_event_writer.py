@@ -19,3 +19,124 @@ async def test_checkpoint_confirming_events_during_a_verify_does_not_break_the_f
     writer.mark_durable(2)
     await flush  # raised IndexError: the verify read the unconfirmed list after it emptied
     assert writer._unconfirmed == []
+
+
+async def _running_run(db, epoch: int) -> tuple[str, str]:
+    """A thread and a run of it that is `running` at lease epoch `epoch`."""
+    tid, rid = str(uuid.uuid4()), str(uuid.uuid4())
+    async with db.pool.connection() as conn:
+        await conn.execute(
+            "INSERT INTO keel_threads (thread_id, user_id, metadata) VALUES (%s, 'u', '{}')", (tid,)
+        )
+        await conn.execute(
+            "INSERT INTO keel_runs (run_id, thread_id, assistant_id, user_id, status, metadata, kwargs, "
+            "multitask_strategy, temporary, lease_epoch) VALUES (%s, %s, %s, 'u', 'running', '{}', '{}', "
+            "'reject', false, %s)",
+            (rid, tid, str(uuid.uuid4()), epoch),
+        )
+    return tid, rid
+
+
+async def _checkpoint(db, tid: str, rid: str, epoch: int) -> None:
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    config = {"configurable": {"thread_id": tid, "checkpoint_ns": ""}}
+    await db.checkpointer.aput(config, empty_checkpoint(), {"run_id": rid, "keel_epoch": epoch}, {})
+
+
+async def test_a_checkpoint_commits_the_events_before_it_in_its_own_transaction(db):
+    from server.saver import current_event_writer
+
+    tid, rid = await _running_run(db, epoch=3)
+    writer = EventWriter(db.pool, rid, epoch=3, attempt=1, start_seq=0, flush_delay=60)  # no flush of its own
+    token = current_event_writer.set(writer)
+    try:
+        writer.publish("metadata", {"run_id": rid})
+        writer.publish("values", {"x": 1})
+        await _checkpoint(db, tid, rid, 3)
+    finally:
+        current_event_writer.reset(token)
+        await writer.close()
+    async with db.pool.connection() as conn:
+        events = await (
+            await conn.execute(
+                "SELECT seq, xmin::text AS x FROM keel_run_events WHERE run_id = %s ORDER BY seq", (rid,)
+            )
+        ).fetchall()
+        ck = await (
+            await conn.execute(
+                "SELECT xmin::text AS x, metadata->'keel_event_seq' AS mark FROM checkpoints WHERE thread_id = %s",
+                (tid,),
+            )
+        ).fetchone()
+    assert [e["seq"] for e in events] == [1, 2]
+    assert {e["x"] for e in events} == {ck["x"]}, "events and checkpoint were committed separately"
+    assert ck["mark"] == 2
+
+
+async def test_a_fenced_checkpoint_writes_neither_itself_nor_the_events_before_it(db):
+    from server.runs.events import Fenced
+    from server.saver import current_event_writer
+
+    tid, rid = await _running_run(db, epoch=5)  # another worker holds the run now
+    writer = EventWriter(db.pool, rid, epoch=4, attempt=1, start_seq=0, flush_delay=60)
+    token = current_event_writer.set(writer)
+    try:
+        writer.publish("values", {"x": 1})
+        try:
+            await _checkpoint(db, tid, rid, 4)
+            raise AssertionError("a zombie's checkpoint was accepted")
+        except Fenced:
+            pass
+    finally:
+        current_event_writer.reset(token)
+        writer.closed = True
+        if writer._pending:
+            writer._pending.cancel()
+    async with db.pool.connection() as conn:
+        n_events = (
+            await (
+                await conn.execute("SELECT count(*) AS n FROM keel_run_events WHERE run_id = %s", (rid,))
+            ).fetchone()
+        )["n"]
+        n_ck = (
+            await (
+                await conn.execute("SELECT count(*) AS n FROM checkpoints WHERE thread_id = %s", (tid,))
+            ).fetchone()
+        )["n"]
+    assert (n_events, n_ck) == (0, 0)
+
+
+async def test_pending_writes_ride_in_the_next_checkpoint_or_are_committed_by_close(db):
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    from server.saver import current_event_writer
+
+    tid, rid = await _running_run(db, epoch=2)
+    writer = EventWriter(db.pool, rid, epoch=2, attempt=1, start_seq=0, flush_delay=60)
+    token = current_event_writer.set(writer)
+    try:
+        first = await db.checkpointer.aput(
+            {"configurable": {"thread_id": tid, "checkpoint_ns": ""}},
+            empty_checkpoint(),
+            {"run_id": rid, "keel_epoch": 2},
+            {},
+        )
+        await db.checkpointer.aput_writes(first, [("x", 1)], "task-1")
+        await _checkpoint(db, tid, rid, 2)  # carries task-1's write
+        await db.checkpointer.aput_writes(first, [("y", 2)], "task-2")  # no checkpoint after it
+    finally:
+        current_event_writer.reset(token)
+        await writer.close()  # commits task-2's write
+    async with db.pool.connection() as conn:
+        rows = await (
+            await conn.execute(
+                "SELECT w.task_id, w.xmin::text AS x, (SELECT c.xmin::text FROM checkpoints c WHERE c.thread_id = "
+                "w.thread_id ORDER BY c.checkpoint_id DESC LIMIT 1) AS ck FROM checkpoint_writes w "
+                "WHERE w.thread_id = %s ORDER BY w.task_id",
+                (tid,),
+            )
+        ).fetchall()
+    assert [r["task_id"] for r in rows] == ["task-1", "task-2"]
+    assert rows[0]["x"] == rows[0]["ck"], "the write did not commit with the checkpoint after it"
+    assert rows[1]["x"] != rows[1]["ck"]
