@@ -18,8 +18,10 @@ from agent.offline.messages import Document
 from agent.offline.questions import (
     DEFINITION_QUESTION_RE,
     KIND_TESTS,
+    PARAMETER_LINE_RE,
     QUANTITY_RE,
     SOLUTION_RE,
+    asks_for_parameters,
     names_concrete,
     question_kind,
     question_parts,
@@ -30,6 +32,7 @@ from agent.offline.semantic import (
     HEADING_WEIGHT,
     KIND_MARGIN,
     LEXICAL_WEIGHT,
+    PARAMETER_PENALTY,
     SUPPORTING_MARGIN,
     TYPE_BONUS,
     Embedder,
@@ -213,6 +216,9 @@ def extractive_answer(
     definition = DEFINITION_QUESTION_RE.match(question.strip())
     defines = definition.group(1).strip().casefold() if definition else None
     headings = heading_similarities(verdict, docs, embedder, question)
+    # An API parameter line describes one argument: it answers "which parameter ..." or "what does X accept",
+    # not what happens or how to do something, where it otherwise outscores the sentence that says so.
+    penalty = 0.0 if asks_for_parameters(question) else PARAMETER_PENALTY
 
     def score(i: int) -> float:
         lexical = sum(w for t, w in idf.items() if t in stem_sets[i]) / total
@@ -228,7 +234,8 @@ def extractive_answer(
             rf"(?i)(?:the |a |an )?{re.escape(defines)}\b.{{0,40}}\b(?:is|are)\b", s.text
         ):
             cue = TYPE_BONUS  # "What is X?": the sentence that says "X is ..."
-        return sims[i] + LEXICAL_WEIGHT * lexical + cue + HEADING_WEIGHT * headings[s.doc]
+        demoted = penalty if PARAMETER_LINE_RE.match(s.text) else 0.0
+        return sims[i] + LEXICAL_WEIGHT * lexical + cue + HEADING_WEIGHT * headings[s.doc] - demoted
 
     scores = [score(i) for i in range(len(sentences))]
     order = sorted(range(len(sentences)), key=lambda i: (-scores[i], i))

@@ -183,3 +183,53 @@ def test_an_identifier_alone_does_not_make_a_sentence_a_how_to_answer(embedder: 
     question = "How do I allow invoking several subcommands in one call?"
     answer = extractive_answer(question, CHAINING, 3, embedder)  # type: ignore[arg-type]
     assert "chain=True" in answer.split("Sources:")[0]
+
+
+ABORT = [
+    Document(
+        "1",
+        "exceptions.html",
+        "Exception Handling > Where are Errors Handled?",
+        "Click’s main error handling is happening in BaseCommand.main(). In there it handles all subclasses of "
+        "ClickException as well as the standard EOFError and KeyboardInterrupt exceptions. The latter are "
+        "internally translated into a Abort.\n\nThe logic applied is the following:\n\n"
+        "1. If an EOFError or KeyboardInterrupt happens, reraise it as Abort.\n"
+        "2. If a ClickException is raised, invoke the ClickException.show() method on it to display it and then "
+        "exit the program with ClickException.exit_code.\n"
+        "3. If an Abort exception is raised print the string Aborted! to standard error and exit the program with "
+        "exit code 1.\n"
+        "4. If it goes through well, exit the program with exit code 0.\n",
+    ),
+    Document(
+        "2",
+        "api.html",
+        "API > Utilities",
+        "click.confirm(text, default=False, abort=False)\n\nPrompts for confirmation (yes/no question). If the "
+        "user aborts the input by sending a interrupt signal this function will catch it and raise a Abort "
+        "exception.\n\nParameters\n\n- text (str) – the question to ask.\n"
+        "- abort (bool) – if this is set to True a negative answer aborts the exception by raising Abort.\n"
+        "- default (Optional[bool]) – The default value to use when no input is given.\n",
+    ),
+    Document(
+        "3",
+        "api.html",
+        "API > Exceptions",
+        "exception click.Abort\n\nAn internal signalling exception that signals Click to abort.\n\n"
+        "exception click.exceptions.Exit(code=0)\n\nAn exception that indicates that the application should "
+        "exit with some status code. This typically aborts any further handling.\n",
+    ),
+]
+
+
+def test_an_api_parameter_line_does_not_answer_what_happens(embedder: object) -> None:
+    # "abort (bool) – if this is set to True ..." describes confirm()'s argument, not what Abort does.
+    answer = extractive_answer("What happens when an Abort exception is raised?", ABORT, 3, embedder)  # type: ignore[arg-type]
+    body = answer.split("Sources:")[0]
+    assert "Aborted! to standard error" in body
+    assert "abort (bool)" not in body
+
+
+def test_an_api_parameter_line_answers_which_parameter(embedder: object) -> None:
+    question = "Which parameter of confirm makes a negative answer raise Abort?"
+    answer = extractive_answer(question, ABORT, 3, embedder)  # type: ignore[arg-type]
+    assert "abort (bool)" in answer.split("Sources:")[0]
