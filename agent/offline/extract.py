@@ -109,6 +109,37 @@ def _next_covering(
     return None
 
 
+REFERS_BACK_RE = re.compile(r"^(?:(?i:it|its|they|their|these|this|that|those)\b|[A-Z][a-z]+ (?:it|them)\b)")
+"""A sentence whose subject is in the sentence before it: "It ...", "This ...", "They ...", or an instruction
+about "it" ("Use it as the liveness and readiness probe of `keel serve`.")."""
+
+
+def _antecedents(sentences: list[Sentence]) -> dict[int, int]:
+    """For each sentence that refers back (`REFERS_BACK_RE`), the sentence right before it in its paragraph."""
+    at = {(s.doc, s.unit, s.position): j for j, s in enumerate(sentences)}
+    out: dict[int, int] = {}
+    for i, s in enumerate(sentences):
+        j = at.get((s.doc, s.unit, s.position - 1))
+        if j is not None and REFERS_BACK_RE.match(s.text):
+            out[i] = j
+    return out
+
+
+def _with_antecedents(sentences: list[Sentence], picked: list[int], max_sentences: int) -> list[int]:
+    """Each picked sentence that refers back ("Use it as the liveness probe.") preceded by the sentence of its
+    paragraph that names what it refers to ("`GET /ok` needs no API key."), while the answer has room for it
+    (`max_sentences`): an antecedent never displaces a sentence picked for its own score."""
+    antecedents = _antecedents(sentences)
+    out = list(picked)
+    for i in picked:
+        j = antecedents.get(i)
+        if j is None or j in out or len(out) >= max_sentences:
+            continue
+        at = out.index(i)
+        out = [*out[:at], j, *out[at:]]
+    return out
+
+
 def _idf(question_stems: list[str], stem_sets: list[set[str]]) -> dict[str, float]:
     n = len(stem_sets)
     idf: dict[str, float] = {}
@@ -277,6 +308,8 @@ def extractive_answer(
                 if not any(_near_duplicate(stem_sets[i], stem_sets[j]) for j in picked):
                     picked = [*picked[: max_sentences - 1], i]
                 break
+    # A sentence that refers back ("Use it as the liveness probe") is quoted with the one naming its subject.
+    picked = _with_antecedents(sentences, picked, max_sentences)
     # A compound question gets each part's best sentence too, so the answer spans the passages it needs.
     for row in verdict.part_sims:
         best = max(range(len(sentences)), key=lambda i: (row[i], -i))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from agent.offline.citations import render_answer
-from agent.offline.extract import extractive_answer
+from agent.offline.extract import _with_antecedents, extractive_answer
 from agent.offline.messages import Document
 from agent.offline.questions import names_concrete
 from agent.offline.semantic import EmbeddingCache
@@ -233,3 +233,46 @@ def test_an_api_parameter_line_answers_which_parameter(embedder: object) -> None
     question = "Which parameter of confirm makes a negative answer raise Abort?"
     answer = extractive_answer(question, ABORT, 3, embedder)  # type: ignore[arg-type]
     assert "abort (bool)" in answer.split("Sources:")[0]
+
+
+HEALTH = [
+    Document(
+        "1",
+        "docs/operations.md",
+        "Running Keel in production > Health checks",
+        '## Health checks\n\n`GET /ok` answers `{"ok": true}` after a round trip to Postgres (`SELECT 1`), so it '
+        "fails when the database is unreachable. `GET /ok` needs no API key. Use it as the liveness and "
+        "readiness probe of `keel serve`; the Docker Compose file does exactly that. `keel worker` has no API: "
+        "supervise it as a process (restart it when it exits).",
+    ),
+    Document(
+        "2",
+        "docs/operations.md",
+        "Running Keel in production > Metrics",
+        "Every process can expose Prometheus metrics. The `/metrics` endpoint of `keel serve` is on its API port.",
+    ),
+]
+
+
+def test_a_picked_sentence_that_refers_back_is_quoted_with_the_one_naming_its_subject(
+    embedder: object,
+) -> None:
+    question = "Which endpoint should I use as a readiness probe for keel serve?"
+    answer = extractive_answer(question, HEALTH, 3, embedder)  # type: ignore[arg-type]
+    body = answer.split("Sources:")[0]
+    assert "Use it as the liveness" in body
+    assert body.index("`GET /ok` needs no API key") < body.index("Use it as the liveness")
+
+
+def test_an_antecedent_joins_only_when_the_answer_has_room() -> None:
+    sentences = passage_sentences(HEALTH)
+    texts = [s.text for s in sentences]
+    use = next(i for i, t in enumerate(texts) if t.startswith("Use it"))
+    metrics = next(i for i, t in enumerate(texts) if t.startswith("Every process"))
+    first = next(i for i, t in enumerate(texts) if t.startswith("`GET /ok` answers"))
+    assert [texts[i][:14] for i in _with_antecedents(sentences, [use, metrics], 3)] == [
+        "`GET /ok` need",
+        "Use it as the ",
+        "Every process ",
+    ]
+    assert _with_antecedents(sentences, [use, first, metrics], 3) == [use, first, metrics]
