@@ -114,6 +114,17 @@ REFERS_BACK_RE = re.compile(r"^(?:(?i:it|its|they|their|these|this|that|those)\b
 about "it" ("Use it as the liveness and readiness probe of `keel serve`.")."""
 
 
+def _make_room(sentences: list[Sentence], picked: list[int], max_sentences: int) -> list[int]:
+    """The picks less one when the answer is full: the last one that names nothing concrete to type (a how-to
+    answer's solution sentence, "To enable this feature, the auto_envvar_prefix parameter ...", stays), else the
+    last one."""
+    if len(picked) < max_sentences:
+        return picked
+    vague = [i for i in picked[1:] if not names_concrete(sentences[i])]
+    drop = vague[-1] if vague else picked[-1]
+    return [i for i in picked if i != drop][: max_sentences - 1]
+
+
 def _antecedents(sentences: list[Sentence]) -> dict[int, int]:
     """For each sentence that refers back (`REFERS_BACK_RE`), the sentence right before it in its paragraph."""
     at = {(s.doc, s.unit, s.position): j for j, s in enumerate(sentences)}
@@ -306,7 +317,7 @@ def extractive_answer(
                 break
             if sims[i] >= ANSWER_MIN_SIMILARITY and wanted(sentences[i]):
                 if not any(_near_duplicate(stem_sets[i], stem_sets[j]) for j in picked):
-                    picked = [*picked[: max_sentences - 1], i]
+                    picked = [*_make_room(sentences, picked, max_sentences), i]
                 break
     # A sentence that refers back ("Use it as the liveness probe") is quoted with the one naming its subject.
     picked = _with_antecedents(sentences, picked, max_sentences)

@@ -51,7 +51,7 @@ TYPE_BONUS = 0.07
 with its unit for "how long/how many", "X is ..." for "what is X" (half of it for a named setting or table
 row when the question asks "which")."""
 
-KIND_MARGIN = 0.15
+KIND_MARGIN = 0.2
 """A sentence of the kind the question asks for (code for a how-to, a number for how long) joins an answer
 that has none when it scores within this margin of the best sentence."""
 

@@ -276,3 +276,80 @@ def test_an_antecedent_joins_only_when_the_answer_has_room() -> None:
         "Every process ",
     ]
     assert _with_antecedents(sentences, [use, first, metrics], 3) == [use, first, metrics]
+
+
+PASSWORD = [
+    Document(
+        "1",
+        "options.html",
+        "Options > Password Prompts",
+        '## Password Prompts\n\nClick also supports hidden prompts and asking for confirmation. This is useful for password input:\n\n```\nimport codecs\n\n@click.command()\n@click.option(\n    "--password", prompt=True, hide_input=True,\n    confirmation_prompt=True\n)\ndef encode(password):\n    click.echo(f"encoded: {codecs.encode(password, \'rot13\')}")\n```\n\n```\n$ encode\nPassword:\nRepeat for confirmation:\nencoded: frperg\n```\n\nBecause this combination of parameters is quite common, this can also be replaced with the password_option() decorator:\n\n```\n@click.command()\n@click.password_option()\ndef encrypt(password):\n    click.echo(f"encoded: to {codecs.encode(password, \'rot13\')}")\n```',
+    ),
+    Document(
+        "2",
+        "prompts.html",
+        "User Input Prompts",
+        "# User Input Prompts\n\nClick supports prompts in two different places. The first is automated prompts when the parameter handling happens, and the second is to ask for prompts at a later point independently.\n\nThis can be accomplished with the prompt() function, which asks for valid input according to a type, or the confirm() function, which asks for confirmation (yes/no).",
+    ),
+    Document(
+        "3",
+        "prompts.html",
+        "User Input Prompts > Option Prompts",
+        "## Option Prompts\n\nOption prompts are integrated into the option interface. See Prompting for more information. Internally, it automatically calls either prompt() or confirm() as necessary.",
+    ),
+    Document(
+        "4",
+        "api.html",
+        "API > Decorators",
+        'This defaults to Option.\n\n- param_decls (str) –\n\n- attrs (Any) –\n\nReturn type\n\nCallable[[FC], FC]\n\nclick.password_option(*param_decls, **kwargs)\n\nAdd a --password option which prompts for a password, hiding input and asking to enter the value again for confirmation.\n\nParameters\n\n- param_decls (str) – One or more option names. Defaults to the single value "--password".\n\n- kwargs (Any) – Extra arguments are passed to option().\n\nReturn type\n\nCallable[[FC], FC]\n\nclick.confirmation_option(*param_decls, **kwargs)\n\nAdd a --yes option which shows a prompt before continuing if not passed. If the prompt is declined, the program will exit.\n\nParameters',
+    ),
+]
+
+
+def test_a_how_to_answer_without_code_takes_the_example_nearly_as_good(embedder: object) -> None:
+    # The best sentences describe password_option() and confirmation_option(); the example that asks twice
+    # (confirmation_prompt=True) follows "Click also supports hidden prompts and asking for confirmation."
+    answer = extractive_answer(
+        "How do I ask for it twice to confirm?",
+        PASSWORD,
+        3,
+        embedder,  # type: ignore[arg-type]
+        context="How do I prompt for a password without echoing it?",
+    )
+    assert "confirmation_prompt=True" in answer.split("Sources:")[0]
+
+
+ENVVAR_PASSAGES = [
+    Document(
+        "1",
+        "options.html",
+        "Options > Values from Environment Variables",
+        "## Values from Environment Variables\n\nA very useful feature of Click is the ability to accept parameters from environment variables in addition to regular parameters. This allows tools to be automated much easier. For instance, you might want to pass a configuration file with a --config parameter but also support exporting a TOOL_CONFIG=hello.cfg key-value pair for a nicer development experience.\n\nThis is supported by Click in two ways. One is to automatically build environment variables which is supported for options only. To enable this feature, the auto_envvar_prefix parameter needs to be passed to the script that is invoked. Each command and parameter is then added as an uppercase underscore-separated variable. If you have a subcommand called run taking an option called reload and the prefix is WEB, then the variable is WEB_RUN_RELOAD.\n\nExample usage:",
+    ),
+    Document(
+        "2",
+        "arguments.html",
+        "Arguments > Environment Variables",
+        "## Environment Variables\n\nLike options, arguments can also grab values from an environment variable. Unlike options, however, this is only supported for explicitly named environment variables.\n\nExample usage:\n\n```\n@click.command()\n@click.argument('src', envvar='SRC', type=click.File('r'))\ndef echo(src):\n    \"\"\"Print value of SRC environment variable.\"\"\"\n    click.echo(src.read())\n```\n\nAnd from the command line:\n\n```\n$ export SRC=hello.txt\n$ echo\nHello World!\n```\n\nIn that case, it can also be a list of different environment variables where the first one is picked.\n\nGenerally, this feature is not recommended because it can cause the user a lot of confusion.",
+    ),
+    Document(
+        "3",
+        "options.html",
+        "Options > Dynamic Defaults for Prompts",
+        '## Dynamic Defaults for Prompts\n\nThe auto_envvar_prefix and default_map options for the context allow the program to read option values from the environment or a configuration file. However, this overrides the prompting mechanism, so that the user does not get the option to change the value interactively.\n\nIf you want to let the user configure the default value, but still be prompted if the option isn’t specified on the command line, you can do so by supplying a callable as the default value. For example, to get a default from the environment:\n\n```\nimport os\n\n@click.command()\n@click.option(\n    "--username", prompt=True,\n    default=lambda: os.environ.get("USER", "")\n)\ndef hello(username):\n    click.echo(f"Hello, {username}!")\n```',
+    ),
+    Document(
+        "4",
+        "options.html",
+        "Options > Values from Environment Variables",
+        "```\n$ export GREETER_DEBUG=false\n$ export GREETER_GREET_USERNAME=John\n$ cli greet\nDebug mode is off\nHello John!\n```\n\nThe second option is to manually pull values in from specific environment variables by defining the name of the environment variable on the option.\n\nExample usage:\n\n```\n@click.command()\n@click.option('--username', envvar='USERNAME')\ndef greet(username):\n   click.echo(f\"Hello {username}!\")\n\nif __name__ == '__main__':\n    greet()\n```\n\nAnd from the command line:\n\n```\n$ export USERNAME=john\n$ greet\nHello john!\n```\n\nIn that case it can also be a list of different environment variables where the first one is picked.",
+    ),
+]
+
+
+def test_the_code_example_joining_a_full_answer_keeps_the_solution_sentence(embedder: object) -> None:
+    # The example ("For example, to get a default from the environment:") displaces a sentence that names
+    # nothing to type, not "To enable this feature, the auto_envvar_prefix parameter needs to be passed ...".
+    question = "How can a Click program read option values from environment variables automatically?"
+    answer = extractive_answer(question, ENVVAR_PASSAGES, 3, embedder)  # type: ignore[arg-type]
+    assert "auto_envvar_prefix" in answer.split("Sources:")[0]
