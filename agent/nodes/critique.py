@@ -2,8 +2,8 @@
 
 The verdict (agent/schemas.Critique) says whether the draft answers the question, whether it is grounded and
 whether it abstains. A draft that answers, grounded, at or above the threshold ends the turn `done`. A draft
-that abstains gets one widened retrieval (the retrieve node searches hybrid with twice k on a revision, with
-the critic's rewritten query); if that still finds nothing, the turn ends `not_found` with the plain
+that abstains gets one widened retrieval (the retrieve node searches hybrid and full-text in turns, twice k, on a
+revision, with the critic's rewritten query); if that still finds nothing, the turn ends `not_found` with the plain
 "could not find" answer, never a quote of unrelated text. Other weak drafts are revised while revisions
 remain, then the best one ends the turn `budget_exhausted:max_revisions`.
 """

@@ -130,14 +130,17 @@ async def search_corpus(store: Any, query: str, ctx: Context, revision: int) -> 
     and dense top-k in turns, k in all: the full-text half finds a rare word the embedding model splits into
     pieces ("liveness"), the dense half keeps the passages closest in meaning when common question words
     pull unrelated full-text matches in (full-text ranking has no idf). A revision (the critic found the
-    first pass weak) casts a wider net, hybrid with twice k, so it always changes what is retrieved even when
-    the query cannot. Hybrid needs Postgres; other stores search dense."""
+    first pass weak) casts a wider net, hybrid and full-text top-2k in turns (2k in all), so it always changes
+    what is retrieved even when the query cannot, and the passage naming the question's rare words comes in
+    when hybrid ranks passages closer in meaning first. Hybrid needs Postgres; other stores search dense."""
     k = ctx.retrieve_k if revision == 0 else 2 * ctx.retrieve_k
     if getattr(store, "conn", None) is None:
         return await search_docs(store, query, namespace=ctx.namespace, k=k)
     hybrid = await search_docs(store, query, namespace=ctx.namespace, k=k, mode="hybrid")
     if revision:
-        return hybrid
+        return interleave(
+            hybrid, await search_docs(store, query, namespace=ctx.namespace, k=k, mode="fts"), k
+        )
     return interleave(hybrid, await search_docs(store, query, namespace=ctx.namespace, k=k), k)
 
 

@@ -18,8 +18,10 @@ from agent.offline.messages import Document
 from agent.offline.questions import (
     DEFINITION_QUESTION_RE,
     KIND_TESTS,
+    PARAMETER_LINE_RE,
     QUANTITY_RE,
     SOLUTION_RE,
+    asks_for_parameters,
     names_concrete,
     question_kind,
     question_parts,
@@ -30,6 +32,7 @@ from agent.offline.semantic import (
     HEADING_WEIGHT,
     KIND_MARGIN,
     LEXICAL_WEIGHT,
+    PARAMETER_PENALTY,
     SUPPORTING_MARGIN,
     TYPE_BONUS,
     Embedder,
@@ -104,6 +107,48 @@ def _next_covering(
             ):
                 return i, j
     return None
+
+
+REFERS_BACK_RE = re.compile(r"^(?:(?i:it|its|they|their|these|this|that|those)\b|[A-Z][a-z]+ (?:it|them)\b)")
+"""A sentence whose subject is in the sentence before it: "It ...", "This ...", "They ...", or an instruction
+about "it" ("Use it as the liveness and readiness probe of `keel serve`.")."""
+
+
+def _make_room(sentences: list[Sentence], picked: list[int], max_sentences: int) -> list[int]:
+    """The picks less one when the answer is full: the last one that names nothing concrete to type (a how-to
+    answer's solution sentence, "To enable this feature, the auto_envvar_prefix parameter ...", stays), else the
+    last one."""
+    if len(picked) < max_sentences:
+        return picked
+    vague = [i for i in picked[1:] if not names_concrete(sentences[i])]
+    drop = vague[-1] if vague else picked[-1]
+    return [i for i in picked if i != drop][: max_sentences - 1]
+
+
+def _antecedents(sentences: list[Sentence]) -> dict[int, int]:
+    """For each sentence that refers back (`REFERS_BACK_RE`), the sentence right before it in its paragraph."""
+    at = {(s.doc, s.unit, s.position): j for j, s in enumerate(sentences)}
+    out: dict[int, int] = {}
+    for i, s in enumerate(sentences):
+        j = at.get((s.doc, s.unit, s.position - 1))
+        if j is not None and REFERS_BACK_RE.match(s.text):
+            out[i] = j
+    return out
+
+
+def _with_antecedents(sentences: list[Sentence], picked: list[int], max_sentences: int) -> list[int]:
+    """Each picked sentence that refers back ("Use it as the liveness probe.") preceded by the sentence of its
+    paragraph that names what it refers to ("`GET /ok` needs no API key."), while the answer has room for it
+    (`max_sentences`): an antecedent never displaces a sentence picked for its own score."""
+    antecedents = _antecedents(sentences)
+    out = list(picked)
+    for i in picked:
+        j = antecedents.get(i)
+        if j is None or j in out or len(out) >= max_sentences:
+            continue
+        at = out.index(i)
+        out = [*out[:at], j, *out[at:]]
+    return out
 
 
 def _idf(question_stems: list[str], stem_sets: list[set[str]]) -> dict[str, float]:
@@ -213,6 +258,9 @@ def extractive_answer(
     definition = DEFINITION_QUESTION_RE.match(question.strip())
     defines = definition.group(1).strip().casefold() if definition else None
     headings = heading_similarities(verdict, docs, embedder, question)
+    # An API parameter line describes one argument: it answers "which parameter ..." or "what does X accept",
+    # not what happens or how to do something, where it otherwise outscores the sentence that says so.
+    penalty = 0.0 if asks_for_parameters(question) else PARAMETER_PENALTY
 
     def score(i: int) -> float:
         lexical = sum(w for t, w in idf.items() if t in stem_sets[i]) / total
@@ -228,7 +276,8 @@ def extractive_answer(
             rf"(?i)(?:the |a |an )?{re.escape(defines)}\b.{{0,40}}\b(?:is|are)\b", s.text
         ):
             cue = TYPE_BONUS  # "What is X?": the sentence that says "X is ..."
-        return sims[i] + LEXICAL_WEIGHT * lexical + cue + HEADING_WEIGHT * headings[s.doc]
+        demoted = penalty if PARAMETER_LINE_RE.match(s.text) else 0.0
+        return sims[i] + LEXICAL_WEIGHT * lexical + cue + HEADING_WEIGHT * headings[s.doc] - demoted
 
     scores = [score(i) for i in range(len(sentences))]
     order = sorted(range(len(sentences)), key=lambda i: (-scores[i], i))
@@ -268,8 +317,10 @@ def extractive_answer(
                 break
             if sims[i] >= ANSWER_MIN_SIMILARITY and wanted(sentences[i]):
                 if not any(_near_duplicate(stem_sets[i], stem_sets[j]) for j in picked):
-                    picked = [*picked[: max_sentences - 1], i]
+                    picked = [*_make_room(sentences, picked, max_sentences), i]
                 break
+    # A sentence that refers back ("Use it as the liveness probe") is quoted with the one naming its subject.
+    picked = _with_antecedents(sentences, picked, max_sentences)
     # A compound question gets each part's best sentence too, so the answer spans the passages it needs.
     for row in verdict.part_sims:
         best = max(range(len(sentences)), key=lambda i: (row[i], -i))

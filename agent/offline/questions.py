@@ -51,6 +51,20 @@ QUANTITY_RE = re.compile(
 """A number with its unit ("5 to 7 seconds", "384-dimensional", "twice k")."""
 
 
+PARAMETER_LINE_RE = re.compile(r"^\*{0,2}[A-Za-z_][\w.]*\s+\([^)]{1,80}\)\s+[–—-]\s")
+"""A Sphinx API field-list line: a parameter, its type, then what it is ("abort (bool) – if this is set to True a
+negative answer aborts ..."). It restates a parameter's own description, not what happens or how to do something."""
+
+_PARAMETER_QUESTION_RE = re.compile(
+    r"(?i)\b(?:parameters?|arguments?|accepts?|takes?|kwargs?|signature)\b|^(?:and |so )?what does \S+ do\b"
+)
+
+
+def asks_for_parameters(question: str) -> bool:
+    """A question a parameter line answers: which parameter/option, what an API accepts or takes."""
+    return question_kind(question) == "which" or _PARAMETER_QUESTION_RE.search(question) is not None
+
+
 KIND_TESTS: dict[str, Callable[[Sentence], bool]] = {
     "how": lambda s: bool(s.code or s.example),
     "quantity": lambda s: QUANTITY_RE.search(s.text) is not None,

@@ -51,9 +51,13 @@ TYPE_BONUS = 0.07
 with its unit for "how long/how many", "X is ..." for "what is X" (half of it for a named setting or table
 row when the question asks "which")."""
 
-KIND_MARGIN = 0.15
+KIND_MARGIN = 0.2
 """A sentence of the kind the question asks for (code for a how-to, a number for how long) joins an answer
 that has none when it scores within this margin of the best sentence."""
+
+PARAMETER_PENALTY = 0.1
+"""Taken off an API parameter line's score ("abort (bool) – if this is set to True ...") unless the question asks
+which parameter or what an API accepts: the line describes one argument, not what happens or how to do it."""
 
 HEADING_WEIGHT = 0.1
 """Weight of the similarity of the question to a sentence's section heading (its heading path): a sentence

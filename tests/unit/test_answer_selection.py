@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from agent.offline.citations import render_answer
-from agent.offline.extract import extractive_answer
+from agent.offline.extract import _with_antecedents, extractive_answer
 from agent.offline.messages import Document
 from agent.offline.questions import names_concrete
 from agent.offline.semantic import EmbeddingCache
@@ -183,3 +183,173 @@ def test_an_identifier_alone_does_not_make_a_sentence_a_how_to_answer(embedder: 
     question = "How do I allow invoking several subcommands in one call?"
     answer = extractive_answer(question, CHAINING, 3, embedder)  # type: ignore[arg-type]
     assert "chain=True" in answer.split("Sources:")[0]
+
+
+ABORT = [
+    Document(
+        "1",
+        "exceptions.html",
+        "Exception Handling > Where are Errors Handled?",
+        "Click’s main error handling is happening in BaseCommand.main(). In there it handles all subclasses of "
+        "ClickException as well as the standard EOFError and KeyboardInterrupt exceptions. The latter are "
+        "internally translated into a Abort.\n\nThe logic applied is the following:\n\n"
+        "1. If an EOFError or KeyboardInterrupt happens, reraise it as Abort.\n"
+        "2. If a ClickException is raised, invoke the ClickException.show() method on it to display it and then "
+        "exit the program with ClickException.exit_code.\n"
+        "3. If an Abort exception is raised print the string Aborted! to standard error and exit the program with "
+        "exit code 1.\n"
+        "4. If it goes through well, exit the program with exit code 0.\n",
+    ),
+    Document(
+        "2",
+        "api.html",
+        "API > Utilities",
+        "click.confirm(text, default=False, abort=False)\n\nPrompts for confirmation (yes/no question). If the "
+        "user aborts the input by sending a interrupt signal this function will catch it and raise a Abort "
+        "exception.\n\nParameters\n\n- text (str) – the question to ask.\n"
+        "- abort (bool) – if this is set to True a negative answer aborts the exception by raising Abort.\n"
+        "- default (Optional[bool]) – The default value to use when no input is given.\n",
+    ),
+    Document(
+        "3",
+        "api.html",
+        "API > Exceptions",
+        "exception click.Abort\n\nAn internal signalling exception that signals Click to abort.\n\n"
+        "exception click.exceptions.Exit(code=0)\n\nAn exception that indicates that the application should "
+        "exit with some status code. This typically aborts any further handling.\n",
+    ),
+]
+
+
+def test_an_api_parameter_line_does_not_answer_what_happens(embedder: object) -> None:
+    # "abort (bool) – if this is set to True ..." describes confirm()'s argument, not what Abort does.
+    answer = extractive_answer("What happens when an Abort exception is raised?", ABORT, 3, embedder)  # type: ignore[arg-type]
+    body = answer.split("Sources:")[0]
+    assert "Aborted! to standard error" in body
+    assert "abort (bool)" not in body
+
+
+def test_an_api_parameter_line_answers_which_parameter(embedder: object) -> None:
+    question = "Which parameter of confirm makes a negative answer raise Abort?"
+    answer = extractive_answer(question, ABORT, 3, embedder)  # type: ignore[arg-type]
+    assert "abort (bool)" in answer.split("Sources:")[0]
+
+
+HEALTH = [
+    Document(
+        "1",
+        "docs/operations.md",
+        "Running Keel in production > Health checks",
+        '## Health checks\n\n`GET /ok` answers `{"ok": true}` after a round trip to Postgres (`SELECT 1`), so it '
+        "fails when the database is unreachable. `GET /ok` needs no API key. Use it as the liveness and "
+        "readiness probe of `keel serve`; the Docker Compose file does exactly that. `keel worker` has no API: "
+        "supervise it as a process (restart it when it exits).",
+    ),
+    Document(
+        "2",
+        "docs/operations.md",
+        "Running Keel in production > Metrics",
+        "Every process can expose Prometheus metrics. The `/metrics` endpoint of `keel serve` is on its API port.",
+    ),
+]
+
+
+def test_a_picked_sentence_that_refers_back_is_quoted_with_the_one_naming_its_subject(
+    embedder: object,
+) -> None:
+    question = "Which endpoint should I use as a readiness probe for keel serve?"
+    answer = extractive_answer(question, HEALTH, 3, embedder)  # type: ignore[arg-type]
+    body = answer.split("Sources:")[0]
+    assert "Use it as the liveness" in body
+    assert body.index("`GET /ok` needs no API key") < body.index("Use it as the liveness")
+
+
+def test_an_antecedent_joins_only_when_the_answer_has_room() -> None:
+    sentences = passage_sentences(HEALTH)
+    texts = [s.text for s in sentences]
+    use = next(i for i, t in enumerate(texts) if t.startswith("Use it"))
+    metrics = next(i for i, t in enumerate(texts) if t.startswith("Every process"))
+    first = next(i for i, t in enumerate(texts) if t.startswith("`GET /ok` answers"))
+    assert [texts[i][:14] for i in _with_antecedents(sentences, [use, metrics], 3)] == [
+        "`GET /ok` need",
+        "Use it as the ",
+        "Every process ",
+    ]
+    assert _with_antecedents(sentences, [use, first, metrics], 3) == [use, first, metrics]
+
+
+PASSWORD = [
+    Document(
+        "1",
+        "options.html",
+        "Options > Password Prompts",
+        '## Password Prompts\n\nClick also supports hidden prompts and asking for confirmation. This is useful for password input:\n\n```\nimport codecs\n\n@click.command()\n@click.option(\n    "--password", prompt=True, hide_input=True,\n    confirmation_prompt=True\n)\ndef encode(password):\n    click.echo(f"encoded: {codecs.encode(password, \'rot13\')}")\n```\n\n```\n$ encode\nPassword:\nRepeat for confirmation:\nencoded: frperg\n```\n\nBecause this combination of parameters is quite common, this can also be replaced with the password_option() decorator:\n\n```\n@click.command()\n@click.password_option()\ndef encrypt(password):\n    click.echo(f"encoded: to {codecs.encode(password, \'rot13\')}")\n```',
+    ),
+    Document(
+        "2",
+        "prompts.html",
+        "User Input Prompts",
+        "# User Input Prompts\n\nClick supports prompts in two different places. The first is automated prompts when the parameter handling happens, and the second is to ask for prompts at a later point independently.\n\nThis can be accomplished with the prompt() function, which asks for valid input according to a type, or the confirm() function, which asks for confirmation (yes/no).",
+    ),
+    Document(
+        "3",
+        "prompts.html",
+        "User Input Prompts > Option Prompts",
+        "## Option Prompts\n\nOption prompts are integrated into the option interface. See Prompting for more information. Internally, it automatically calls either prompt() or confirm() as necessary.",
+    ),
+    Document(
+        "4",
+        "api.html",
+        "API > Decorators",
+        'This defaults to Option.\n\n- param_decls (str) –\n\n- attrs (Any) –\n\nReturn type\n\nCallable[[FC], FC]\n\nclick.password_option(*param_decls, **kwargs)\n\nAdd a --password option which prompts for a password, hiding input and asking to enter the value again for confirmation.\n\nParameters\n\n- param_decls (str) – One or more option names. Defaults to the single value "--password".\n\n- kwargs (Any) – Extra arguments are passed to option().\n\nReturn type\n\nCallable[[FC], FC]\n\nclick.confirmation_option(*param_decls, **kwargs)\n\nAdd a --yes option which shows a prompt before continuing if not passed. If the prompt is declined, the program will exit.\n\nParameters',
+    ),
+]
+
+
+def test_a_how_to_answer_without_code_takes_the_example_nearly_as_good(embedder: object) -> None:
+    # The best sentences describe password_option() and confirmation_option(); the example that asks twice
+    # (confirmation_prompt=True) follows "Click also supports hidden prompts and asking for confirmation."
+    answer = extractive_answer(
+        "How do I ask for it twice to confirm?",
+        PASSWORD,
+        3,
+        embedder,  # type: ignore[arg-type]
+        context="How do I prompt for a password without echoing it?",
+    )
+    assert "confirmation_prompt=True" in answer.split("Sources:")[0]
+
+
+ENVVAR_PASSAGES = [
+    Document(
+        "1",
+        "options.html",
+        "Options > Values from Environment Variables",
+        "## Values from Environment Variables\n\nA very useful feature of Click is the ability to accept parameters from environment variables in addition to regular parameters. This allows tools to be automated much easier. For instance, you might want to pass a configuration file with a --config parameter but also support exporting a TOOL_CONFIG=hello.cfg key-value pair for a nicer development experience.\n\nThis is supported by Click in two ways. One is to automatically build environment variables which is supported for options only. To enable this feature, the auto_envvar_prefix parameter needs to be passed to the script that is invoked. Each command and parameter is then added as an uppercase underscore-separated variable. If you have a subcommand called run taking an option called reload and the prefix is WEB, then the variable is WEB_RUN_RELOAD.\n\nExample usage:",
+    ),
+    Document(
+        "2",
+        "arguments.html",
+        "Arguments > Environment Variables",
+        "## Environment Variables\n\nLike options, arguments can also grab values from an environment variable. Unlike options, however, this is only supported for explicitly named environment variables.\n\nExample usage:\n\n```\n@click.command()\n@click.argument('src', envvar='SRC', type=click.File('r'))\ndef echo(src):\n    \"\"\"Print value of SRC environment variable.\"\"\"\n    click.echo(src.read())\n```\n\nAnd from the command line:\n\n```\n$ export SRC=hello.txt\n$ echo\nHello World!\n```\n\nIn that case, it can also be a list of different environment variables where the first one is picked.\n\nGenerally, this feature is not recommended because it can cause the user a lot of confusion.",
+    ),
+    Document(
+        "3",
+        "options.html",
+        "Options > Dynamic Defaults for Prompts",
+        '## Dynamic Defaults for Prompts\n\nThe auto_envvar_prefix and default_map options for the context allow the program to read option values from the environment or a configuration file. However, this overrides the prompting mechanism, so that the user does not get the option to change the value interactively.\n\nIf you want to let the user configure the default value, but still be prompted if the option isn’t specified on the command line, you can do so by supplying a callable as the default value. For example, to get a default from the environment:\n\n```\nimport os\n\n@click.command()\n@click.option(\n    "--username", prompt=True,\n    default=lambda: os.environ.get("USER", "")\n)\ndef hello(username):\n    click.echo(f"Hello, {username}!")\n```',
+    ),
+    Document(
+        "4",
+        "options.html",
+        "Options > Values from Environment Variables",
+        "```\n$ export GREETER_DEBUG=false\n$ export GREETER_GREET_USERNAME=John\n$ cli greet\nDebug mode is off\nHello John!\n```\n\nThe second option is to manually pull values in from specific environment variables by defining the name of the environment variable on the option.\n\nExample usage:\n\n```\n@click.command()\n@click.option('--username', envvar='USERNAME')\ndef greet(username):\n   click.echo(f\"Hello {username}!\")\n\nif __name__ == '__main__':\n    greet()\n```\n\nAnd from the command line:\n\n```\n$ export USERNAME=john\n$ greet\nHello john!\n```\n\nIn that case it can also be a list of different environment variables where the first one is picked.",
+    ),
+]
+
+
+def test_the_code_example_joining_a_full_answer_keeps_the_solution_sentence(embedder: object) -> None:
+    # The example ("For example, to get a default from the environment:") displaces a sentence that names
+    # nothing to type, not "To enable this feature, the auto_envvar_prefix parameter needs to be passed ...".
+    question = "How can a Click program read option values from environment variables automatically?"
+    answer = extractive_answer(question, ENVVAR_PASSAGES, 3, embedder)  # type: ignore[arg-type]
+    assert "auto_envvar_prefix" in answer.split("Sources:")[0]
