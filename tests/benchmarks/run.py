@@ -18,6 +18,7 @@ SECTIONS = {
     "storage": "tests.benchmarks.bench_storage",
     "engine": "tests.benchmarks.bench_engine",
     "memory": "tests.benchmarks.bench_memory",
+    "ingest": "tests.benchmarks.bench_ingest",
 }
 
 
