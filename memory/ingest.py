@@ -11,6 +11,7 @@ import asyncio
 import logging
 import sys
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatch
@@ -28,6 +29,8 @@ log = logging.getLogger("keel.memory.ingest")
 
 # Puts per store.abatch: the Postgres store embeds all of a batch's texts in one aembed_documents call.
 PUT_BATCH = 32
+# Store batches in flight during an ingest: two keep the embedding threads and Postgres busy at once.
+IN_FLIGHT = 2
 # First page size when listing the manifest or a source's chunk keys (doubled until everything fits).
 _PAGE = 1000
 
@@ -202,10 +205,18 @@ async def _chunk_keys(store: BaseStore, ns: tuple[str, ...], source: str) -> set
     return {it.key for it in await _list_items(store, ns, {"source": source})}
 
 
-async def _write(store: BaseStore, ops: list[PutOp]) -> None:
-    """Apply ops in batches of PUT_BATCH."""
-    for i in range(0, len(ops), PUT_BATCH):
-        await store.abatch(ops[i : i + PUT_BATCH])
+async def _write(store: BaseStore, ops: list[PutOp], slots: asyncio.Semaphore | None = None) -> None:
+    """Apply ops in batches of PUT_BATCH, as many at once as `slots` lets through (ops touch distinct keys)."""
+    if slots is None:
+        for i in range(0, len(ops), PUT_BATCH):
+            await store.abatch(ops[i : i + PUT_BATCH])
+        return
+
+    async def one(batch: list[PutOp]) -> None:
+        async with slots:
+            await store.abatch(batch)
+
+    await asyncio.gather(*(one(ops[i : i + PUT_BATCH]) for i in range(0, len(ops), PUT_BATCH)))
 
 
 def _next_prepared(
@@ -271,6 +282,7 @@ async def ingest_documents(
 
     report = IngestReport(files=0, chunks=0, skipped=0, removed=0, seconds=0.0)
     seen: set[str] = set()
+    slots = asyncio.Semaphore(IN_FLIGHT)  # store batches (embed + insert) running at once, all documents
     # Bytes read are the unit (known up front from file sizes, so the bar has an ETA); chunks and their rate
     # are shown beside it, since embedding them is where the time goes.
     bar = tqdm(
@@ -282,6 +294,20 @@ async def ingest_documents(
         file=sys.stderr,
         disable=not progress,
     )
+    # Up to IN_FLIGHT documents are written at once, so Postgres inserts (and the HNSW index updates) of
+    # one overlap the embedding of the next; the report still lists documents in input order.
+    pending: deque[tuple[PreparedDocument, dict[str, Any], asyncio.Task[None] | None]] = deque()
+
+    async def finish() -> None:
+        doc, entry, task = pending.popleft()
+        if task is not None:
+            await task
+            report.chunks += len(doc.chunks)
+            rate = report.chunks / max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix_str(f"{report.chunks} chunks, {rate:.1f} chunks/s", refresh=False)
+        report.documents.append(entry)
+        bar.update(doc.size)
+
     try:
         async for doc in _prepared(documents, max_tokens, overlap, prepare_all_first):
             source = doc.source
@@ -297,19 +323,28 @@ async def ingest_documents(
                 and old.get("chunker") == CHUNKER_VERSION
             ):
                 report.skipped += 1
-                report.documents.append(
-                    {"source": source, "status": "unchanged", "chunks": old.get("chunks")}
+                pending.append(
+                    (doc, {"source": source, "status": "unchanged", "chunks": old.get("chunks")}, None)
                 )
-                bar.update(doc.size)
-                continue
-            await _write_document(store, ns, meta_ns, doc, params)
-            report.chunks += len(doc.chunks)
-            report.documents.append(
-                {"source": source, "status": "replaced" if old else "added", "chunks": len(doc.chunks)}
-            )
-            rate = report.chunks / max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix_str(f"{report.chunks} chunks, {rate:.1f} chunks/s", refresh=False)
-            bar.update(doc.size)
+            else:
+                status = "replaced" if old else "added"
+                task = asyncio.ensure_future(_write_document(store, ns, meta_ns, doc, params, slots))
+                pending.append((doc, {"source": source, "status": status, "chunks": len(doc.chunks)}, task))
+            while len(pending) > IN_FLIGHT or (pending and pending[0][2] is None):
+                await finish()
+        while pending:
+            await finish()
+    except Exception:
+        # A later document failed (unreadable, repeated): the ones before it finish writing, as they would
+        # have one at a time, so a re-run skips them.
+        await asyncio.gather(*(t for _, _, t in pending if t is not None), return_exceptions=True)
+        raise
+    except BaseException:  # cancelled or interrupted: stop writing now
+        for _, _, running in pending:
+            if running is not None:
+                running.cancel()
+        await asyncio.gather(*(t for _, _, t in pending if t is not None), return_exceptions=True)
+        raise
     finally:
         bar.close()
 
@@ -329,6 +364,7 @@ async def _write_document(
     meta_ns: tuple[str, ...],
     doc: PreparedDocument,
     params: dict[str, Any],
+    slots: asyncio.Semaphore | None = None,
 ) -> None:
     """Replace a document's chunks, then record it in the manifest."""
     source = doc.source
@@ -352,7 +388,7 @@ async def _write_document(
         )
         for key, c in zip(keys, doc.chunks, strict=True)
     ]
-    await _write(store, ops)
+    await _write(store, ops, slots)
     # The manifest goes last: if we die before this, the next run sees a changed document and redoes it.
     await store.abatch(
         [

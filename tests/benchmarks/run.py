@@ -21,6 +21,7 @@ SECTIONS = {
     "engine": "tests.benchmarks.bench_engine",
     "engine-quick": "tests.benchmarks.bench_engine_quick",
     "memory": "tests.benchmarks.bench_memory",
+    "ingest": "tests.benchmarks.bench_ingest",
 }
 
 

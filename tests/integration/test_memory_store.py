@@ -12,7 +12,7 @@ from langgraph.store.postgres.aio import AsyncPostgresStore
 from psycopg.rows import dict_row
 
 from memory.embeddings import EMBED_DIMS, embedding_index_config
-from memory.ingest import IngestReport, ingest_paths
+from memory.ingest import DocumentError, IngestReport, ingest_paths
 from memory.search import docs_namespace, search_docs
 
 OPS = """# Operations
@@ -287,3 +287,33 @@ async def test_html_and_pdf_documents_and_exclude_globs(db, tmp_path):
     assert tide[0]["source"] == "mixed/tides.pdf" and "Sunday" in tide[0]["text"]
     penguins = await search_docs(db.store, "penguins", namespace="mixed", k=5)
     assert all(h["source"] != "mixed/drafts/wip.md" for h in penguins)
+
+
+async def test_documents_in_flight_keep_order_and_finish_before_a_bad_one(db, tmp_path):
+    """Several documents are written at once; the report keeps input order, and a bad document later in the
+    folder stops the ingest only after the ones before it are written whole (a re-run skips them)."""
+    from memory.ingest import ingest_documents
+
+    docs = [
+        (f"docs/{i:02d}-ops.md", (OPS + f"\n\nPart {i}: " + "More about workers. " * (40 * i)).encode())
+        for i in range(6)
+    ]
+    first = await ingest_documents(db.store, docs, namespace="flight")
+    assert [d["source"] for d in first.documents] == [s for s, _ in docs]
+    docs[2] = (docs[2][0], docs[2][1] + b"\n\nA changed paragraph.")
+    again = await ingest_documents(db.store, docs, namespace="flight")
+    assert [(d["source"], d["status"]) for d in again.documents] == [
+        (s, "replaced" if i == 2 else "unchanged") for i, (s, _) in enumerate(docs)
+    ]
+    bad = [
+        *docs[:2],
+        ("docs/99-new.md", OPS.encode() + b"\n\nnew"),
+        ("docs/broken.pdf", b"%PDF-1.4 not really"),
+    ]
+    with pytest.raises(DocumentError, match="broken.pdf"):
+        await ingest_documents(db.store, bad, namespace="flight-bad")
+    manifest = {i.key: i.value for i in await db.store.asearch(("docs_meta", "flight-bad"), limit=10)}
+    assert set(manifest) == {"docs/00-ops.md", "docs/01-ops.md", "docs/99-new.md"}
+    for source, meta in manifest.items():
+        chunks = await db.store.asearch(docs_namespace("flight-bad"), filter={"source": source}, limit=100)
+        assert len(chunks) == meta["chunks"] > 0
