@@ -358,6 +358,19 @@ async def ingest_documents(
     return report
 
 
+def chunk_value(doc: PreparedDocument, chunk: Chunk) -> dict[str, Any]:
+    """The store value of one chunk of a document (what search returns and the agent cites)."""
+    return {
+        "text": chunk.text,
+        "source": doc.source,
+        "title": doc.title,
+        "heading": chunk.heading,
+        "chunk_index": chunk.index,
+        "content_hash": content_hash(chunk.text),
+        "file_hash": doc.file_hash,
+    }
+
+
 async def _write_document(
     store: BaseStore,
     ns: tuple[str, ...],
@@ -372,22 +385,7 @@ async def _write_document(
     # Keys 0..n-1 are overwritten by upsert; only keys beyond the new count need deleting.
     stale = await _chunk_keys(store, ns, source) - set(keys)
     ops = [PutOp(ns, k, None) for k in sorted(stale)]
-    ops += [
-        PutOp(
-            ns,
-            key,
-            {
-                "text": c.text,
-                "source": source,
-                "title": doc.title,
-                "heading": c.heading,
-                "chunk_index": c.index,
-                "content_hash": content_hash(c.text),
-                "file_hash": doc.file_hash,
-            },
-        )
-        for key, c in zip(keys, doc.chunks, strict=True)
-    ]
+    ops += [PutOp(ns, key, chunk_value(doc, c)) for key, c in zip(keys, doc.chunks, strict=True)]
     await _write(store, ops, slots)
     # The manifest goes last: if we die before this, the next run sees a changed document and redoes it.
     await store.abatch(

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -35,7 +34,16 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from tests.benchmarks.common import BIN, ROOT, free_port, new_db, pct, scratch_postgres, table
+from tests.benchmarks.common import (
+    BIN,
+    ROOT,
+    create_threads,
+    free_port,
+    new_db,
+    pct,
+    run_on_scratch_postgres,
+    table,
+)
 
 GRAPH = "tests.support.fault_graph:builder"
 BODY = {"assistant_id": "agent", "input": {"plan": {}}}
@@ -167,18 +175,6 @@ class Variant:
     cpu: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # server, Postgres, client seconds
 
 
-async def _threads(c: httpx.AsyncClient, n: int) -> list[str]:
-    sem = asyncio.Semaphore(CONC)
-
-    async def one() -> str:
-        async with sem:
-            r = await c.post("/threads", json={})
-            r.raise_for_status()
-            return r.json()["thread_id"]
-
-    return list(await asyncio.gather(*(one() for _ in range(n))))
-
-
 async def _run(c: httpx.AsyncClient, tid: str) -> float:
     t = time.perf_counter()
     r = await c.post(f"/threads/{tid}/runs/wait", json=BODY)
@@ -194,7 +190,7 @@ async def _run(c: httpx.AsyncClient, tid: str) -> float:
 async def _sequential(
     c: httpx.AsyncClient, n: int, v: Variant | None = None, meter=None
 ) -> tuple[list[float], float]:
-    tids = await _threads(c, n)
+    tids = await create_threads(c, n)
     before = meter(v) if meter else None
     t = time.perf_counter()
     lat = [await _run(c, tid) for tid in tids]
@@ -242,7 +238,7 @@ class CpuMeter:
 
 
 async def _concurrent(c: httpx.AsyncClient, n: int) -> tuple[list[float], float]:
-    tids = await _threads(c, n)
+    tids = await create_threads(c, n)
     it = iter(tids)
     lat: list[float] = []
 
@@ -348,7 +344,7 @@ async def measure_commits(admin: str, variants: list[Variant], k: int) -> dict:
     tids = {}
     for v in variants:  # threads first: creating them is not part of a run
         async with _client(v) as c:
-            tids[v.key] = await _threads(c, k)
+            tids[v.key] = await create_threads(c, k)
     await asyncio.sleep(STATS_FLUSH_S)
     snaps = [_snapshot(admin, urls)]
     for v in variants:
@@ -1025,13 +1021,7 @@ def _report(r: Results) -> str:
 
 
 def run() -> str:
-    tmp = Path(tempfile.mkdtemp(prefix="keel-bench-engine-"))
-    try:
-        with scratch_postgres() as (admin, server):
-            postmaster = int((Path(server.pgdata) / "postmaster.pid").read_text().split()[0])
-            return asyncio.run(_main(admin, tmp, postmaster))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return run_on_scratch_postgres(_main, "keel-bench-engine-")
 
 
 if __name__ == "__main__":

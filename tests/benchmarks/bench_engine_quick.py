@@ -9,10 +9,7 @@ without the full section's slow-disk, `langgraph dev` and recovery parts (see be
 
 from __future__ import annotations
 
-import asyncio
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +26,7 @@ from tests.benchmarks.bench_engine import (
     measure_commits,
     measure_latency,
 )
-from tests.benchmarks.common import ROOT, free_port, new_db, scratch_postgres, table
+from tests.benchmarks.common import ROOT, free_port, new_db, run_on_scratch_postgres, table
 
 N_SEQ, N_CONC, K_COMMITS = 100, 200, 50
 
@@ -162,13 +159,7 @@ async def _main(admin: str, tmp: Path, postmaster: int) -> str:
 
 
 def run() -> str:
-    tmp = Path(tempfile.mkdtemp(prefix="keel-bench-engine-quick-"))
-    try:
-        with scratch_postgres() as (admin, server):
-            postmaster = int((Path(server.pgdata) / "postmaster.pid").read_text().split()[0])
-            return asyncio.run(_main(admin, tmp, postmaster))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return run_on_scratch_postgres(_main, "keel-bench-engine-quick-")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ import httpx
 import psycopg
 
 from tests.benchmarks.bench_engine import Proc, conninfo_db
-from tests.benchmarks.common import BIN, ROOT, free_port, new_db, pct, scratch_postgres, table
+from tests.benchmarks.common import BIN, ROOT, create_threads, free_port, new_db, pct, scratch_postgres, table
 
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
 VENVS = ROOT / ".venv" / "peers"
@@ -333,18 +333,6 @@ def _client(peer: Peer, conns: int = 64) -> httpx.AsyncClient:
     )
 
 
-async def _threads(c: httpx.AsyncClient, n: int) -> list[str]:
-    sem = asyncio.Semaphore(8)
-
-    async def one() -> str:
-        async with sem:
-            r = await c.post("/threads", json={})
-            r.raise_for_status()
-            return r.json()["thread_id"]
-
-    return list(await asyncio.gather(*(one() for _ in range(n))))
-
-
 def check_output(graph: str, out: object) -> str | None:
     """Why a runs.wait answer is not the graph's result (None when it is)."""
     if not isinstance(out, dict):
@@ -376,13 +364,13 @@ async def _wait_run(c: httpx.AsyncClient, tid: str, graph: str) -> float:
 
 
 async def _sequential(c: httpx.AsyncClient, graph: str, n: int) -> list[float]:
-    tids = await _threads(c, n)
+    tids = await create_threads(c, n)
     return [await _wait_run(c, tid, graph) for tid in tids]
 
 
 async def _concurrent(c: httpx.AsyncClient, graph: str, n: int, conc: int) -> tuple[int, float]:
     """(`n`, seconds) of `n` runs.wait calls kept `conc` in flight."""
-    tids = await _threads(c, n)
+    tids = await create_threads(c, n)
     it = iter(tids)
 
     async def worker() -> None:
@@ -397,7 +385,7 @@ async def _concurrent(c: httpx.AsyncClient, graph: str, n: int, conc: int) -> tu
 async def _ttfe(c: httpx.AsyncClient, graph: str, n: int) -> list[float]:
     """Seconds from POST runs/stream to its first event that is not `metadata` (the graph's first values)."""
     out = []
-    for tid in await _threads(c, n):
+    for tid in await create_threads(c, n):
         body = {"assistant_id": graph, "input": INPUTS[graph], "stream_mode": ["values"]}
         t = time.perf_counter()
         first = None
@@ -424,28 +412,14 @@ def corpus_chunks() -> list[tuple[str, bytes, list[tuple[str, dict]]]]:
     """Keel's docs/ as `keel ingest docs/` chunks them (memory.ingest.prepare_document, default sizes, source
     names relative to the checkout): (source, file bytes, [(key, store value)]) per file, keys and values as
     Keel's ingest writes them."""
-    from memory.ingest import content_hash, prepare_document
+    from memory.ingest import chunk_value, prepare_document
 
     out = []
     for path in sorted(DOCS_DIR.glob("*.md")):
         source = path.relative_to(ROOT).as_posix()
         data = path.read_bytes()
         doc = prepare_document(source, data)
-        items = [
-            (
-                f"{source}#{c.index}",
-                {
-                    "text": c.text,
-                    "source": source,
-                    "title": doc.title,
-                    "heading": c.heading,
-                    "chunk_index": c.index,
-                    "content_hash": content_hash(c.text),
-                    "file_hash": doc.file_hash,
-                },
-            )
-            for c in doc.chunks
-        ]
+        items = [(f"{source}#{c.index}", chunk_value(doc, c)) for c in doc.chunks]
         out.append((source, data, items))
     return out
 
@@ -526,7 +500,7 @@ async def _commits(admin: str, peer: Peer, c: httpx.AsyncClient, graph: str, k: 
 
     Only this peer runs while it is measured, so the cluster-wide WAL fsyncs are its own."""
     db = conninfo_db(peer.db or "")
-    tids = await _threads(c, k)
+    tids = await create_threads(c, k)
     await asyncio.sleep(STATS_FLUSH_S)
     s0 = _stats(admin, db)
     await asyncio.sleep(STATS_FLUSH_S)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,6 +19,34 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+
+
+async def create_threads(c: httpx.AsyncClient, n: int, concurrency: int = 8) -> list[str]:
+    """Create `n` threads over the LangGraph Server API (`concurrency` requests at a time); their ids."""
+    import asyncio
+
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one() -> str:
+        async with sem:
+            r = await c.post("/threads", json={})
+            r.raise_for_status()
+            return r.json()["thread_id"]
+
+    return list(await asyncio.gather(*(one() for _ in range(n))))
+
+
+def run_on_scratch_postgres(main: Callable[[str, Path, int], Awaitable[str]], prefix: str) -> str:
+    """asyncio.run(main(admin_url, tmp_dir, postmaster_pid)) on a scratch Postgres; both cleaned up after."""
+    import asyncio
+
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        with scratch_postgres() as (admin, server):
+            postmaster = int((Path(server.pgdata) / "postmaster.pid").read_text().split()[0])
+            return asyncio.run(main(admin, tmp, postmaster))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def pct(values: list[float], p: float) -> float:
