@@ -41,6 +41,7 @@ from tests.benchmarks.common import (
     free_port,
     new_db,
     pct,
+    row_change_table,
     run_on_scratch_postgres,
     table,
 )
@@ -936,16 +937,8 @@ def _report(r: Results) -> str:
                 ],
             )
         )
-        rels = sorted({rel for key in keys for rel in commits[key]["tables"]})
-        trows = []
-        for rel in rels:
-            row = {"table": rel}
-            for key in keys:
-                i, u, d = commits[key]["tables"].get(rel, (0, 0, 0))
-                row[key] = f"{i:.1f} / {u:.1f} / {d:.1f}"
-            trows.append(row)
         out.append("\nRow changes per run (inserted / updated / deleted, pg_stat_user_tables):\n")
-        out.append(table(trows, ["table"] + keys))
+        out.append(row_change_table(commits, keys))
         if "keel" in commits:
             out.append(
                 f"\nIdle background: Keel {commits['keel']['idle_xacts_per_s']:.2f} transactions/s "

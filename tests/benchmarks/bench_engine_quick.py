@@ -26,7 +26,7 @@ from tests.benchmarks.bench_engine import (
     measure_commits,
     measure_latency,
 )
-from tests.benchmarks.common import ROOT, free_port, new_db, run_on_scratch_postgres, table
+from tests.benchmarks.common import ROOT, free_port, new_db, row_change_table, run_on_scratch_postgres, table
 
 N_SEQ, N_CONC, K_COMMITS = 100, 200, 50
 
@@ -135,16 +135,8 @@ async def _main(admin: str, tmp: Path, postmaster: int) -> str:
         )
     )
     keys = [v.key for v in variants if v.key in commits]
-    rels = sorted({rel for key in keys for rel in commits[key]["tables"]})
-    trows = []
-    for rel in rels:
-        row = {"table": rel}
-        for key in keys:
-            i, u, d = commits[key]["tables"].get(rel, (0, 0, 0))
-            row[key] = f"{i:.1f} / {u:.1f} / {d:.1f}"
-        trows.append(row)
     out.append("\nRow changes per run (inserted / updated / deleted):\n")
-    out.append(table(trows, ["table", *keys]))
+    out.append(row_change_table(commits, keys))
     f = by["fastapi"]
     for key in ("keel", "keel-base"):
         k = by.get(key)

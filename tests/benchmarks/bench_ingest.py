@@ -89,11 +89,7 @@ def _before() -> Any:
         def embed_query(self, text: str) -> list[float]:
             return inner._encode([str(text)])[0]
 
-        async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
-            return await asyncio.to_thread(self.embed_documents, texts)
-
-        async def aembed_query(self, text: str) -> list[float]:
-            return await asyncio.to_thread(self.embed_query, text)
+        # aembed_*: Embeddings' defaults run these in an executor thread.
 
     return _Wrapped()
 

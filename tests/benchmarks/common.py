@@ -49,6 +49,19 @@ def run_on_scratch_postgres(main: Callable[[str, Path, int], Awaitable[str]], pr
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def row_change_table(commits: dict, keys: list[str]) -> str:
+    """Rows inserted / updated / deleted per run of every table, one column per variant in `keys`."""
+    rels = sorted({rel for key in keys for rel in commits[key]["tables"]})
+    rows = []
+    for rel in rels:
+        row = {"table": rel}
+        for key in keys:
+            i, u, d = commits[key]["tables"].get(rel, (0, 0, 0))
+            row[key] = f"{i:.1f} / {u:.1f} / {d:.1f}"
+        rows.append(row)
+    return table(rows, ["table", *keys])
+
+
 def pct(values: list[float], p: float) -> float:
     """Nearest-rank percentile."""
     s = sorted(values)
