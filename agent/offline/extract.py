@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from agent.offline.citations import NO_ANSWER_TEXT, SOURCES_HEADER, render_answer
@@ -23,6 +23,7 @@ from agent.offline.questions import (
     SOLUTION_RE,
     asks_for_parameters,
     names_concrete,
+    names_solution,
     question_kind,
     question_parts,
 )
@@ -54,7 +55,7 @@ __all__ = [
     "question_similarities",
 ]
 
-SOLUTION_LOOKAHEAD = 2
+SOLUTION_LOOKAHEAD = 3
 """How many sentences after a sentence about a how-to question, in its passage, may name the solution."""
 
 ANCHOR_MARGIN = 0.15
@@ -62,7 +63,11 @@ ANCHOR_MARGIN = 0.15
 
 
 def _solution_after(
-    sentences: list[Sentence], sims: list[float], anchors: list[int], skip: set[int]
+    sentences: list[Sentence],
+    sims: list[float],
+    anchors: list[int],
+    skip: set[int],
+    names: Callable[[Sentence], bool] = names_concrete,
 ) -> tuple[int, int] | None:
     """(an anchor, the sentence at most `SOLUTION_LOOKAHEAD` sentences after it in its passage that names
     something concrete to type or run), the follower most similar to the question; None if no anchor has one.
@@ -76,7 +81,7 @@ def _solution_after(
                 j not in skip
                 and s.doc == first.doc
                 and 0 < s.position - first.position <= SOLUTION_LOOKAHEAD
-                and names_concrete(s)
+                and names(s)
             ):
                 key = (sims[j] - 0.01 * rank, i, j)
                 if best is None or key[0] > best[0]:
@@ -123,6 +128,16 @@ def _make_room(sentences: list[Sentence], picked: list[int], max_sentences: int)
     vague = [i for i in picked[1:] if not names_concrete(sentences[i])]
     drop = vague[-1] if vague else picked[-1]
     return [i for i in picked if i != drop][: max_sentences - 1]
+
+
+def _fit(sentences: list[Sentence], picked: list[int], max_sentences: int, keep: int) -> list[int]:
+    """`picked` cut to `max_sentences`, dropping the last sentences past the first `keep` that name nothing
+    concrete before any that does (a how-to answer's command or call stays)."""
+    out = list(picked)
+    while len(out) > max_sentences:
+        vague = [i for i in out[keep:] if not names_concrete(sentences[i])]
+        out.remove(vague[-1] if vague else out[-1])
+    return out
 
 
 def _antecedents(sentences: list[Sentence]) -> dict[int, int]:
@@ -225,8 +240,88 @@ def judge(question: str, docs: Sequence[Document], embedder: Embedder, earlier: 
     context = followup_context(question, earlier)
     parts = question_parts(question)
     sims, part_sims = _question_sims(embedder, question, [s.text for s in sentences], context, parts)
-    absent = absent_terms(question, [f"{d.source} {d.heading} {d.text}" for d in docs])
+    absent = absent_terms(question, mentions(docs, sentences, sims))
     return Judgement(sentences, sims, absent, part_sims)
+
+
+def mentions(docs: Sequence[Document], sentences: list[Sentence], sims: list[float]) -> list[str]:
+    """The text in which the question's salient terms count as named: each passage's source and heading, and
+    the sentences (with the code and items they carry) that are about the question (`ANSWER_MIN_SIMILARITY`).
+    A word named only in passing, in a sentence about something else (a version list naming Redis), does not
+    make the passages about it."""
+    out = [f"{d.source} {d.heading}" for d in docs]
+    for s, sim in zip(sentences, sims, strict=True):
+        if sim >= ANSWER_MIN_SIMILARITY:
+            out.append(" ".join([s.text, s.code, s.example, *s.items]))
+    return out
+
+
+CONTEXT_DISCOUNT = 0.05
+"""A sentence that names something concrete is also read after the sentence before it; that reading, less this,
+counts when it is closer to the question than the sentence alone ("By default, a group is not invoked unless a
+subcommand is passed." then "This behavior can be changed by passing invoke_without_command=True")."""
+
+
+def _predecessors(sentences: list[Sentence]) -> dict[int, int]:
+    """For each sentence, the sentence right before it in its passage (at most one code block or list item
+    between them); a list item quoted with its introduction has none."""
+    out: dict[int, int] = {}
+    for i in range(1, len(sentences)):
+        a, b = sentences[i - 1], sentences[i]
+        if a.doc == b.doc and 0 < b.position - a.position <= 2 and b.listed_under < 0:
+            out[i] = i - 1
+    return out
+
+
+def context_similarities(question: str, embedder: Embedder, sentences: list[Sentence]) -> dict[int, float]:
+    """Similarity to the question of each sentence that names something concrete, read after the one before it:
+    the solution sentence often leaves the problem to the sentence before it."""
+    preds = {i: j for i, j in _predecessors(sentences).items() if names_concrete(sentences[i])}
+    keys = list(preds)
+    texts = [f"{sentences[preds[i]].text} {sentences[i].text}" for i in keys]
+    sims = similarities(embedder, question, texts) if texts else []
+    return dict(zip(keys, sims, strict=True))
+
+
+def sentence_scores(
+    question: str, docs: Sequence[Document], embedder: Embedder, verdict: Judgement
+) -> list[float]:
+    """Each of the verdict's sentences scored as an answer to `question`: its similarity to the question, plus
+    a small share for the question's words, the kind of answer the question asks for and the section heading,
+    less `PARAMETER_PENALTY` for an API parameter line the question does not ask about."""
+    sentences, sims = verdict.sentences, verdict.sims
+    question_stems = stems(question)
+    stem_sets = [set(s.stems) for s in sentences]
+    idf = _idf(question_stems, stem_sets)
+    total = sum(idf.values()) or 1.0
+    kind = question_kind(question)
+    definition = DEFINITION_QUESTION_RE.match(question.strip())
+    defines = definition.group(1).strip().casefold() if definition else None
+    headings = heading_similarities(verdict, docs, embedder, question)
+    # An API parameter line describes one argument: it answers "which parameter ..." or "what does X accept",
+    # not what happens or how to do something, where it otherwise outscores the sentence that says so.
+    penalty = 0.0 if asks_for_parameters(question) else PARAMETER_PENALTY
+    in_context = context_similarities(question, embedder, sentences)
+
+    def score(i: int) -> float:
+        lexical = sum(w for t, w in idf.items() if t in stem_sets[i]) / total
+        s = sentences[i]
+        cue = CUE_BONUS if (SOLUTION_RE.search(s.text) or s.code or s.example) else 0.0
+        if kind == "how" and (SOLUTION_RE.search(s.text) or s.code or s.example or s.items or s.inline_code):
+            cue = TYPE_BONUS  # a how-to question: the instruction, the command, the code
+        elif kind == "quantity" and QUANTITY_RE.search(s.text):
+            cue = TYPE_BONUS  # how long / how many: a number with its unit
+        elif kind == "which" and (s.kind == "item" or "`" in s.text):
+            cue = max(cue, TYPE_BONUS / 2)  # which setting / endpoint: a named one
+        if defines is not None and re.match(
+            rf"(?i)(?:the |a |an )?{re.escape(defines)}\b.{{0,40}}\b(?:is|are)\b", s.text
+        ):
+            cue = TYPE_BONUS  # "What is X?": the sentence that says "X is ..."
+        demoted = penalty if PARAMETER_LINE_RE.match(s.text) else 0.0
+        sim = max(sims[i], in_context.get(i, -1.0) - CONTEXT_DISCOUNT)
+        return sim + LEXICAL_WEIGHT * lexical + cue + HEADING_WEIGHT * headings[s.doc] - demoted
+
+    return [score(i) for i in range(len(sentences))]
 
 
 def extractive_answer(
@@ -250,36 +345,10 @@ def extractive_answer(
         return NO_ANSWER_TEXT  # nothing retrieved is about the question: never quote unrelated text
     sentences, sims = verdict.sentences, verdict.sims
 
+    scores = sentence_scores(question, docs, embedder, verdict)
     question_stems = stems(question)
     stem_sets = [set(s.stems) for s in sentences]
-    idf = _idf(question_stems, stem_sets)
-    total = sum(idf.values()) or 1.0
     kind = question_kind(question)
-    definition = DEFINITION_QUESTION_RE.match(question.strip())
-    defines = definition.group(1).strip().casefold() if definition else None
-    headings = heading_similarities(verdict, docs, embedder, question)
-    # An API parameter line describes one argument: it answers "which parameter ..." or "what does X accept",
-    # not what happens or how to do something, where it otherwise outscores the sentence that says so.
-    penalty = 0.0 if asks_for_parameters(question) else PARAMETER_PENALTY
-
-    def score(i: int) -> float:
-        lexical = sum(w for t, w in idf.items() if t in stem_sets[i]) / total
-        s = sentences[i]
-        cue = CUE_BONUS if (SOLUTION_RE.search(s.text) or s.code or s.example) else 0.0
-        if kind == "how" and (SOLUTION_RE.search(s.text) or s.code or s.example or s.items or s.inline_code):
-            cue = TYPE_BONUS  # a how-to question: the instruction, the command, the code
-        elif kind == "quantity" and QUANTITY_RE.search(s.text):
-            cue = TYPE_BONUS  # how long / how many: a number with its unit
-        elif kind == "which" and (s.kind == "item" or "`" in s.text):
-            cue = max(cue, TYPE_BONUS / 2)  # which setting / endpoint: a named one
-        if defines is not None and re.match(
-            rf"(?i)(?:the |a |an )?{re.escape(defines)}\b.{{0,40}}\b(?:is|are)\b", s.text
-        ):
-            cue = TYPE_BONUS  # "What is X?": the sentence that says "X is ..."
-        demoted = penalty if PARAMETER_LINE_RE.match(s.text) else 0.0
-        return sims[i] + LEXICAL_WEIGHT * lexical + cue + HEADING_WEIGHT * headings[s.doc] - demoted
-
-    scores = [score(i) for i in range(len(sentences))]
     order = sorted(range(len(sentences)), key=lambda i: (-scores[i], i))
     picked: list[int] = []
     top = max(scores[i] for i in order if sims[i] >= ANSWER_MIN_SIMILARITY)
@@ -294,13 +363,17 @@ def extractive_answer(
     # A how-to answer's sentences often restate the problem ("By default, X is not ..."; "There is also the
     # case of wanting ..."), and the next sentence or two name the solution ("This can be changed by passing
     # ..."; "To enable this feature, the auto_envvar_prefix parameter ..."): quote it, after its anchor.
-    if kind == "how" and not any(names_concrete(sentences[i]) for i in picked):
+    # When the answer already quotes something concrete further down, only a follower that says what to do
+    # ("All you have to do is to pass chain=True") takes the second place, not one that merely names a class.
+    if kind == "how" and picked and not names_concrete(sentences[picked[0]]):
         anchors = [i for i in order if scores[i] >= top - ANCHOR_MARGIN and sims[i] >= ANSWER_MIN_SIMILARITY]
-        follower = _solution_after(sentences, sims, anchors, set(picked))
+        has_concrete = any(names_concrete(sentences[i]) for i in picked)
+        names = names_solution if has_concrete else names_concrete
+        follower = _solution_after(sentences, sims, anchors, set(picked), names)
         if follower is not None:
             anchor, j = follower
             rest = [i for i in picked if i != anchor]
-            picked = [anchor, j, *rest][:max_sentences]
+            picked = _fit(sentences, [anchor, j, *rest], max_sentences, keep=2)
     # An answer that leaves a word of the question unsaid may continue in the next sentence of its paragraph.
     elif picked:
         covering = _next_covering(sentences, sims, picked, question_stems)

@@ -6,22 +6,16 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from agent.offline.sentences import Sentence
+from agent.offline.sentences import CONCRETE_RE, Sentence
 from agent.offline.text import stems
 
 SOLUTION_RE = re.compile(
     r"(?i)^(?:to [^,]{3,80}, )?(?:run|set|use|start|add|call|pass|install|configure|create|send|point|give|put|"
     r"enable|disable|scale|deploy|ingest|open|write|choose|pick|increase|raise|lower|export|mount|restart|stop|"
     r"resume|register|keep|make|mark|attach|replace|delete|remove|list|ask|tell|select|return|raise|check)\b"
-    r"|\byou can\b|\bby (?:setting|running|passing|adding|starting|calling)\b|`[A-Z][A-Z0-9_]{2,}`|`keel [a-z]"
+    r"|\byou can\b|\ball you (?:have|need) to do\b|\bby (?:setting|running|passing|adding|starting|calling)\b|`[A-Z][A-Z0-9_]{2,}`|`keel [a-z]"
 )
 
-CONCRETE_RE = re.compile(
-    r"`[^`]+`|\b[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b|\b\w+=\S|\b[\w.]+\(\)|(?<![\w-])--[a-z][\w-]*|\\[a-z]\b"
-    r"|\b[\w-]+\.(?:py|toml|cfg|ini|json|ya?ml|txt)\b|\b[A-Z][a-z0-9]+[A-Z]\w*"
-)
-"""Something a reader can type: code in backticks, an identifier (`auto_envvar_prefix`), `name=value`, a call
-(`isolated_filesystem()`), a `--flag`, an escape (`\\b`), a file name (`setup.py`), a CamelCase class name (`CliRunner`)."""
 
 DEFINITION_QUESTION_RE = re.compile(r"(?i)^what (?:is|are) (?:the |a |an )?([^?]{2,60}?)\s*\??$")
 """A question asking what something is: the sentence that says "X is ..." names the answer."""

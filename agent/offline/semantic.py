@@ -180,7 +180,15 @@ _NAME_RE = re.compile(r"(?<![.!?]\s)(?<!^)\b([A-Z][\w-]*)")
 def _common_word(word: str) -> bool:
     """A whole word of the bundled tokenizer's WordPiece vocabulary (about 20,000 everyday English words);
     product names, acronyms and jargon split into pieces."""
-    return len(get_tokenizer().encode(word, add_special_tokens=False).ids) == 1
+    tokenizer = get_tokenizer()
+    forms = [word] + [
+        word[: -len(end)] for end in _INFLECTIONS if word.endswith(end) and len(word) > len(end) + 2
+    ]
+    return any(len(tokenizer.encode(form, add_special_tokens=False).ids) == 1 for form in forms)
+
+
+_INFLECTIONS = ("s", "es", "ed", "d", "ing")
+"""Endings of an everyday word's inflected forms ("restricts", "configured"), which the vocabulary may lack."""
 
 
 def salient_terms(question: str) -> list[str]:

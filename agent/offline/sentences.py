@@ -39,6 +39,13 @@ click`"): `passage_units` inlines a one-line code block after a sentence ending 
 
 _TERMINAL_RE = re.compile(r"[.!?:][)\"'`*_\]]*$")
 
+CONCRETE_RE = re.compile(
+    r"`[^`]+`|\b[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b|\b\w+=\S|\b[\w.]+\(\)|(?<![\w-])--[a-z][\w-]*|\\[a-z]\b"
+    r"|\b[\w-]+\.(?:py|toml|cfg|ini|json|ya?ml|txt)\b|\b[A-Z][a-z0-9]+[A-Z]\w*"
+)
+"""Something a reader can type: code in backticks, an identifier (`auto_envvar_prefix`), `name=value`, a call
+(`isolated_filesystem()`), a `--flag`, an escape (`\\b`), a file name (`setup.py`), a CamelCase class name (`CliRunner`)."""
+
 
 @dataclass
 class Unit:
@@ -209,8 +216,11 @@ def passage_sentences(docs: Sequence[Document]) -> list[Sentence]:
                     sentences.append(sentence)
                     intro = sentence if text.endswith(":") and p == len(pieces) - 1 else None
                 position += 1
-    # An introduction whose continuation the chunk cut off says nothing on its own.
-    return [s for s in sentences if not s.text.endswith(":") or s.code or s.items]
+    # An introduction whose continuation the chunk cut off says nothing on its own, unless it names what to
+    # type itself ("All you have to do is to pass chain=True to your multicommand:").
+    return [
+        s for s in sentences if not s.text.endswith(":") or s.code or s.items or CONCRETE_RE.search(s.text)
+    ]
 
 
 def document_sentences(docs: Sequence[Document]) -> list[str]:

