@@ -283,6 +283,28 @@ def context_similarities(question: str, embedder: Embedder, sentences: list[Sent
     return dict(zip(keys, sims, strict=True))
 
 
+COMMAND_BONUS = 0.25
+"""Bonus for a how-to answer whose command spells out the whole question ("How do I install Click?":
+"You can get the library directly from PyPI: `pip install click`"); such a sentence may answer below
+`ANSWER_MIN_SIMILARITY`, which a sentence made mostly of code often scores."""
+
+_BACKTICKED_RE = re.compile(r"`([^`]+)`")
+
+
+def spelled_out(question: str, sentences: Sequence[Sentence]) -> set[int]:
+    """For a how-to question, the sentences whose code (in backticks, the block they introduce, or the example
+    after them) names every word of the question: the command that does what the question asks."""
+    wanted = set(stems(question))
+    if question_kind(question) != "how" or not wanted:
+        return set()
+    out = set()
+    for i, s in enumerate(sentences):
+        code = " ".join([*_BACKTICKED_RE.findall(s.text), s.code, s.example])
+        if code.strip() and wanted <= set(stems(code)):
+            out.add(i)
+    return out
+
+
 def sentence_scores(
     question: str, docs: Sequence[Document], embedder: Embedder, verdict: Judgement
 ) -> list[float]:
@@ -302,6 +324,7 @@ def sentence_scores(
     # not what happens or how to do something, where it otherwise outscores the sentence that says so.
     penalty = 0.0 if asks_for_parameters(question) else PARAMETER_PENALTY
     in_context = context_similarities(question, embedder, sentences)
+    commands = spelled_out(question, sentences)
 
     def score(i: int) -> float:
         lexical = sum(w for t, w in idf.items() if t in stem_sets[i]) / total
@@ -317,6 +340,8 @@ def sentence_scores(
             rf"(?i)(?:the |a |an )?{re.escape(defines)}\b.{{0,40}}\b(?:is|are)\b", s.text
         ):
             cue = TYPE_BONUS  # "What is X?": the sentence that says "X is ..."
+        if i in commands:
+            cue = COMMAND_BONUS
         demoted = penalty if PARAMETER_LINE_RE.match(s.text) else 0.0
         sim = max(sims[i], in_context.get(i, -1.0) - CONTEXT_DISCOUNT)
         return sim + LEXICAL_WEIGHT * lexical + cue + HEADING_WEIGHT * headings[s.doc] - demoted
@@ -350,14 +375,14 @@ def extractive_answer(
     stem_sets = [set(s.stems) for s in sentences]
     kind = question_kind(question)
     order = sorted(range(len(sentences)), key=lambda i: (-scores[i], i))
+    commands = spelled_out(question, sentences)
+    eligible = [sims[i] >= ANSWER_MIN_SIMILARITY or i in commands for i in range(len(sentences))]
     picked: list[int] = []
-    top = max(scores[i] for i in order if sims[i] >= ANSWER_MIN_SIMILARITY)
+    top = max(scores[i] for i in order if eligible[i])
     for i in order:
         if len(picked) >= max_sentences or scores[i] < top - SUPPORTING_MARGIN:
             break
-        if sims[i] < ANSWER_MIN_SIMILARITY or any(
-            _near_duplicate(stem_sets[i], stem_sets[j]) for j in picked
-        ):
+        if not eligible[i] or any(_near_duplicate(stem_sets[i], stem_sets[j]) for j in picked):
             continue
         picked.append(i)
     # A how-to answer's sentences often restate the problem ("By default, X is not ..."; "There is also the

@@ -431,3 +431,32 @@ def test_a_how_to_answer_reaches_the_solution_three_sentences_after_the_question
         "How do I allow invoking several subcommands in one call?", [CHAIN_CUT, INVOKED_NOTE], 3, embedder
     )
     assert "chain=True" in answer
+
+
+PIP_INSTALL = [
+    Document(
+        "1",
+        "setuptools.html",
+        "Setuptools Integration",
+        "Click is perfectly equipped to work with that and in fact the rest of the documentation will assume "
+        "that you are writing applications through setuptools. With Click you can continue doing that, but "
+        "there are better ways through setuptools.",
+    ),
+    Document(
+        "2",
+        "quickstart.html",
+        "Quickstart",
+        "# Quickstart\n\nYou can get the library directly from PyPI:\n\n```\npip install click\n```\n\n"
+        "The installation into a virtualenv is heavily recommended.",
+    ),
+]
+
+
+def test_a_how_to_answer_quotes_the_command_that_spells_out_the_question(embedder: object) -> None:
+    # "pip install click" says everything "How do I install Click?" asks, though its sentence, mostly a
+    # command, scores below the similarity floor, and the setuptools sentences score far above it.
+    answer = extractive_answer("How do I install Click?", PIP_INSTALL, 3, embedder)
+    assert "pip install click" in answer.split("Sources:")[0]
+    # Only a command naming every word of the question counts: "pip install click" does not answer how to
+    # uninstall it.
+    assert "pip install click" not in extractive_answer("How do I uninstall Click?", PIP_INSTALL, 3, embedder)
