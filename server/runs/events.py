@@ -24,7 +24,16 @@ from psycopg_pool import AsyncConnectionPool
 from server.runs import store
 from server.runs.store import EVENTS_CHANNEL, TERMINAL, append_unfenced
 
-__all__ = ["EVENTS_CHANNEL", "TERMINAL", "Event", "EventFeed", "EventWriter", "Fenced", "append_unfenced"]
+__all__ = [
+    "EVENTS_CHANNEL",
+    "TERMINAL",
+    "EndWaiter",
+    "Event",
+    "EventFeed",
+    "EventWriter",
+    "Fenced",
+    "append_unfenced",
+]
 
 log = logging.getLogger("keel.events")
 
@@ -298,6 +307,17 @@ class _Follower:
         return batch
 
 
+class EndWaiter:
+    """One caller waiting for a run's end: woken by the LISTEN loop, with the terminal row when it was carried."""
+
+    def __init__(self, reserved: bool = False) -> None:
+        self.wake = asyncio.Event()
+        self.row: dict[str, Any] | None = None
+        self.reserved = (
+            reserved  # registered before its run was created, by a caller yet to wait (expect_end)
+        )
+
+
 class EventFeed:
     """Tails the event log for this API process: one LISTEN connection wakes the readers of each run.
 
@@ -309,11 +329,12 @@ class EventFeed:
     def __init__(self, url: str, pool: AsyncConnectionPool, poll_s: float = 1.0) -> None:
         self.url, self.pool, self.poll_s = url, pool, poll_s
         self._waiters: defaultdict[str, set[_Follower]] = defaultdict(set)
-        self._done_waiters: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+        self._done_waiters: defaultdict[str, set[EndWaiter]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.live_events = 0  # events handed to readers from notifications (tests, metrics)
         self.log_reads = 0  # reads of the log by readers
+        self.status_reads = 0  # reads of a run's status by readers and waiters
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._listen(), name="keel-event-feed")
@@ -340,12 +361,15 @@ class EventFeed:
 
     def _notified(self, payload: str) -> None:
         if payload.startswith("done:"):
-            rid = payload[5:]
+            rid, row = store.parse_done(payload)
             for f in list(self._waiters.get(rid, ())):
                 f.read_log = True  # the final read: status and whatever the log holds
                 f.wake.set()
-            for ev in list(self._done_waiters.get(rid, ())):
-                ev.set()
+            for w in list(self._done_waiters.get(rid, ())):
+                w.row = row
+                w.wake.set()
+                if w.reserved:  # (its caller may never wait: it has what it needs, drop it)
+                    self._forget(self._done_waiters, rid, w)
             return
         rid, _, rest = payload.partition(" ")
         followers = self._waiters.get(rid)
@@ -364,11 +388,12 @@ class EventFeed:
             for f in followers:
                 f.read_log = True
                 f.wake.set()
-        for evs in self._done_waiters.values():
-            for ev in evs:
-                ev.set()
+        for waiters in self._done_waiters.values():
+            for w in waiters:
+                w.wake.set()
 
     async def status(self, run_id: str) -> dict[str, Any] | None:
+        self.status_reads += 1
         async with self.pool.connection() as conn:
             return await store.run_status(conn, run_id)
 
@@ -379,9 +404,26 @@ class EventFeed:
         try:
             yield item
         finally:
-            group[run_id].discard(item)
-            if not group[run_id]:
+            self._forget(group, run_id, item)
+
+    @staticmethod
+    def _forget(group: defaultdict[str, set[T]], run_id: str, item: T) -> None:
+        items = group.get(run_id)
+        if items is not None:
+            items.discard(item)
+            if not items:
                 group.pop(run_id, None)
+
+    def expect_end(self, run_id: str) -> EndWaiter:
+        """Before creating run `run_id`: a waiter for its end, for `wait_terminal(run_id, expected=...)`. Registered
+        before the run exists, it cannot miss the end, so waiting needs no first read of the run's status."""
+        w = EndWaiter(reserved=True)
+        self._done_waiters[run_id].add(w)
+        return w
+
+    def unexpect_end(self, run_id: str, waiter: EndWaiter) -> None:
+        """The run was not created after all."""
+        self._forget(self._done_waiters, run_id, waiter)
 
     async def subscribe(self, run_id: str, after: int = 0) -> AsyncIterator[Event]:
         """Events with seq > after, then live ones, until the run is terminal (or gone)."""
@@ -422,15 +464,28 @@ class EventFeed:
                 except TimeoutError:
                     f.read_log = True
 
-    async def wait_terminal(self, run_id: str) -> dict[str, Any] | None:
-        """Block until the run is terminal; return its row (status, result, error). Woken only at the end."""
-        with self._waiting(self._done_waiters, run_id, asyncio.Event()) as wake:
+    async def wait_terminal(self, run_id: str, expected: EndWaiter | None = None) -> dict[str, Any] | None:
+        """Block until the run is terminal; return its row (status, result, error). Woken only at the end, whose
+        notification usually carries the row (see store.EVENTS_CHANNEL): then it is not read back. `expected`:
+        the waiter `expect_end` registered before the run was created."""
+        w = expected or EndWaiter()
+        # Registered since before the run existed and not woken: the run has not ended, no need to read it.
+        read = expected is None or w.wake.is_set()
+        w.reserved = False
+        self._done_waiters[run_id].add(w)  # (again, if its end dropped it)
+        try:
             while True:
-                wake.clear()
-                row = await self.status(run_id)
-                if row is None or row["status"] in TERMINAL:
-                    return row
+                w.wake.clear()
+                if w.row is not None:
+                    return w.row
+                if read:
+                    row = await self.status(run_id)
+                    if row is None or row["status"] in TERMINAL:
+                        return row
+                read = True
                 try:
-                    await asyncio.wait_for(wake.wait(), max(self.poll_s, 2.0))
+                    await asyncio.wait_for(w.wake.wait(), max(self.poll_s, 2.0))
                 except TimeoutError:
                     pass
+        finally:
+            self._forget(self._done_waiters, run_id, w)

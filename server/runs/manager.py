@@ -71,9 +71,12 @@ class RunManager:
         self.checkpointer = checkpointer  # to refuse a run from a checkpoint the thread does not have
         self.planner = planner
 
-    async def create(self, user: User, thread_id: str | None, body: RunCreate) -> dict[str, Any]:
-        """Record a run (and its thread when needed) atomically, apply the multitask strategy, wake workers."""
-        rec = await self._prepare(user, thread_id, body)
+    async def create(
+        self, user: User, thread_id: str | None, body: RunCreate, *, run_id: str | None = None
+    ) -> dict[str, Any]:
+        """Record a run (and its thread when needed) atomically, apply the multitask strategy, wake workers.
+        `run_id`: the new run's id, when the caller chose it (a fresh UUID: it waits for the run's end)."""
+        rec = await self._prepare(user, thread_id, body, run_id)
         rid, tid = rec["rid"], rec["tid"]
 
         async def record(attempt: int) -> dict[str, Any]:
@@ -112,7 +115,9 @@ class RunManager:
             await store.notify_cancel(conn, crid, action)
         return run
 
-    async def _prepare(self, user: User, thread_id: str | None, body: RunCreate) -> dict[str, Any]:
+    async def _prepare(
+        self, user: User, thread_id: str | None, body: RunCreate, run_id: str | None = None
+    ) -> dict[str, Any]:
         """Plan the request and choose the ids: everything `_record` needs, before any writes."""
         prep = await self.planner.aplan(user, body)
         body = prep.body  # with its assistant's config and context merged in: what the run records
@@ -124,7 +129,7 @@ class RunManager:
         if checkpoint.get("checkpoint_id") and temporary:
             raise ApiError(422, "checkpoint_id: a stateless run has no thread to start from a checkpoint of")
         tid = str(uuid.uuid4()) if thread_id is None else parse_uuid(thread_id, "thread")
-        rid = str(uuid.uuid4())
+        rid = run_id or str(uuid.uuid4())
         assistant_id = prep.assistant["assistant_id"]
         request = jsonable(body.model_dump(exclude={"assistant_id"}, exclude_unset=True))
         kwargs = {

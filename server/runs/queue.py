@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
@@ -84,6 +85,8 @@ async def finish(
     With `writer` (a closed EventWriter), the events it still holds are appended in the same transaction. With
     `trim_keep`, it also notes (in `c.run["trim_cut"]`) whether the thread has more checkpoints than that, so
     housekeeping trims only when there is something to trim."""
+    # (serialised once: for the row, and for the notification that hands it to the run's waiters)
+    result_text = orjson.dumps(result).decode() if result is not None else None
     async with pool.connection() as conn, conn.transaction():
         # Thread first, then run: the order run creation and cancellation lock them in (no deadlock).
         await conn.execute(store.LOCK_THREAD_NO_KEY, (c.thread_id,))
@@ -92,7 +95,7 @@ async def finish(
             store.FINISH_RUN,
             (
                 status,
-                Jsonb(result) if result is not None else None,
+                Jsonb(result, dumps=lambda _: result_text) if result_text is not None else None,
                 Jsonb(error) if error else None,
                 c.run_id,
                 c.epoch,
@@ -109,7 +112,13 @@ async def finish(
                     await store.append_events(conn, c.run_id, c.attempt, events)
         await set_thread_after_run(conn, c.thread_id, thread_status, thread_values, interrupts, error)
         await conn.execute(
-            store.NOTIFY_FINISHED, (store.EVENTS_CHANNEL, f"done:{c.run_id}", c.thread_id, RUNS_CHANNEL)
+            store.NOTIFY_FINISHED,
+            (
+                store.EVENTS_CHANNEL,
+                store.done_payload(c.run_id, status, result_text, error),
+                c.thread_id,
+                RUNS_CHANNEL,
+            ),
         )
     return True
 

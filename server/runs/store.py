@@ -66,7 +66,8 @@ TERMINAL = (RunStatus.SUCCESS, RunStatus.ERROR, RunStatus.INTERRUPTED, RunStatus
 
 RUNS_CHANNEL = "keel_runs"  # payload "" = new work; "cancel:<run_id>:<action>" = cancellation requested
 # payload: "<run id>" (new events: read the log), "<run id> <JSON [[seq, event, data], ...]>" (new events, the
-# appended rows themselves, when they fit in NOTIFY_MAX bytes) or "done:<run id>" (run ended)
+# appended rows themselves, when they fit in NOTIFY_MAX bytes), "done:<run id>" (run ended or deleted: read its
+# status) or "done:<run id> <JSON {status, result, error}>" (run ended, as finish() recorded it, when that fits)
 EVENTS_CHANNEL = "keel_run_events"
 # Postgres refuses a NOTIFY payload of 8000 bytes or more (default build); larger batches send the run id only.
 NOTIFY_MAX = 7999
@@ -507,6 +508,31 @@ async def append_events(
     async with conn.cursor() as c:
         await c.executemany(INSERT_EVENT, params)
     await conn.execute(NOTIFY, (EVENTS_CHANNEL, notify_payload(run_id, rows, texts)))
+
+
+def done_payload(run_id: str, status: str, result_text: str | None, error: Any) -> str:
+    """`done:<run id> {"status", "result", "error"}` (the result already serialised), or without the row when
+    too large."""
+    error_text = orjson.dumps(error).decode() if error else "null"
+    row = f'{{"status":{orjson.dumps(str(status)).decode()},"result":{result_text or "null"},"error":{error_text}}}'
+    payload = f"done:{run_id} {row}"
+    if len(payload) > NOTIFY_MAX or len(payload.encode()) > NOTIFY_MAX:
+        return f"done:{run_id}"
+    return payload
+
+
+def parse_done(payload: str) -> tuple[str, dict[str, Any] | None]:
+    """(run id, its terminal row or None) of a `done:` notification."""
+    run_id, _, rest = payload[5:].partition(" ")
+    if not rest:
+        return run_id, None
+    try:
+        row = orjson.loads(rest)
+    except orjson.JSONDecodeError:
+        return run_id, None
+    if not isinstance(row, dict) or row.get("status") not in TERMINAL:
+        return run_id, None
+    return run_id, row
 
 
 def notify_payload(run_id: str, rows: list[tuple[int, str, Any]], texts: list[str]) -> str:

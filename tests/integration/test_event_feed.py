@@ -7,7 +7,9 @@ import asyncio
 import uuid
 
 from server.runs import store
-from server.runs.events import Event, EventFeed, EventWriter
+from server.runs.events import EndWaiter, Event, EventFeed, EventWriter
+from server.runs.queue import Claim, finish
+from server.runs.store import RunStatus
 
 
 async def wait_for(predicate, what: str, timeout: float = 10.0) -> None:
@@ -19,6 +21,10 @@ async def wait_for(predicate, what: str, timeout: float = 10.0) -> None:
 
 
 async def _running_run(db) -> str:
+    return (await _running_run_row(db))["run_id"]
+
+
+async def _running_run_row(db) -> dict:
     tid, rid = str(uuid.uuid4()), str(uuid.uuid4())
     async with db.pool.connection() as conn:
         await conn.execute(
@@ -30,7 +36,7 @@ async def _running_run(db) -> str:
             "'reject', false, 1)",
             (rid, tid, str(uuid.uuid4())),
         )
-    return rid
+    return {"run_id": rid, "thread_id": tid}
 
 
 async def _finish(db, rid: str) -> None:
@@ -58,13 +64,13 @@ async def _feed(db):
     """A started feed whose LISTEN connection is up (a notification sent now reaches it)."""
     feed = EventFeed(db.url, db.pool, poll_s=60)  # no poll timeout sends a reader to the log meanwhile
     await feed.start()
-    probe, seen = str(uuid.uuid4()), asyncio.Event()
+    probe, seen = str(uuid.uuid4()), EndWaiter()
     feed._done_waiters[probe].add(seen)
-    while not seen.is_set():  # (sent again until the connection is listening)
+    while not seen.wake.is_set():  # (sent again until the connection is listening)
         async with db.pool.connection() as conn:
             await store.notify_done(conn, probe)
         try:
-            await asyncio.wait_for(seen.wait(), 0.1)
+            await asyncio.wait_for(seen.wake.wait(), 0.1)
         except TimeoutError:
             pass
     feed._done_waiters.pop(probe, None)
@@ -164,3 +170,94 @@ def test_a_notification_payload_carries_the_rows_or_only_the_run_id():
     big = [(6, "values", "x" * store.NOTIFY_MAX)]
     assert store.notify_payload(rid, big, ['"' + "x" * store.NOTIFY_MAX + '"']) == rid
     assert store.parse_notify(rid) == (rid, None)
+
+
+async def test_a_waiter_gets_the_finished_run_from_the_notification_or_else_reads_it(db):
+    feed = await _feed(db)
+    try:
+        run = await _running_run_row(db)
+        rid = run["run_id"]
+        waiting = asyncio.create_task(feed.wait_terminal(rid))
+        await wait_for(lambda: bool(feed._done_waiters.get(rid)) and feed.status_reads == 1, "the waiter")
+        result = {"log": ["a", "b"], "text": "ü"}
+        ok = await finish(
+            db.pool,
+            Claim(run, 1),
+            RunStatus.SUCCESS,
+            result=result,
+            thread_status="idle",
+            thread_values=result,
+            interrupts=None,
+        )
+        assert ok
+        row = await asyncio.wait_for(waiting, 10)
+        assert row == {"status": "success", "result": result, "error": None}
+        assert feed.status_reads == 1, "the waiter read the row back"
+        async with db.pool.connection() as conn:  # the row the notification carried is the one recorded
+            stored = await store.run_status(conn, rid)
+        assert stored == row
+
+        # A run whose end notification carries no row (a deleted run, a result too large): read it.
+        other = await _running_run(db)
+        waiting = asyncio.create_task(feed.wait_terminal(other))
+        await wait_for(lambda: feed.status_reads == 2, "the second waiter")
+        await _finish(db, other)  # "done:<run id>" alone
+        row = await asyncio.wait_for(waiting, 10)
+        assert row is not None and row["status"] == "success"
+        assert feed.status_reads == 3
+    finally:
+        await feed.stop()
+
+
+def test_a_done_payload_carries_the_row_or_only_the_run_id():
+    rid = str(uuid.uuid4())
+    payload = store.done_payload(rid, RunStatus.ERROR, None, {"error": "X", "message": "m"})
+    assert store.parse_done(payload) == (
+        rid,
+        {"status": "error", "result": None, "error": {"error": "X", "message": "m"}},
+    )
+    assert (
+        store.done_payload(rid, RunStatus.SUCCESS, '"' + "x" * store.NOTIFY_MAX + '"', None) == f"done:{rid}"
+    )
+    assert store.parse_done(f"done:{rid}") == (rid, None)
+
+
+async def test_a_waiter_registered_before_the_run_exists_reads_nothing_and_an_unclaimed_one_is_dropped(db):
+    feed = await _feed(db)
+    try:
+        run = await _running_run_row(db)  # (created after expect_end in the routes; the order is the point)
+        rid = run["run_id"]
+        expected = feed.expect_end(rid)
+        waiting = asyncio.create_task(feed.wait_terminal(rid, expected))
+        await wait_for(lambda: not expected.reserved, "the waiter to wait")
+        assert await finish(
+            db.pool,
+            Claim(run, 1),
+            RunStatus.SUCCESS,
+            result={"x": 1},
+            thread_status="idle",
+            thread_values={"x": 1},
+            interrupts=None,
+        )
+        assert (await asyncio.wait_for(waiting, 10))["result"] == {"x": 1}
+        assert feed.status_reads == 0, "a waiter registered before the run read its status"
+        assert rid not in feed._done_waiters
+
+        # A request that created its run but never waited (its client left): its waiter goes with the run's end.
+        other = await _running_run_row(db)
+        feed.expect_end(other["run_id"])
+        await _finish(db, other["run_id"])
+        await wait_for(
+            lambda: other["run_id"] not in feed._done_waiters, "the unclaimed waiter to be dropped"
+        )
+
+        # One that starts waiting only after the end (no row carried): it reads the status, once.
+        late = await _running_run_row(db)
+        expected = feed.expect_end(late["run_id"])
+        await _finish(db, late["run_id"])
+        await wait_for(lambda: expected.wake.is_set(), "the end")
+        row = await asyncio.wait_for(feed.wait_terminal(late["run_id"], expected), 10)
+        assert row is not None and row["status"] == "success"
+        assert feed.status_reads == 1
+    finally:
+        await feed.stop()
