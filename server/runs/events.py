@@ -69,6 +69,11 @@ class Event:
 # How long a published event may wait for the step's checkpoint to carry it (one transaction for both) before
 # a flush of its own appends it: short enough that a streamed token still reaches readers at once.
 FLUSH_DELAY_S = 0.005
+# Events of a step boundary (the state after a step, its updates, checkpoints, tasks) wait longer: in `sync`
+# durability the graph hands them over once the step's checkpoint has committed, so the next checkpoint is a whole
+# step away, and a step of a few tens of milliseconds would otherwise cost a transaction for each of them.
+STEP_EVENTS = frozenset({"values", "updates", "checkpoints", "tasks", "debug"})
+STEP_FLUSH_DELAY_S = 0.05
 
 
 class EventWriter:
@@ -86,9 +91,14 @@ class EventWriter:
         attempt: int,
         start_seq: int,
         flush_delay: float = FLUSH_DELAY_S,
+        step_flush_delay: float | None = None,
     ) -> None:
         self.pool, self.run_id, self.epoch, self.attempt = pool, run_id, epoch, attempt
         self.flush_delay = flush_delay
+        self.step_flush_delay = (
+            max(flush_delay, STEP_FLUSH_DELAY_S) if step_flush_delay is None else step_flush_delay
+        )
+        self._due = 0.0  # when the background flush that is waiting will flush
         self._delaying = False  # the background flush is still waiting for a checkpoint to carry the events
         self._first_output = True  # the next event other than `metadata` is flushed at once (see publish)
         self.last_seq = start_seq  # last seq handed out
@@ -126,18 +136,27 @@ class EventWriter:
         if self._first_output and event != "metadata":
             self._first_output = False
             now = True
-        if now and self._pending is not None and self._delaying:
-            self._pending.cancel()  # still waiting for a checkpoint: flush now instead
+        loop = asyncio.get_running_loop()
+        if now:
+            delay = 0.0
+        elif event.split("|", 1)[0] in STEP_EVENTS:
+            delay = self.step_flush_delay
+        else:
+            delay = self.flush_delay
+        due = loop.time() + delay
+        if self._pending is not None and self._delaying and due < self._due:
+            self._pending.cancel()  # waiting longer than this event may: flush sooner instead
             self._pending = None
         if self._pending is None or self._pending.done():
-            self._pending = asyncio.get_running_loop().create_task(self._flush_soon(now))
+            self._due = due
+            self._pending = loop.create_task(self._flush_soon(delay))
         return self.last_seq
 
-    async def _flush_soon(self, now: bool = False) -> None:
-        if self.flush_delay > 0 and not now:
+    async def _flush_soon(self, delay: float = 0.0) -> None:
+        if delay > 0:
             self._delaying = True
             try:
-                await asyncio.sleep(self.flush_delay)
+                await asyncio.sleep(delay)
             finally:
                 self._delaying = False
         try:

@@ -109,7 +109,7 @@ async def finish(
         if writer is not None:
             async with writer.barrier() as (events, _):
                 if events:
-                    await store.append_events(conn, c.run_id, c.attempt, events)
+                    await store.append_events(conn, c.run_id, c.attempt, events, notified=writer.flushed_seq)
         await set_thread_after_run(conn, c.thread_id, thread_status, thread_values, interrupts, error)
         await conn.execute(
             store.NOTIFY_FINISHED,

@@ -493,13 +493,20 @@ def _serialised(text: str) -> Callable[[Any], str]:
 
 
 async def append_events(
-    conn: psycopg.AsyncConnection[Any], run_id: str, attempt: int, rows: list[tuple[int, str, Any]]
+    conn: psycopg.AsyncConnection[Any],
+    run_id: str,
+    attempt: int,
+    rows: list[tuple[int, str, Any]],
+    *,
+    notified: int = 0,
 ) -> None:
     """Insert events (in the caller's fenced transaction) and wake the run's readers.
 
     The notification carries the rows themselves when they fit (see EVENTS_CHANNEL), so a reader following the
     run live need not read them back; it is sent by the same transaction, so only once they are committed. Each
-    event's data is serialised once, for the row and for the notification."""
+    event's data is serialised once, for the row and for the notification. `notified`: rows up to this seq are
+    appended again (a checkpoint confirming them; a no-op unless a Postgres crash lost them) and were notified
+    when first appended, so the notification leaves them out (and is not sent when nothing is new)."""
     texts = [orjson.dumps(data).decode() for _, _, data in rows]
     params = [
         (run_id, seq, attempt, ev, Jsonb(data, dumps=_serialised(text)))
@@ -507,7 +514,10 @@ async def append_events(
     ]
     async with conn.cursor() as c:
         await c.executemany(INSERT_EVENT, params)
-    await conn.execute(NOTIFY, (EVENTS_CHANNEL, notify_payload(run_id, rows, texts)))
+    fresh = [i for i, row in enumerate(rows) if row[0] > notified]
+    if fresh:
+        payload = notify_payload(run_id, [rows[i] for i in fresh], [texts[i] for i in fresh])
+        await conn.execute(NOTIFY, (EVENTS_CHANNEL, payload))
 
 
 def done_payload(run_id: str, status: str, result_text: str | None, error: Any) -> str:

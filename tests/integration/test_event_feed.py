@@ -261,3 +261,48 @@ async def test_a_waiter_registered_before_the_run_exists_reads_nothing_and_an_un
         assert feed.status_reads == 1
     finally:
         await feed.stop()
+
+
+async def test_a_checkpoint_notifies_only_the_events_it_appends_first(db):
+    import psycopg
+
+    from server.saver import current_event_writer
+
+    run = await _running_run_row(db)
+    rid, tid = run["run_id"], run["thread_id"]
+    payloads: list[str] = []
+    async with await psycopg.AsyncConnection.connect(db.url, autocommit=True) as listener:
+        await listener.execute(f"LISTEN {store.EVENTS_CHANNEL}")
+
+        async def next_payload() -> str:
+            gen = listener.notifies(timeout=10, stop_after=1)
+            async for n in gen:
+                return n.payload
+            raise AssertionError("no notification")
+
+        writer = EventWriter(db.pool, rid, epoch=1, attempt=1, start_seq=0, flush_delay=60)
+        token = current_event_writer.set(writer)
+        try:
+            writer.publish("metadata", {"run_id": rid})
+            await writer.flush()
+            payloads.append(await next_payload())
+            writer.publish("values", {"x": 1})  # queued: the checkpoint carries it, and appends event 1 again
+            config = {"configurable": {"thread_id": tid, "checkpoint_ns": ""}}
+            from langgraph.checkpoint.base import empty_checkpoint
+
+            await db.checkpointer.aput(config, empty_checkpoint(), {"run_id": rid, "keel_epoch": 1}, {})
+            payloads.append(await next_payload())
+            writer.publish("values", {"x": 2})
+            await writer.flush()
+            payloads.append(await next_payload())
+            # Only event 3 to confirm, nothing new: no notification (the next one is the sentinel).
+            await db.checkpointer.aput(config, empty_checkpoint(), {"run_id": rid, "keel_epoch": 1}, {})
+            async with db.pool.connection() as conn:
+                await conn.execute(store.NOTIFY, (store.EVENTS_CHANNEL, "sentinel"))
+            payloads.append(await next_payload())
+        finally:
+            current_event_writer.reset(token)
+            await writer.close()
+    seqs = [[row[0] for row in (store.parse_notify(p)[1] or [])] for p in payloads[:3]]
+    assert seqs == [[1], [2], [3]]
+    assert payloads[3] == "sentinel"
