@@ -175,7 +175,8 @@ class EventWriter:
                 return
             batch, self._buffer = self._buffer, []
             try:
-                async with self.pool.connection() as conn, conn.transaction():
+                # Pipelined: one round trip to the fence, one for the rows, their NOTIFY and the commit.
+                async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
                     await conn.execute("SET LOCAL synchronous_commit = off")
                     # Fence and log position in one round trip (see store.FENCED_LAST_SEQ).
                     row = await store.fetchone(

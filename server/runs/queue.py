@@ -10,7 +10,7 @@ Invariants kept by the database, not by any one process:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import psycopg
@@ -87,11 +87,11 @@ async def finish(
     housekeeping trims only when there is something to trim."""
     # (serialised once: for the row, and for the notification that hands it to the run's waiters)
     result_text = orjson.dumps(result).decode() if result is not None else None
-    async with pool.connection() as conn, conn.transaction():
+    # Pipelined: the statements after FINISH_RUN (which says whether the lease still holds) go out with the commit.
+    async with pool.connection() as conn, conn.pipeline(), conn.transaction():
         # Thread first, then run: the order run creation and cancellation lock them in (no deadlock).
         await conn.execute(store.LOCK_THREAD_NO_KEY, (c.thread_id,))
-        row = await store.fetchone(
-            conn,
+        finished = await conn.execute(
             store.FINISH_RUN,
             (
                 status,
@@ -101,10 +101,12 @@ async def finish(
                 c.epoch,
             ),
         )
-        if row is None:
+        # (read in the same round trip; harmless when the run turns out fenced)
+        trim = await conn.execute(store.TRIM_CUT, (c.thread_id, trim_keep - 1)) if trim_keep > 0 else None
+        if await finished.fetchone() is None:
             return False
-        if trim_keep > 0:
-            cut = await store.fetchone(conn, store.TRIM_CUT, (c.thread_id, trim_keep - 1))
+        if trim is not None:
+            cut = cast("dict[str, Any] | None", await trim.fetchone())  # (the pool's rows are dicts)
             c.run["trim_cut"] = cut["checkpoint_id"] if cut else None
         if writer is not None:
             async with writer.barrier() as (events, _):
