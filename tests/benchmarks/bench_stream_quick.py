@@ -73,7 +73,7 @@ async def _main(admin: str, tmp: Path, postmaster: int) -> str:
             clients[key] = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120)
         try:
             for key, c in clients.items():
-                await load_corpus(Peer(key, key), c, corpus)
+                await load_corpus(Peer("keel", key), c, corpus)  # (the key picks the /knowledge/ingest path)
                 for g in graphs:
                     await _sequential(c, g, WARMUP)
                     await _ttfe(c, g, WARMUP)
