@@ -151,7 +151,9 @@ class KeelSaver(AsyncPostgresSaver):
                 if await cur.fetchone() is None:
                     raise Fenced(writer.run_id)
                 if events:
-                    await store.append_events(conn, writer.run_id, writer.attempt, events)
+                    await store.append_events(
+                        conn, writer.run_id, writer.attempt, events, notified=writer.flushed_seq
+                    )
                 async with conn.cursor(binary=True) as wcur:
                     for query, rows in writes:
                         await wcur.executemany(query, rows)

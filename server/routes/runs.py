@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -17,7 +18,7 @@ from server.deps import Service
 from server.errors import ApiError, not_found, parse_uuid
 from server.routes.threads import owned_thread
 from server.runs import store
-from server.runs.events import Event
+from server.runs.events import EndWaiter, Event
 from server.runs.manager import run_json
 from server.runs.store import ACTIVE, RunStatus
 from server.schemas import (
@@ -184,9 +185,9 @@ async def _cancel_shielded(svc: KeelService, run: dict[str, Any]) -> None:
         await svc.runs.cancel(run)
 
 
-async def _result(svc: KeelService, run: dict[str, Any]) -> Any:
+async def _result(svc: KeelService, run: dict[str, Any], expected: EndWaiter | None = None) -> Any:
     """What wait/join return: the last values (with __interrupt__), or {"__error__": ...}."""
-    row = await svc.feed.wait_terminal(str(run["run_id"]))
+    row = await svc.feed.wait_terminal(str(run["run_id"]), expected)
     if row is None:
         return {"__error__": {"error": "RunDeleted", "message": "the run was cancelled and rolled back"}}
     if row["status"] == RunStatus.ERROR:
@@ -224,6 +225,7 @@ def _wait_response(
     cancel_on_disconnect: bool,
     headers: dict[str, str],
     ended: bool = False,
+    expected: EndWaiter | None = None,
 ) -> StreamingResponse:
     """JSON result, preceded by a newline every few seconds so proxies and clients keep the connection.
 
@@ -236,7 +238,7 @@ def _wait_response(
             return {"__error__": RUN_NOT_FOUND}
         if ended:
             return await _thread_result(svc, str(run["thread_id"]))
-        return await _result(svc, run)
+        return await _result(svc, run, expected)
 
     async def body() -> AsyncIterator[bytes]:
         finished = False
@@ -283,6 +285,19 @@ def _background(body: RunCreate) -> RunCreate:
     return body
 
 
+async def _create_and_expect_end(
+    svc: KeelService, user: User, thread_id: str | None, body: RunCreate
+) -> tuple[dict[str, Any], EndWaiter]:
+    """Create a run whose end this request waits for: the waiter is registered before the run exists."""
+    rid = str(uuid.uuid4())
+    expected = svc.feed.expect_end(rid)
+    try:
+        return await svc.runs.create(user, thread_id, body, run_id=rid), expected
+    except BaseException:
+        svc.feed.unexpect_end(rid, expected)
+        raise
+
+
 def _foreground(body: RunCreate) -> RunCreate:
     body.record_modes = None  # server-set only; a client cannot widen what the log records
     return body
@@ -303,13 +318,16 @@ async def wait_run(
     thread_id: ThreadId, body: RunCreate, svc: Service, user: CurrentUser
 ) -> StreamingResponse:
     """Start a run and answer with its final values."""
-    run = await svc.runs.create(user, parse_uuid(thread_id, "thread"), _foreground(body))
+    run, expected = await _create_and_expect_end(
+        svc, user, parse_uuid(thread_id, "thread"), _foreground(body)
+    )
     base = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
     return _wait_response(
         svc,
         run,
         cancel_on_disconnect=body.on_disconnect == "cancel",
         headers=_wait_links(base),
+        expected=expected,
     )
 
 
@@ -494,13 +512,14 @@ async def create_stateless(
 @router.post("/runs/wait", responses=errors(400, 413))
 async def wait_stateless(body: RunCreate, svc: Service, user: CurrentUser) -> StreamingResponse:
     """Run on a temporary thread and answer with its final values."""
-    run = await svc.runs.create(user, None, _foreground(body))
+    run, expected = await _create_and_expect_end(svc, user, None, _foreground(body))
     base = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
     return _wait_response(
         svc,
         run,
         cancel_on_disconnect=body.on_disconnect == "cancel",
         headers=_wait_links(base),
+        expected=expected,
     )
 
 

@@ -24,7 +24,16 @@ from psycopg_pool import AsyncConnectionPool
 from server.runs import store
 from server.runs.store import EVENTS_CHANNEL, TERMINAL, append_unfenced
 
-__all__ = ["EVENTS_CHANNEL", "TERMINAL", "Event", "EventFeed", "EventWriter", "Fenced", "append_unfenced"]
+__all__ = [
+    "EVENTS_CHANNEL",
+    "TERMINAL",
+    "EndWaiter",
+    "Event",
+    "EventFeed",
+    "EventWriter",
+    "Fenced",
+    "append_unfenced",
+]
 
 log = logging.getLogger("keel.events")
 
@@ -60,6 +69,11 @@ class Event:
 # How long a published event may wait for the step's checkpoint to carry it (one transaction for both) before
 # a flush of its own appends it: short enough that a streamed token still reaches readers at once.
 FLUSH_DELAY_S = 0.005
+# Events of a step boundary (the state after a step, its updates, checkpoints, tasks) wait longer: in `sync`
+# durability the graph hands them over once the step's checkpoint has committed, so the next checkpoint is a whole
+# step away, and a step of a few tens of milliseconds would otherwise cost a transaction for each of them.
+STEP_EVENTS = frozenset({"values", "updates", "checkpoints", "tasks", "debug"})
+STEP_FLUSH_DELAY_S = 0.05
 
 
 class EventWriter:
@@ -77,10 +91,16 @@ class EventWriter:
         attempt: int,
         start_seq: int,
         flush_delay: float = FLUSH_DELAY_S,
+        step_flush_delay: float | None = None,
     ) -> None:
         self.pool, self.run_id, self.epoch, self.attempt = pool, run_id, epoch, attempt
         self.flush_delay = flush_delay
+        self.step_flush_delay = (
+            max(flush_delay, STEP_FLUSH_DELAY_S) if step_flush_delay is None else step_flush_delay
+        )
+        self._due = 0.0  # when the background flush that is waiting will flush
         self._delaying = False  # the background flush is still waiting for a checkpoint to carry the events
+        self._first_output = True  # the next event other than `metadata` is flushed at once (see publish)
         self.last_seq = start_seq  # last seq handed out
         self.flushed_seq = start_seq  # last seq known to be in the table
         self._buffer: list[tuple[int, str, Any]] = []
@@ -105,19 +125,38 @@ class EventWriter:
 
     def publish(self, event: str, data: Any, *, now: bool = False) -> int:
         """Queue an event; a background flush picks it up (batching whatever arrives meanwhile). `now`: flush
-        at once rather than wait for a checkpoint to carry it (an attempt's `metadata`, which a client that
-        joins the run's stream starts after)."""
+        at once rather than wait for a checkpoint to carry it.
+
+        The attempt's first event after its `metadata` (a streamed run's first output, which a client waits
+        for) is flushed at once: in `sync` durability the graph hands it over only after the step's checkpoint
+        has committed, so the next checkpoint to carry it is a whole step away. The `metadata` event itself
+        rides in the run's first checkpoint, a millisecond or two later, instead of a transaction of its own."""
         self.last_seq += 1
         self._buffer.append((self.last_seq, event, data))
+        if self._first_output and event != "metadata":
+            self._first_output = False
+            now = True
+        loop = asyncio.get_running_loop()
+        if now:
+            delay = 0.0
+        elif event.split("|", 1)[0] in STEP_EVENTS:
+            delay = self.step_flush_delay
+        else:
+            delay = self.flush_delay
+        due = loop.time() + delay
+        if self._pending is not None and self._delaying and due < self._due:
+            self._pending.cancel()  # waiting longer than this event may: flush sooner instead
+            self._pending = None
         if self._pending is None or self._pending.done():
-            self._pending = asyncio.get_running_loop().create_task(self._flush_soon(now))
+            self._due = due
+            self._pending = loop.create_task(self._flush_soon(delay))
         return self.last_seq
 
-    async def _flush_soon(self, now: bool = False) -> None:
-        if self.flush_delay > 0 and not now:
+    async def _flush_soon(self, delay: float = 0.0) -> None:
+        if delay > 0:
             self._delaying = True
             try:
-                await asyncio.sleep(self.flush_delay)
+                await asyncio.sleep(delay)
             finally:
                 self._delaying = False
         try:
@@ -136,7 +175,8 @@ class EventWriter:
                 return
             batch, self._buffer = self._buffer, []
             try:
-                async with self.pool.connection() as conn, conn.transaction():
+                # Pipelined: one round trip to the fence, one for the rows, their NOTIFY and the commit.
+                async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
                     await conn.execute("SET LOCAL synchronous_commit = off")
                     # Fence and log position in one round trip (see store.FENCED_LAST_SEQ).
                     row = await store.fetchone(
@@ -274,15 +314,47 @@ class EventWriter:
             await self.flush()
 
 
+class _Follower:
+    """One reader following a run: woken by the LISTEN loop, with the rows the notifications carried."""
+
+    def __init__(self) -> None:
+        self.wake = asyncio.Event()
+        self.inbox: list[Event] = []
+        self.read_log = True  # the log may hold events the inbox lacks: read it before trusting the inbox
+
+    def take(self) -> list[Event]:
+        batch, self.inbox = self.inbox, []
+        return batch
+
+
+class EndWaiter:
+    """One caller waiting for a run's end: woken by the LISTEN loop, with the terminal row when it was carried."""
+
+    def __init__(self, reserved: bool = False) -> None:
+        self.wake = asyncio.Event()
+        self.row: dict[str, Any] | None = None
+        self.reserved = (
+            reserved  # registered before its run was created, by a caller yet to wait (expect_end)
+        )
+
+
 class EventFeed:
-    """Tails the event log for this API process: one LISTEN connection wakes the readers of each run."""
+    """Tails the event log for this API process: one LISTEN connection wakes the readers of each run.
+
+    A notification of new events carries them when they fit (see store.EVENTS_CHANNEL): a reader that follows
+    the run live takes them from there, in order, without reading the log again. The log stays the source of
+    truth: a reader starts (and resumes after Last-Event-ID) from it, and goes back to it whenever the
+    notifications leave a gap (a batch too large to carry, a lost LISTEN connection, a poll timeout)."""
 
     def __init__(self, url: str, pool: AsyncConnectionPool, poll_s: float = 1.0) -> None:
         self.url, self.pool, self.poll_s = url, pool, poll_s
-        self._waiters: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
-        self._done_waiters: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+        self._waiters: defaultdict[str, set[_Follower]] = defaultdict(set)
+        self._done_waiters: defaultdict[str, set[EndWaiter]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self.live_events = 0  # events handed to readers from notifications (tests, metrics)
+        self.log_reads = 0  # reads of the log by readers
+        self.status_reads = 0  # reads of a run's status by readers and waiters
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._listen(), name="keel-event-feed")
@@ -300,71 +372,140 @@ class EventFeed:
                     await conn.execute(f"LISTEN {EVENTS_CHANNEL}")
                     self._wake_all()  # anything missed while (re)connecting
                     async for n in conn.notifies():
-                        done = n.payload.startswith("done:")
-                        rid = n.payload[5:] if done else n.payload
-                        for ev in list(self._waiters.get(rid, ())):
-                            ev.set()
-                        if done:
-                            for ev in list(self._done_waiters.get(rid, ())):
-                                ev.set()
+                        self._notified(n.payload)
             except asyncio.CancelledError:
                 raise
             except Exception:  # Postgres restarts: readers poll meanwhile; reconnect
                 log.warning("event feed connection lost; reconnecting", exc_info=True)
                 await asyncio.sleep(0.5)
 
+    def _notified(self, payload: str) -> None:
+        if payload.startswith("done:"):
+            rid, row = store.parse_done(payload)
+            for f in list(self._waiters.get(rid, ())):
+                f.read_log = True  # the final read: status and whatever the log holds
+                f.wake.set()
+            for w in list(self._done_waiters.get(rid, ())):
+                w.row = row
+                w.wake.set()
+                if w.reserved:  # (its caller may never wait: it has what it needs, drop it)
+                    self._forget(self._done_waiters, rid, w)
+            return
+        rid, _, rest = payload.partition(" ")
+        followers = self._waiters.get(rid)
+        if not followers:
+            return
+        rows = store.parse_notify(payload)[1] if rest else None
+        for f in list(followers):
+            if rows is None:
+                f.read_log = True
+            else:
+                f.inbox.extend(Event(seq, event, data) for seq, event, data in rows)
+            f.wake.set()
+
     def _wake_all(self) -> None:
-        for group in (self._waiters, self._done_waiters):
-            for evs in group.values():
-                for ev in evs:
-                    ev.set()
+        for followers in self._waiters.values():
+            for f in followers:
+                f.read_log = True
+                f.wake.set()
+        for waiters in self._done_waiters.values():
+            for w in waiters:
+                w.wake.set()
 
     async def status(self, run_id: str) -> dict[str, Any] | None:
+        self.status_reads += 1
         async with self.pool.connection() as conn:
             return await store.run_status(conn, run_id)
 
     @contextmanager
-    def _waiting(self, group: defaultdict[str, set[asyncio.Event]], run_id: str) -> Iterator[asyncio.Event]:
-        """An event the LISTEN loop sets for this run while the block runs."""
-        wake = asyncio.Event()
-        group[run_id].add(wake)
+    def _waiting(self, group: defaultdict[str, set[T]], run_id: str, item: T) -> Iterator[T]:
+        """`item` (woken by the LISTEN loop for this run) registered while the block runs."""
+        group[run_id].add(item)
         try:
-            yield wake
+            yield item
         finally:
-            group[run_id].discard(wake)
-            if not group[run_id]:
+            self._forget(group, run_id, item)
+
+    @staticmethod
+    def _forget(group: defaultdict[str, set[T]], run_id: str, item: T) -> None:
+        items = group.get(run_id)
+        if items is not None:
+            items.discard(item)
+            if not items:
                 group.pop(run_id, None)
+
+    def expect_end(self, run_id: str) -> EndWaiter:
+        """Before creating run `run_id`: a waiter for its end, for `wait_terminal(run_id, expected=...)`. Registered
+        before the run exists, it cannot miss the end, so waiting needs no first read of the run's status."""
+        w = EndWaiter(reserved=True)
+        self._done_waiters[run_id].add(w)
+        return w
+
+    def unexpect_end(self, run_id: str, waiter: EndWaiter) -> None:
+        """The run was not created after all."""
+        self._forget(self._done_waiters, run_id, waiter)
 
     async def subscribe(self, run_id: str, after: int = 0) -> AsyncIterator[Event]:
         """Events with seq > after, then live ones, until the run is terminal (or gone)."""
         last = after
-        with self._waiting(self._waiters, run_id) as wake:
+        with self._waiting(self._waiters, run_id, _Follower()) as f:
             while True:
-                wake.clear()
-                row = await self.status(run_id)
-                async with self.pool.connection() as conn:
-                    rows = await store.fetchall(conn, store.EVENTS_AFTER, (run_id, last))
-                for r in rows:
-                    last = r["seq"]
-                    yield Event(r["seq"], r["event"], r["data"])
-                if rows:
+                f.wake.clear()
+                # Live: the rows the notifications carried, as long as they continue the sequence.
+                for ev in f.take():
+                    if ev.seq <= last:
+                        continue  # (already read from the log, or re-appended after a Postgres restart)
+                    if ev.seq != last + 1:
+                        f.read_log = True  # a gap: what is missing is in the log
+                        break
+                    last = ev.seq
+                    self.live_events += 1
+                    yield ev
+                if f.read_log:
+                    f.read_log = False
+                    f.take()  # (the read below returns these too)
+                    self.log_reads += 1
+                    row = await self.status(run_id)
+                    async with self.pool.connection() as conn:
+                        rows = await store.fetchall(conn, store.EVENTS_AFTER, (run_id, last))
+                    for r in rows:
+                        last = r["seq"]
+                        yield Event(r["seq"], r["event"], r["data"])
+                    if len(rows) == store.EVENTS_PAGE:
+                        f.read_log = True  # (a full page: read on until the log is exhausted)
+                        continue
+                    # The status was read first: a run terminal then had every event in the log by this read.
+                    if row is None or row["status"] in TERMINAL:
+                        return  # (a re-queued run is "pending": the loop keeps following its next attempt)
+                if f.inbox:
                     continue
-                if row is None or row["status"] in TERMINAL:
-                    return  # (a re-queued run is "pending": the loop keeps following its next attempt)
                 try:
-                    await asyncio.wait_for(wake.wait(), self.poll_s)
+                    await asyncio.wait_for(f.wake.wait(), self.poll_s)
                 except TimeoutError:
-                    pass
+                    f.read_log = True
 
-    async def wait_terminal(self, run_id: str) -> dict[str, Any] | None:
-        """Block until the run is terminal; return its row (status, result, error). Woken only at the end."""
-        with self._waiting(self._done_waiters, run_id) as wake:
+    async def wait_terminal(self, run_id: str, expected: EndWaiter | None = None) -> dict[str, Any] | None:
+        """Block until the run is terminal; return its row (status, result, error). Woken only at the end, whose
+        notification usually carries the row (see store.EVENTS_CHANNEL): then it is not read back. `expected`:
+        the waiter `expect_end` registered before the run was created."""
+        w = expected or EndWaiter()
+        # Registered since before the run existed and not woken: the run has not ended, no need to read it.
+        read = expected is None or w.wake.is_set()
+        w.reserved = False
+        self._done_waiters[run_id].add(w)  # (again, if its end dropped it)
+        try:
             while True:
-                wake.clear()
-                row = await self.status(run_id)
-                if row is None or row["status"] in TERMINAL:
-                    return row
+                w.wake.clear()
+                if w.row is not None:
+                    return w.row
+                if read:
+                    row = await self.status(run_id)
+                    if row is None or row["status"] in TERMINAL:
+                        return row
+                read = True
                 try:
-                    await asyncio.wait_for(wake.wait(), max(self.poll_s, 2.0))
+                    await asyncio.wait_for(w.wake.wait(), max(self.poll_s, 2.0))
                 except TimeoutError:
                     pass
+        finally:
+            self._forget(self._done_waiters, run_id, w)

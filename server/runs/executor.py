@@ -109,7 +109,8 @@ class RunExecutor:
         assert writer is not None
         try:
             log.info("run started (attempt %d%s)", c.attempt, ", resuming from checkpoint" if resume else "")
-            writer.publish("metadata", {"run_id": c.run_id, "attempt": c.attempt}, now=True)
+            # (carried by the run's first checkpoint, or flushed with its first output: see EventWriter.publish)
+            writer.publish("metadata", {"run_id": c.run_id, "attempt": c.attempt})
             last_values = await stream_graph(self.graph, self.planner, h, writer, resume)
             h.phase = "settling"  # the graph is done: no cancel or late heartbeat may cut the rest short
             return await self.outcomes.settle(h, last_values)

@@ -71,10 +71,13 @@ class RunManager:
         self.checkpointer = checkpointer  # to refuse a run from a checkpoint the thread does not have
         self.planner = planner
 
-    async def create(self, user: User, thread_id: str | None, body: RunCreate) -> dict[str, Any]:
-        """Record a run (and its thread when needed) atomically, apply the multitask strategy, wake workers."""
-        rec = await self._prepare(user, thread_id, body)
-        rid, tid = rec["rid"], rec["tid"]
+    async def create(
+        self, user: User, thread_id: str | None, body: RunCreate, *, run_id: str | None = None
+    ) -> dict[str, Any]:
+        """Record a run (and its thread when needed) atomically, apply the multitask strategy, wake workers.
+        `run_id`: the new run's id, when the caller chose it (a fresh UUID: it waits for the run's end)."""
+        rid = run_id or str(uuid.uuid4())
+        tid = str(uuid.uuid4()) if thread_id is None else parse_uuid(thread_id, "thread")
 
         async def record(attempt: int) -> dict[str, Any]:
             # The ids were chosen above, so after a lost connection a repeat looks for the row first: the earlier
@@ -82,7 +85,9 @@ class RunManager:
             if attempt and (found := await self._find(rid)) is not None:
                 return found
             try:
+                # The plan reads the run's assistant in the same transaction that records the run.
                 async with self.pool.connection() as conn, conn.transaction():
+                    rec = await self._prepare(user, thread_id, body, rid, conn=conn, tid=tid)
                     run = await self._record_and_notify(conn, user, body, rec)
             except pg_errors.UniqueViolation:
                 # The earlier attempt's commit became visible only after the look above: it is our run.
@@ -112,9 +117,18 @@ class RunManager:
             await store.notify_cancel(conn, crid, action)
         return run
 
-    async def _prepare(self, user: User, thread_id: str | None, body: RunCreate) -> dict[str, Any]:
-        """Plan the request and choose the ids: everything `_record` needs, before any writes."""
-        prep = await self.planner.aplan(user, body)
+    async def _prepare(
+        self,
+        user: User,
+        thread_id: str | None,
+        body: RunCreate,
+        run_id: str | None = None,
+        *,
+        conn: AsyncConnection[Any] | None = None,
+        tid: str | None = None,
+    ) -> dict[str, Any]:
+        """Plan the request and choose the ids (unless given): everything `_record` needs, before any writes."""
+        prep = await self.planner.aplan(user, body, conn)
         body = prep.body  # with its assistant's config and context merged in: what the run records
         temporary = thread_id is None
         checkpoint = {
@@ -123,8 +137,8 @@ class RunManager:
         }
         if checkpoint.get("checkpoint_id") and temporary:
             raise ApiError(422, "checkpoint_id: a stateless run has no thread to start from a checkpoint of")
-        tid = str(uuid.uuid4()) if thread_id is None else parse_uuid(thread_id, "thread")
-        rid = str(uuid.uuid4())
+        tid = tid or (str(uuid.uuid4()) if thread_id is None else parse_uuid(thread_id, "thread"))
+        rid = run_id or str(uuid.uuid4())
         assistant_id = prep.assistant["assistant_id"]
         request = jsonable(body.model_dump(exclude={"assistant_id"}, exclude_unset=True))
         kwargs = {

@@ -69,7 +69,7 @@ AGENT_CONTEXT_FIELDS = frozenset(f.name for f in dataclasses.fields(Context))
 class AssistantResolver(Protocol):
     def resolve(self, ident: str, *, for_run: bool = False) -> dict[str, Any]: ...
 
-    async def for_run(self, user: User, ident: str) -> dict[str, Any]: ...
+    async def for_run(self, user: User, ident: str, conn: Any = None) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -107,8 +107,8 @@ class _FixedGraph:
     def resolve(self, ident: str, *, for_run: bool = False) -> dict[str, Any]:
         return {"assistant_id": ident, "graph_id": self.graph_id}
 
-    async def for_run(self, user: User, ident: str) -> dict[str, Any]:
-        return await self.inner.for_run(user, ident)
+    async def for_run(self, user: User, ident: str, conn: Any = None) -> dict[str, Any]:
+        return await self.inner.for_run(user, ident, conn)
 
 
 def merge_assistant(body: RunCreate, assistant: Mapping[str, Any]) -> RunCreate:
@@ -186,13 +186,14 @@ class Planner:
         """This planner for the runs of one graph (an executor's: the run's graph was chosen at creation)."""
         return Planner(self.settings, _FixedGraph(self.assistants, graph_id), self.graphs)
 
-    async def aplan(self, user: User, body: RunCreate) -> Plan:
-        """Plan a new run: load its assistant (the caller's or a system one) and merge it into the request."""
+    async def aplan(self, user: User, body: RunCreate, conn: Any = None) -> Plan:
+        """Plan a new run: load its assistant (the caller's or a system one) and merge it into the request.
+        `conn`: read the assistant on this connection (in the caller's transaction)."""
         # The request's own configurable, as langgraph-api checks it (a cron's run carries its cron_id there).
         own = {k for k in ((body.config or {}).get("configurable") or {}) if k != "cron_id"}
         if own and body.context:
             raise ApiError(400, BOTH_CONTEXTS)
-        assistant = await self.assistants.for_run(user, body.assistant_id)
+        assistant = await self.assistants.for_run(user, body.assistant_id, conn)
         return self.plan(user, merge_assistant(body, assistant), assistant)
 
     @property

@@ -10,8 +10,9 @@ Invariants kept by the database, not by any one process:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
@@ -84,32 +85,42 @@ async def finish(
     With `writer` (a closed EventWriter), the events it still holds are appended in the same transaction. With
     `trim_keep`, it also notes (in `c.run["trim_cut"]`) whether the thread has more checkpoints than that, so
     housekeeping trims only when there is something to trim."""
-    async with pool.connection() as conn, conn.transaction():
+    # (serialised once: for the row, and for the notification that hands it to the run's waiters)
+    result_text = orjson.dumps(result).decode() if result is not None else None
+    # Pipelined: the statements after FINISH_RUN (which says whether the lease still holds) go out with the commit.
+    async with pool.connection() as conn, conn.pipeline(), conn.transaction():
         # Thread first, then run: the order run creation and cancellation lock them in (no deadlock).
         await conn.execute(store.LOCK_THREAD_NO_KEY, (c.thread_id,))
-        row = await store.fetchone(
-            conn,
+        finished = await conn.execute(
             store.FINISH_RUN,
             (
                 status,
-                Jsonb(result) if result is not None else None,
+                Jsonb(result, dumps=lambda _: result_text) if result_text is not None else None,
                 Jsonb(error) if error else None,
                 c.run_id,
                 c.epoch,
             ),
         )
-        if row is None:
+        # (read in the same round trip; harmless when the run turns out fenced)
+        trim = await conn.execute(store.TRIM_CUT, (c.thread_id, trim_keep - 1)) if trim_keep > 0 else None
+        if await finished.fetchone() is None:
             return False
-        if trim_keep > 0:
-            cut = await store.fetchone(conn, store.TRIM_CUT, (c.thread_id, trim_keep - 1))
+        if trim is not None:
+            cut = cast("dict[str, Any] | None", await trim.fetchone())  # (the pool's rows are dicts)
             c.run["trim_cut"] = cut["checkpoint_id"] if cut else None
         if writer is not None:
             async with writer.barrier() as (events, _):
                 if events:
-                    await store.append_events(conn, c.run_id, c.attempt, events)
+                    await store.append_events(conn, c.run_id, c.attempt, events, notified=writer.flushed_seq)
         await set_thread_after_run(conn, c.thread_id, thread_status, thread_values, interrupts, error)
         await conn.execute(
-            store.NOTIFY_FINISHED, (store.EVENTS_CHANNEL, f"done:{c.run_id}", c.thread_id, RUNS_CHANNEL)
+            store.NOTIFY_FINISHED,
+            (
+                store.EVENTS_CHANNEL,
+                store.done_payload(c.run_id, status, result_text, error),
+                c.thread_id,
+                RUNS_CHANNEL,
+            ),
         )
     return True
 

@@ -12,8 +12,10 @@ the exact value the API has always used.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import Any, cast
 
+import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
@@ -63,7 +65,12 @@ ACTIVE = (RunStatus.PENDING, RunStatus.RUNNING)
 TERMINAL = (RunStatus.SUCCESS, RunStatus.ERROR, RunStatus.INTERRUPTED, RunStatus.TIMEOUT)
 
 RUNS_CHANNEL = "keel_runs"  # payload "" = new work; "cancel:<run_id>:<action>" = cancellation requested
-EVENTS_CHANNEL = "keel_run_events"  # payload: run id (new events) or "done:<run id>" (run ended)
+# payload: "<run id>" (new events: read the log), "<run id> <JSON [[seq, event, data], ...]>" (new events, the
+# appended rows themselves, when they fit in NOTIFY_MAX bytes), "done:<run id>" (run ended or deleted: read its
+# status) or "done:<run id> <JSON {status, result, error}>" (run ended, as finish() recorded it, when that fits)
+EVENTS_CHANNEL = "keel_run_events"
+# Postgres refuses a NOTIFY payload of 8000 bytes or more (default build); larger batches send the run id only.
+NOTIFY_MAX = 7999
 
 RUN_COLUMNS = (
     "run_id, thread_id, assistant_id, status, metadata, kwargs, multitask_strategy, created_at, "
@@ -340,8 +347,10 @@ APPEND_EVENT = (
     "INSERT INTO keel_run_events (run_id, seq, attempt, event, data) "
     "SELECT %s, coalesce(max(seq), 0) + 1, %s, %s, %s FROM keel_run_events WHERE run_id = %s RETURNING seq"
 )
+EVENTS_PAGE = 1000  # events per read of the log
 EVENTS_AFTER = (
-    "SELECT seq, event, data FROM keel_run_events WHERE run_id = %s AND seq > %s ORDER BY seq LIMIT 1000"
+    "SELECT seq, event, data FROM keel_run_events WHERE run_id = %s AND seq > %s ORDER BY seq "
+    f"LIMIT {EVENTS_PAGE}"
 )
 DELETE_EVENTS_AFTER = "DELETE FROM keel_run_events WHERE run_id = %s AND seq > %s"
 DELETE_RUN_EVENTS = "DELETE FROM keel_run_events WHERE run_id = %s"
@@ -479,13 +488,85 @@ async def append_unfenced(
     return int(row["seq"])
 
 
+def _serialised(text: str) -> Callable[[Any], str]:
+    return lambda _: text
+
+
 async def append_events(
-    conn: psycopg.AsyncConnection[Any], run_id: str, attempt: int, rows: list[tuple[int, str, Any]]
+    conn: psycopg.AsyncConnection[Any],
+    run_id: str,
+    attempt: int,
+    rows: list[tuple[int, str, Any]],
+    *,
+    notified: int = 0,
 ) -> None:
-    """Insert events (in the caller's fenced transaction) and wake the run's readers."""
+    """Insert events (in the caller's fenced transaction) and wake the run's readers.
+
+    The notification carries the rows themselves when they fit (see EVENTS_CHANNEL), so a reader following the
+    run live need not read them back; it is sent by the same transaction, so only once they are committed. Each
+    event's data is serialised once, for the row and for the notification. `notified`: rows up to this seq are
+    appended again (a checkpoint confirming them; a no-op unless a Postgres crash lost them) and were notified
+    when first appended, so the notification leaves them out (and is not sent when nothing is new)."""
+    texts = [orjson.dumps(data).decode() for _, _, data in rows]
+    params = [
+        (run_id, seq, attempt, ev, Jsonb(data, dumps=_serialised(text)))
+        for (seq, ev, data), text in zip(rows, texts, strict=True)
+    ]
     async with conn.cursor() as c:
-        await c.executemany(INSERT_EVENT, [(run_id, seq, attempt, ev, Jsonb(data)) for seq, ev, data in rows])
-    await conn.execute(NOTIFY, (EVENTS_CHANNEL, run_id))
+        await c.executemany(INSERT_EVENT, params)
+    fresh = [i for i, row in enumerate(rows) if row[0] > notified]
+    if fresh:
+        payload = notify_payload(run_id, [rows[i] for i in fresh], [texts[i] for i in fresh])
+        await conn.execute(NOTIFY, (EVENTS_CHANNEL, payload))
+
+
+def done_payload(run_id: str, status: str, result_text: str | None, error: Any) -> str:
+    """`done:<run id> {"status", "result", "error"}` (the result already serialised), or without the row when
+    too large."""
+    error_text = orjson.dumps(error).decode() if error else "null"
+    row = f'{{"status":{orjson.dumps(str(status)).decode()},"result":{result_text or "null"},"error":{error_text}}}'
+    payload = f"done:{run_id} {row}"
+    if len(payload) > NOTIFY_MAX or len(payload.encode()) > NOTIFY_MAX:
+        return f"done:{run_id}"
+    return payload
+
+
+def parse_done(payload: str) -> tuple[str, dict[str, Any] | None]:
+    """(run id, its terminal row or None) of a `done:` notification."""
+    run_id, _, rest = payload[5:].partition(" ")
+    if not rest:
+        return run_id, None
+    try:
+        row = orjson.loads(rest)
+    except orjson.JSONDecodeError:
+        return run_id, None
+    if not isinstance(row, dict) or row.get("status") not in TERMINAL:
+        return run_id, None
+    return run_id, row
+
+
+def notify_payload(run_id: str, rows: list[tuple[int, str, Any]], texts: list[str]) -> str:
+    """`<run id> [[seq, event, data], ...]` (data as serialised in `texts`), or the run id alone when too large."""
+    parts = [
+        f"[{seq},{orjson.dumps(ev).decode()},{text}]" for (seq, ev, _), text in zip(rows, texts, strict=True)
+    ]
+    payload = f"{run_id} [{','.join(parts)}]"
+    # (a quick bound in characters first: UTF-8 takes at least one byte per character)
+    if len(payload) > NOTIFY_MAX or len(payload.encode()) > NOTIFY_MAX:
+        return run_id
+    return payload
+
+
+def parse_notify(payload: str) -> tuple[str, list[tuple[int, str, Any]] | None]:
+    """(run id, the appended rows, or None when the payload carries none) of an EVENTS_CHANNEL notification."""
+    run_id, _, rest = payload.partition(" ")
+    if not rest:
+        return run_id, None
+    try:
+        rows = orjson.loads(rest)
+        return run_id, [(int(seq), str(ev), data) for seq, ev, data in rows]
+    except (orjson.JSONDecodeError, TypeError, ValueError):
+        return run_id, None  # (not ours: the readers read the log)
 
 
 async def last_seq(conn: psycopg.AsyncConnection[Any], run_id: str) -> int:

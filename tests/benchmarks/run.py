@@ -20,6 +20,7 @@ SECTIONS = {
     "storage": "tests.benchmarks.bench_storage",
     "engine": "tests.benchmarks.bench_engine",
     "engine-quick": "tests.benchmarks.bench_engine_quick",
+    "stream-quick": "tests.benchmarks.bench_stream_quick",
     "memory": "tests.benchmarks.bench_memory",
     "ingest": "tests.benchmarks.bench_ingest",
 }
@@ -28,7 +29,8 @@ SECTIONS = {
 def main(argv: list[str]) -> int:
     import importlib
 
-    names = argv or [n for n in SECTIONS if n != "engine-quick"]  # the quick one is a subset of engine
+    # The quick ones are subsets of engine and peers.
+    names = argv or [n for n in SECTIONS if n not in ("engine-quick", "stream-quick")]
     print(
         f"<!-- {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()} -->"

@@ -140,3 +140,84 @@ async def test_pending_writes_ride_in_the_next_checkpoint_or_are_committed_by_cl
     assert [r["task_id"] for r in rows] == ["task-1", "task-2"]
     assert rows[0]["x"] == rows[0]["ck"], "the write did not commit with the checkpoint after it"
     assert rows[1]["x"] != rows[1]["ck"]
+
+
+async def test_the_first_output_is_flushed_at_once_and_the_metadata_before_it_waits_for_it(db):
+    from server.saver import current_event_writer
+
+    tid, rid = await _running_run(db, epoch=6)
+    writer = EventWriter(db.pool, rid, epoch=6, attempt=1, start_seq=0, flush_delay=60)  # no timed flush
+
+    async def logged() -> list[dict]:
+        async with db.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT seq, xmin::text AS x FROM keel_run_events WHERE run_id = %s ORDER BY seq", (rid,)
+            )
+            return await cur.fetchall()
+
+    token = current_event_writer.set(writer)
+    try:
+        writer.publish("metadata", {"run_id": rid})
+        await asyncio.sleep(0)  # (a flush task, had one been started at once, would run now)
+        assert writer._buffer, "the metadata was flushed on its own"
+        writer.publish("values", {"x": 1})  # the first output: no checkpoint will carry it for a whole step
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(rows := await logged()) < 2:
+            assert asyncio.get_running_loop().time() < deadline, "the first output was not flushed at once"
+            await asyncio.sleep(0.01)
+        assert rows[0]["x"] == rows[1]["x"], "metadata and first output were committed separately"
+        writer.publish("values", {"x": 2})  # later outputs wait for the next checkpoint again
+        await _checkpoint(db, tid, rid, 6)
+    finally:
+        current_event_writer.reset(token)
+        await writer.close()
+    async with db.pool.connection() as conn:
+        ck = await (
+            await conn.execute("SELECT xmin::text AS x FROM checkpoints WHERE thread_id = %s", (tid,))
+        ).fetchone()
+    rows = await logged()
+    assert [r["seq"] for r in rows] == [1, 2, 3]
+    assert rows[2]["x"] == ck["x"], "the second output did not ride in the checkpoint"
+
+
+async def test_step_events_wait_for_a_checkpoint_and_a_token_after_them_flushes_them_sooner(db):
+    from server.saver import current_event_writer
+
+    tid, rid = await _running_run(db, epoch=7)
+    # A token may wait 10 ms for a checkpoint, a step's events a minute (longer than this test lasts).
+    writer = EventWriter(db.pool, rid, epoch=7, attempt=1, start_seq=0, flush_delay=0.01, step_flush_delay=60)
+
+    async def logged() -> list[dict]:
+        async with db.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT seq, event, xmin::text AS x FROM keel_run_events WHERE run_id = %s ORDER BY seq",
+                (rid,),
+            )
+            return await cur.fetchall()
+
+    async def until_logged(n: int) -> list[dict]:
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(rows := await logged()) < n:
+            assert asyncio.get_running_loop().time() < deadline, f"{n} events were not logged"
+            await asyncio.sleep(0.01)
+        return rows
+
+    token = current_event_writer.set(writer)
+    try:
+        writer.publish("metadata", {"run_id": rid})
+        writer.publish("values", {"x": 1})  # the first output: at once
+        await until_logged(2)
+        writer.publish("values", {"x": 2})  # a step's state: waits for the next checkpoint ...
+        await _checkpoint(db, tid, rid, 7)
+        writer.publish("updates|sub:1", {"n": {"x": 3}})  # ... as does this one, until a token comes after it
+        writer.publish("messages/partial", [{"content": "t"}])
+        rows = await until_logged(5)
+    finally:
+        current_event_writer.reset(token)
+        await writer.close()
+    async with db.pool.connection() as conn:
+        ck = await (
+            await conn.execute("SELECT xmin::text AS x FROM checkpoints WHERE thread_id = %s", (tid,))
+        ).fetchone()
+    assert rows[2]["x"] == ck["x"], "the step's values did not ride in the checkpoint"
+    assert rows[3]["x"] == rows[4]["x"] != ck["x"], "the token's flush did not take the step event with it"
