@@ -214,6 +214,11 @@ def _config(tmp: Path, peer: Peer) -> Path:
     return d
 
 
+def keel_serve_args(port: int) -> list[str]:
+    """Keel as every benchmark against peers serves it: `keel serve` with 8 worker slots, quiet logs."""
+    return [str(BIN / "keel"), "serve", "--workers", "8", "--port", str(port), "--log-level", "warning"]
+
+
 def _start(peer: Peer, tmp: Path, admin: str, redis_port: int | None) -> None:
     """Start (or restart, for the recovery row) the peer's server processes; the database is kept."""
     d = _config(tmp, peer)
@@ -230,16 +235,7 @@ def _start(peer: Peer, tmp: Path, admin: str, redis_port: int | None) -> None:
             env["KEEL_DURABILITY"] = (
                 durability  # the default durability of Keel's runs (langgraph-api's is async)
             )
-        args = [
-            str(BIN / "keel"),
-            "serve",
-            "--workers",
-            "8",
-            "--port",
-            str(peer.port),
-            "--log-level",
-            "warning",
-        ]
+        args = keel_serve_args(peer.port)
     elif peer.key == "lgdev":
         args = [str(BIN / "langgraph"), "dev", "--no-browser", "--no-reload", "--host", "127.0.0.1"]
         args += [

@@ -26,10 +26,11 @@ from tests.benchmarks.bench_peers import (
     _sequential,
     _ttfe,
     corpus_chunks,
+    keel_serve_args,
     load_corpus,
     warm_model_cache,
 )
-from tests.benchmarks.common import BIN, ROOT, free_port, new_db, pct, process, run_on_scratch_postgres, table
+from tests.benchmarks.common import ROOT, free_port, new_db, pct, process, run_on_scratch_postgres, table
 
 ROUNDS = 4
 N_TTFE = 10  # per round and graph
@@ -59,16 +60,7 @@ async def _main(admin: str, tmp: Path, postmaster: int) -> str:
                 "KEEL_LOG_LEVEL": "WARNING",
                 "KEEL_MODEL_CACHE": str(tmp / "models"),
             }
-            args = [
-                str(BIN / "keel"),
-                "serve",
-                "--workers",
-                "8",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ]
+            args = keel_serve_args(port)
             stack.enter_context(process(args, env, f"http://127.0.0.1:{port}/ok", cwd=tmp, timeout=180))
             clients[key] = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120)
         try:

@@ -10,6 +10,7 @@ from server.runs import store
 from server.runs.events import EndWaiter, Event, EventFeed, EventWriter
 from server.runs.queue import Claim, finish
 from server.runs.store import RunStatus
+from tests.support.runs import insert_running_run
 
 
 async def wait_for(predicate, what: str, timeout: float = 10.0) -> None:
@@ -25,17 +26,7 @@ async def _running_run(db) -> str:
 
 
 async def _running_run_row(db) -> dict:
-    tid, rid = str(uuid.uuid4()), str(uuid.uuid4())
-    async with db.pool.connection() as conn:
-        await conn.execute(
-            "INSERT INTO keel_threads (thread_id, user_id, metadata) VALUES (%s, 'u', '{}')", (tid,)
-        )
-        await conn.execute(
-            "INSERT INTO keel_runs (run_id, thread_id, assistant_id, user_id, status, metadata, kwargs, "
-            "multitask_strategy, temporary, lease_epoch) VALUES (%s, %s, %s, 'u', 'running', '{}', '{}', "
-            "'reject', false, 1)",
-            (rid, tid, str(uuid.uuid4())),
-        )
+    tid, rid = await insert_running_run(db.pool)
     return {"run_id": rid, "thread_id": tid}
 
 

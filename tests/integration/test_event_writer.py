@@ -7,6 +7,7 @@ import asyncio
 import uuid
 
 from server.runs.events import EventWriter
+from tests.support.runs import insert_running_run
 
 
 async def test_checkpoint_confirming_events_during_a_verify_does_not_break_the_flush(db):
@@ -21,20 +22,17 @@ async def test_checkpoint_confirming_events_during_a_verify_does_not_break_the_f
     assert writer._unconfirmed == []
 
 
+async def _checkpoint_xmin(db, tid: str) -> dict:
+    """The transaction id that wrote the thread's checkpoint (`x`): rows written with it rode in its commit."""
+    async with db.pool.connection() as conn:
+        return await (
+            await conn.execute("SELECT xmin::text AS x FROM checkpoints WHERE thread_id = %s", (tid,))
+        ).fetchone()
+
+
 async def _running_run(db, epoch: int) -> tuple[str, str]:
     """A thread and a run of it that is `running` at lease epoch `epoch`."""
-    tid, rid = str(uuid.uuid4()), str(uuid.uuid4())
-    async with db.pool.connection() as conn:
-        await conn.execute(
-            "INSERT INTO keel_threads (thread_id, user_id, metadata) VALUES (%s, 'u', '{}')", (tid,)
-        )
-        await conn.execute(
-            "INSERT INTO keel_runs (run_id, thread_id, assistant_id, user_id, status, metadata, kwargs, "
-            "multitask_strategy, temporary, lease_epoch) VALUES (%s, %s, %s, 'u', 'running', '{}', '{}', "
-            "'reject', false, %s)",
-            (rid, tid, str(uuid.uuid4()), epoch),
-        )
-    return tid, rid
+    return await insert_running_run(db.pool, epoch)
 
 
 async def _checkpoint(db, tid: str, rid: str, epoch: int) -> None:
@@ -171,10 +169,7 @@ async def test_the_first_output_is_flushed_at_once_and_the_metadata_before_it_wa
     finally:
         current_event_writer.reset(token)
         await writer.close()
-    async with db.pool.connection() as conn:
-        ck = await (
-            await conn.execute("SELECT xmin::text AS x FROM checkpoints WHERE thread_id = %s", (tid,))
-        ).fetchone()
+    ck = await _checkpoint_xmin(db, tid)
     rows = await logged()
     assert [r["seq"] for r in rows] == [1, 2, 3]
     assert rows[2]["x"] == ck["x"], "the second output did not ride in the checkpoint"
@@ -215,9 +210,6 @@ async def test_step_events_wait_for_a_checkpoint_and_a_token_after_them_flushes_
     finally:
         current_event_writer.reset(token)
         await writer.close()
-    async with db.pool.connection() as conn:
-        ck = await (
-            await conn.execute("SELECT xmin::text AS x FROM checkpoints WHERE thread_id = %s", (tid,))
-        ).fetchone()
+    ck = await _checkpoint_xmin(db, tid)
     assert rows[2]["x"] == ck["x"], "the step's values did not ride in the checkpoint"
     assert rows[3]["x"] == rows[4]["x"] != ck["x"], "the token's flush did not take the step event with it"
