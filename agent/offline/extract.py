@@ -306,7 +306,11 @@ def spelled_out(question: str, sentences: Sequence[Sentence]) -> set[int]:
 
 
 def sentence_scores(
-    question: str, docs: Sequence[Document], embedder: Embedder, verdict: Judgement
+    question: str,
+    docs: Sequence[Document],
+    embedder: Embedder,
+    verdict: Judgement,
+    commands: set[int] | None = None,
 ) -> list[float]:
     """Each of the verdict's sentences scored as an answer to `question`: its similarity to the question, plus
     a small share for the question's words, the kind of answer the question asks for and the section heading,
@@ -324,7 +328,7 @@ def sentence_scores(
     # not what happens or how to do something, where it otherwise outscores the sentence that says so.
     penalty = 0.0 if asks_for_parameters(question) else PARAMETER_PENALTY
     in_context = context_similarities(question, embedder, sentences)
-    commands = spelled_out(question, sentences)
+    commands = spelled_out(question, sentences) if commands is None else commands
 
     def score(i: int) -> float:
         lexical = sum(w for t, w in idf.items() if t in stem_sets[i]) / total
@@ -370,12 +374,12 @@ def extractive_answer(
         return NO_ANSWER_TEXT  # nothing retrieved is about the question: never quote unrelated text
     sentences, sims = verdict.sentences, verdict.sims
 
-    scores = sentence_scores(question, docs, embedder, verdict)
+    commands = spelled_out(question, sentences)  # (scored and exempt from the floor below)
+    scores = sentence_scores(question, docs, embedder, verdict, commands)
     question_stems = stems(question)
     stem_sets = [set(s.stems) for s in sentences]
     kind = question_kind(question)
     order = sorted(range(len(sentences)), key=lambda i: (-scores[i], i))
-    commands = spelled_out(question, sentences)
     eligible = [sims[i] >= ANSWER_MIN_SIMILARITY or i in commands for i in range(len(sentences))]
     picked: list[int] = []
     top = max(scores[i] for i in order if eligible[i])
