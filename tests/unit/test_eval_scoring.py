@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -128,3 +129,21 @@ def test_observe_reads_retrievals_timings_and_errors():
     assert r.node_ms == {"retrieve": [pytest.approx(250.0)]}
     observe(r, "error", {"error": "Boom", "message": "bad"}, started)
     assert r.error == "Boom: bad"
+
+
+@pytest.mark.parametrize("page", ["docs/benchmarks.md", "docs/eval.md"])
+def test_the_pages_that_report_on_the_eval_never_quote_its_questions(page):
+    """Keel's own docs are the corpus of Keel's question set, and these two pages write about the eval: a
+    question quoted there is a sentence of the corpus that restates the question, which the engine then
+    quotes instead of the answer (it happened twice). Name turns by their ids instead."""
+    root = Path(__file__).resolve().parents[2]
+    text = " ".join((root / page).read_text(encoding="utf-8").casefold().split())
+    questions = [
+        turn.question
+        for name in ("keel-docs.jsonl", "click-docs.jsonl")
+        for item in load_set(root / "evals" / name)
+        for turn in item.turns
+    ]
+    assert len(questions) > 60
+    quoted = [q for q in questions if " ".join(q.casefold().split()) in text]
+    assert quoted == []
