@@ -10,6 +10,7 @@ Two kinds of figures (docs/operations.md lists every metric):
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
@@ -133,6 +134,23 @@ class _DatabaseCollector(Collector):
             yield CounterMetricFamily(name, doc, value=stats.get(key, 0) / per_unit)
 
 
+class _HeapCollector(Collector):
+    """The garbage collector's figures: collections per generation, and what start-up froze (server/heap.py)."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "keel_gc_frozen_objects",
+            "objects frozen once the process started (never walked by a collection; 0 before)",
+            value=gc.get_freeze_count(),
+        )
+        runs = CounterMetricFamily(
+            "keel_gc_collections", "garbage collections by generation (2 = full)", labels=["generation"]
+        )
+        for generation, stats in enumerate(gc.get_stats()):
+            runs.add_metric([str(generation)], stats["collections"])
+        yield runs
+
+
 class Metrics:
     """This process's registry and instruments; owned by the service, passed to whoever records."""
 
@@ -169,6 +187,7 @@ class Metrics:
             registry=r,
         )
         r.register(_DatabaseCollector(self))
+        r.register(_HeapCollector())
 
     async def refresh(self) -> ClusterFigures:
         """Ask Postgres for the cluster-wide figures (bounded by SCRAPE_TIMEOUT_S)."""

@@ -137,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     # platformdirs warns on every start when XDG_RUNTIME_DIR is unset (servers, containers); harmless here.
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     args = build_parser().parse_args(argv)
+    if args.command in ("serve", "worker"):
+        from server import heap
+
+        heap.pause()  # until the process serves (server/heap.py): start-up builds only long-lived objects
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         settings = get_settings()

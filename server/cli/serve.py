@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 
+from server import heap
 from server.settings import Settings
 
 log = logging.getLogger("keel.cli")
@@ -51,6 +52,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     @asynccontextmanager
     async def lifespan_with_banner(a):
         async with orig(a) as state:
+            frozen = heap.settle()  # started: freeze what start-up built, collect what comes after
+            log.debug("start-up heap frozen: %d objects", frozen)
             print(banner(args.host, args.port, settings, workers), file=sys.stderr, flush=True)
             yield state
 
@@ -109,6 +112,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             reason = exc.__cause__ if isinstance(exc, DatabaseUnavailable) else exc
             if not settings.database_url or reason is None or not is_transient_error(reason):
                 raise exc
+            heap.resume()  # a worker may wait long for its database: collect meanwhile
             log.warning(
                 "Postgres is not reachable yet (attempt %d): %s; retrying in %.1fs",
                 attempt,
@@ -146,6 +150,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
                 file=sys.stderr,
             )
         worker = await svc.start_worker(concurrency, name=args.name)
+        log.debug("start-up heap frozen: %d objects", heap.settle())
         print(
             f"keel worker {worker.owner}: {concurrency} slot(s), lease {settings.keel_lease_seconds:g}s",
             file=sys.stderr,

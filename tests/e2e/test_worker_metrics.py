@@ -81,3 +81,12 @@ def test_each_process_exposes_its_own_metrics(cluster):
     assert value(worker, "keel_db_pool_requests_total") > 0
     # The worker's own /ok-less server answers nothing but /metrics.
     assert httpx.get(worker_url + "/threads", timeout=10).status_code == 404
+
+
+def test_each_process_froze_its_start_up_heap(cluster):
+    """`keel serve` and `keel worker` pause collection while they start and then freeze what start-up built
+    (server/heap.py), so a full collection while serving never walks those objects again."""
+    for url in (cluster.url, cluster.worker_metrics):
+        samples = scrape(url)
+        assert value(samples, "keel_gc_frozen_objects") > 50_000, url
+        assert value(samples, "keel_gc_collections_total", generation="0") > 0, url  # collection resumed
