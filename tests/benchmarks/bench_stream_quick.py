@@ -38,28 +38,43 @@ N_WAIT = {"noop": 25, "agent": 10}  # per round
 WARMUP = 5
 
 
-async def _main(admin: str, tmp: Path, postmaster: int) -> str:
+GRAPHS = {"noop": f"{NOOP_PATH}:graph", "agent": f"{AGENT_PATH}:graph"}
+
+
+def compared_trees(admin: str, tmp: Path, db_prefix: str) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """({key: tree}, {key: the environment of its `keel serve`}): this tree, and KEEL_BENCH_BASE_TREE's when
+    set, each with its own database of the scratch Postgres and the peer benchmark's graphs and model cache."""
     trees = {"keel": str(ROOT)}
     if os.environ.get("KEEL_BENCH_BASE_TREE"):
         trees["keel-base"] = os.environ["KEEL_BENCH_BASE_TREE"]
     warm_model_cache(tmp)
     cfg = tmp / "langgraph.json"
-    graphs = {"noop": f"{NOOP_PATH}:graph", "agent": f"{AGENT_PATH}:graph"}
-    cfg.write_text(json.dumps({"dependencies": [str(ROOT)], "graphs": graphs, "env": {}}))
+    cfg.write_text(json.dumps({"dependencies": [str(ROOT)], "graphs": GRAPHS, "env": {}}))
+    envs = {
+        key: dict(BASE_ENV)
+        | {
+            "PYTHONPATH": tree,
+            "DATABASE_URL": new_db(admin, db_prefix + key.replace("-", "_")),
+            "KEEL_CONFIG": str(cfg),
+            "KEEL_HOME": str(tmp / f"home-{key}"),
+            "KEEL_LOG_LEVEL": "WARNING",
+            "KEEL_MODEL_CACHE": str(tmp / "models"),
+        }
+        for key, tree in trees.items()
+    }
+    return trees, envs
+
+
+async def _main(admin: str, tmp: Path, postmaster: int) -> str:
+    trees, envs = compared_trees(admin, tmp, "bench_sq_")
+    graphs = GRAPHS
     corpus = corpus_chunks()
     results: dict[tuple[str, str, str], list[float]] = {}
     with ExitStack() as stack:
         clients: dict[str, httpx.AsyncClient] = {}
-        for key, tree in trees.items():
+        for key in trees:
             port = free_port()
-            env = dict(BASE_ENV) | {
-                "PYTHONPATH": tree,
-                "DATABASE_URL": new_db(admin, "bench_sq_" + key.replace("-", "_")),
-                "KEEL_CONFIG": str(cfg),
-                "KEEL_HOME": str(tmp / f"home-{key}"),
-                "KEEL_LOG_LEVEL": "WARNING",
-                "KEEL_MODEL_CACHE": str(tmp / "models"),
-            }
+            env = envs[key]
             args = keel_serve_args(port)
             stack.enter_context(process(args, env, f"http://127.0.0.1:{port}/ok", cwd=tmp, timeout=180))
             clients[key] = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120)
