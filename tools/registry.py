@@ -8,13 +8,16 @@ and MCP clients cannot see different tools.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 from langchain_core.tools import StructuredTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel
 
 from tools.policy import UserAttrs
@@ -94,6 +97,16 @@ class ToolSpec:
             "input_schema": self.input_model.model_json_schema(),
             "output_schema": self.output_model.model_json_schema(),
         }
+
+    def model_tool(self) -> dict[str, Any]:
+        """The tool as a chat model is bound to it: the OpenAI tool format, which every LangChain chat model's
+        `bind_tools` accepts. Built once per spec (deriving it creates a pydantic model and its JSON Schema,
+        about 0.6 ms a tool) and copied on each call, so a provider that edits what it is given changes nothing."""
+        return copy.deepcopy(self._model_tool)
+
+    @cached_property
+    def _model_tool(self) -> dict[str, Any]:
+        return convert_to_openai_tool(self.as_langchain_tool())
 
     def as_langchain_tool(self) -> StructuredTool:
         """The schema the model is bound to (execution goes through tools.execute, not this object)."""

@@ -51,7 +51,7 @@ def make_summarize(registry: ToolRegistry, cache: EmbeddingCache | None = None) 
         model: Runnable[LanguageModelInput, AIMessage] = base
         tools = registry.select(ctx.tools)
         if tools and state.get("tool_calls", 0) < ctx.max_tool_calls:
-            model = base.bind_tools([t.as_langchain_tool() for t in tools])
+            model = base.bind_tools([t.model_tool() for t in tools])
         response = await model.ainvoke(build_prompt(view, ctx.history_tokens))
         if not isinstance(response, AIMessage):  # pragma: no cover - defensive for odd providers
             response = AIMessage(content=str(getattr(response, "content", response)))

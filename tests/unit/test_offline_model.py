@@ -578,3 +578,23 @@ async def test_drives_a_langgraph_tool_loop_with_token_streaming():
     assert final["messages"][-1].content == "calculator returned: 42"
     assert "".join(tokens) == "calculator returned: 42"
     assert len(tokens) == 3
+
+
+def test_a_structured_output_class_is_converted_once_per_class_and_copied():
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+
+    from agent.offline.model import _class_tool, openai_tool
+
+    class Verdict(BaseModel):
+        """A verdict."""
+
+        score: float = Field(description="0 to 1")
+
+    before = _class_tool.cache_info().misses
+    first, second = openai_tool(Verdict), openai_tool(Verdict)
+    assert first == second == convert_to_openai_tool(Verdict)
+    assert _class_tool.cache_info().misses == before + 1
+    first["function"]["name"] = "edited"
+    assert openai_tool(Verdict)["function"]["name"] == "Verdict"
+    bound = OfflineChatModel().with_structured_output(Verdict)
+    assert isinstance(bound.invoke("How good is this?"), Verdict)

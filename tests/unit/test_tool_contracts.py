@@ -46,3 +46,23 @@ def test_model_binding_and_registry_agree():
         tool = spec.as_langchain_tool()
         assert tool.name == spec.name and tool.metadata["version"] == spec.version
         assert tool.args_schema is spec.input_model
+
+
+def test_the_bound_form_of_a_tool_is_built_once_and_copied(monkeypatch):
+    import tools.registry as registry
+
+    built: list[str] = []
+    convert = registry.convert_to_openai_tool
+
+    def counting(tool):
+        built.append(tool.name)
+        return convert(tool)
+
+    monkeypatch.setattr(registry, "convert_to_openai_tool", counting)
+    spec = default_tools().select(None)[0]
+    first, second = spec.model_tool(), spec.model_tool()
+    assert first == second == convert(spec.as_langchain_tool())
+    assert first["function"]["name"] == spec.name
+    first["function"]["description"] = "edited by a provider"
+    assert spec.model_tool()["function"]["description"] == spec.description  # each call gets its own copy
+    assert built == [spec.name]  # the JSON Schema was derived once
