@@ -16,6 +16,7 @@ from agent.offline.semantic import (
     GROUNDED_SIMILARITY,
     Embedder,
     cosine_rows,
+    embed_matrix,
 )
 from agent.offline.sentences import document_sentences
 from agent.offline.text import CITATION_RE, SENTENCE_SPLIT_RE, WORD_RE, followup_context, stems, terms
@@ -152,7 +153,7 @@ def critique(
         others = [s for s in sentences if _squash(s) not in corpus]
         restated = 0
         if others:
-            vectors = embedder.embed_documents([*others, *doc_sentences])
+            vectors = embed_matrix(embedder, [*others, *doc_sentences])
             drafted, known = vectors[: len(others)], vectors[len(others) :]
             restated = sum(1 for row in cosine_rows(drafted, known) if max(row) >= GROUNDED_SIMILARITY)
         grounded_share = (len(quoted) + restated) / len(sentences)

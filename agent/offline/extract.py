@@ -39,6 +39,7 @@ from agent.offline.semantic import (
     Embedder,
     absent_terms,
     cosine_rows,
+    embed_matrix,
     similarities,
 )
 from agent.offline.sentences import Sentence, document_sentences, passage_sentences
@@ -191,7 +192,7 @@ def _question_sims(
     if not texts:
         return [], [[] for _ in parts]
     queries = [question, *([f"{question} {context}"] if context else []), *parts]
-    vectors = embedder.embed_documents([*queries, *texts])
+    vectors = embed_matrix(embedder, [*queries, *texts])
     known = vectors[len(queries) :]
     rows = cosine_rows(vectors[: len(queries)], known)
     sims = rows[0] if not context else [(a + b) / 2 for a, b in zip(rows[0], rows[1], strict=True)]

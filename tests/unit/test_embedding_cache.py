@@ -80,3 +80,23 @@ def test_another_embedder_never_gets_the_first_ones_vectors() -> None:
     cache.wrap(one).embed_documents(["scale out"])
     cache.wrap(other).embed_documents(["scale out"])
     assert other.texts == ["scale out"]
+
+
+def test_a_matrix_from_the_cache_is_the_model_s_vectors_without_embedding_again() -> None:
+    import numpy as np
+
+    from agent.offline.semantic import cosine_rows, embed_matrix
+
+    counting, cache = Counting(), EmbeddingCache()
+    cached = cache.wrap(counting)
+    texts = ["To scale Keel out, run more workers.", "The default is sync.", "A dead worker is detected."]
+    listed = cached.embed_documents(texts)
+    embedded = len(counting.texts)
+    matrix = embed_matrix(cached, [texts[2], texts[0]])
+    assert len(counting.texts) == embedded  # both were cached
+    assert matrix.shape == (2, 384)
+    assert np.array_equal(matrix, np.asarray([listed[2], listed[0]], dtype=np.float64))  # the same floats
+    plain = embed_matrix(counting, texts)  # an embedder without a cache: its own vectors
+    assert np.allclose(plain, np.asarray(listed), atol=1e-6)
+    assert cosine_rows(matrix[:1], matrix) == cosine_rows([listed[2]], [listed[2], listed[0]])
+    assert embed_matrix(cached, []).size == 0 and cosine_rows([], []) == []
