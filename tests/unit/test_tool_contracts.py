@@ -49,6 +49,8 @@ def test_model_binding_and_registry_agree():
 
 
 def test_the_bound_form_of_a_tool_is_built_once_and_copied(monkeypatch):
+    import dataclasses
+
     import tools.registry as registry
 
     built: list[str] = []
@@ -59,7 +61,7 @@ def test_the_bound_form_of_a_tool_is_built_once_and_copied(monkeypatch):
         return convert(tool)
 
     monkeypatch.setattr(registry, "convert_to_openai_tool", counting)
-    spec = default_tools().select(None)[0]
+    spec = dataclasses.replace(default_tools().select(None)[0])  # a fresh instance: nothing cached yet
     first, second = spec.model_tool(), spec.model_tool()
     assert first == second == convert(spec.as_langchain_tool())
     assert first["function"]["name"] == spec.name
