@@ -181,7 +181,6 @@ class KeelService:
         )
         self.worker = worker
         await worker.start()
-        self.runs.local = worker  # runs this process creates are claimed for it while it has a free slot
         # Every worker process also fires due crons (claims are SKIP LOCKED: each tick fires once in the cluster).
         self.crons = CronScheduler(self.runs.pool, self.runs, poll_s=s.keel_cron_poll_seconds)
         await self.crons.start()

@@ -2,19 +2,13 @@
 
 Creating a run writes a `pending` row and NOTIFYs the workers; the HTTP response then follows the run's
 persisted event log. No run executes inside a request, so no HTTP timeout can kill one.
-
-When this process also hosts a worker with a free slot (`keel serve`'s in-process workers), the run is claimed
-in the transaction that creates it, leased to that worker as `queue.claim` would lease it, and handed to the
-worker once committed: no NOTIFY, wake-up and claim transaction. Only when the claim would pick this very run
-(nothing queued or running on its thread, nothing else runnable); otherwise it is queued as above. A process
-that dies after the commit leaves a leased run like any other: the lease expires and the reaper re-queues it.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg import errors as pg_errors
@@ -31,9 +25,6 @@ from server.runs.store import ACTIVE, RunStatus
 from server.schemas import RunCreate
 from server.serde import jsonable
 from tools import ledger
-
-if TYPE_CHECKING:
-    from server.runs.worker import Worker
 
 log = logging.getLogger("keel.runs")
 
@@ -79,8 +70,6 @@ class RunManager:
         self.pool = pool
         self.checkpointer = checkpointer  # to refuse a run from a checkpoint the thread does not have
         self.planner = planner
-        self.local: Worker | None = None
-        """This process's worker, if any: a run created here is claimed for it when it has a free slot."""
 
     async def create(
         self, user: User, thread_id: str | None, body: RunCreate, *, run_id: str | None = None
@@ -89,26 +78,17 @@ class RunManager:
         `run_id`: the new run's id, when the caller chose it (a fresh UUID: it waits for the run's end)."""
         rid = run_id or str(uuid.uuid4())
         tid = str(uuid.uuid4()) if thread_id is None else parse_uuid(thread_id, "thread")
-        # A slot of this process's worker, held until the transaction tells whether the run is claimed for it.
-        local = self.local if self.local is not None and self.local.reserve() else None
-        handed = False
 
         async def record(attempt: int) -> dict[str, Any]:
-            nonlocal handed
             # The ids were chosen above, so after a lost connection a repeat looks for the row first: the earlier
-            # attempt may have committed. The run is recorded at most once. (If that attempt claimed the run, it
-            # is not handed over: its lease expires and the reaper re-queues it, as after a crash.)
+            # attempt may have committed. The run is recorded at most once.
             if attempt and (found := await self._find(rid)) is not None:
                 return found
             try:
                 # The plan reads the run's assistant in the same transaction that records the run.
-                async with self.pool.connection() as conn:
-                    async with conn.transaction():
-                        rec = await self._prepare(user, thread_id, body, rid, conn=conn, tid=tid)
-                        run = await self._record_and_notify(conn, user, body, rec, local=local)
-                    if local is not None and run["status"] == RunStatus.RUNNING:
-                        local.adopt(dict(run))  # committed: the worker starts it now
-                        handed = True
+                async with self.pool.connection() as conn, conn.transaction():
+                    rec = await self._prepare(user, thread_id, body, rid, conn=conn, tid=tid)
+                    run = await self._record_and_notify(conn, user, body, rec)
             except pg_errors.UniqueViolation:
                 # The earlier attempt's commit became visible only after the look above: it is our run.
                 if attempt and (found := await self._find(rid)) is not None:
@@ -116,17 +96,9 @@ class RunManager:
                 raise
             return run
 
-        try:
-            run: dict[str, Any] = await retry_transient(record)
-        finally:
-            if local is not None and not handed:
-                local.unreserve()
+        run: dict[str, Any] = await retry_transient(record)
         thread_id_var.set(tid)
         run_id_var.set(rid)
-        if handed:
-            log.info("run claimed at creation (%s)", body.multitask_strategy)
-            # The API answers with the run as created, as the reference server does (its worker has it now).
-            return {**run, "status": RunStatus.PENDING}
         log.info("run queued (%s)", body.multitask_strategy)
         return run
 
@@ -137,17 +109,10 @@ class RunManager:
         return await self._record_and_notify(conn, user, body, await self._prepare(user, thread_id, body))
 
     async def _record_and_notify(
-        self,
-        conn: AsyncConnection[Any],
-        user: User,
-        body: RunCreate,
-        rec: dict[str, Any],
-        *,
-        local: Worker | None = None,
+        self, conn: AsyncConnection[Any], user: User, body: RunCreate, rec: dict[str, Any]
     ) -> dict[str, Any]:
-        run, cancels = await self._record(conn, user, body, **rec, local=local)
-        if run["status"] == RunStatus.PENDING:  # (a run claimed for `local` needs no other worker)
-            await store.notify_work(conn)
+        run, cancels = await self._record(conn, user, body, **rec)
+        await store.notify_work(conn)
         for crid, action in cancels:
             await store.notify_cancel(conn, crid, action)
         return run
@@ -220,12 +185,9 @@ class RunManager:
         checkpoint: dict[str, Any],
         kwargs: dict[str, Any],
         graph_meta: dict[str, Any],
-        local: Worker | None = None,
     ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-        """The run's row (and its thread's), in the caller's transaction; returns the row and the cancels to send.
-        With `local` (a worker with a slot reserved), the row is claimed for it if the claim would take it."""
+        """The run's row (and its thread's), in the caller's transaction; returns the row and the cancels to send."""
         cancels: list[tuple[str, str]] = []
-        active: list[dict[str, Any]] = []
         if temporary:
             await conn.execute(store.INSERT_TEMPORARY_THREAD, (tid, user.id, Jsonb(graph_meta)))
             thread_meta: dict[str, Any] = graph_meta
@@ -255,36 +217,20 @@ class RunManager:
         # The thread's metadata is copied into each run's metadata, not the other way round; the assistant's
         # (created_by ...) lies under both, as langgraph-api merges them.
         run_meta = {**(prep.assistant.get("metadata") or {}), **thread_meta, **(body.metadata or {})}
-        meta, kw = Jsonb(jsonable(run_meta)), Jsonb(jsonable(kwargs))
-        if local is not None and not active:  # (a run queued or running on the thread goes first)
-            row = {
-                "run_id": rid,
-                "thread_id": tid,
-                "assistant_id": prep.assistant["assistant_id"],
-                "user_id": user.id,
-                "metadata": meta,
-                "kwargs": kw,
-                "strategy": body.multitask_strategy,
-                "temporary": temporary,
-                "owner": local.owner,
-                "lease": local.lease_s,
-            }
-            run = await store.fetchone(conn, store.INSERT_RUN_CLAIMED, row)
-        else:
-            run = await store.fetchone(
-                conn,
-                store.INSERT_RUN,
-                (
-                    rid,
-                    tid,
-                    prep.assistant["assistant_id"],
-                    user.id,
-                    meta,
-                    kw,
-                    body.multitask_strategy,
-                    temporary,
-                ),
-            )
+        run = await store.fetchone(
+            conn,
+            store.INSERT_RUN,
+            (
+                rid,
+                tid,
+                prep.assistant["assistant_id"],
+                user.id,
+                Jsonb(jsonable(run_meta)),
+                Jsonb(jsonable(kwargs)),
+                body.multitask_strategy,
+                temporary,
+            ),
+        )
         assert run is not None  # INSERT ... RETURNING
         return run, cancels
 

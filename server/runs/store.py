@@ -225,15 +225,13 @@ def list_runs_sql(with_status: bool) -> str:
 # The queue. Invariants kept by the database: a run is claimed by one worker at a time (SKIP LOCKED, then a
 # lease); a thread has at most one running run (unique partial index) and its pending runs go in order; every
 # claim bumps lease_epoch, and terminal updates and event appends require the current epoch.
-# A pending run `r` the claim may take: nothing runs on its thread and no older run of its thread waits.
-_RUNNABLE = """r.status = 'pending'
-      AND NOT EXISTS (SELECT 1 FROM keel_runs x WHERE x.thread_id = r.thread_id AND x.status = 'running')
-      AND NOT EXISTS (SELECT 1 FROM keel_runs y WHERE y.thread_id = r.thread_id AND y.status = 'pending'
-                      AND (y.created_at, y.run_id) < (r.created_at, r.run_id))"""
 CLAIM = f"""
 WITH next AS (
     SELECT r.run_id FROM keel_runs r
-    WHERE {_RUNNABLE}
+    WHERE r.status = 'pending'
+      AND NOT EXISTS (SELECT 1 FROM keel_runs x WHERE x.thread_id = r.thread_id AND x.status = 'running')
+      AND NOT EXISTS (SELECT 1 FROM keel_runs y WHERE y.thread_id = r.thread_id AND y.status = 'pending'
+                      AND (y.created_at, y.run_id) < (r.created_at, r.run_id))
     ORDER BY r.created_at, r.run_id
     LIMIT 1
     FOR UPDATE SKIP LOCKED
@@ -257,25 +255,6 @@ RETURNING {_prefixed("r")},
     -- Anything else queued (as of this statement)? If not, the worker need not try another claim: a run queued
     -- later sends its own NOTIFY.
     EXISTS (SELECT 1 FROM keel_runs p WHERE p.status = 'pending' AND p.run_id <> r.run_id) AS more_pending
-"""
-# Record a run already claimed by the creating process's worker (a slot it reserved), when the claim would take
-# this very run: the caller checked that its thread has no queued or running run, and here nothing else in the
-# queue is runnable (else the oldest such run goes first: the row is recorded `pending`, as INSERT_RUN does).
-# A claimed row is what CLAIM leaves: attempt 1, the lease and its first epoch, started_at, checkpoint_before;
-# and it reads the same as CLAIM's: a new run has no checkpoint to resume from and no event logged.
-INSERT_RUN_CLAIMED = f"""
-INSERT INTO keel_runs (run_id, thread_id, assistant_id, user_id, metadata, kwargs, multitask_strategy, temporary,
-    status, attempt, lease_owner, lease_expires_at, lease_epoch, started_at, checkpoint_before)
-SELECT %(run_id)s::uuid, %(thread_id)s::uuid, %(assistant_id)s::uuid, %(user_id)s::text, %(metadata)s, %(kwargs)s,
-    %(strategy)s::text, %(temporary)s::boolean, CASE WHEN q.claim THEN 'running' ELSE 'pending' END,
-    CASE WHEN q.claim THEN 1 ELSE 0 END,
-    CASE WHEN q.claim THEN %(owner)s::text END,
-    CASE WHEN q.claim THEN now() + make_interval(secs => %(lease)s) END, CASE WHEN q.claim THEN 1 ELSE 0 END,
-    CASE WHEN q.claim THEN now() END,
-    CASE WHEN q.claim THEN coalesce((SELECT max(c.checkpoint_id) FROM checkpoints c
-        WHERE c.thread_id = %(thread_id)s::text AND c.checkpoint_ns = ''), '') END
-FROM (SELECT NOT EXISTS (SELECT 1 FROM keel_runs r WHERE {_RUNNABLE}) AS claim) q
-RETURNING {RUN_COLUMNS}, NULL::jsonb AS resume_from, 0 AS logged_seq, false AS more_pending
 """
 FINISH_RUN = (
     "UPDATE keel_runs SET status = %s, result = %s, error = %s, lease_owner = NULL, lease_expires_at = NULL, "

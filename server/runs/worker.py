@@ -9,7 +9,6 @@ also reaps: runs whose lease expired are re-queued (or dead-lettered after too m
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import os
 import socket
@@ -100,8 +99,6 @@ class Worker:
         self.owner = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.executor = executor
         self.handles: dict[str, RunHandle] = {}
-        self._reserved = 0  # slots held for runs this process is creating (see reserve)
-        self._context = contextvars.Context()
         self._wake = asyncio.Event()
         self._saturated = False  # the last claim pass stopped at `concurrency`
         self._stopping = False
@@ -115,9 +112,6 @@ class Worker:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._context = (
-            contextvars.copy_context()
-        )  # runs handed over by a request start in this, not the request's
         self.heartbeat.start()
         self._listener = asyncio.create_task(self._listen(), name="keel-worker-listen")
         self._main = asyncio.create_task(self._run(), name="keel-worker")
@@ -236,7 +230,7 @@ class Worker:
                     # Bounded per tick (10 x 5,000 rows) so claims and reaping never wait long; a backlog
                     # drains over the following minutes, or at once with `keel prune`.
                     await prune_run_events(self.db, self.settings.keel_events_ttl_seconds, max_batches=10)
-                while self.free_slots() > 0 and not self._stopping:
+                while len(self.handles) < self.concurrency and not self._stopping:
                     c = await queue.claim(self.pool, self.owner, self.lease_s)
                     if c is None:
                         break
@@ -244,7 +238,7 @@ class Worker:
                     if not c.run.get("more_pending", True):
                         break
                 # Full: runs may be waiting, so a slot that frees up wakes the loop (else NOTIFY does).
-                self._saturated = self.free_slots() <= 0
+                self._saturated = len(self.handles) >= self.concurrency
             except asyncio.CancelledError:
                 raise
             except Exception:  # Postgres unavailable: back off, the pool reconnects
@@ -255,45 +249,12 @@ class Worker:
             except TimeoutError:
                 pass
 
-    # ---------------------------------------------------------------- runs claimed at creation
-
-    def free_slots(self) -> int:
-        return self.concurrency - len(self.handles) - self._reserved
-
-    def reserve(self) -> bool:
-        """Hold a slot for a run this process is creating, so the run can be claimed in the transaction that
-        creates it (RunManager.create); False when no slot is free. Release it with `adopt` or `unreserve`."""
-        if self._stopping or self._loop is None or self.free_slots() <= 0:
-            return False
-        self._reserved += 1
-        return True
-
-    def unreserve(self) -> None:
-        """The reserved slot was not used (the run was queued, or not created)."""
-        self._reserved -= 1
-        if (
-            self._saturated or self._stopping
-        ):  # the claim loop may have left runs queued for want of this slot
-            self._wake.set()
-
-    def adopt(self, run: dict[str, Any]) -> RunHandle:
-        """Execute, on its reserved slot, a run claimed for this worker by the committed transaction that
-        created it (a row as `queue.claim` returns it)."""
-        self._reserved -= 1
-        h = self._start(queue.Claim(run, int(run["lease_epoch"])), context=self._context.copy())
-        if self._stopping:  # draining meanwhile: hand the run back at its first step boundary
-            h.control.request_drain("worker shutting down")
-        return h
-
-    def _start(
-        self, c: queue.Claim, *, finalize: bool = False, context: contextvars.Context | None = None
-    ) -> RunHandle:
+    def _start(self, c: queue.Claim, *, finalize: bool = False) -> None:
         h = RunHandle(c, finalize=finalize)
         self.handles[c.run_id] = h
-        h.task = asyncio.create_task(self._execute(h), name=f"run-{c.run_id}", context=context)
+        h.task = asyncio.create_task(self._execute(h), name=f"run-{c.run_id}")
         # A done callback, not a `finally`: it runs even for a task cancelled before its first step.
         h.task.add_done_callback(lambda _t: self._release_handle(h))
-        return h
 
     def _release_handle(self, h: RunHandle) -> None:
         if self.handles.get(h.claim.run_id) is h:  # not a later claim of the same run

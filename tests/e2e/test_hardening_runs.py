@@ -1,6 +1,5 @@
-"""The run engine's edges with real processes (issue 9): a worker that starts before Postgres, a run whose
-graph completed just before its worker died on the last allowed attempt, and a run claimed at creation by an
-API process that then dies."""
+"""The run engine's edges with real processes (issue 9): a worker that starts before Postgres, and a run
+whose graph completed just before its worker died on the last allowed attempt."""
 
 from __future__ import annotations
 
@@ -113,38 +112,5 @@ def test_run_that_completed_before_its_worker_died_on_the_last_attempt_succeeds(
         c.assert_invariants([tid])
         events = c.sql("SELECT event FROM keel_run_events WHERE run_id = %s ORDER BY seq", rid)
         assert events[-1]["event"] == "end" and [e["event"] for e in events].count("metadata") == 1, events
-    finally:
-        c.stop()
-
-
-def test_run_claimed_at_creation_survives_a_sigkill_of_the_api_process(fresh_database_url, tmp_path):
-    """`keel serve` with an in-process worker claims a run in the transaction that creates it; the process dies
-    (SIGKILL) holding it: the lease expires, a worker process re-queues and finishes it, as any claimed run."""
-    c = Cluster(fresh_database_url, tmp=tmp_path)
-    try:
-        api = c.start_api(workers=1)
-        worker = c.start_worker(1)
-        tid = c.thread()
-        marker, gate = tmp_path / "a", tmp_path / "gate"
-        run = c.start_run(tid, {"a": {"touch": str(marker), "wait_for": str(gate)}}, **PLAIN)
-        rid = run["run_id"]
-        row = c.sql(
-            "SELECT status, lease_owner, attempt, created_at, started_at FROM keel_runs WHERE run_id = %s",
-            rid,
-        )[0]
-        # Leased by the creating transaction (one now() for both) to the API process's worker.
-        assert row["status"] == "running" and row["started_at"] == row["created_at"], row
-        assert int(row["lease_owner"].split(":")[1]) == api.pid and row["attempt"] == 1, row
-        assert wait_file_lines(marker, 1) == [api.pid]
-        api.signal(signal.SIGKILL)
-        api.popen.wait(timeout=10)
-        gate.touch()
-        c.start_api()  # (an API without workers, to follow the run)
-        done = c.wait_status(tid, rid, timeout=60)
-        assert done["status"] == "success" and done["attempt"] == 2, done
-        assert wait_file_lines(marker, 2) == [api.pid, worker.pid]
-        # Node a was cut short and ran again (it records its effect before the gate); the others ran once.
-        assert c.effects(tid) == {"a": 2, "b": 1, "c": 1, "d": 1}
-        c.assert_invariants([tid])
     finally:
         c.stop()

@@ -85,11 +85,10 @@ class Cluster:
         self.procs.append(p)
         return p
 
-    def start_api(self, workers: int = 0) -> Proc:
-        """`keel serve`, by default without in-process workers (the worker processes run the runs)."""
+    def start_api(self) -> Proc:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        p = self._spawn("api", ["serve", "--workers", str(workers), "--port", str(port)])
+        p = self._spawn("api", ["serve", "--workers", "0", "--port", str(port)])
         deadline = time.time() + 60
         while time.time() < deadline:
             try:

@@ -6,7 +6,6 @@ With an empty plan it is the no-op 4-node graph. Per node, the plan may ask it t
   touch: a file path; the node appends "<pid>\n" when it starts (tests watch it to time signals)
   sleep: seconds of `await asyncio.sleep` (an async step)
   block: seconds of `time.sleep` (blocks the event loop, like a bad SDK call)
-  wait_for: a file path; the node waits (async, up to 60 s) until the file exists (a gate tests open)
   kill: "always" (SIGKILL its own process every time it runs)
   interrupt: true (ask for human input; the resume value is recorded)
   effects: a list of tool calls through Keel's governed tool path (ledger, audit, approvals), each
@@ -208,12 +207,6 @@ def _node(name: str, toolbox: Toolbox):
             )
         if plan.get("kill") == "always":
             os.kill(os.getpid(), signal.SIGKILL)
-        if plan.get("wait_for"):
-            deadline = time.monotonic() + 60
-            while not os.path.exists(plan["wait_for"]):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{name}: {plan['wait_for']} never appeared")
-                await asyncio.sleep(0.01)
         if plan.get("sleep"):
             await asyncio.sleep(float(plan["sleep"]))
         if plan.get("block"):
