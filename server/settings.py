@@ -89,7 +89,10 @@ class Settings(BaseSettings):
         default=4, ge=1, le=256, description="run slots of one `keel worker`"
     )
     keel_lease_seconds: float = Field(
-        default=5.0, gt=0.5, le=600, description="run lease; a dead worker's run resumes after it"
+        default=5.0,
+        gt=0.5,
+        le=600,
+        description="run lease; a hung worker's run resumes after it (a dead one's at once)",
     )
     keel_max_attempts: int = Field(
         default=3, ge=1, le=100, description="attempts before a run whose worker keeps dying errors out"

@@ -259,6 +259,13 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (assistant_id, version)
     );
     """,
+    # 12: owner liveness (server/runs/store.py, LIVENESS_CLASS): the advisory lock key of the worker holding a
+    # run's lease, and when it last renewed it, so a dead owner's run is reaped without waiting out its lease.
+    """
+    ALTER TABLE keel_runs
+        ADD COLUMN IF NOT EXISTS lease_lock integer,
+        ADD COLUMN IF NOT EXISTS lease_renewed_at timestamptz;
+    """,
 ]
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "claim",
     "finish",
     "heartbeat_sql",
+    "lock_liveness_sql",
     "mark_compensating",
     "reap",
     "release",
@@ -55,12 +56,15 @@ class Claim:
         return int(self.run["attempt"])
 
 
-async def claim(pool: AsyncConnectionPool, owner: str, lease_s: float) -> Claim | None:
-    """Take the oldest runnable pending run, or None."""
+async def claim(pool: AsyncConnectionPool, owner: str, lease_s: float, lock: int = 0) -> Claim | None:
+    """Take the oldest runnable pending run, or None. `lock`: the key of the caller's liveness lock (see
+    store.LIVENESS_CLASS); the lease names it only if some session of the caller holds it right now."""
     for _ in range(5):
         try:
             async with pool.connection() as conn:
-                row = await store.fetchone(conn, store.CLAIM, {"owner": owner, "lease": lease_s})
+                row = await store.fetchone(
+                    conn, store.CLAIM, {"owner": owner, "lease": lease_s, "lock": lock}
+                )
         except psycopg.errors.UniqueViolation:
             continue  # another worker started a run of the same thread at the same instant; pick again
         return Claim(row, int(row["lease_epoch"])) if row else None
@@ -134,13 +138,28 @@ async def release(pool: AsyncConnectionPool, c: Claim, *, count_attempt: bool) -
 
 
 def heartbeat_sql() -> str:
+    """Renew leases (params: lease seconds, liveness lock key, run ids, owner); run it on the locked session."""
     return store.HEARTBEAT
 
 
+def lock_liveness_sql() -> str:
+    """Take the worker's liveness lock on this session (param: key); returns one row, `ok` false if taken."""
+    return store.LOCK_LIVENESS
+
+
 async def reap(
-    pool: AsyncConnectionPool, max_attempts: int, *, owner: str, lease_s: float, held: list[str]
+    pool: AsyncConnectionPool,
+    max_attempts: int,
+    *,
+    owner: str,
+    lease_s: float,
+    held: list[str],
+    lock: int = 0,
 ) -> list[dict[str, Any]]:
-    """Re-queue runs whose lease expired; dead-letter those that used up their attempts (poison runs).
+    """Re-queue runs whose lease expired or whose owner died; dead-letter those that used up their attempts.
+
+    An owner died when its liveness lock is gone (store.LIVENESS_CLASS): its run is reaped at once, not when its
+    lease runs out.
 
     `held` are the runs the calling worker is executing right now: it knows they are alive (its heartbeat
     may merely be late). Any other expired run is fair game, the caller's own included: a run it no longer
@@ -155,7 +174,9 @@ async def reap(
     """
     async with pool.connection() as conn, conn.transaction():
         rows = await store.fetchall(
-            conn, store.REAP, {"max": max_attempts, "owner": owner, "lease": lease_s, "held": held}
+            conn,
+            store.REAP,
+            {"max": max_attempts, "owner": owner, "lease": lease_s, "held": held, "lock": lock},
         )
         for r in rows:
             if r["status"] == RunStatus.ERROR:

@@ -225,6 +225,37 @@ def list_runs_sql(with_status: bool) -> str:
 # The queue. Invariants kept by the database: a run is claimed by one worker at a time (SKIP LOCKED, then a
 # lease); a thread has at most one running run (unique partial index) and its pending runs go in order; every
 # claim bumps lease_epoch, and terminal updates and event appends require the current epoch.
+#
+# Owner liveness. Each worker holds a session advisory lock (LIVENESS_CLASS, its key) on its heartbeat
+# connection for as long as it lives. A lease records that key (lease_lock) only if the lock was held when the
+# lease was taken or renewed. When the worker's process dies, Postgres ends its sessions and drops the lock, so a
+# run whose lease names a key nobody holds has a dead owner: it is reaped at once instead of when the lease runs
+# out. Two guards keep a live owner's run from being taken: the lease must have been renewed since the postmaster
+# started (a Postgres restart drops every lock, live owners' too, until they reconnect), and the key must be held
+# by no session at all. The lease expiry stays the rule for everything else (a paused or partitioned worker keeps
+# its sessions, and its lock, until Postgres notices). A live worker that loses only its heartbeat connection may
+# see its run taken: the epoch fences it, as it fences a worker whose lease expired.
+LIVENESS_CLASS = 1262830924  # 'KEEL' as a 32-bit integer: the first key of every worker's liveness lock
+
+
+def _lock_held(key: str) -> str:
+    """SQL: is the liveness lock `key` (an integer expression) held by some session of this database?"""
+    return (
+        "EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted "
+        f"AND l.classid = {LIVENESS_CLASS}::oid AND l.objid = ({key})::oid AND l.objsubid = 2 "
+        "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
+    )
+
+
+def _lease_gone(r: str) -> str:
+    """SQL: has the lease of running run `r` lapsed, or did its owner provably die?"""
+    return (
+        f"({r}.lease_expires_at < now() OR ({r}.lease_lock IS NOT NULL "
+        f"AND {r}.lease_renewed_at > pg_postmaster_start_time() AND NOT {_lock_held(f'{r}.lease_lock')}))"
+    )
+
+
+LOCK_LIVENESS = f"SELECT pg_try_advisory_lock({LIVENESS_CLASS}, %s) AS ok"
 CLAIM = f"""
 WITH next AS (
     SELECT r.run_id FROM keel_runs r
@@ -238,6 +269,7 @@ WITH next AS (
 )
 UPDATE keel_runs r SET status = 'running', attempt = r.attempt + 1, lease_owner = %(owner)s,
        lease_expires_at = now() + make_interval(secs => %(lease)s), lease_epoch = r.lease_epoch + 1,
+       lease_lock = CASE WHEN {_lock_held("%(lock)s::int")} THEN %(lock)s::int END, lease_renewed_at = now(),
        started_at = coalesce(r.started_at, now()), updated_at = now(),
        -- Where the thread stood before this run wrote anything (a rollback deletes what comes after), set by
        -- the first claim: no attempt has written a checkpoint before it, and recording it here costs no
@@ -258,6 +290,7 @@ RETURNING {_prefixed("r")},
 """
 FINISH_RUN = (
     "UPDATE keel_runs SET status = %s, result = %s, error = %s, lease_owner = NULL, lease_expires_at = NULL, "
+    "lease_lock = NULL, "
     "finished_at = now(), updated_at = now() "
     "WHERE run_id = %s AND lease_epoch = %s AND status = 'running' RETURNING temporary, kwargs"
 )
@@ -272,14 +305,16 @@ NOTIFY_FINISHED = (
     "status = 'pending') THEN pg_notify(%s, '') END"
 )
 RELEASE_RUN = (
-    "UPDATE keel_runs SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, "
+    "UPDATE keel_runs SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, lease_lock = NULL, "
     "attempt = CASE WHEN %s THEN attempt ELSE greatest(attempt - 1, 0) END, updated_at = now() "
     "WHERE run_id = %s AND lease_epoch = %s AND status = 'running' RETURNING run_id"
 )
 # clock_timestamp(), not now(): an UPDATE that waited on a row lock (held by a transaction of the same worker
-# whose event loop is blocked) must extend the lease from when it runs, not when it began.
+# whose event loop is blocked) must extend the lease from when it runs, not when it began. It runs on the session
+# that holds the worker's liveness lock, so it may name that lock (params: lease, lock key, run ids, owner).
 HEARTBEAT = (
-    "UPDATE keel_runs SET lease_expires_at = clock_timestamp() + make_interval(secs => %s) "
+    "UPDATE keel_runs SET lease_expires_at = clock_timestamp() + make_interval(secs => %s), "
+    "lease_lock = %s, lease_renewed_at = clock_timestamp() "
     "WHERE run_id = ANY(%s::uuid[]) AND lease_owner = %s AND status = 'running' "
     "RETURNING run_id::text, lease_epoch, cancel_requested"
 )
@@ -300,7 +335,7 @@ REAP = (
     # Threads first, then runs: the order run creation and finish() lock them in (no deadlock). A thread
     # some request holds right now is skipped, with its runs, until the next reap.
     "WITH threads AS (SELECT t.thread_id FROM keel_threads t WHERE t.thread_id IN (SELECT x.thread_id "
-    "FROM keel_runs x WHERE x.status = 'running' AND x.lease_expires_at < now() "
+    f"FROM keel_runs x WHERE x.status = 'running' AND {_lease_gone('x')} "
     "AND x.run_id <> ALL(%(held)s::uuid[])) FOR UPDATE OF t SKIP LOCKED), "
     "expired AS (SELECT run_id, attempt >= %(max)s AS exhausted, "
     # A run stuck undoing its effects gets a few more attempts, then stops looping.
@@ -310,7 +345,7 @@ REAP = (
     "attempt >= %(max)s AND NOT compensating AND finished_at IS NULL AND EXISTS (SELECT 1 FROM checkpoints c "
     "WHERE c.thread_id = r.thread_id::text AND c.checkpoint_ns = '' "
     "AND c.metadata->>'run_id' = r.run_id::text) AS finalize "
-    "FROM keel_runs r WHERE status = 'running' AND lease_expires_at < now() "
+    f"FROM keel_runs r WHERE status = 'running' AND {_lease_gone('r')} "
     "AND run_id <> ALL(%(held)s::uuid[]) AND (r.thread_id IN (SELECT thread_id FROM threads) "
     "OR NOT EXISTS (SELECT 1 FROM keel_threads t2 WHERE t2.thread_id = r.thread_id)) "
     "FOR UPDATE OF r SKIP LOCKED) "
@@ -322,6 +357,8 @@ REAP = (
     f"finished_at = CASE WHEN e.finalize OR {_DEAD} THEN now() END, "
     "lease_owner = CASE WHEN e.finalize THEN %(owner)s END, "
     "lease_expires_at = CASE WHEN e.finalize THEN now() + make_interval(secs => %(lease)s) END, "
+    f"lease_lock = CASE WHEN e.finalize AND {_lock_held('%(lock)s::int')} THEN %(lock)s::int END, "
+    "lease_renewed_at = CASE WHEN e.finalize THEN now() ELSE k.lease_renewed_at END, "
     "lease_epoch = k.lease_epoch + CASE WHEN e.finalize THEN 1 ELSE 0 END, updated_at = now() "
     "FROM expired e WHERE k.run_id = e.run_id "
     f"RETURNING {_prefixed('k')}, e.finalize"

@@ -3,7 +3,8 @@
 A worker is woken by NOTIFY (no busy polling; a slow poll only backs up missed notifications), claims
 with `FOR UPDATE SKIP LOCKED`, and heartbeats its leases from a plain thread with its own connection,
 so a node that blocks the event loop cannot starve the heartbeat and get its run stolen. Every worker
-also reaps: runs whose lease expired are re-queued (or dead-lettered after too many attempts).
+also reaps: runs whose lease expired, or whose owner died (its liveness lock is gone: see Heartbeat), are
+re-queued (or dead-lettered after too many attempts).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import socket
 import threading
 import time
@@ -31,47 +33,77 @@ log = logging.getLogger("keel.worker")
 
 
 class Heartbeat(threading.Thread):
-    """Renews the leases of this worker's runs every `interval` seconds, independent of the event loop."""
+    """Renews the leases of this worker's runs every `interval` seconds, independent of the event loop.
+
+    Its connection also holds the worker's liveness lock (store.LIVENESS_CLASS) for as long as the process lives:
+    taken when it connects, before any lease names it, and dropped by Postgres when the process dies, so other
+    workers can tell a dead owner from a slow one at once."""
 
     def __init__(self, worker: Worker, interval: float) -> None:
         super().__init__(name=f"keel-heartbeat-{worker.owner}", daemon=True)
         self.worker, self.interval = worker, interval
         self.stop_event = threading.Event()
+        self.locked = threading.Event()  # the liveness lock was taken at least once
         self.beats = 0
+
+    def _connect(self) -> psycopg.Connection:
+        conn = psycopg.connect(self.worker.db.url, autocommit=True, connect_timeout=5, prepare_threshold=None)
+        try:
+            # Keys are random: another live worker holding the same one is unlikely, but then pick again.
+            while True:
+                row = conn.execute(queue.lock_liveness_sql(), (self.worker.lock_key,)).fetchone()
+                if row is not None and row[0]:
+                    break
+                self.worker.lock_key = secrets.randbits(31)
+        except BaseException:
+            conn.close()
+            raise
+        self.locked.set()
+        return conn
+
+    def _beat(self, conn: psycopg.Connection, ids: list[str]) -> list[Any]:
+        w = self.worker
+        rows = conn.execute(queue.heartbeat_sql(), (w.lease_s, w.lock_key, ids, w.owner)).fetchall()
+        self.beats += 1
+        return rows
 
     def run(self) -> None:
         conn: psycopg.Connection | None = None
-        while not self.stop_event.wait(self.interval):
-            ids = list(self.worker.handles)
-            if not ids:
+        try:
+            while True:
+                ids = list(self.worker.handles)
+                rows: list[Any] | None = None
+                for retry in (False, True):  # a connection that died while idle is found at the next beat
+                    try:
+                        if conn is None or conn.closed:
+                            conn = self._connect()
+                        rows = self._beat(conn, ids) if ids else []
+                        break
+                    except Exception:  # Postgres may be restarting; keep trying until the lease runs out
+                        if retry:
+                            log.warning("heartbeat failed", exc_info=True)
+                        if conn is not None:
+                            conn.close()
+                        conn = None
+                if rows is not None and ids:
+                    self._check(ids, rows)
+                if self.stop_event.wait(self.interval):
+                    return
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _check(self, ids: list[str], rows: list[Any]) -> None:
+        held = {r[0]: r for r in rows}
+        for rid in ids:
+            h = self.worker.handles.get(rid)
+            if h is None:
                 continue
-            try:
-                if conn is None or conn.closed:
-                    conn = psycopg.connect(
-                        self.worker.db.url, autocommit=True, connect_timeout=5, prepare_threshold=None
-                    )
-                rows = conn.execute(
-                    queue.heartbeat_sql(), (self.worker.lease_s, ids, self.worker.owner)
-                ).fetchall()
-                self.beats += 1
-            except Exception:  # Postgres may be restarting; keep trying until the lease runs out
-                log.warning("heartbeat failed", exc_info=True)
-                if conn is not None:
-                    conn.close()
-                conn = None
-                continue
-            held = {r[0]: r for r in rows}
-            for rid in ids:
-                h = self.worker.handles.get(rid)
-                if h is None:
-                    continue
-                row = held.get(rid)
-                if row is None or row[1] != h.claim.epoch:
-                    self.worker.call_soon(self.worker.lost, rid)
-                elif row[2] and not h.cancel:
-                    self.worker.call_soon(self.worker.cancel_local, rid, row[2])
-        if conn is not None:
-            conn.close()
+            row = held.get(rid)
+            if row is None or row[1] != h.claim.epoch:
+                self.worker.call_soon(self.worker.lost, rid)
+            elif row[2] and not h.cancel:
+                self.worker.call_soon(self.worker.cancel_local, rid, row[2])
 
 
 class Worker:
@@ -97,6 +129,7 @@ class Worker:
         self.poll_s = poll_s
         self.max_attempts = max_attempts
         self.owner = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.lock_key = secrets.randbits(31)  # this process's liveness lock (see Heartbeat); not the name's
         self.executor = executor
         self.handles: dict[str, RunHandle] = {}
         self._wake = asyncio.Event()
@@ -113,6 +146,9 @@ class Worker:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.heartbeat.start()
+        # Claims name the liveness lock only once it is held: wait briefly for it (a few ms normally; a Postgres
+        # that is not up yet only delays fast failover of the first runs, never the start).
+        await asyncio.to_thread(self.heartbeat.locked.wait, 2.0)
         self._listener = asyncio.create_task(self._listen(), name="keel-worker-listen")
         self._main = asyncio.create_task(self._run(), name="keel-worker")
         self._dispatcher = None
@@ -208,6 +244,7 @@ class Worker:
                         owner=self.owner,
                         lease_s=self.lease_s,
                         held=list(self.handles),
+                        lock=self.lock_key,
                     ):
                         if r["finalize"]:
                             log.warning(
@@ -231,7 +268,7 @@ class Worker:
                     # drains over the following minutes, or at once with `keel prune`.
                     await prune_run_events(self.db, self.settings.keel_events_ttl_seconds, max_batches=10)
                 while len(self.handles) < self.concurrency and not self._stopping:
-                    c = await queue.claim(self.pool, self.owner, self.lease_s)
+                    c = await queue.claim(self.pool, self.owner, self.lease_s, self.lock_key)
                     if c is None:
                         break
                     self._start(c)

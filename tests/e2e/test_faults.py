@@ -1,7 +1,7 @@
 """Fault tests with real processes, real signals and a real Postgres (durability.md, "Tests we should demand").
 
-Scenarios: 1 SIGKILL mid-node, 4 SIGKILL while checkpoints are written, 6 idle connections terminated,
-7 two runs at once on one thread, 8 duplicate resumes, 9 zombie worker, 10 blocked event loop,
+Scenarios: 1 SIGKILL mid-node (taken over at once: the worker's liveness lock dies with it), 4 SIGKILL
+while checkpoints are written, 6 idle connections terminated, 7 two runs at once on one thread, 8 duplicate resumes, 9 zombie worker, 10 blocked event loop,
 11 SIGTERM drain, 12 client disconnect + reconnect, 15 poison run. (5, Postgres restart, is in
 test_postgres_restart.py because it needs a server of its own.) Each ends with the invariants: every
 accepted run terminal, one checkpoint chain per thread, gap-free event logs, no lease left behind.
@@ -77,6 +77,27 @@ def test_sigkill_mid_node_resumes_elsewhere_without_redoing_finished_nodes(clust
     # a finished before the crash: not redone. b was mid-step: it runs again (node granularity). c, d once.
     assert cluster.effects(tid) == {"a": 1, "b": 2, "c": 1, "d": 1}
     assert resumed_after < 10, f"resumed {resumed_after:.1f}s after SIGKILL"
+    cluster.assert_invariants([tid])
+
+
+def test_a_killed_workers_run_is_taken_over_without_waiting_out_its_lease(cluster, tmp_path):
+    """The killed process's sessions end with it, and with them its liveness lock: another worker re-queues the
+    run at once. The dead worker's lease is stretched to two minutes after the kill, so only that can free it."""
+    tid, run, marker, pid = start_slow_b(cluster, tmp_path, 1.0)
+    owner = cluster.sql("SELECT lease_owner, lease_lock FROM keel_runs WHERE run_id = %s", run["run_id"])[0]
+    assert owner["lease_lock"] is not None, "the claim named the worker's liveness lock"
+    worker_with_pid(cluster, pid).signal(signal.SIGKILL)
+    cluster.sql(  # (a no-op if another worker was even quicker: the run is no longer this owner's)
+        "UPDATE keel_runs SET lease_expires_at = now() + interval '120 seconds' "
+        "WHERE run_id = %s AND lease_owner = %s AND status = 'running' RETURNING run_id",
+        run["run_id"],
+        owner["lease_owner"],
+    )
+    done = cluster.wait_status(tid, run["run_id"], timeout=60)
+    assert done["status"] == "success" and done["attempt"] == 2
+    assert wait_file_lines(marker, 2)[1] != pid
+    effects = cluster.effects(tid)  # (b may have died before recording its effect: it counts 1 or 2)
+    assert (effects["a"], effects["c"], effects["d"]) == (1, 1, 1), effects
     cluster.assert_invariants([tid])
 
 
