@@ -390,18 +390,22 @@ async def measure_commits(admin: str, variants: list[Variant], k: int) -> dict:
 
 
 async def measure_recovery(
-    admin: str, home: Path, tmp: Path, leases: tuple[float, ...], reps: int
+    admin: str, home: Path, tmp: Path, leases: tuple[float, ...], reps: int, tree: str | None = None
 ) -> list[dict]:
+    """Recovery rows for each lease; `tree`: serve Keel from that checkout instead (a before/after run)."""
     rows: list[dict] = []
     for lease in leases:
-        rows += await _recovery(admin, home, tmp, lease, reps)
+        rows += await _recovery(admin, home, tmp, lease, reps, tree)
     return rows
 
 
-async def _recovery(admin: str, home: Path, tmp: Path, lease: float, reps: int) -> list[dict]:
+async def _recovery(
+    admin: str, home: Path, tmp: Path, lease: float, reps: int, tree: str | None = None
+) -> list[dict]:
     rows = []
-    url = new_db(admin, f"bench_recovery_{str(lease).replace('.', '_')}")
-    env = keel_env(url, home, KEEL_LEASE_SECONDS=str(lease))
+    tag = "" if tree is None else "_base"
+    url = new_db(admin, f"bench_recovery_{str(lease).replace('.', '_')}{tag}")
+    env = keel_env(url, home, KEEL_LEASE_SECONDS=str(lease), **({"PYTHONPATH": tree} if tree else {}))
     procs = Procs()
 
     def start_worker(i: int) -> Proc:
@@ -428,7 +432,7 @@ async def _recovery(admin: str, home: Path, tmp: Path, lease: float, reps: int) 
             await psycopg.AsyncConnection.connect(url, autocommit=True) as db,
         ):
             for rep in range(1, reps + 1):
-                touch = tmp / f"touch-{lease}-{rep}"
+                touch = tmp / f"touch-{lease}-{rep}{tag}"
                 tid = (await c.post("/threads", json={})).json()["thread_id"]
                 body = {"assistant_id": "agent", "input": {"plan": {"b": {"sleep": 3, "touch": str(touch)}}}}
                 r = await c.post(f"/threads/{tid}/runs", json=body)
@@ -467,6 +471,7 @@ async def _recovery(admin: str, home: Path, tmp: Path, lease: float, reps: int) 
                 res = (await c.get(f"/threads/{tid}/runs/{rid}")).json()
                 rows.append(
                     {
+                        "tree": tree or "this",
                         "lease s": lease,
                         "rep": rep,
                         "re-claimed s": _s(t_claim, t_kill),

@@ -22,6 +22,7 @@ SECTIONS = {
     "engine-quick": "tests.benchmarks.bench_engine_quick",
     "stream-quick": "tests.benchmarks.bench_stream_quick",
     "start-quick": "tests.benchmarks.bench_startup",
+    "recovery-quick": "tests.benchmarks.bench_recovery_quick",
     "memory": "tests.benchmarks.bench_memory",
     "ingest": "tests.benchmarks.bench_ingest",
 }
@@ -31,7 +32,9 @@ def main(argv: list[str]) -> int:
     import importlib
 
     # The quick ones are subsets of engine and peers.
-    names = argv or [n for n in SECTIONS if n not in ("engine-quick", "stream-quick", "start-quick")]
+    names = argv or [
+        n for n in SECTIONS if n not in ("engine-quick", "stream-quick", "start-quick", "recovery-quick")
+    ]
     print(
         f"<!-- {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()} -->"
