@@ -247,11 +247,21 @@ def _lock_held(key: str) -> str:
     )
 
 
+# The liveness locks held right now, read once per statement (a CTE named `live`; pg_locks copies the whole
+# lock table at every read).
+_LIVE = (
+    "live AS MATERIALIZED (SELECT l.objid::bigint AS k FROM pg_locks l WHERE l.locktype = 'advisory' "
+    f"AND l.granted AND l.classid = {LIVENESS_CLASS}::oid AND l.objsubid = 2 "
+    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
+)
+
+
 def _lease_gone(r: str) -> str:
-    """SQL: has the lease of running run `r` lapsed, or did its owner provably die?"""
+    """SQL: has the lease of running run `r` lapsed, or did its owner provably die? (needs the `live` CTE)"""
     return (
         f"({r}.lease_expires_at < now() OR ({r}.lease_lock IS NOT NULL "
-        f"AND {r}.lease_renewed_at > pg_postmaster_start_time() AND NOT {_lock_held(f'{r}.lease_lock')}))"
+        f"AND {r}.lease_renewed_at > pg_postmaster_start_time() AND {r}.lease_lock::bigint NOT IN "
+        "(SELECT k FROM live)))"
     )
 
 
@@ -334,7 +344,7 @@ _DEAD = "(e.give_up OR (e.exhausted AND NOT e.compensating AND NOT e.has_effects
 REAP = (
     # Threads first, then runs: the order run creation and finish() lock them in (no deadlock). A thread
     # some request holds right now is skipped, with its runs, until the next reap.
-    "WITH threads AS (SELECT t.thread_id FROM keel_threads t WHERE t.thread_id IN (SELECT x.thread_id "
+    f"WITH {_LIVE}, threads AS (SELECT t.thread_id FROM keel_threads t WHERE t.thread_id IN (SELECT x.thread_id "
     f"FROM keel_runs x WHERE x.status = 'running' AND {_lease_gone('x')} "
     "AND x.run_id <> ALL(%(held)s::uuid[])) FOR UPDATE OF t SKIP LOCKED), "
     "expired AS (SELECT run_id, attempt >= %(max)s AS exhausted, "
