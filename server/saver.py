@@ -64,6 +64,7 @@ from psycopg import AsyncCursor
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 
+from server.db.pool import pipelined_transaction
 from server.runs import store
 from server.runs.events import Fenced, run_to_end
 
@@ -188,7 +189,7 @@ class KeelSaver(AsyncPostgresSaver):
         pool: Any = self.conn  # (Keel always builds the saver on its pool)
         try:
             unconfirmed = None if deferred else writer.unconfirmed_checkpoint
-            async with pool.connection() as conn, conn.pipeline(), conn.transaction():
+            async with pool.connection() as conn, pipelined_transaction(conn):
                 if deferred:
                     await conn.execute("SET LOCAL synchronous_commit = off")
                 cur = await conn.execute(store.FENCE, (writer.run_id, writer.epoch))

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from server.db.pool import pipelined_transaction
 from server.runs import store
 from server.runs.store import EVENTS_CHANNEL, TERMINAL, append_unfenced
 
@@ -179,7 +180,7 @@ class EventWriter:
             batch, self._buffer = self._buffer, []
             try:
                 # Pipelined: one round trip to the fence, one for the rows, their NOTIFY and the commit.
-                async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
+                async with self.pool.connection() as conn, pipelined_transaction(conn):
                     await conn.execute("SET LOCAL synchronous_commit = off")
                     # Fence and log position in one round trip (see store.FENCED_LAST_SEQ).
                     row = await store.fetchone(
@@ -272,7 +273,7 @@ class EventWriter:
                 raise
 
     async def _commit_writes(self, batch: list[tuple[str, list[Any]]]) -> None:
-        async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
+        async with self.pool.connection() as conn, pipelined_transaction(conn):
             await conn.execute("SET LOCAL synchronous_commit = off")
             async with conn.cursor(binary=True) as cur:
                 for query, rows in batch:

@@ -17,7 +17,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from server.auth import User
-from server.db import retry_transient
+from server.db import pipelined_transaction, retry_transient
 from server.errors import ApiError, not_found, parse_uuid
 from server.logs import run_id_var, thread_id_var
 from server.runs import store
@@ -101,11 +101,11 @@ class RunManager:
             if attempt and (found := await self._find(rid)) is not None:
                 return found
             try:
-                # Two round trips, pipelined: the thread's row (locked) and its active runs are asked for first,
-                # so they come back with the run's assistant, which the plan reads in the same transaction; the
-                # writes then go out with the COMMIT, and the new row is read back once it has committed.
-                async with self.pool.connection() as conn, conn.pipeline():
-                    async with conn.transaction():
+                # Two round trips, pipelined: BEGIN, the thread's row (locked) and its active runs go out first, so
+                # they come back with the run's assistant, which the plan reads in the same transaction; the writes
+                # then go out with the COMMIT, and the new row (its INSERT's RETURNING) is read once that is back.
+                async with self.pool.connection() as conn:
+                    async with pipelined_transaction(conn):
                         reads = None if thread_id is None else await self._ask_thread(conn, tid)
                         rec = await self._prepare(user, thread_id, body, rid, conn=conn, tid=tid)
                         inserted = await self._record_and_notify(conn, user, body, rec, reads)
