@@ -17,6 +17,19 @@ them durable with it. Only a crash (of the worker, for writes still held; of Pos
 within those milliseconds can lose them, and then the step's checkpoint is lost with them and the step is
 redone from the previous checkpoint, exactly as after a worker crash mid-step. Side effects of tools are
 not among these writes: the tool ledger commits synchronously on its own, so they stay at most once per key.
+
+A run's input checkpoint (LangGraph's first, metadata source "input") commits without waiting for the flush too:
+in `sync` durability the graph hands out its first output only once that checkpoint has committed, so the
+flush would sit on every streamed run's time to first event. The input itself is durable already (the run's
+row holds the request), and a Postgres crash that loses the checkpoint leaves the thread where it stood
+before the run, with no checkpoint of this run: the re-claimed run starts over from its input, as it would
+after a worker crash before that checkpoint, and applies it once (when the checkpoint survives, the run
+resumes from it and does not apply its input again). What must not happen is this attempt going on after
+such a crash (its pool reconnects) on top of the lost checkpoint, whose rows (blobs) later checkpoints
+reference. So the checkpoint stays "unconfirmed" on the run's writer until a synchronous commit confirms
+it: the next checkpoint's transaction reads it back (one more statement in the same round trip) and, when it
+is gone, fails with CheckpointLost, which ends the attempt like any database failure (the run goes back to
+the queue); a run whose last checkpoint it is confirms it before its outcome is recorded (confirm_checkpoint).
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Literal, cast
 
+import psycopg
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
     WRITES_IDX_MAP,
@@ -50,6 +64,7 @@ from psycopg import AsyncCursor
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 
+from server.db.pool import pipelined_transaction
 from server.runs import store
 from server.runs.events import Fenced, run_to_end
 
@@ -58,6 +73,28 @@ current_event_writer: contextvars.ContextVar[Any] = contextvars.ContextVar("keel
 
 # Set while a write that the step's checkpoint will make durable is being committed.
 _deferred_flush: contextvars.ContextVar[bool] = contextvars.ContextVar("keel_deferred_flush", default=False)
+
+
+class CheckpointLost(psycopg.OperationalError):
+    """A run's checkpoint that committed without waiting for the WAL flush is gone: Postgres restarted before
+    it reached the disk. A database failure (transient): the attempt ends and the run goes back to the queue."""
+
+
+async def confirm_checkpoint(pool: Any, writer: Any, thread_id: str) -> None:
+    """Make the run's unconfirmed checkpoint (see the module docstring) durable before the run's outcome is read
+    from its checkpoints and recorded; CheckpointLost when a Postgres crash lost it. (Usually a later checkpoint
+    of the run has confirmed it already, and this costs nothing.)"""
+    checkpoint_id = writer.unconfirmed_checkpoint
+    if checkpoint_id is None:
+        return
+    async with pool.connection() as conn:
+        # (autocommit: one synchronous commit; it returns once the row, and all WAL before it, is on disk)
+        row = await store.fetchone(conn, store.CONFIRM_CHECKPOINT, (thread_id, checkpoint_id))
+    if row is None:
+        raise CheckpointLost(
+            f"checkpoint {checkpoint_id} of run {writer.run_id} was lost by a Postgres restart"
+        )
+    writer.unconfirmed_checkpoint = None
 
 
 def _active_writer() -> Any:
@@ -92,12 +129,14 @@ class KeelSaver(AsyncPostgresSaver):
         writer = current_event_writer.get()
         if writer is None or conf.get("checkpoint_ns"):
             return await super().aput(config, checkpoint, metadata, new_versions)
+        # The run's input checkpoint commits without waiting for the WAL flush (see the module docstring).
+        deferred = metadata.get("source") == "input" and writer.unconfirmed_checkpoint is None
         # The event log's writer is held until the checkpoint commits: events published meanwhile wait.
-        async with writer.barrier() as (events, mark):
+        async with writer.barrier(durable=not deferred) as (events, mark):
             # Checkpoint metadata is open-ended (a run's config metadata lands there too); the TypedDict is not.
             marked = cast(CheckpointMetadata, {**metadata, "keel_event_seq": mark})
             return await run_to_end(
-                self._put_with_events(writer, events, config, checkpoint, marked, new_versions)
+                self._put_with_events(writer, events, config, checkpoint, marked, new_versions, deferred)
             )
 
     async def _put_with_events(
@@ -108,8 +147,11 @@ class KeelSaver(AsyncPostgresSaver):
         checkpoint: Checkpoint,
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
+        deferred: bool = False,
     ) -> RunnableConfig:
         """The run's fence, its pending events and writes, and the checkpoint, in one transaction.
+        `deferred`: it commits without waiting for the WAL flush, and stays unconfirmed on the writer; otherwise
+        it also confirms the checkpoint that is (it fails with CheckpointLost if that one is gone).
 
         The rows are prepared (serialised, in a thread as the stock saver does) before a connection is taken, so
         a busy worker never holds pool connections while it serialises. The checkpoint's rows are the stock
@@ -146,10 +188,22 @@ class KeelSaver(AsyncPostgresSaver):
         writes = writer.take_writes()
         pool: Any = self.conn  # (Keel always builds the saver on its pool)
         try:
-            async with pool.connection() as conn, conn.pipeline(), conn.transaction():
+            unconfirmed = None if deferred else writer.unconfirmed_checkpoint
+            async with pool.connection() as conn, pipelined_transaction(conn):
+                if deferred:
+                    await conn.execute("SET LOCAL synchronous_commit = off")
                 cur = await conn.execute(store.FENCE, (writer.run_id, writer.epoch))
+                held = (
+                    await conn.execute(store.CHECKPOINT_HELD, (thread_id, unconfirmed))
+                    if unconfirmed is not None
+                    else None
+                )
                 if await cur.fetchone() is None:
                     raise Fenced(writer.run_id)
+                if held is not None and await held.fetchone() is None:
+                    raise CheckpointLost(
+                        f"checkpoint {unconfirmed} of run {writer.run_id} was lost by a Postgres restart"
+                    )
                 if events:
                     await store.append_events(
                         conn, writer.run_id, writer.attempt, events, notified=writer.flushed_seq
@@ -163,6 +217,8 @@ class KeelSaver(AsyncPostgresSaver):
         except BaseException:
             writer.restore_writes(writes)  # (a write already committed is not written twice: ON CONFLICT)
             raise
+        # This synchronous commit made the unconfirmed checkpoint durable with it (WAL is flushed in order).
+        writer.unconfirmed_checkpoint = checkpoint["id"] if deferred else None
         return {
             "configurable": {
                 "thread_id": thread_id,
@@ -234,4 +290,4 @@ class KeelStore(AsyncPostgresStore):
                 yield cur
 
 
-__all__ = ["KeelSaver", "KeelStore", "current_event_writer"]
+__all__ = ["CheckpointLost", "KeelSaver", "KeelStore", "confirm_checkpoint", "current_event_writer"]

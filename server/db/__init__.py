@@ -21,7 +21,14 @@ from server.db.embedded import (
 )
 from server.db.errors import DatabaseUnavailable, EmbeddingMismatch, is_transient_error, retry_transient
 from server.db.migrations import MIGRATIONS, migrate
-from server.db.pool import CHECK_AFTER_IDLE_S, HNSW_EF_SEARCH, Connection, Pool, make_pool
+from server.db.pool import (
+    CHECK_AFTER_IDLE_S,
+    HNSW_EF_SEARCH,
+    Connection,
+    Pool,
+    make_pool,
+    pipelined_transaction,
+)
 from server.db.reindexing import reindex
 from server.db.urls import describe, with_dbname
 
@@ -45,6 +52,7 @@ __all__ = [
     "ensure_pgvector",
     "is_transient_error",
     "make_pool",
+    "pipelined_transaction",
     "migrate",
     "open_database",
     "reindex",

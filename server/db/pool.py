@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import select
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeAlias
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeAlias
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -33,6 +35,32 @@ def _configurer(hnsw_ef_search: int = HNSW_EF_SEARCH) -> Callable[[Connection], 
         conn._keel_returned = time.monotonic()  # type: ignore[attr-defined]
 
     return _configure
+
+
+@asynccontextmanager
+async def pipelined_transaction(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
+    """One transaction on a pooled (autocommit) connection in pipeline mode, in as few round trips as its reads
+    allow: BEGIN goes out with the first statements, COMMIT with the last ones and the pipeline's one Sync, where
+    psycopg's `transaction()` in a pipeline syncs after BEGIN and again before COMMIT (two round trips more).
+
+    A statement's result is there once read (`fetchone` waits for it: one round trip for everything sent so far),
+    or after the block. An error (a statement's, the COMMIT's, or one raised in the block) leaves the transaction
+    rolled back and propagates; a statement that fails is raised where its result is read, or at the end."""
+    assert conn.autocommit, "pipelined_transaction needs an autocommit connection (the pool's)"
+    committed = False
+    try:
+        async with conn.pipeline():
+            await conn.execute("BEGIN")
+            yield
+            await conn.execute("COMMIT")
+        committed = True
+    finally:
+        status = conn.info.transaction_status
+        if not committed and status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+            try:
+                await conn.execute("ROLLBACK")
+            except psycopg.Error:
+                pass  # (a broken connection: the pool discards it)
 
 
 async def _stamp(conn: Connection) -> None:

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from server.db.pool import pipelined_transaction
 from server.runs import store
 from server.runs.store import EVENTS_CHANNEL, TERMINAL, append_unfenced
 
@@ -108,6 +109,9 @@ class EventWriter:
         self._lock = asyncio.Lock()
         self._pending: asyncio.Task[None] | None = None
         self.closed = False  # the attempt's log is closed: its outcome is being recorded
+        # The id of the run's checkpoint that committed without waiting for the WAL flush (its input checkpoint)
+        # while no synchronous commit of the run has confirmed it yet (see server.saver).
+        self.unconfirmed_checkpoint: str | None = None
         # The graph's pending writes (LangGraph's put_writes: query, rows), held like events for the next
         # checkpoint's transaction, else committed on their own after flush_delay (see server.saver).
         self._writes: list[tuple[str, list[Any]]] = []
@@ -176,7 +180,7 @@ class EventWriter:
             batch, self._buffer = self._buffer, []
             try:
                 # Pipelined: one round trip to the fence, one for the rows, their NOTIFY and the commit.
-                async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
+                async with self.pool.connection() as conn, pipelined_transaction(conn):
                     await conn.execute("SET LOCAL synchronous_commit = off")
                     # Fence and log position in one round trip (see store.FENCED_LAST_SEQ).
                     row = await store.fetchone(
@@ -269,7 +273,7 @@ class EventWriter:
                 raise
 
     async def _commit_writes(self, batch: list[tuple[str, list[Any]]]) -> None:
-        async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
+        async with self.pool.connection() as conn, pipelined_transaction(conn):
             await conn.execute("SET LOCAL synchronous_commit = off")
             async with conn.cursor(binary=True) as cur:
                 for query, rows in batch:
@@ -280,11 +284,13 @@ class EventWriter:
         self._unconfirmed = [e for e in self._unconfirmed if e[0] > seq]
 
     @asynccontextmanager
-    async def barrier(self) -> AsyncIterator[tuple[list[tuple[int, str, Any]], int]]:
+    async def barrier(self, *, durable: bool = True) -> AsyncIterator[tuple[list[tuple[int, str, Any]], int]]:
         """Hold the log while a checkpoint commits: yields (events, seq) — the events to append in the
         checkpoint's own transaction (the queued ones, and those appended earlier that no synchronous commit
         has confirmed yet: re-appending one that is there is a no-op, one a Postgres crash lost comes back) and
-        the last seq the log holds once it commits. Nothing is taken off the writer unless the block succeeds."""
+        the last seq the log holds once it commits. Nothing is taken off the writer unless the block succeeds.
+        `durable=False`: the transaction commits without waiting for the WAL flush (the run's input checkpoint),
+        so its events stay unconfirmed until a synchronous commit follows."""
         async with self._lock:
             batch, self._buffer = self._buffer, []
             rows = self._unconfirmed + batch
@@ -295,7 +301,8 @@ class EventWriter:
                 self._buffer = batch + self._buffer  # keep order; nothing was committed
                 raise
             self.flushed_seq = mark
-            self._unconfirmed = []  # the checkpoint's synchronous commit made every one of them durable
+            # A synchronous commit made every one of them durable.
+            self._unconfirmed = [] if durable else rows
 
     async def close(self, *, flush: bool = True) -> None:
         """Wait for the background flush and write what is left (or leave it to the caller's transaction,

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncCursor
 from psycopg import errors as pg_errors
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from server.auth import User
-from server.db import retry_transient
+from server.db import pipelined_transaction, retry_transient
 from server.errors import ApiError, not_found, parse_uuid
 from server.logs import run_id_var, thread_id_var
 from server.runs import store
@@ -48,6 +49,21 @@ def run_json(row: dict[str, Any]) -> dict[str, Any]:
         "error": row.get("error"),
         "attempt": row.get("attempt"),
     }
+
+
+@dataclass
+class _ThreadReads:
+    """The cursors of a run's reads of its thread (see RunManager._ask_thread)."""
+
+    row: AsyncCursor[Any]
+    active: AsyncCursor[Any]
+
+
+async def _row(inserted: AsyncCursor[Any]) -> dict[str, Any]:
+    """The run's row, from its INSERT ... RETURNING (the pool's rows are dicts)."""
+    run = cast("dict[str, Any] | None", await inserted.fetchone())
+    assert run is not None
+    return run
 
 
 def thread_config(
@@ -85,10 +101,15 @@ class RunManager:
             if attempt and (found := await self._find(rid)) is not None:
                 return found
             try:
-                # The plan reads the run's assistant in the same transaction that records the run.
-                async with self.pool.connection() as conn, conn.transaction():
-                    rec = await self._prepare(user, thread_id, body, rid, conn=conn, tid=tid)
-                    run = await self._record_and_notify(conn, user, body, rec)
+                # Two round trips, pipelined: BEGIN, the thread's row (locked) and its active runs go out first, so
+                # they come back with the run's assistant, which the plan reads in the same transaction; the writes
+                # then go out with the COMMIT, and the new row (its INSERT's RETURNING) is read once that is back.
+                async with self.pool.connection() as conn:
+                    async with pipelined_transaction(conn):
+                        reads = None if thread_id is None else await self._ask_thread(conn, tid)
+                        rec = await self._prepare(user, thread_id, body, rid, conn=conn, tid=tid)
+                        inserted = await self._record_and_notify(conn, user, body, rec, reads)
+                    run = await _row(inserted)
             except pg_errors.UniqueViolation:
                 # The earlier attempt's commit became visible only after the look above: it is our run.
                 if attempt and (found := await self._find(rid)) is not None:
@@ -106,16 +127,32 @@ class RunManager:
         self, conn: AsyncConnection[Any], user: User, thread_id: str | None, body: RunCreate
     ) -> dict[str, Any]:
         """Record a run in the caller's transaction (the cron scheduler commits it with the schedule's advance)."""
-        return await self._record_and_notify(conn, user, body, await self._prepare(user, thread_id, body))
+        rec = await self._prepare(user, thread_id, body)
+        return await _row(await self._record_and_notify(conn, user, body, rec))
 
     async def _record_and_notify(
-        self, conn: AsyncConnection[Any], user: User, body: RunCreate, rec: dict[str, Any]
-    ) -> dict[str, Any]:
-        run, cancels = await self._record(conn, user, body, **rec)
+        self,
+        conn: AsyncConnection[Any],
+        user: User,
+        body: RunCreate,
+        rec: dict[str, Any],
+        reads: _ThreadReads | None = None,
+    ) -> AsyncCursor[Any]:
+        """Record the run and wake the workers; returns the cursor of the run's INSERT ... RETURNING (on a
+        pipelined connection its row arrives with the results of the statements after it: read it when needed)."""
+        inserted, cancels = await self._record(conn, user, body, reads=reads, **rec)
         await store.notify_work(conn)
         for crid, action in cancels:
             await store.notify_cancel(conn, crid, action)
-        return run
+        return inserted
+
+    @staticmethod
+    async def _ask_thread(conn: AsyncConnection[Any], tid: str) -> _ThreadReads:
+        """Send the reads of a run on an existing thread: its row, locked, then its active runs (in that order,
+        so the runs are read under the lock). On a pipelined connection nothing waits for them yet."""
+        row = await conn.execute(store.LOCK_THREAD_OWNER, (tid,))
+        active = await conn.execute(store.THREAD_ACTIVE_RUNS, (tid, list(ACTIVE)))
+        return _ThreadReads(row, active)
 
     async def _prepare(
         self,
@@ -185,14 +222,17 @@ class RunManager:
         checkpoint: dict[str, Any],
         kwargs: dict[str, Any],
         graph_meta: dict[str, Any],
-    ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-        """The run's row (and its thread's), in the caller's transaction; returns the row and the cancels to send."""
+        reads: _ThreadReads | None = None,
+    ) -> tuple[AsyncCursor[Any], list[tuple[str, str]]]:
+        """The run's row (and its thread's), in the caller's transaction; returns the cursor of the run's
+        INSERT ... RETURNING and the cancels to send. `reads`: the thread's reads, when already sent."""
         cancels: list[tuple[str, str]] = []
         if temporary:
             await conn.execute(store.INSERT_TEMPORARY_THREAD, (tid, user.id, Jsonb(graph_meta)))
             thread_meta: dict[str, Any] = graph_meta
         else:
-            row = await store.fetchone(conn, store.LOCK_THREAD_OWNER, (tid,))
+            reads = reads or await self._ask_thread(conn, tid)
+            row = cast("dict[str, Any] | None", await reads.row.fetchone())
             if row is None and body.if_not_exists == "create":
                 await conn.execute(store.INSERT_THREAD, (tid, user.id, Jsonb(graph_meta)))
                 row = {"user_id": user.id, "metadata": graph_meta}
@@ -200,7 +240,7 @@ class RunManager:
                 raise ApiError(404, "Thread or assistant not found.")
             if checkpoint.get("checkpoint_id"):
                 await self._check_checkpoint(tid, checkpoint)
-            active = await store.fetchall(conn, store.THREAD_ACTIVE_RUNS, (tid, list(ACTIVE)))
+            active = cast("list[dict[str, Any]]", await reads.active.fetchall())
             if active and body.multitask_strategy == "reject":
                 raise ApiError(409, BUSY_DETAIL)
             if body.command is not None and "resume" in body.command.model_fields_set:
@@ -217,8 +257,7 @@ class RunManager:
         # The thread's metadata is copied into each run's metadata, not the other way round; the assistant's
         # (created_by ...) lies under both, as langgraph-api merges them.
         run_meta = {**(prep.assistant.get("metadata") or {}), **thread_meta, **(body.metadata or {})}
-        run = await store.fetchone(
-            conn,
+        inserted = await conn.execute(
             store.INSERT_RUN,
             (
                 rid,
@@ -231,8 +270,7 @@ class RunManager:
                 temporary,
             ),
         )
-        assert run is not None  # INSERT ... RETURNING
-        return run, cancels
+        return inserted, cancels
 
     async def _find(self, run_id: str) -> dict[str, Any] | None:
         async with self.pool.connection() as conn:

@@ -16,6 +16,7 @@ from server.runs.events import Fenced
 from server.runs.housekeeping import Housekeeping
 from server.runs.queue import finish, mark_compensating
 from server.runs.store import Outcome, RunStatus, ThreadStatus
+from server.saver import confirm_checkpoint
 from server.serde import jsonable
 from server.threadstate import interrupts_by_task
 
@@ -40,6 +41,8 @@ class OutcomeRecorder:
         """The graph stopped by itself (end or interrupt): record the outcome, then housekeeping."""
         c, writer = h.claim, h.writer
         assert writer is not None
+        # The outcome is read from the run's checkpoints: its last one must be durable (see server.saver).
+        await confirm_checkpoint(self.pool, writer, c.thread_id)
         snapshot = await self.graph.aget_state({"configurable": {"thread_id": c.thread_id}})
         pending = bool(snapshot.next) or any(t.interrupts for t in snapshot.tasks)
         writer.publish("end", None)  # the log's end marker; never sent to clients (see routes.runs)

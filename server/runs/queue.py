@@ -17,6 +17,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from server.db.pool import pipelined_transaction
 from server.runs import store
 from server.runs.store import ACTIVE, RUN_COLUMNS, RUNS_CHANNEL, RunStatus, set_thread_after_run
 
@@ -92,7 +93,7 @@ async def finish(
     # (serialised once: for the row, and for the notification that hands it to the run's waiters)
     result_text = orjson.dumps(result).decode() if result is not None else None
     # Pipelined: the statements after FINISH_RUN (which says whether the lease still holds) go out with the commit.
-    async with pool.connection() as conn, conn.pipeline(), conn.transaction():
+    async with pool.connection() as conn, pipelined_transaction(conn):
         # Thread first, then run: the order run creation and cancellation lock them in (no deadlock).
         await conn.execute(store.LOCK_THREAD_NO_KEY, (c.thread_id,))
         finished = await conn.execute(

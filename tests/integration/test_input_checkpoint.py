@@ -1,0 +1,152 @@
+"""A run's input checkpoint commits without waiting for the WAL flush (server.saver), and a Postgres crash that
+loses it sends the run back to its input: it is never continued on top of the lost checkpoint, and its input
+lands once.
+
+In process (ASGI client, in-process worker) on the real embedded Postgres, with the 4-node fault graph. A Postgres
+crash that loses the unflushed commit is played by a trigger that deletes what that commit wrote.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+from server.db import is_transient_error
+from server.runs.events import EventWriter
+from server.saver import CheckpointLost, confirm_checkpoint
+from server.settings import Settings
+from tests.integration.test_hardening_runs import Sql, assert_one_chain, body, new_thread, wait_terminal
+from tests.support.cluster import assert_event_log
+from tests.support.inprocess import api_client, running_service
+
+PROBE = """
+CREATE TABLE IF NOT EXISTS keel_test_commit_probe (thread_id text, source text, sync text);
+CREATE OR REPLACE FUNCTION keel_test_commit_probe() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO keel_test_commit_probe VALUES (NEW.thread_id, NEW.metadata->>'source',
+        current_setting('synchronous_commit'));
+    RETURN NEW;
+END $$;
+DROP TRIGGER IF EXISTS keel_test_commit_probe ON checkpoints;
+CREATE TRIGGER keel_test_commit_probe AFTER INSERT ON checkpoints
+    FOR EACH ROW EXECUTE FUNCTION keel_test_commit_probe();
+"""
+UNPROBE = "DROP TRIGGER IF EXISTS keel_test_commit_probe ON checkpoints"
+# A Postgres crash that loses the input checkpoint's commit (it did not wait for the WAL flush), played once per
+# thread: the commit goes through without what it wrote (the thread is new: its checkpoint rows, and the run's
+# events, are all that transaction's), while the worker goes on as if it had not happened (as its pool would,
+# reconnecting to the restarted Postgres).
+LOSE = """
+CREATE TABLE IF NOT EXISTS keel_test_lost (thread_id text PRIMARY KEY);
+CREATE OR REPLACE FUNCTION keel_test_lose() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.metadata->>'source' = 'input' AND NEW.checkpoint_ns = '' THEN
+        INSERT INTO keel_test_lost VALUES (NEW.thread_id) ON CONFLICT DO NOTHING;
+        IF FOUND THEN
+            DELETE FROM checkpoint_writes WHERE thread_id = NEW.thread_id;
+            DELETE FROM checkpoint_blobs WHERE thread_id = NEW.thread_id;
+            DELETE FROM checkpoints WHERE thread_id = NEW.thread_id;
+            DELETE FROM keel_run_events WHERE run_id = (NEW.metadata->>'run_id')::uuid;
+        END IF;
+    END IF;
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS keel_test_lose ON checkpoints;
+CREATE TRIGGER keel_test_lose AFTER INSERT ON checkpoints FOR EACH ROW EXECUTE FUNCTION keel_test_lose();
+"""
+UNLOSE = "DROP TRIGGER IF EXISTS keel_test_lose ON checkpoints"
+
+
+@pytest.fixture(scope="module")
+def database_url(database_url, pg_admin_url):
+    """This module's database commits as production does, waiting for the WAL flush (the suite's do not)."""
+    name = conninfo_to_dict(database_url)["dbname"]
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = on')
+    return database_url
+
+
+@pytest.fixture(scope="module")
+async def svc(db):
+    settings = Settings(keel_graph="tests.support.fault_graph:build", keel_durability="sync")
+    async with running_service(settings, db, workers=2) as service:
+        yield service
+
+
+@pytest.fixture(scope="module")
+async def client(svc):
+    async with api_client(svc) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def pg(database_url):
+    return Sql(database_url)
+
+
+async def test_only_the_input_checkpoint_commits_without_waiting_for_the_flush(client, pg):
+    """The setting each checkpoint's transaction committed with, as Postgres saw it (a trigger records it)."""
+    await pg.run(PROBE)
+    try:
+        tid = await new_thread(client)
+        r = await client.post(f"/threads/{tid}/runs/wait", json=body(tag="probe"))
+        assert r.status_code == 200 and r.json()["inputs"] == ["probe"], r.text
+    finally:
+        await pg.run(UNPROBE)
+    rows = pg.sql("SELECT source, sync FROM keel_test_commit_probe WHERE thread_id = %s", tid)
+    got = sorted((r["source"], r["sync"]) for r in rows)
+    assert len(got) > 2 and got == [("input", "off")] + [("loop", "on")] * (len(got) - 1), rows
+
+
+async def test_a_lost_input_checkpoint_sends_the_run_back_to_its_input(client, svc, pg):
+    """Lost before the next checkpoint: that checkpoint finds it gone, the attempt ends (a database failure) and
+    the run starts over from its input, which lands once. Without the check the attempt would go on, on top of the
+    lost checkpoint (its history would start at a checkpoint whose parent is missing)."""
+    await pg.run(LOSE)
+    try:
+        tid = await new_thread(client)
+        r = await client.post(f"/threads/{tid}/runs", json=body(tag="once"))
+        assert r.status_code == 200, r.text
+        rid = r.json()["run_id"]
+        run = await wait_terminal(client, tid, rid)
+    finally:
+        await pg.run(UNLOSE)
+    assert pg.sql("SELECT 1 FROM keel_test_lost WHERE thread_id = %s", tid), (
+        "the input checkpoint was not lost"
+    )
+    assert run["status"] == "success" and run["attempt"] == 2, run
+    state = (await client.get(f"/threads/{tid}/state")).json()
+    assert state["values"]["inputs"] == ["once"], state["values"]
+    assert state["values"]["log"] == ["a", "b", "c", "d"], state["values"]
+    sources = pg.sql(
+        "SELECT metadata->>'source' AS s, metadata->>'run_id' AS run FROM checkpoints WHERE thread_id = %s "
+        "AND checkpoint_ns = '' ORDER BY checkpoint_id",
+        tid,
+    )
+    assert [r["s"] for r in sources] == ["input"] + ["loop"] * (len(sources) - 1), sources
+    assert {r["run"] for r in sources} == {rid}, sources
+    assert_one_chain(pg, tid)
+    assert_event_log(pg, rid, "success")
+
+
+async def test_a_run_ending_on_its_unconfirmed_checkpoint_confirms_it_first(client, db, pg):
+    """Before a run's outcome is recorded, its unconfirmed checkpoint (when no checkpoint followed it) is written
+    again in a synchronous commit of its own; gone, it ends the attempt as a database failure would."""
+    r = await client.post("/threads", json={"metadata": {"graph_id": "agent"}})
+    tid = r.json()["thread_id"]
+    r = await client.post(f"/threads/{tid}/state", json={"values": {"inputs": ["kept"]}, "as_node": "a"})
+    assert r.status_code == 200, r.text
+    checkpoint_id = r.json()["checkpoint"]["checkpoint_id"]
+    writer = EventWriter(db.pool, str(uuid.uuid4()), 1, 1, 0)
+    writer.unconfirmed_checkpoint = checkpoint_id
+    await confirm_checkpoint(db.pool, writer, tid)
+    assert writer.unconfirmed_checkpoint is None
+    pg.sql("DELETE FROM checkpoints WHERE thread_id = %s RETURNING 1", tid)
+    writer.unconfirmed_checkpoint = checkpoint_id
+    with pytest.raises(CheckpointLost) as lost:
+        await confirm_checkpoint(db.pool, writer, tid)
+    assert is_transient_error(lost.value), "the executor hands the run back to the queue"
+    assert writer.unconfirmed_checkpoint == checkpoint_id
