@@ -43,7 +43,7 @@ class Heartbeat(threading.Thread):
         super().__init__(name=f"keel-heartbeat-{worker.owner}", daemon=True)
         self.worker, self.interval = worker, interval
         self.stop_event = threading.Event()
-        self.locked = threading.Event()  # the liveness lock was taken at least once
+        self.locked = asyncio.Event()  # the liveness lock was taken at least once (set on the worker's loop)
         self.beats = 0
 
     def _connect(self) -> psycopg.Connection:
@@ -58,7 +58,8 @@ class Heartbeat(threading.Thread):
         except BaseException:
             conn.close()
             raise
-        self.locked.set()
+        if not self.locked.is_set():
+            self.worker.call_soon(self.locked.set)
         return conn
 
     def _beat(self, conn: psycopg.Connection, ids: list[str]) -> list[Any]:
@@ -146,9 +147,6 @@ class Worker:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.heartbeat.start()
-        # Claims name the liveness lock only once it is held: wait briefly for it (a few ms normally; a Postgres
-        # that is not up yet only delays fast failover of the first runs, never the start).
-        await asyncio.to_thread(self.heartbeat.locked.wait, 2.0)
         self._listener = asyncio.create_task(self._listen(), name="keel-worker-listen")
         self._main = asyncio.create_task(self._run(), name="keel-worker")
         self._dispatcher = None
@@ -231,6 +229,12 @@ class Worker:
                 await asyncio.sleep(0.5)
 
     async def _run(self) -> None:
+        # Claims name the liveness lock only once it is held: the first claim waits for it briefly (a few ms,
+        # off the start-up path; a Postgres that is not up yet only delays fast failover of the first runs).
+        try:
+            await asyncio.wait_for(self.heartbeat.locked.wait(), 2.0)
+        except TimeoutError:
+            pass
         last_reap = 0.0
         last_sweep = time.monotonic()
         while not self._stopping:
