@@ -15,7 +15,10 @@ flush (`synchronous_commit = off`). That is safe because WAL is flushed in order
 or the run's terminal `finish()` for its last step, is a synchronous commit that comes after them and makes
 them durable with it. Only a crash (of the worker, for writes still held; of Postgres, for the others)
 within those milliseconds can lose them, and then the step's checkpoint is lost with them and the step is
-redone from the previous checkpoint, exactly as after a worker crash mid-step. Side effects of tools are
+redone from the previous checkpoint, exactly as after a worker crash mid-step. (After a Postgres crash the
+attempt's pool reconnects, so the step's checkpoint could still commit, on top of what the crash lost: every
+synchronous run transaction therefore checks that the server is the one the attempt was claimed on, and
+ends the attempt with PostgresRestarted if not; see server.runs.events.) Side effects of tools are
 not among these writes: the tool ledger commits synchronously on its own, so they stay at most once per key.
 
 A run's input checkpoint (LangGraph's first, metadata source "input") commits without waiting for the flush too:
@@ -66,7 +69,7 @@ from psycopg.types.json import Jsonb
 
 from server.db.pool import pipelined_transaction
 from server.runs import store
-from server.runs.events import Fenced, run_to_end
+from server.runs.events import Fenced, check_same_server, run_to_end
 
 # The event writer of the run executing in the current task (None outside runs).
 current_event_writer: contextvars.ContextVar[Any] = contextvars.ContextVar("keel_event_writer", default=None)
@@ -105,8 +108,9 @@ def _active_writer() -> Any:
 
 @asynccontextmanager
 async def _deferred_cursor(pool: Any) -> AsyncIterator[AsyncCursor[DictRow]]:
-    """A cursor in a transaction that commits without waiting for the WAL flush (see the module docstring)."""
-    async with pool.connection() as conn, conn.pipeline(), conn.transaction():
+    """A cursor in a transaction that commits without waiting for the WAL flush (see the module docstring), in
+    two round trips (server.db.pool.pipelined_transaction)."""
+    async with pool.connection() as conn, pipelined_transaction(conn):
         await conn.execute("SET LOCAL synchronous_commit = off")
         async with conn.cursor(binary=True, row_factory=dict_row) as cur:
             yield cur
@@ -192,14 +196,17 @@ class KeelSaver(AsyncPostgresSaver):
             async with pool.connection() as conn, pipelined_transaction(conn):
                 if deferred:
                     await conn.execute("SET LOCAL synchronous_commit = off")
-                cur = await conn.execute(store.FENCE, (writer.run_id, writer.epoch))
+                cur = await conn.execute(store.FENCE_STARTED, (writer.run_id, writer.epoch))
                 held = (
                     await conn.execute(store.CHECKPOINT_HELD, (thread_id, unconfirmed))
                     if unconfirmed is not None
                     else None
                 )
-                if await cur.fetchone() is None:
+                fence = await cur.fetchone()
+                if fence is None:
                     raise Fenced(writer.run_id)
+                # (before this commit: it must not build on what a restart may have lost)
+                check_same_server(fence["started"], writer.pg_started, writer.run_id)
                 if held is not None and await held.fetchone() is None:
                     raise CheckpointLost(
                         f"checkpoint {unconfirmed} of run {writer.run_id} was lost by a Postgres restart"

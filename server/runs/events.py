@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -33,6 +33,8 @@ __all__ = [
     "EventFeed",
     "EventWriter",
     "Fenced",
+    "PostgresRestarted",
+    "check_same_server",
     "append_unfenced",
 ]
 
@@ -56,6 +58,24 @@ async def run_to_end(coro: Coroutine[Any, Any, T]) -> T:
 
 class Fenced(Exception):
     """This worker no longer holds the run's lease; it must stop touching the run."""
+
+
+class PostgresRestarted(psycopg.OperationalError):
+    """Postgres restarted (or failed over) since this attempt claimed its run, so commits of the attempt that did
+    not wait for the WAL flush (events, pending writes, the graph's store writes, the input checkpoint) may be
+    lost, while the attempt, on its reconnected pool, would go on as if they were not. A database failure
+    (transient): raised at the attempt's next synchronous commit (a checkpoint, or the outcome), before it
+    commits, it ends the attempt, and the run resumes from its last durable checkpoint on a new one."""
+
+
+def check_same_server(started: Any, expected: Any, run_id: str) -> None:
+    """Raise PostgresRestarted unless the server's start time (`started`, as just read) is the one the attempt
+    was claimed on (`expected`; None: not known, nothing to check)."""
+    if expected is not None and started is not None and started != expected:
+        raise PostgresRestarted(
+            f"Postgres restarted during run {run_id}'s attempt (started {expected}, now {started}); "
+            "resuming from the run's last durable checkpoint"
+        )
 
 
 @dataclass
@@ -95,6 +115,9 @@ class EventWriter:
         step_flush_delay: float | None = None,
     ) -> None:
         self.pool, self.run_id, self.epoch, self.attempt = pool, run_id, epoch, attempt
+        self.pg_started: Any = (
+            None  # when the Postgres server the run was claimed on started (PostgresRestarted)
+        )
         self.flush_delay = flush_delay
         self.step_flush_delay = (
             max(flush_delay, STEP_FLUSH_DELAY_S) if step_flush_delay is None else step_flush_delay
@@ -274,10 +297,16 @@ class EventWriter:
 
     async def _commit_writes(self, batch: list[tuple[str, list[Any]]]) -> None:
         async with self.pool.connection() as conn, pipelined_transaction(conn):
+            # Pending writes tell a resumed attempt that their task finished, so it is not run again: none may
+            # commit after a Postgres restart that could have lost what the task did (PostgresRestarted).
+            server = await conn.execute(store.SERVER_STARTED) if self.pg_started is not None else None
             await conn.execute("SET LOCAL synchronous_commit = off")
             async with conn.cursor(binary=True) as cur:
                 for query, rows in batch:
                     await cur.executemany(query, rows)
+            if server is not None:  # (read before the commit goes out: a restart rolls the writes back)
+                row = cast("dict[str, Any] | None", await server.fetchone())  # (the pool's rows are dicts)
+                check_same_server(row["started"] if row else None, self.pg_started, self.run_id)
 
     def mark_durable(self, seq: int) -> None:
         """Events up to `seq` were followed by a synchronous commit (a checkpoint): forget them."""

@@ -1,4 +1,7 @@
-"""Scenario 5: Postgres restarts mid-run (immediate and fast). Keel reconnects; every run finishes."""
+"""Scenario 5: Postgres restarts mid-run (immediate and fast). Keel reconnects; every run finishes.
+
+A restart may lose what a run committed without waiting for the WAL flush, so the attempt that lived through it
+ends at its next synchronous commit and the run resumes from its last durable checkpoint (PostgresRestarted)."""
 
 from __future__ import annotations
 
@@ -60,8 +63,11 @@ def test_postgres_restart_mid_run(own_postgres, tmp_path, mode):
         done = cluster.wait_status(tid, run["run_id"], timeout=60)
         recovered_in = time.time() - started
         assert done["status"] == "success", done
+        # The attempt that saw the restart ended at its next synchronous commit (b's checkpoint): what it had
+        # committed without waiting for the disk (b's store write) may be gone, so b ran again on a new attempt.
+        assert done["attempt"] == 2, done
         effects = cluster.effects(tid)
-        assert effects["a"] == 1 and effects["c"] == 1 and effects["d"] == 1, effects
+        assert effects["a"] == 1 and effects["b"] >= 1 and effects["c"] == 1 and effects["d"] == 1, effects
         # Processes survived the restart (pool and LISTEN connections reconnected) and still take work.
         assert all(p.alive() for p in cluster.procs), cluster.logs()
         tid2 = cluster.thread()

@@ -1,4 +1,5 @@
-"""Owner liveness: a run whose worker died is reaped at once, a live worker's run never early (store.LIVENESS_CLASS).
+"""Owner liveness: a run whose worker died is reaped at once, a live worker's run never early (store.LIVENESS_CLASS);
+and the server an attempt was claimed on (PostgresRestarted).
 
 Drives the queue's SQL on a real Postgres with real sessions: a "worker" here is a connection that holds (or
 dropped) its advisory lock, the way a worker process's heartbeat connection does until the process dies.
@@ -13,7 +14,7 @@ import psycopg
 import pytest
 
 from server.runs import queue
-from server.runs.store import LIVENESS_CLASS
+from server.runs.store import LIVENESS_CLASS, RunStatus
 from tests.support.inprocess import keel_database
 
 LONG_LEASE = 600.0  # far from expiring during a test: only liveness can free these runs
@@ -170,3 +171,24 @@ async def test_a_taken_key_is_refused_to_a_second_session(fresh_database_url):
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_claim_records_the_server_start_and_finish_refuses_another(quiet_db):
+    """An attempt's outcome is not recorded on a Postgres server other than the one it was claimed on (a restart
+    may have lost the attempt's commits that did not wait for the disk): PostgresRestarted, and nothing changes."""
+    import datetime
+
+    from server.runs.events import PostgresRestarted
+
+    rid = await pending_run(quiet_db)
+    c = await queue.claim(quiet_db.pool, "w1", LONG_LEASE)
+    assert c is not None and c.run_id == rid
+    started = c.run["pg_started"]
+    assert isinstance(started, datetime.datetime)
+    other = started - datetime.timedelta(seconds=1)
+    done = {"thread_status": "idle", "thread_values": {}, "interrupts": {}}
+    with pytest.raises(PostgresRestarted):
+        await queue.finish(quiet_db.pool, c, RunStatus.SUCCESS, pg_started=other, **done)
+    assert (await lease_of(quiet_db, rid))["status"] == "running", "rolled back"
+    assert await queue.finish(quiet_db.pool, c, RunStatus.SUCCESS, pg_started=started, **done)
+    assert (await lease_of(quiet_db, rid))["status"] == "success"
