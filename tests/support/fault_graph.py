@@ -4,7 +4,6 @@ Used by the fault tests and the benchmarks through `KEEL_GRAPH=tests.support.fau
 calls with its `Toolbox`: the graph registers its test tools there and runs them with the toolbox's pool.
 With an empty plan it is the no-op 4-node graph. Per node, the plan may ask it to:
   touch: a file path; the node appends "<pid>\n" when it starts (tests watch it to time signals)
-  wait_for: a file path; after `touch`, the node waits until that file exists (a test acts meanwhile)
   sleep: seconds of `await asyncio.sleep` (an async step)
   block: seconds of `time.sleep` (blocks the event loop, like a bad SDK call)
   kill: "always" (SIGKILL its own process every time it runs)
@@ -192,8 +191,6 @@ def _node(name: str, toolbox: Toolbox):
         if plan.get("touch"):
             with open(plan["touch"], "a") as f:
                 f.write(f"{os.getpid()}\n")
-        while plan.get("wait_for") and not os.path.exists(plan["wait_for"]):
-            await asyncio.sleep(0.01)
         update: dict[str, Any] = {"log": [name]}
         if plan.get("interrupt"):
             update["approved"] = interrupt({"question": f"approve {name}?"})
