@@ -17,8 +17,8 @@ them durable with it. Only a crash (of the worker, for writes still held; of Pos
 within those milliseconds can lose them, and then the step's checkpoint is lost with them and the step is
 redone from the previous checkpoint, exactly as after a worker crash mid-step. (After a Postgres crash the
 attempt's pool reconnects, so the step's checkpoint could still commit, on top of what the crash lost: every
-synchronous run transaction therefore checks that the server is the one the attempt was claimed on, and
-ends the attempt with PostgresRestarted if not; see server.runs.events.) Side effects of tools are
+synchronous run transaction therefore checks that Postgres has not crashed since the attempt was claimed (its
+crash epoch), and ends the attempt with PostgresRestarted if it has; see server.runs.events.) Side effects of tools are
 not among these writes: the tool ledger commits synchronously on its own, so they stay at most once per key.
 
 A run's input checkpoint (LangGraph's first, metadata source "input") commits without waiting for the flush too:
@@ -69,7 +69,7 @@ from psycopg.types.json import Jsonb
 
 from server.db.pool import pipelined_transaction
 from server.runs import store
-from server.runs.events import Fenced, check_same_server, run_to_end
+from server.runs.events import Fenced, check_crash_epoch, run_to_end
 
 # The event writer of the run executing in the current task (None outside runs).
 current_event_writer: contextvars.ContextVar[Any] = contextvars.ContextVar("keel_event_writer", default=None)
@@ -196,7 +196,7 @@ class KeelSaver(AsyncPostgresSaver):
             async with pool.connection() as conn, pipelined_transaction(conn):
                 if deferred:
                     await conn.execute("SET LOCAL synchronous_commit = off")
-                cur = await conn.execute(store.FENCE_STARTED, (writer.run_id, writer.epoch))
+                cur = await conn.execute(store.FENCE_EPOCH, (writer.run_id, writer.epoch))
                 held = (
                     await conn.execute(store.CHECKPOINT_HELD, (thread_id, unconfirmed))
                     if unconfirmed is not None
@@ -206,7 +206,7 @@ class KeelSaver(AsyncPostgresSaver):
                 if fence is None:
                     raise Fenced(writer.run_id)
                 # (before this commit: it must not build on what a restart may have lost)
-                check_same_server(fence["started"], writer.pg_started, writer.run_id)
+                check_crash_epoch(fence["epoch"], writer.pg_epoch, writer.run_id)
                 if held is not None and await held.fetchone() is None:
                     raise CheckpointLost(
                         f"checkpoint {unconfirmed} of run {writer.run_id} was lost by a Postgres restart"

@@ -266,6 +266,24 @@ MIGRATIONS: list[str] = [
         ADD COLUMN IF NOT EXISTS lease_lock integer,
         ADD COLUMN IF NOT EXISTS lease_renewed_at timestamptz;
     """,
+    # 13: Postgres's crash epoch (server/runs/events.py, PostgresRestarted): a token in an unlogged table, which
+    # crash recovery empties and a clean shutdown keeps; keel_crash_epoch() draws a new one when it is gone.
+    """
+    CREATE UNLOGGED TABLE IF NOT EXISTS keel_crash_epoch (
+        one boolean PRIMARY KEY DEFAULT true CHECK (one),
+        token uuid NOT NULL
+    );
+    CREATE OR REPLACE FUNCTION keel_crash_epoch() RETURNS uuid LANGUAGE plpgsql VOLATILE AS $$
+    DECLARE t uuid;
+    BEGIN
+        SELECT token INTO t FROM keel_crash_epoch;
+        IF t IS NULL THEN
+            INSERT INTO keel_crash_epoch (token) VALUES (gen_random_uuid()) ON CONFLICT (one) DO NOTHING;
+            SELECT token INTO t FROM keel_crash_epoch;
+        END IF;
+        RETURN t;
+    END $$;
+    """,
 ]
 
 

@@ -93,7 +93,7 @@ def open_writer(pool: Any, h: RunHandle, start_seq: int) -> EventWriter:
     """This attempt's event writer, appending after `start_seq`; kept on the handle."""
     c = h.claim
     h.writer = EventWriter(pool, c.run_id, c.epoch, c.attempt, start_seq)
-    h.writer.pg_started = c.run.get("pg_started")  # (read by the claim)
+    h.writer.pg_epoch = c.run.get("pg_epoch")  # (Postgres's crash epoch, read by the claim)
     return h.writer
 
 

@@ -34,7 +34,7 @@ __all__ = [
     "EventWriter",
     "Fenced",
     "PostgresRestarted",
-    "check_same_server",
+    "check_crash_epoch",
     "append_unfenced",
 ]
 
@@ -61,19 +61,24 @@ class Fenced(Exception):
 
 
 class PostgresRestarted(psycopg.OperationalError):
-    """Postgres restarted (or failed over) since this attempt claimed its run, so commits of the attempt that did
-    not wait for the WAL flush (events, pending writes, the graph's store writes, the input checkpoint) may be
-    lost, while the attempt, on its reconnected pool, would go on as if they were not. A database failure
-    (transient): raised at the attempt's next synchronous commit (a checkpoint, or the outcome), before it
-    commits, it ends the attempt, and the run resumes from its last durable checkpoint on a new one."""
+    """Postgres crashed (or failed over) since this attempt claimed its run, so commits of the attempt that did not
+    wait for the WAL flush (events, pending writes, the graph's store writes, the input checkpoint) may be lost,
+    while the attempt, on its reconnected pool, would go on as if they were not. A database failure (transient):
+    raised at the attempt's next synchronous commit (a checkpoint, or the outcome), before it commits, it ends the
+    attempt, and the run resumes from its last durable checkpoint on a new one.
+
+    Told by Postgres's crash epoch (`keel_crash_epoch()`, migration 13): a token in an unlogged table, which
+    crash recovery empties (so a new token is drawn) and a clean shutdown keeps. It catches what the server's
+    start time would miss, a backend crash that makes the postmaster reinitialise without restarting, and it
+    lets a clean restart, which loses nothing, go by."""
 
 
-def check_same_server(started: Any, expected: Any, run_id: str) -> None:
-    """Raise PostgresRestarted unless the server's start time (`started`, as just read) is the one the attempt
-    was claimed on (`expected`; None: not known, nothing to check)."""
-    if expected is not None and started is not None and started != expected:
+def check_crash_epoch(now: Any, expected: Any, run_id: str) -> None:
+    """Raise PostgresRestarted unless Postgres's crash epoch (`now`, as just read) is the one the attempt was
+    claimed in (`expected`; None: not known, nothing to check)."""
+    if expected is not None and now is not None and now != expected:
         raise PostgresRestarted(
-            f"Postgres restarted during run {run_id}'s attempt (started {expected}, now {started}); "
+            f"Postgres crashed during run {run_id}'s attempt (crash epoch {expected}, now {now}); "
             "resuming from the run's last durable checkpoint"
         )
 
@@ -115,9 +120,7 @@ class EventWriter:
         step_flush_delay: float | None = None,
     ) -> None:
         self.pool, self.run_id, self.epoch, self.attempt = pool, run_id, epoch, attempt
-        self.pg_started: Any = (
-            None  # when the Postgres server the run was claimed on started (PostgresRestarted)
-        )
+        self.pg_epoch: Any = None  # Postgres's crash epoch when the run was claimed (PostgresRestarted)
         self.flush_delay = flush_delay
         self.step_flush_delay = (
             max(flush_delay, STEP_FLUSH_DELAY_S) if step_flush_delay is None else step_flush_delay
@@ -298,15 +301,15 @@ class EventWriter:
     async def _commit_writes(self, batch: list[tuple[str, list[Any]]]) -> None:
         async with self.pool.connection() as conn, pipelined_transaction(conn):
             # Pending writes tell a resumed attempt that their task finished, so it is not run again: none may
-            # commit after a Postgres restart that could have lost what the task did (PostgresRestarted).
-            server = await conn.execute(store.SERVER_STARTED) if self.pg_started is not None else None
+            # commit after a Postgres crash that could have lost what the task did (PostgresRestarted).
+            server = await conn.execute(store.CRASH_EPOCH) if self.pg_epoch is not None else None
             await conn.execute("SET LOCAL synchronous_commit = off")
             async with conn.cursor(binary=True) as cur:
                 for query, rows in batch:
                     await cur.executemany(query, rows)
             if server is not None:  # (read before the commit goes out: a restart rolls the writes back)
                 row = cast("dict[str, Any] | None", await server.fetchone())  # (the pool's rows are dicts)
-                check_same_server(row["started"] if row else None, self.pg_started, self.run_id)
+                check_crash_epoch(row["epoch"] if row else None, self.pg_epoch, self.run_id)
 
     def mark_durable(self, seq: int) -> None:
         """Events up to `seq` were followed by a synchronous commit (a checkpoint): forget them."""

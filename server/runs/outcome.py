@@ -59,7 +59,7 @@ class OutcomeRecorder:
             interrupts=interrupts_by_task(snapshot),
             writer=writer,
             trim_keep=self.housekeeping.settings.keel_keep_checkpoints,
-            pg_started=writer.pg_started,
+            pg_epoch=writer.pg_epoch,
         )
         outcome = Outcome.INTERRUPTED if pending else Outcome.SUCCESS
         log.info("run finished: %s", outcome if ok else f"{outcome} (fenced: lease lost)")

@@ -19,7 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from server.db.pool import pipelined_transaction
 from server.runs import store
-from server.runs.events import check_same_server
+from server.runs.events import check_crash_epoch
 from server.runs.store import ACTIVE, RUN_COLUMNS, RUNS_CHANNEL, RunStatus, set_thread_after_run
 
 __all__ = [
@@ -85,20 +85,20 @@ async def finish(
     interrupts: Any,
     writer: Any = None,
     trim_keep: int = 0,
-    pg_started: Any = None,
+    pg_epoch: Any = None,
 ) -> bool:
     """Move the run to a terminal status and update its thread; False if the lease was lost (fenced).
 
     With `writer` (a closed EventWriter), the events it still holds are appended in the same transaction. With
     `trim_keep`, it also notes (in `c.run["trim_cut"]`) whether the thread has more checkpoints than that, so
-    housekeeping trims only when there is something to trim. With `pg_started` (when the server the attempt was
-    claimed on started), it raises PostgresRestarted instead of committing if Postgres restarted meanwhile: the
-    outcome was read from checkpoints and writes that the restart may have cut short."""
+    housekeeping trims only when there is something to trim. With `pg_epoch` (Postgres's crash epoch when the
+    attempt was claimed), it raises PostgresRestarted instead of committing if Postgres crashed meanwhile: the
+    outcome was read from checkpoints and writes that the crash may have cut short."""
     # (serialised once: for the row, and for the notification that hands it to the run's waiters)
     result_text = orjson.dumps(result).decode() if result is not None else None
     # Pipelined: the statements after FINISH_RUN (which says whether the lease still holds) go out with the commit.
     async with pool.connection() as conn, pipelined_transaction(conn):
-        server = await conn.execute(store.SERVER_STARTED) if pg_started is not None else None
+        server = await conn.execute(store.CRASH_EPOCH) if pg_epoch is not None else None
         # Thread first, then run: the order run creation and cancellation lock them in (no deadlock).
         await conn.execute(store.LOCK_THREAD_NO_KEY, (c.thread_id,))
         finished = await conn.execute(
@@ -116,8 +116,8 @@ async def finish(
         if await finished.fetchone() is None:
             return False
         if server is not None:  # (raised before the commit: the transaction rolls back)
-            started = cast("dict[str, Any] | None", await server.fetchone())
-            check_same_server(started and started["started"], pg_started, c.run_id)
+            now = cast("dict[str, Any] | None", await server.fetchone())
+            check_crash_epoch(now and now["epoch"], pg_epoch, c.run_id)
         if trim is not None:
             cut = cast("dict[str, Any] | None", await trim.fetchone())  # (the pool's rows are dicts)
             c.run["trim_cut"] = cut["checkpoint_id"] if cut else None

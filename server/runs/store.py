@@ -299,8 +299,8 @@ UPDATE keel_runs r SET status = 'running', attempt = r.attempt + 1, lease_owner 
            WHERE c.thread_id = r.thread_id::text AND c.checkpoint_ns = ''), '')
 FROM next WHERE r.run_id = next.run_id
 RETURNING {_prefixed("r")},
-    -- When the Postgres server started: if it restarts during the attempt, the attempt ends (PostgresRestarted).
-    pg_postmaster_start_time() AS pg_started,
+    -- Postgres's crash epoch (migration 13): if Postgres crashes during the attempt, it ends (PostgresRestarted).
+    keel_crash_epoch() AS pg_epoch,
     -- Where this attempt's event log resumes (see runs.attempt.prepare), read in the same round trip: the run's
     -- last checkpoint (its id and how far the log had got), and the last event logged.
     (SELECT jsonb_build_object('id', c.checkpoint_id, 'seq', c.metadata->'keel_event_seq') FROM checkpoints c
@@ -384,7 +384,7 @@ REAP = (
     "lease_renewed_at = CASE WHEN e.finalize THEN now() ELSE k.lease_renewed_at END, "
     "lease_epoch = k.lease_epoch + CASE WHEN e.finalize THEN 1 ELSE 0 END, updated_at = now() "
     "FROM expired e WHERE k.run_id = e.run_id "
-    f"RETURNING {_prefixed('k')}, e.finalize, pg_postmaster_start_time() AS pg_started"
+    f"RETURNING {_prefixed('k')}, e.finalize, keel_crash_epoch() AS pg_epoch"
 )
 
 # ------------------------------------------------------------------------------------------------ events
@@ -396,13 +396,13 @@ FENCED_LAST_SEQ = (
     "FROM keel_runs WHERE run_id = %s AND lease_epoch = %s AND status = 'running' FOR KEY SHARE"
 )
 FENCE = "SELECT 1 FROM keel_runs WHERE run_id = %s AND lease_epoch = %s AND status = 'running' FOR KEY SHARE"
-# The fence of a checkpoint's transaction, with when the Postgres server started (see events.PostgresRestarted).
-FENCE_STARTED = (
-    "SELECT pg_postmaster_start_time() AS started FROM keel_runs "
+# The fence of a checkpoint's transaction, with Postgres's crash epoch (see events.PostgresRestarted).
+FENCE_EPOCH = (
+    "SELECT keel_crash_epoch() AS epoch FROM keel_runs "
     "WHERE run_id = %s AND lease_epoch = %s AND status = 'running' FOR KEY SHARE"
 )
-# When the Postgres server started, read in the transaction that records a run's outcome.
-SERVER_STARTED = "SELECT pg_postmaster_start_time() AS started"
+# Postgres's crash epoch, read in the transaction that records a run's outcome.
+CRASH_EPOCH = "SELECT keel_crash_epoch() AS epoch"
 LAST_SEQ = "SELECT coalesce(max(seq), 0) AS s FROM keel_run_events WHERE run_id = %s"
 LAST_EVENT = "SELECT event FROM keel_run_events WHERE run_id = %s ORDER BY seq DESC LIMIT 1"
 HAS_EVENTS = "SELECT 1 FROM keel_run_events WHERE run_id = %s LIMIT 1"

@@ -1,5 +1,5 @@
 """Owner liveness: a run whose worker died is reaped at once, a live worker's run never early (store.LIVENESS_CLASS);
-and the server an attempt was claimed on (PostgresRestarted).
+and the crash epoch an attempt was claimed in (PostgresRestarted).
 
 Drives the queue's SQL on a real Postgres with real sessions: a "worker" here is a connection that holds (or
 dropped) its advisory lock, the way a worker process's heartbeat connection does until the process dies.
@@ -173,22 +173,25 @@ async def test_a_taken_key_is_refused_to_a_second_session(fresh_database_url):
         await second.close()
 
 
-async def test_a_claim_records_the_server_start_and_finish_refuses_another(quiet_db):
-    """An attempt's outcome is not recorded on a Postgres server other than the one it was claimed on (a restart
-    may have lost the attempt's commits that did not wait for the disk): PostgresRestarted, and nothing changes."""
-    import datetime
-
+async def test_a_claim_records_the_crash_epoch_and_finish_refuses_another(quiet_db):
+    """An attempt's outcome is not recorded once Postgres has crashed since the claim (the crash may have lost the
+    attempt's commits that did not wait for the disk): PostgresRestarted, and nothing changes. The crash epoch is
+    a token in an unlogged table, which crash recovery empties: emptying it here is what recovery does to it."""
     from server.runs.events import PostgresRestarted
 
     rid = await pending_run(quiet_db)
     c = await queue.claim(quiet_db.pool, "w1", LONG_LEASE)
     assert c is not None and c.run_id == rid
-    started = c.run["pg_started"]
-    assert isinstance(started, datetime.datetime)
-    other = started - datetime.timedelta(seconds=1)
+    epoch = c.run["pg_epoch"]
+    assert isinstance(epoch, uuid.UUID)
     done = {"thread_status": "idle", "thread_values": {}, "interrupts": {}}
+    async with quiet_db.pool.connection() as conn:
+        await conn.execute("DELETE FROM keel_crash_epoch")  # (as crash recovery truncates an unlogged table)
     with pytest.raises(PostgresRestarted):
-        await queue.finish(quiet_db.pool, c, RunStatus.SUCCESS, pg_started=other, **done)
+        await queue.finish(quiet_db.pool, c, RunStatus.SUCCESS, pg_epoch=epoch, **done)
     assert (await lease_of(quiet_db, rid))["status"] == "running", "rolled back"
-    assert await queue.finish(quiet_db.pool, c, RunStatus.SUCCESS, pg_started=started, **done)
+    async with quiet_db.pool.connection() as conn:
+        new = await (await conn.execute("SELECT keel_crash_epoch() AS e")).fetchone()
+    assert new is not None and new["e"] != epoch, "a new epoch was drawn, and stays"
+    assert await queue.finish(quiet_db.pool, c, RunStatus.SUCCESS, pg_epoch=new["e"], **done)
     assert (await lease_of(quiet_db, rid))["status"] == "success"
