@@ -50,14 +50,21 @@ def restart(server, mode: str) -> float:
     return time.time() - t
 
 
+def run_sleeping_in_b(cluster, tmp_path: Path) -> tuple[str, dict]:
+    """(thread id, run) of a run on a fresh thread, once its node b has started (b then writes to the store, a
+    commit that does not wait for the disk, and sleeps 2 s)."""
+    tid = cluster.thread()
+    marker = tmp_path / "b"
+    run = cluster.start_run(tid, {"b": {"sleep": 2.0, "touch": str(marker)}}, **PLAIN)
+    wait_file_lines(marker, 1)
+    return tid, run
+
+
 @pytest.mark.parametrize("mode", ["immediate", "fast"])
 def test_postgres_restart_mid_run(own_postgres, tmp_path, mode):
     server, url = own_postgres
     with running_cluster(url) as cluster:
-        tid = cluster.thread()
-        marker = tmp_path / "b"
-        run = cluster.start_run(tid, {"b": {"sleep": 2.0, "touch": str(marker)}}, **PLAIN)
-        wait_file_lines(marker, 1)
+        tid, run = run_sleeping_in_b(cluster, tmp_path)
         restart(server, mode)
         started = time.time()
         done = cluster.wait_status(tid, run["run_id"], timeout=60)
@@ -86,12 +93,9 @@ def test_backend_crash_mid_run_ends_the_attempt(own_postgres, tmp_path):
     import os
     import signal
 
-    server, url = own_postgres
+    _server, url = own_postgres
     with running_cluster(url) as cluster:
-        tid = cluster.thread()
-        marker = tmp_path / "b"
-        run = cluster.start_run(tid, {"b": {"sleep": 2.0, "touch": str(marker)}}, **PLAIN)
-        wait_file_lines(marker, 1)
+        tid, run = run_sleeping_in_b(cluster, tmp_path)
         with psycopg.connect(url, autocommit=True) as conn:
             started = conn.execute("SELECT pg_postmaster_start_time()").fetchone()
             victim = conn.execute(
