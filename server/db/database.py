@@ -22,8 +22,8 @@ from server.db.embedded import release_embedded
 from server.db.errors import DatabaseUnavailable, EmbeddingMismatch
 from server.db.migrations import migrate
 from server.db.pool import HNSW_EF_SEARCH, Connection, Pool, make_pool
+from server.db.saver import KeelSaver, KeelStore
 from server.db.urls import describe
-from server.saver import KeelSaver, KeelStore
 
 log = logging.getLogger("keel.db")
 

@@ -18,7 +18,7 @@ from server.deps import Service
 from server.errors import ApiError, not_found, parse_uuid
 from server.routes.threads import owned_thread
 from server.runs import store
-from server.runs.events import EndWaiter, Event
+from server.runs.events import EndWaiter, Event, Follower
 from server.runs.manager import run_json
 from server.runs.store import ACTIVE, RunStatus
 from server.schemas import (
@@ -90,13 +90,16 @@ def _wait_links(base: str) -> dict[str, str]:
     return {"location": base + "/join", "content-location": base}
 
 
-async def events_with_keepalive(svc: KeelService, run_id: str, after: int) -> AsyncIterator[Event | None]:
-    """The run's events from the persisted log; None every KEEPALIVE_S seconds of silence."""
+async def events_with_keepalive(
+    svc: KeelService, run_id: str, after: int, follower: Follower | None = None
+) -> AsyncIterator[Event | None]:
+    """The run's events from the persisted log; None every KEEPALIVE_S seconds of silence. `follower`: the
+    one registered before the run was created (see `_create_and_follow`)."""
     queue: asyncio.Queue[Event | None] = asyncio.Queue()
 
     async def pump() -> None:
         try:
-            async for ev in svc.feed.subscribe(run_id, after):
+            async for ev in svc.feed.subscribe(run_id, after, follower):
                 await queue.put(ev)
         finally:
             await queue.put(None)
@@ -126,6 +129,7 @@ def _stream_response(
     modes: list[str] | None = None,
     after: int = 0,
     first: Event | None = None,
+    follower: Follower | None = None,
     cancel_on_disconnect: bool = False,
     location: str | None,
     content_location: str,
@@ -140,7 +144,7 @@ def _stream_response(
             try:
                 if first is not None:
                     yield sse(first, with_id)
-                async for ev in events_with_keepalive(svc, str(run["run_id"]), after):
+                async for ev in events_with_keepalive(svc, str(run["run_id"]), after, follower):
                     if ev is None:
                         yield b": heartbeat\r\n\r\n"
                     elif _wanted(ev.event, modes):
@@ -285,6 +289,20 @@ def _background(body: RunCreate) -> RunCreate:
     return body
 
 
+async def _create_and_follow(
+    svc: KeelService, user: User, thread_id: str | None, body: RunCreate
+) -> tuple[dict[str, Any], Follower]:
+    """Create a run whose events this request streams: the follower is registered before the run exists, so
+    it starts from the run's notifications rather than from a read of its empty log."""
+    rid = str(uuid.uuid4())
+    follower = svc.feed.expect_events(rid)
+    try:
+        return await svc.runs.create(user, thread_id, body, run_id=rid), follower
+    except BaseException:
+        svc.feed.unexpect_events(rid, follower)
+        raise
+
+
 async def _create_and_expect_end(
     svc: KeelService, user: User, thread_id: str | None, body: RunCreate
 ) -> tuple[dict[str, Any], EndWaiter]:
@@ -340,11 +358,12 @@ async def stream_run(
     thread_id: ThreadId, body: RunCreate, svc: Service, user: CurrentUser
 ) -> StreamingResponse:
     """Start a run and stream its events as SSE."""
-    run = await svc.runs.create(user, parse_uuid(thread_id, "thread"), _foreground(body))
+    run, follower = await _create_and_follow(svc, user, parse_uuid(thread_id, "thread"), _foreground(body))
     base = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
     return _stream_response(
         svc,
         run,
+        follower=follower,
         cancel_on_disconnect=body.on_disconnect == "cancel",
         location=base + "/stream",
         content_location=base,
@@ -530,11 +549,16 @@ async def wait_stateless(body: RunCreate, svc: Service, user: CurrentUser) -> St
 )
 async def stream_stateless(body: RunCreate, svc: Service, user: CurrentUser) -> StreamingResponse:
     """Run on a temporary thread and stream its events."""
-    run = await svc.runs.create(user, None, _foreground(body))
+    run, follower = await _create_and_follow(svc, user, None, _foreground(body))
     base = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
     # No Location: the temporary thread may be gone when a reconnect arrives.
     return _stream_response(
-        svc, run, cancel_on_disconnect=body.on_disconnect == "cancel", location=None, content_location=base
+        svc,
+        run,
+        follower=follower,
+        cancel_on_disconnect=body.on_disconnect == "cancel",
+        location=None,
+        content_location=base,
     )
 
 

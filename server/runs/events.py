@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -23,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from server.db.pool import pipelined_transaction
 from server.runs import store
+from server.runs.fencing import Fenced, PostgresRestarted, check_crash_epoch, run_to_end
 from server.runs.store import EVENTS_CHANNEL, TERMINAL, append_unfenced
 
 __all__ = [
@@ -42,45 +43,6 @@ log = logging.getLogger("keel.events")
 
 
 T = TypeVar("T")
-
-
-async def run_to_end(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a database write to its end even when the calling task is cancelled meanwhile (a run's cancel or
-    lost lease): a pipeline cut off mid-protocol could go back to the pool half-used. The caller's cancel is
-    raised once the write is over, committed or not."""
-    task = asyncio.ensure_future(coro)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await asyncio.wait([task])
-        raise
-
-
-class Fenced(Exception):
-    """This worker no longer holds the run's lease; it must stop touching the run."""
-
-
-class PostgresRestarted(psycopg.OperationalError):
-    """Postgres crashed (or failed over) since this attempt claimed its run, so commits of the attempt that did not
-    wait for the WAL flush (events, pending writes, the graph's store writes, the input checkpoint) may be lost,
-    while the attempt, on its reconnected pool, would go on as if they were not. A database failure (transient):
-    raised at the attempt's next synchronous commit (a checkpoint, or the outcome), before it commits, it ends the
-    attempt, and the run resumes from its last durable checkpoint on a new one.
-
-    Told by Postgres's crash epoch (`keel_crash_epoch()`, migration 13): a token in an unlogged table, which
-    crash recovery empties (so a new token is drawn) and a clean shutdown keeps. It catches what the server's
-    start time would miss, a backend crash that makes the postmaster reinitialise without restarting, and it
-    lets a clean restart, which loses nothing, go by."""
-
-
-def check_crash_epoch(now: Any, expected: Any, run_id: str) -> None:
-    """Raise PostgresRestarted unless Postgres's crash epoch (`now`, as just read) is the one the attempt was
-    claimed in (`expected`; None: not known, nothing to check)."""
-    if expected is not None and now is not None and now != expected:
-        raise PostgresRestarted(
-            f"Postgres crashed during run {run_id}'s attempt (crash epoch {expected}, now {now}); "
-            "resuming from the run's last durable checkpoint"
-        )
 
 
 @dataclass
@@ -105,7 +67,7 @@ STEP_FLUSH_DELAY_S = 0.05
 class EventWriter:
     """Buffers a run's events and appends them in batches, fenced by the lease epoch.
 
-    Most events ride in the transaction of the checkpoint that follows them (see server.saver); an event that
+    Most events ride in the transaction of the checkpoint that follows them (see server.db.saver); an event that
     no checkpoint picks up within FLUSH_DELAY_S (a token streamed from a long model call) is appended by a
     background flush of its own."""
 
@@ -136,10 +98,10 @@ class EventWriter:
         self._pending: asyncio.Task[None] | None = None
         self.closed = False  # the attempt's log is closed: its outcome is being recorded
         # The id of the run's checkpoint that committed without waiting for the WAL flush (its input checkpoint)
-        # while no synchronous commit of the run has confirmed it yet (see server.saver).
+        # while no synchronous commit of the run has confirmed it yet (see server.db.saver).
         self.unconfirmed_checkpoint: str | None = None
         # The graph's pending writes (LangGraph's put_writes: query, rows), held like events for the next
-        # checkpoint's transaction, else committed on their own after flush_delay (see server.saver).
+        # checkpoint's transaction, else committed on their own after flush_delay (see server.db.saver).
         self._writes: list[tuple[str, list[Any]]] = []
         self._writes_task: asyncio.Task[None] | None = None
         self._writes_lock = asyncio.Lock()
@@ -287,7 +249,7 @@ class EventWriter:
 
     async def flush_writes(self) -> None:
         """Commit the held pending writes now, without waiting for the disk: the next synchronous commit of
-        the run (a checkpoint, or finish) makes them durable (see server.saver)."""
+        the run (a checkpoint, or finish) makes them durable (see server.db.saver)."""
         async with self._writes_lock:
             batch = self.take_writes()
             if not batch:
@@ -353,13 +315,16 @@ class EventWriter:
             await self.flush()
 
 
-class _Follower:
+class Follower:
     """One reader following a run: woken by the LISTEN loop, with the rows the notifications carried."""
 
-    def __init__(self) -> None:
+    def __init__(self, reserved: bool = False) -> None:
         self.wake = asyncio.Event()
         self.inbox: list[Event] = []
-        self.read_log = True  # the log may hold events the inbox lacks: read it before trusting the inbox
+        # The log may hold events the inbox lacks: read it before trusting the inbox. Not for a follower
+        # registered before its run existed (expect_events): it misses no notification, and the log is empty.
+        self.read_log = not reserved
+        self.reserved = reserved  # registered by a caller that is yet to follow the run
 
     def take(self) -> list[Event]:
         batch, self.inbox = self.inbox, []
@@ -387,7 +352,7 @@ class EventFeed:
 
     def __init__(self, url: str, pool: AsyncConnectionPool, poll_s: float = 1.0) -> None:
         self.url, self.pool, self.poll_s = url, pool, poll_s
-        self._waiters: defaultdict[str, set[_Follower]] = defaultdict(set)
+        self._waiters: defaultdict[str, set[Follower]] = defaultdict(set)
         self._done_waiters: defaultdict[str, set[EndWaiter]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -424,6 +389,8 @@ class EventFeed:
             for f in list(self._waiters.get(rid, ())):
                 f.read_log = True  # the final read: status and whatever the log holds
                 f.wake.set()
+                if f.reserved:  # (its caller may never follow: a request gone before its stream began)
+                    self._forget(self._waiters, rid, f)
             for w in list(self._done_waiters.get(rid, ())):
                 w.row = row
                 w.wake.set()
@@ -484,10 +451,27 @@ class EventFeed:
         """The run was not created after all."""
         self._forget(self._done_waiters, run_id, waiter)
 
-    async def subscribe(self, run_id: str, after: int = 0) -> AsyncIterator[Event]:
-        """Events with seq > after, then live ones, until the run is terminal (or gone)."""
+    def expect_events(self, run_id: str) -> Follower:
+        """Before creating run `run_id`: a follower of its events, for `subscribe(run_id, follower=...)`.
+        Registered before the run exists, it cannot miss a notification, so following the new run needs no
+        first read of its (empty) log and status: the first event comes straight from its notification."""
+        f = Follower(reserved=True)
+        self._waiters[run_id].add(f)
+        return f
+
+    def unexpect_events(self, run_id: str, follower: Follower) -> None:
+        """The run was not created after all."""
+        self._forget(self._waiters, run_id, follower)
+
+    async def subscribe(
+        self, run_id: str, after: int = 0, follower: Follower | None = None
+    ) -> AsyncIterator[Event]:
+        """Events with seq > after, then live ones, until the run is terminal (or gone). `follower`: the one
+        `expect_events(run_id)` registered before the run was created."""
         last = after
-        with self._waiting(self._waiters, run_id, _Follower()) as f:
+        if follower is not None:
+            follower.reserved = False
+        with self._waiting(self._waiters, run_id, follower or Follower()) as f:
             while True:
                 f.wake.clear()
                 # Live: the rows the notifications carried, as long as they continue the sequence.

@@ -20,6 +20,7 @@ from typing import Any
 from langgraph.errors import GraphDrained
 
 from server.db import is_transient_error
+from server.db.saver import current_event_writer
 from server.logs import run_id_var, thread_id_var
 from server.runs.attempt import RunHandle, open_writer, prepare
 from server.runs.compensation import Compensator
@@ -32,7 +33,6 @@ from server.runs.planner import Planner
 from server.runs.queue import release
 from server.runs.store import Outcome
 from server.runs.stream import stream_graph
-from server.saver import current_event_writer
 from server.settings import Settings
 
 log = logging.getLogger("keel.runs")

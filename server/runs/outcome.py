@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from server.db.saver import confirm_checkpoint
 from server.runs import store
 from server.runs.attempt import RunHandle, open_writer, prepare
 from server.runs.compensation import Compensator
@@ -16,7 +17,6 @@ from server.runs.events import Fenced
 from server.runs.housekeeping import Housekeeping
 from server.runs.queue import finish, mark_compensating
 from server.runs.store import Outcome, RunStatus, ThreadStatus
-from server.saver import confirm_checkpoint
 from server.serde import jsonable
 from server.threadstate import interrupts_by_task
 
@@ -41,7 +41,7 @@ class OutcomeRecorder:
         """The graph stopped by itself (end or interrupt): record the outcome, then housekeeping."""
         c, writer = h.claim, h.writer
         assert writer is not None
-        # The outcome is read from the run's checkpoints: its last one must be durable (see server.saver).
+        # The outcome is read from the run's checkpoints: its last one must be durable (see server.db.saver).
         await confirm_checkpoint(self.pool, writer, c.thread_id)
         snapshot = await self.graph.aget_state({"configurable": {"thread_id": c.thread_id}})
         pending = bool(snapshot.next) or any(t.interrupts for t in snapshot.tasks)

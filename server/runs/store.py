@@ -204,7 +204,7 @@ CANCEL_PENDING = (
 DELETE_PENDING_RUN = "DELETE FROM keel_runs WHERE run_id = %s AND status = 'pending'"
 DELETE_RUN = "DELETE FROM keel_runs WHERE run_id = %s"
 LOCK_RUN_FOR_ROLLBACK = "SELECT lease_epoch, checkpoint_before FROM keel_runs WHERE run_id = %s FOR UPDATE"
-# A run's checkpoint that committed without waiting for the WAL flush (its input checkpoint, see server.saver):
+# A run's checkpoint that committed without waiting for the WAL flush (its input checkpoint, see server.db.saver):
 # still there? Read in the next checkpoint's synchronous transaction, which then makes it durable too.
 CHECKPOINT_HELD = (
     "SELECT 1 FROM checkpoints WHERE thread_id = %s AND checkpoint_ns = '' AND checkpoint_id = %s"

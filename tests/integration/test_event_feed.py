@@ -7,7 +7,7 @@ import asyncio
 import uuid
 
 from server.runs import store
-from server.runs.events import EndWaiter, Event, EventFeed, EventWriter
+from server.runs.events import EndWaiter, Event, EventFeed, EventWriter, Follower
 from server.runs.queue import Claim, finish
 from server.runs.store import RunStatus
 from tests.support.runs import insert_running_run
@@ -39,12 +39,12 @@ async def _finish(db, rid: str) -> None:
 class Reader:
     """A subscriber running in a task, collecting what it is given."""
 
-    def __init__(self, feed: EventFeed, rid: str, after: int = 0) -> None:
+    def __init__(self, feed: EventFeed, rid: str, after: int = 0, follower: Follower | None = None) -> None:
         self.got: list[Event] = []
-        self.task = asyncio.create_task(self._run(feed, rid, after))
+        self.task = asyncio.create_task(self._run(feed, rid, after, follower))
 
-    async def _run(self, feed: EventFeed, rid: str, after: int) -> None:
-        async for ev in feed.subscribe(rid, after):
+    async def _run(self, feed: EventFeed, rid: str, after: int, follower: Follower | None) -> None:
+        async for ev in feed.subscribe(rid, after, follower):
             self.got.append(ev)
 
     def seqs(self) -> list[int]:
@@ -254,10 +254,59 @@ async def test_a_waiter_registered_before_the_run_exists_reads_nothing_and_an_un
         await feed.stop()
 
 
+async def test_a_follower_registered_before_the_run_exists_reads_no_log_until_the_end(db):
+    feed = await _feed(db)
+    try:
+        rid = await _running_run(db)  # (created after expect_events in the routes; the order is the point)
+        follower = feed.expect_events(rid)
+        writer = EventWriter(db.pool, rid, epoch=1, attempt=1, start_seq=0, flush_delay=0)
+        writer.publish("metadata", {"run_id": rid})
+        writer.publish("values", {"step": 1})
+        await writer.flush()  # (before the request follows: the notification waits in its inbox)
+        await wait_for(lambda: len(follower.inbox) == 2, "the notification")
+        reader = Reader(feed, rid, follower=follower)
+        await wait_for(lambda: reader.seqs() == [1, 2], "events 1 and 2")
+        writer.publish("values", {"step": 2})
+        await writer.flush()
+        await wait_for(lambda: reader.seqs() == [1, 2, 3], "event 3")
+        assert (feed.live_events, feed.log_reads, feed.status_reads) == (3, 0, 0), "the follower read the log"
+        await _finish(db, rid)
+        await asyncio.wait_for(reader.task, 10)  # ended by the run's end: its only read of the log
+        assert reader.seqs() == [1, 2, 3]
+        assert feed.log_reads == 1
+        assert rid not in feed._waiters
+
+        # A request that created its run but never streamed it (its client left): its follower goes with the end.
+        other = await _running_run(db)
+        feed.expect_events(other)
+        await _finish(db, other)
+        await wait_for(lambda: other not in feed._waiters, "the unfollowed follower to be dropped")
+
+        # One whose run ended before it began to follow: the end sent it to the log, which has every event.
+        late = await _running_run(db)
+        follower = feed.expect_events(late)
+        writer = EventWriter(db.pool, late, epoch=1, attempt=1, start_seq=0, flush_delay=0)
+        writer.publish("values", {"step": 1})
+        await writer.flush()
+        await _finish(db, late)
+        await wait_for(lambda: late not in feed._waiters, "the end")
+        reader = Reader(feed, late, follower=follower)
+        await asyncio.wait_for(reader.task, 10)
+        assert reader.seqs() == [1]
+        assert late not in feed._waiters
+
+        # A run that was not created after all (a multitask reject, a bad request): nothing stays registered.
+        gone = str(uuid.uuid4())
+        feed.unexpect_events(gone, feed.expect_events(gone))
+        assert gone not in feed._waiters
+    finally:
+        await feed.stop()
+
+
 async def test_a_checkpoint_notifies_only_the_events_it_appends_first(db):
     import psycopg
 
-    from server.saver import current_event_writer
+    from server.db.saver import current_event_writer
 
     run = await _running_run_row(db)
     rid, tid = run["run_id"], run["thread_id"]

@@ -43,7 +43,7 @@ async def _checkpoint(db, tid: str, rid: str, epoch: int) -> None:
 
 
 async def test_a_checkpoint_commits_the_events_before_it_in_its_own_transaction(db):
-    from server.saver import current_event_writer
+    from server.db.saver import current_event_writer
 
     tid, rid = await _running_run(db, epoch=3)
     writer = EventWriter(db.pool, rid, epoch=3, attempt=1, start_seq=0, flush_delay=60)  # no flush of its own
@@ -73,8 +73,8 @@ async def test_a_checkpoint_commits_the_events_before_it_in_its_own_transaction(
 
 
 async def test_a_fenced_checkpoint_writes_neither_itself_nor_the_events_before_it(db):
+    from server.db.saver import current_event_writer
     from server.runs.events import Fenced
-    from server.saver import current_event_writer
 
     tid, rid = await _running_run(db, epoch=5)  # another worker holds the run now
     writer = EventWriter(db.pool, rid, epoch=4, attempt=1, start_seq=0, flush_delay=60)
@@ -108,7 +108,7 @@ async def test_a_fenced_checkpoint_writes_neither_itself_nor_the_events_before_i
 async def test_pending_writes_ride_in_the_next_checkpoint_or_are_committed_by_close(db):
     from langgraph.checkpoint.base import empty_checkpoint
 
-    from server.saver import current_event_writer
+    from server.db.saver import current_event_writer
 
     tid, rid = await _running_run(db, epoch=2)
     writer = EventWriter(db.pool, rid, epoch=2, attempt=1, start_seq=0, flush_delay=60)
@@ -141,7 +141,7 @@ async def test_pending_writes_ride_in_the_next_checkpoint_or_are_committed_by_cl
 
 
 async def test_the_first_output_is_flushed_at_once_and_the_metadata_before_it_waits_for_it(db):
-    from server.saver import current_event_writer
+    from server.db.saver import current_event_writer
 
     tid, rid = await _running_run(db, epoch=6)
     writer = EventWriter(db.pool, rid, epoch=6, attempt=1, start_seq=0, flush_delay=60)  # no timed flush
@@ -176,7 +176,7 @@ async def test_the_first_output_is_flushed_at_once_and_the_metadata_before_it_wa
 
 
 async def test_step_events_wait_for_a_checkpoint_and_a_token_after_them_flushes_them_sooner(db):
-    from server.saver import current_event_writer
+    from server.db.saver import current_event_writer
 
     tid, rid = await _running_run(db, epoch=7)
     # A token may wait 10 ms for a checkpoint, a step's events a minute (longer than this test lasts).

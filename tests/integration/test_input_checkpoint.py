@@ -1,4 +1,4 @@
-"""A run's input checkpoint commits without waiting for the WAL flush (server.saver), and a Postgres crash that
+"""A run's input checkpoint commits without waiting for the WAL flush (server.db.saver), and a Postgres crash that
 loses it sends the run back to its input: it is never continued on top of the lost checkpoint, and its input
 lands once.
 
@@ -15,8 +15,8 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from server.db import is_transient_error
+from server.db.saver import CheckpointLost, confirm_checkpoint
 from server.runs.events import EventWriter
-from server.saver import CheckpointLost, confirm_checkpoint
 from server.settings import Settings
 from tests.integration.test_hardening_runs import Sql, assert_one_chain, body, new_thread, wait_terminal
 from tests.support.cluster import assert_event_log

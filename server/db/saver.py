@@ -69,7 +69,7 @@ from psycopg.types.json import Jsonb
 
 from server.db.pool import pipelined_transaction
 from server.runs import store
-from server.runs.events import Fenced, check_crash_epoch, run_to_end
+from server.runs.fencing import Fenced, check_crash_epoch, run_to_end
 
 # The event writer of the run executing in the current task (None outside runs).
 current_event_writer: contextvars.ContextVar[Any] = contextvars.ContextVar("keel_event_writer", default=None)
