@@ -21,18 +21,21 @@ synchronous run transaction therefore checks that Postgres has not crashed since
 crash epoch), and ends the attempt with PostgresRestarted if it has; see server.runs.events.) Side effects of tools are
 not among these writes: the tool ledger commits synchronously on its own, so they stay at most once per key.
 
-A run's input checkpoint (LangGraph's first, metadata source "input") commits without waiting for the flush too:
-in `sync` durability the graph hands out its first output only once that checkpoint has committed, so the
-flush would sit on every streamed run's time to first event. The input itself is durable already (the run's
-row holds the request), and a Postgres crash that loses the checkpoint leaves the thread where it stood
-before the run, with no checkpoint of this run: the re-claimed run starts over from its input, as it would
-after a worker crash before that checkpoint, and applies it once (when the checkpoint survives, the run
-resumes from it and does not apply its input again). What must not happen is this attempt going on after
-such a crash (its pool reconnects) on top of the lost checkpoint, whose rows (blobs) later checkpoints
-reference. So the checkpoint stays "unconfirmed" on the run's writer until a synchronous commit confirms
-it: the next checkpoint's transaction reads it back (one more statement in the same round trip) and, when it
-is gone, fails with CheckpointLost, which ends the attempt like any database failure (the run goes back to
-the queue); a run whose last checkpoint it is confirms it before its outcome is recorded (confirm_checkpoint).
+A run's input checkpoint (LangGraph's first, metadata source "input") commits without waiting for the flush too,
+and so does the next one, step 0, which only applies the input's writes (committed with the input checkpoint)
+before any node has run: in `sync` durability the graph runs its first node, and hands out its first output,
+only once both have committed, so their flushes would sit on every run's time to first event. A Postgres crash
+that loses step 0 but not the input checkpoint leaves a run that resumes from its input checkpoint and derives
+step 0 again, the same way. The input itself is durable already (the run's row holds the request), and a
+Postgres crash that loses the checkpoint leaves the thread where it stood before the run, with no checkpoint of
+this run: the re-claimed run starts over from its input, as it would after a worker crash before that
+checkpoint, and applies it once (when the checkpoint survives, the run resumes from it and does not apply its
+input again). What must not happen is this attempt going on after such a crash (its pool reconnects) on top of
+the lost checkpoint, whose rows (blobs) later checkpoints reference. So the checkpoint (the later of the two)
+stays "unconfirmed" on the run's writer until a synchronous commit confirms it: the next synchronous
+checkpoint's transaction reads it back (one more statement in the same round trip) and, when it is gone, fails
+with CheckpointLost, which ends the attempt like any database failure (the run goes back to the queue); a run
+whose last checkpoint it is confirms it before its outcome is recorded (confirm_checkpoint).
 """
 
 from __future__ import annotations
@@ -116,6 +119,20 @@ async def _deferred_cursor(pool: Any) -> AsyncIterator[AsyncCursor[DictRow]]:
             yield cur
 
 
+def _applies_input(metadata: CheckpointMetadata, conf: Mapping[str, Any], unconfirmed: str | None) -> bool:
+    """Is this checkpoint the run's input checkpoint (LangGraph's first, source "input"), or the one that follows
+    it, step 0, which applies the input's writes (stored with it) before any node has run? Neither records work
+    a crash could not redo exactly from the run's request, so neither waits for the WAL flush."""
+    if metadata.get("source") == "input":
+        return unconfirmed is None
+    return (
+        metadata.get("source") == "loop"
+        and metadata.get("step") == 0
+        and unconfirmed is not None
+        and conf.get("checkpoint_id") == unconfirmed  # (its parent: the input checkpoint, still unconfirmed)
+    )
+
+
 class KeelSaver(AsyncPostgresSaver):
     """AsyncPostgresSaver whose run checkpoints commit with the events before them, in one transaction."""
 
@@ -133,8 +150,9 @@ class KeelSaver(AsyncPostgresSaver):
         writer = current_event_writer.get()
         if writer is None or conf.get("checkpoint_ns"):
             return await super().aput(config, checkpoint, metadata, new_versions)
-        # The run's input checkpoint commits without waiting for the WAL flush (see the module docstring).
-        deferred = metadata.get("source") == "input" and writer.unconfirmed_checkpoint is None
+        # The run's input checkpoint, and the one that applies the input, commit without waiting for the WAL flush
+        # (see the module docstring).
+        deferred = _applies_input(metadata, conf, writer.unconfirmed_checkpoint)
         # The event log's writer is held until the checkpoint commits: events published meanwhile wait.
         async with writer.barrier(durable=not deferred) as (events, mark):
             # Checkpoint metadata is open-ended (a run's config metadata lands there too); the TypedDict is not.
@@ -192,7 +210,9 @@ class KeelSaver(AsyncPostgresSaver):
         writes = writer.take_writes()
         pool: Any = self.conn  # (Keel always builds the saver on its pool)
         try:
-            unconfirmed = None if deferred else writer.unconfirmed_checkpoint
+            # (A deferred step 0 checks its input checkpoint too: each unconfirmed checkpoint vouches for the one
+            # before it, so the synchronous commit after them confirms both.)
+            unconfirmed = writer.unconfirmed_checkpoint
             async with pool.connection() as conn, pipelined_transaction(conn):
                 if deferred:
                     await conn.execute("SET LOCAL synchronous_commit = off")

@@ -40,6 +40,9 @@ router = APIRouter(tags=["runs"], dependencies=AUTHENTICATED, responses=errors(4
 log = logging.getLogger("keel")
 
 KEEPALIVE_S = 5.0
+# How long a request that created a run to stream or wait for waits for a sign that the creation is durable
+# before it makes it durable itself (see _create_foreground).
+DURABLE_WAIT_S = 0.1
 DELETE_WAIT_S = 30.0  # how long DELETE of a running run waits for its rollback
 MAX_BATCH = 100  # runs per POST /runs/batch
 NOTHING_TO_CANCEL = (
@@ -94,7 +97,7 @@ async def events_with_keepalive(
     svc: KeelService, run_id: str, after: int, follower: Follower | None = None
 ) -> AsyncIterator[Event | None]:
     """The run's events from the persisted log; None every KEEPALIVE_S seconds of silence. `follower`: the
-    one registered before the run was created (see `_create_and_follow`)."""
+    one registered before the run was created (see `_create_foreground`)."""
     queue: asyncio.Queue[Event | None] = asyncio.Queue()
 
     async def pump() -> None:
@@ -289,31 +292,37 @@ def _background(body: RunCreate) -> RunCreate:
     return body
 
 
-async def _create_and_follow(
-    svc: KeelService, user: User, thread_id: str | None, body: RunCreate
-) -> tuple[dict[str, Any], Follower]:
-    """Create a run whose events this request streams: the follower is registered before the run exists, so
-    it starts from the run's notifications rather than from a read of its empty log."""
-    rid = str(uuid.uuid4())
-    follower = svc.feed.expect_events(rid)
-    try:
-        return await svc.runs.create(user, thread_id, body, run_id=rid), follower
-    except BaseException:
-        svc.feed.unexpect_events(rid, follower)
-        raise
+async def _create_foreground(
+    svc: KeelService, user: User, thread_id: str | None, body: RunCreate, *, stream: bool
+) -> tuple[dict[str, Any], Follower | None, EndWaiter | None]:
+    """Create a run this request streams (`stream`: with its follower) or waits for (with its end waiter), and
+    return once the creation is durable, before the client learns anything about the run.
 
-
-async def _create_and_expect_end(
-    svc: KeelService, user: User, thread_id: str | None, body: RunCreate
-) -> tuple[dict[str, Any], EndWaiter]:
-    """Create a run whose end this request waits for: the waiter is registered before the run exists."""
+    The follower or waiter is registered before the run exists, so it misses no notification: a streamed run's
+    first event comes straight from one, with no read of its (empty) log. The creation commits without waiting
+    for the WAL flush, one disk wait less before the first event and the result: WAL is flushed in order, so
+    the run's claim or end (synchronous commits) make it durable too, and the first notification about the run
+    proves one of them. When none comes within DURABLE_WAIT_S (the queue is backed up, or no worker runs),
+    `confirm` makes the creation durable with a synchronous commit of its own."""
     rid = str(uuid.uuid4())
-    expected = svc.feed.expect_end(rid)
+    follower = svc.feed.expect_events(rid) if stream else None
+    expected = None if stream else svc.feed.expect_end(rid)
+    started = svc.feed.expect_start(rid)
     try:
-        return await svc.runs.create(user, thread_id, body, run_id=rid), expected
+        run = await svc.runs.create(user, thread_id, body, run_id=rid, durable=False)
+        try:
+            await asyncio.wait_for(started.wait(), DURABLE_WAIT_S)
+        except TimeoutError:
+            await svc.runs.confirm(rid)
     except BaseException:
-        svc.feed.unexpect_end(rid, expected)
+        if follower is not None:
+            svc.feed.unexpect_events(rid, follower)
+        if expected is not None:
+            svc.feed.unexpect_end(rid, expected)
         raise
+    finally:
+        svc.feed.unexpect_start(rid, started)
+    return run, follower, expected
 
 
 def _foreground(body: RunCreate) -> RunCreate:
@@ -336,8 +345,8 @@ async def wait_run(
     thread_id: ThreadId, body: RunCreate, svc: Service, user: CurrentUser
 ) -> StreamingResponse:
     """Start a run and answer with its final values."""
-    run, expected = await _create_and_expect_end(
-        svc, user, parse_uuid(thread_id, "thread"), _foreground(body)
+    run, _, expected = await _create_foreground(
+        svc, user, parse_uuid(thread_id, "thread"), _foreground(body), stream=False
     )
     base = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
     return _wait_response(
@@ -358,7 +367,9 @@ async def stream_run(
     thread_id: ThreadId, body: RunCreate, svc: Service, user: CurrentUser
 ) -> StreamingResponse:
     """Start a run and stream its events as SSE."""
-    run, follower = await _create_and_follow(svc, user, parse_uuid(thread_id, "thread"), _foreground(body))
+    run, follower, _ = await _create_foreground(
+        svc, user, parse_uuid(thread_id, "thread"), _foreground(body), stream=True
+    )
     base = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
     return _stream_response(
         svc,
@@ -531,7 +542,7 @@ async def create_stateless(
 @router.post("/runs/wait", responses=errors(400, 413))
 async def wait_stateless(body: RunCreate, svc: Service, user: CurrentUser) -> StreamingResponse:
     """Run on a temporary thread and answer with its final values."""
-    run, expected = await _create_and_expect_end(svc, user, None, _foreground(body))
+    run, _, expected = await _create_foreground(svc, user, None, _foreground(body), stream=False)
     base = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
     return _wait_response(
         svc,
@@ -549,7 +560,7 @@ async def wait_stateless(body: RunCreate, svc: Service, user: CurrentUser) -> St
 )
 async def stream_stateless(body: RunCreate, svc: Service, user: CurrentUser) -> StreamingResponse:
     """Run on a temporary thread and stream its events."""
-    run, follower = await _create_and_follow(svc, user, None, _foreground(body))
+    run, follower, _ = await _create_foreground(svc, user, None, _foreground(body), stream=True)
     base = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
     # No Location: the temporary thread may be gone when a reconnect arrives.
     return _stream_response(

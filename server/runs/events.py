@@ -354,6 +354,7 @@ class EventFeed:
         self.url, self.pool, self.poll_s = url, pool, poll_s
         self._waiters: defaultdict[str, set[Follower]] = defaultdict(set)
         self._done_waiters: defaultdict[str, set[EndWaiter]] = defaultdict(set)
+        self._starts: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.live_events = 0  # events handed to readers from notifications (tests, metrics)
@@ -386,6 +387,7 @@ class EventFeed:
     def _notified(self, payload: str) -> None:
         if payload.startswith("done:"):
             rid, row = store.parse_done(payload)
+            self._started(rid)
             for f in list(self._waiters.get(rid, ())):
                 f.read_log = True  # the final read: status and whatever the log holds
                 f.wake.set()
@@ -398,6 +400,7 @@ class EventFeed:
                     self._forget(self._done_waiters, rid, w)
             return
         rid, _, rest = payload.partition(" ")
+        self._started(rid)
         followers = self._waiters.get(rid)
         if not followers:
             return
@@ -450,6 +453,22 @@ class EventFeed:
     def unexpect_end(self, run_id: str, waiter: EndWaiter) -> None:
         """The run was not created after all."""
         self._forget(self._done_waiters, run_id, waiter)
+
+    def expect_start(self, run_id: str) -> asyncio.Event:
+        """Before creating run `run_id`: an event set by the first notification about it (an event its attempt
+        logged, or its end). Every one is committed after the run's claim or end, both synchronous commits: the
+        run's creation, committed before either, is durable by then (see RunManager.create, durable=False)."""
+        started = asyncio.Event()
+        self._starts[run_id].add(started)
+        return started
+
+    def unexpect_start(self, run_id: str, started: asyncio.Event) -> None:
+        """The caller no longer waits for the run's start."""
+        self._forget(self._starts, run_id, started)
+
+    def _started(self, run_id: str) -> None:
+        for started in self._starts.pop(run_id, ()):
+            started.set()
 
     def expect_events(self, run_id: str) -> Follower:
         """Before creating run `run_id`: a follower of its events, for `subscribe(run_id, follower=...)`.

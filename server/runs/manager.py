@@ -88,10 +88,21 @@ class RunManager:
         self.planner = planner
 
     async def create(
-        self, user: User, thread_id: str | None, body: RunCreate, *, run_id: str | None = None
+        self,
+        user: User,
+        thread_id: str | None,
+        body: RunCreate,
+        *,
+        run_id: str | None = None,
+        durable: bool = True,
     ) -> dict[str, Any]:
         """Record a run (and its thread when needed) atomically, apply the multitask strategy, wake workers.
-        `run_id`: the new run's id, when the caller chose it (a fresh UUID: it waits for the run's end)."""
+        `run_id`: the new run's id, when the caller chose it (a fresh UUID: it waits for the run's end).
+
+        `durable` False: the creation commits without waiting for the WAL flush (unless it cancels other runs).
+        A Postgres crash can then lose it, so the caller tells its client nothing about the run until a
+        synchronous commit has followed: the run's claim or end (any notification about the run proves one),
+        else `confirm`."""
         rid = run_id or str(uuid.uuid4())
         tid = str(uuid.uuid4()) if thread_id is None else parse_uuid(thread_id, "thread")
 
@@ -108,7 +119,7 @@ class RunManager:
                     async with pipelined_transaction(conn):
                         reads = None if thread_id is None else await self._ask_thread(conn, tid)
                         rec = await self._prepare(user, thread_id, body, rid, conn=conn, tid=tid)
-                        inserted = await self._record_and_notify(conn, user, body, rec, reads)
+                        inserted = await self._record_and_notify(conn, user, body, rec, reads, durable)
                     run = await _row(inserted)
             except pg_errors.UniqueViolation:
                 # The earlier attempt's commit became visible only after the look above: it is our run.
@@ -137,14 +148,28 @@ class RunManager:
         body: RunCreate,
         rec: dict[str, Any],
         reads: _ThreadReads | None = None,
+        durable: bool = True,
     ) -> AsyncCursor[Any]:
         """Record the run and wake the workers; returns the cursor of the run's INSERT ... RETURNING (on a
-        pipelined connection its row arrives with the results of the statements after it: read it when needed)."""
+        pipelined connection its row arrives with the results of the statements after it: read it when needed).
+        `durable` False: commit without waiting for the WAL flush, unless other runs are cancelled (a worker
+        stops them at once: that must not be undone by a crash)."""
         inserted, cancels = await self._record(conn, user, body, reads=reads, **rec)
         await store.notify_work(conn)
         for crid, action in cancels:
             await store.notify_cancel(conn, crid, action)
+        if not durable and not cancels:
+            await conn.execute("SET LOCAL synchronous_commit = off")
         return inserted
+
+    async def confirm(self, run_id: str) -> None:
+        """Make a run's creation durable (see `create`): a no-op when a synchronous commit has followed it."""
+
+        async def attempt(_: int) -> None:
+            async with self.pool.connection() as conn:
+                await conn.execute(store.CONFIRM_PENDING, (run_id, store.RUNS_CHANNEL))
+
+        await retry_transient(attempt)
 
     @staticmethod
     async def _ask_thread(conn: AsyncConnection[Any], tid: str) -> _ThreadReads:

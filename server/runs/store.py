@@ -89,6 +89,17 @@ def _prefixed(alias: str) -> str:
 
 NOTIFY = "SELECT pg_notify(%s, %s)"
 NOTIFY_WORK = "SELECT pg_notify(%s, '')"
+# Makes a run's creation durable when it committed without waiting for the WAL flush (RunManager.create,
+# durable=False) and nothing has flushed it since: a write to its row, committed synchronously, flushes the WAL up
+# to it (in order, so the creation too). A run no longer pending was claimed (or ended) by a synchronous commit
+# that did the same: nothing is written, and nothing waits for the disk. The row is locked only for this
+# statement, which a claim's SKIP LOCKED passes by: the workers are woken again.
+CONFIRM_PENDING = """
+WITH confirmed AS (
+    UPDATE keel_runs SET status = status WHERE run_id = %s AND status = 'pending' RETURNING 1
+)
+SELECT pg_notify(%s, '') FROM confirmed
+"""
 
 # ------------------------------------------------------------------------------------------------ threads
 

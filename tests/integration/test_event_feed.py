@@ -303,6 +303,28 @@ async def test_a_follower_registered_before_the_run_exists_reads_no_log_until_th
         await feed.stop()
 
 
+async def test_the_first_notification_about_a_run_tells_a_request_its_creation_is_durable(db):
+    """`expect_start`: set by the run's first event or by its end (both committed after a synchronous commit of the
+    run: its claim or its end), not by a reconnect of the LISTEN connection, which proves nothing."""
+    feed = await _feed(db)
+    try:
+        by_event, by_end, unproven = [await _running_run(db) for _ in range(3)]
+        started = {rid: feed.expect_start(rid) for rid in (by_event, by_end, unproven)}
+        writer = EventWriter(db.pool, by_event, epoch=1, attempt=1, start_seq=0, flush_delay=0)
+        writer.publish("metadata", {"run_id": by_event})
+        await writer.flush()
+        await asyncio.wait_for(started[by_event].wait(), 10)
+        await _finish(db, by_end)
+        await asyncio.wait_for(started[by_end].wait(), 10)
+        assert by_event not in feed._starts and by_end not in feed._starts
+        feed._wake_all()  # (what a reconnect of the LISTEN connection does)
+        assert not started[unproven].is_set()
+        feed.unexpect_start(unproven, started[unproven])
+        assert unproven not in feed._starts
+    finally:
+        await feed.stop()
+
+
 async def test_a_checkpoint_notifies_only_the_events_it_appends_first(db):
     import psycopg
 

@@ -1,6 +1,8 @@
-"""A run's input checkpoint commits without waiting for the WAL flush (server.db.saver), and a Postgres crash that
-loses it sends the run back to its input: it is never continued on top of the lost checkpoint, and its input
-lands once.
+"""A run's input checkpoint, and step 0 that applies its input, commit without waiting for the WAL flush
+(server.db.saver), and a Postgres crash that loses them sends the run back to its input (or to its input
+checkpoint): it is never continued on top of a lost checkpoint, and its input lands once. A run that a request
+streams or waits for is created without waiting for the flush too, and the request answers only once a
+synchronous commit has followed (server.routes.runs).
 
 In process (ASGI client, in-process worker) on the real embedded Postgres, with the 4-node fault graph. A Postgres
 crash that loses the unflushed commit is played by a trigger that deletes what that commit wrote.
@@ -23,11 +25,11 @@ from tests.support.cluster import assert_event_log
 from tests.support.inprocess import api_client, running_service
 
 PROBE = """
-CREATE TABLE IF NOT EXISTS keel_test_commit_probe (thread_id text, source text, sync text);
+CREATE TABLE IF NOT EXISTS keel_test_commit_probe (thread_id text, source text, step int, sync text);
 CREATE OR REPLACE FUNCTION keel_test_commit_probe() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO keel_test_commit_probe VALUES (NEW.thread_id, NEW.metadata->>'source',
-        current_setting('synchronous_commit'));
+        (NEW.metadata->>'step')::int, current_setting('synchronous_commit'));
     RETURN NEW;
 END $$;
 DROP TRIGGER IF EXISTS keel_test_commit_probe ON checkpoints;
@@ -35,6 +37,23 @@ CREATE TRIGGER keel_test_commit_probe AFTER INSERT ON checkpoints
     FOR EACH ROW EXECUTE FUNCTION keel_test_commit_probe();
 """
 UNPROBE = "DROP TRIGGER IF EXISTS keel_test_commit_probe ON checkpoints"
+# The setting each run's creating transaction committed with (a deferred trigger: it runs at the commit).
+RUN_PROBE = """
+CREATE TABLE IF NOT EXISTS keel_test_run_probe (thread_id text, run_id text, updated bool, sync text);
+CREATE OR REPLACE FUNCTION keel_test_run_probe() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    -- Its creation, and a confirmation (an update that leaves a pending run pending).
+    IF TG_OP = 'INSERT' OR (OLD.status = 'pending' AND NEW.status = 'pending') THEN
+        INSERT INTO keel_test_run_probe VALUES (NEW.thread_id::text, NEW.run_id::text, TG_OP = 'UPDATE',
+            current_setting('synchronous_commit'));
+    END IF;
+    RETURN NEW;
+END $$;
+DROP TRIGGER IF EXISTS keel_test_run_probe ON keel_runs;
+CREATE CONSTRAINT TRIGGER keel_test_run_probe AFTER INSERT OR UPDATE ON keel_runs
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION keel_test_run_probe();
+"""
+RUN_UNPROBE = "DROP TRIGGER IF EXISTS keel_test_run_probe ON keel_runs"
 # A Postgres crash that loses the input checkpoint's commit (it did not wait for the WAL flush), played once per
 # thread: the commit goes through without what it wrote (the thread is new: its checkpoint rows, and the run's
 # events, are all that transaction's), while the worker goes on as if it had not happened (as its pool would,
@@ -58,6 +77,25 @@ DROP TRIGGER IF EXISTS keel_test_lose ON checkpoints;
 CREATE TRIGGER keel_test_lose AFTER INSERT ON checkpoints FOR EACH ROW EXECUTE FUNCTION keel_test_lose();
 """
 UNLOSE = "DROP TRIGGER IF EXISTS keel_test_lose ON checkpoints"
+# The same crash losing only step 0's commit (the input checkpoint before it was flushed): its checkpoint row is
+# gone (the blobs it wrote may stay: later writes of the same versions overwrite them).
+LOSE_STEP0 = """
+CREATE TABLE IF NOT EXISTS keel_test_lost (thread_id text PRIMARY KEY);
+CREATE OR REPLACE FUNCTION keel_test_lose_step0() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.metadata->>'source' = 'loop' AND NEW.metadata->>'step' = '0' AND NEW.checkpoint_ns = '' THEN
+        INSERT INTO keel_test_lost VALUES (NEW.thread_id) ON CONFLICT DO NOTHING;
+        IF FOUND THEN
+            DELETE FROM checkpoints WHERE thread_id = NEW.thread_id AND checkpoint_id = NEW.checkpoint_id;
+        END IF;
+    END IF;
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS keel_test_lose_step0 ON checkpoints;
+CREATE TRIGGER keel_test_lose_step0 AFTER INSERT ON checkpoints
+    FOR EACH ROW EXECUTE FUNCTION keel_test_lose_step0();
+"""
+UNLOSE_STEP0 = "DROP TRIGGER IF EXISTS keel_test_lose_step0 ON checkpoints"
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +125,7 @@ def pg(database_url):
     return Sql(database_url)
 
 
-async def test_only_the_input_checkpoint_commits_without_waiting_for_the_flush(client, pg):
+async def test_only_the_input_checkpoint_and_step_0_commit_without_waiting_for_the_flush(client, pg):
     """The setting each checkpoint's transaction committed with, as Postgres saw it (a trigger records it)."""
     await pg.run(PROBE)
     try:
@@ -96,9 +134,53 @@ async def test_only_the_input_checkpoint_commits_without_waiting_for_the_flush(c
         assert r.status_code == 200 and r.json()["inputs"] == ["probe"], r.text
     finally:
         await pg.run(UNPROBE)
-    rows = pg.sql("SELECT source, sync FROM keel_test_commit_probe WHERE thread_id = %s", tid)
-    got = sorted((r["source"], r["sync"]) for r in rows)
-    assert len(got) > 2 and got == [("input", "off")] + [("loop", "on")] * (len(got) - 1), rows
+    rows = pg.sql("SELECT source, step, sync FROM keel_test_commit_probe WHERE thread_id = %s", tid)
+    got = sorted(((r["step"], r["source"], r["sync"]) for r in rows), key=lambda x: x[0])
+    assert len(got) > 3, rows
+    assert got[:2] == [(-1, "input", "off"), (0, "loop", "off")], rows
+    assert all(sync == "on" for _, _, sync in got[2:]), rows
+
+
+async def test_a_streamed_or_waited_for_run_is_created_without_waiting_for_the_flush(client, pg):
+    """A background run's creation waits for the flush (its answer names the run at once); one the request streams
+    or waits for does not, and that request answers once a synchronous commit has followed: the run's claim or
+    end, or, when no worker claims the run in time (its thread is busy), a confirmation of its own."""
+    await pg.run(RUN_PROBE)
+    try:
+        background, waited, streamed, busy = [await new_thread(client) for _ in range(4)]
+        r = await client.post(f"/threads/{background}/runs", json=body(tag="bg"))
+        assert r.status_code == 200, r.text
+        await wait_terminal(client, background, r.json()["run_id"])
+        r = await client.post(f"/threads/{waited}/runs/wait", json=body(tag="w"))
+        assert r.status_code == 200 and r.json()["inputs"] == ["w"], r.text
+        async with client.stream("POST", f"/threads/{streamed}/runs/stream", json=body(tag="s")) as r:
+            assert r.status_code == 200
+            text = (await r.aread()).decode()
+        assert "event: values" in text and '"s"' in text, text
+
+        # A run queued behind a running one on its thread: nothing about it is notified while the request waits.
+        first = await client.post(f"/threads/{busy}/runs", json=body({"a": {"sleep": 2}}, tag="first"))
+        assert first.status_code == 200, first.text
+        queued = body(tag="queued", multitask_strategy="enqueue")
+        async with client.stream("POST", f"/threads/{busy}/runs/stream", json=queued) as r:
+            assert r.status_code == 200  # (the answer has begun: the creation was made durable)
+            second = r.headers["content-location"].rsplit("/", 1)[1]
+            confirmed = pg.sql(
+                "SELECT sync FROM keel_test_run_probe WHERE thread_id = %s AND run_id = %s AND updated",
+                busy,
+                second,
+            )
+            assert confirmed == [{"sync": "on"}], confirmed
+        for rid in (first.json()["run_id"], second):
+            assert (await wait_terminal(client, busy, rid))["status"] == "success"
+    finally:
+        await pg.run(RUN_UNPROBE)
+    created = pg.sql("SELECT thread_id, sync FROM keel_test_run_probe WHERE NOT updated")
+    rows = {r["thread_id"]: r["sync"] for r in created}
+    assert rows[background] == "on" and rows[waited] == "off" and rows[streamed] == "off", rows
+    assert rows[busy] == "off", rows
+    confirmations = pg.sql("SELECT thread_id FROM keel_test_run_probe WHERE updated")
+    assert [r["thread_id"] for r in confirmations] == [busy], "a run that started in time was confirmed"
 
 
 async def test_a_lost_input_checkpoint_sends_the_run_back_to_its_input(client, svc, pg):
@@ -128,6 +210,33 @@ async def test_a_lost_input_checkpoint_sends_the_run_back_to_its_input(client, s
     )
     assert [r["s"] for r in sources] == ["input"] + ["loop"] * (len(sources) - 1), sources
     assert {r["run"] for r in sources} == {rid}, sources
+    assert_one_chain(pg, tid)
+    assert_event_log(pg, rid, "success")
+
+
+async def test_a_lost_step_0_sends_the_run_back_to_its_input_checkpoint(client, pg):
+    """Step 0 lost (its input checkpoint not): the next checkpoint finds it gone, the attempt ends, and the next one
+    resumes from the input checkpoint, derives step 0 again and applies the input once."""
+    await pg.run(LOSE_STEP0)
+    try:
+        tid = await new_thread(client)
+        r = await client.post(f"/threads/{tid}/runs", json=body(tag="once"))
+        assert r.status_code == 200, r.text
+        rid = r.json()["run_id"]
+        run = await wait_terminal(client, tid, rid)
+    finally:
+        await pg.run(UNLOSE_STEP0)
+    assert pg.sql("SELECT 1 FROM keel_test_lost WHERE thread_id = %s", tid), "step 0 was not lost"
+    assert run["status"] == "success" and run["attempt"] == 2, run
+    state = (await client.get(f"/threads/{tid}/state")).json()
+    assert state["values"]["inputs"] == ["once"], state["values"]
+    assert state["values"]["log"] == ["a", "b", "c", "d"], state["values"]
+    steps = pg.sql(
+        "SELECT (metadata->>'step')::int AS step FROM checkpoints WHERE thread_id = %s AND checkpoint_ns = '' "
+        "ORDER BY checkpoint_id",
+        tid,
+    )
+    assert [r["step"] for r in steps] == list(range(-1, len(steps) - 1)), steps
     assert_one_chain(pg, tid)
     assert_event_log(pg, rid, "success")
 
