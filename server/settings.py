@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     keel_drain_seconds: float = Field(
         default=30.0, ge=0, description="SIGTERM grace period for in-flight runs"
     )
+    keel_malloc_tuning: bool = Field(
+        default=True,
+        description="serve/worker: 2 malloc arenas, blocks from 128 KB mapped and returned when freed (glibc)",
+    )
     keel_cron_poll_seconds: float = Field(
         default=10.0,
         gt=0,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from server import heap
 from server.cli.admin import cmd_db, cmd_mcp, cmd_memory, cmd_prune, cmd_tools
 from server.cli.ask import cmd_ask
 from server.cli.common import fail
@@ -138,14 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     args = build_parser().parse_args(argv)
     if args.command in ("serve", "worker"):
-        from server import heap
-
         heap.pause()  # until the process serves (server/heap.py): start-up builds only long-lived objects
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         settings = get_settings()
     except Exception as exc:  # pydantic's message names the bad variable
         return fail(f"invalid configuration: {exc}")
+    if args.command in ("serve", "worker") and settings.keel_malloc_tuning:
+        heap.tune_malloc(os.environ)  # before the process starts any thread (server/heap.py)
     if getattr(args, "namespace", "x") is None:
         args.namespace = settings.keel_namespace
     if args.command in ("serve", "ingest", "search", "ask", "worker", "eval"):

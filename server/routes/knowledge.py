@@ -22,6 +22,7 @@ from pydantic import ConfigDict, Field, ValidationError
 
 from memory.ingest import DocumentError, delete_source, document_format, ingest_documents, list_sources
 from memory.search import search_docs
+from server import heap
 from server.auth import CurrentUser, User
 from server.deps import Service
 from server.errors import ApiError
@@ -179,6 +180,8 @@ async def ingest(body: IngestBody, request: Request, svc: Service, user: Writer)
             )
         except DocumentError as exc:
             raise ApiError(422, f"Invalid document {exc.source!r}: {exc.message}") from None
+        finally:
+            await asyncio.to_thread(heap.trim)  # the embedding batches' buffers are free now (server/heap.py)
     return {"namespace": name, **report.to_dict(details=True)}
 
 
