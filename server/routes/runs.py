@@ -43,6 +43,7 @@ KEEPALIVE_S = 5.0
 # How long a request that created a run to stream or wait for waits for a sign that the creation is durable
 # before it makes it durable itself (see _create_foreground).
 DURABLE_WAIT_S = 0.1
+LOST_CREATION = "The run was lost to a database restart before it started; create it again."
 DELETE_WAIT_S = 30.0  # how long DELETE of a running run waits for its rollback
 MAX_BATCH = 100  # runs per POST /runs/batch
 NOTHING_TO_CANCEL = (
@@ -313,7 +314,10 @@ async def _create_foreground(
         try:
             await asyncio.wait_for(started.wait(), DURABLE_WAIT_S)
         except TimeoutError:
-            await svc.runs.confirm(rid)
+            if not await svc.runs.confirm(rid) and not started.is_set():
+                # Its creation was lost to a Postgres crash (or, with the feed's connection down meanwhile, it
+                # ran on a temporary thread that is gone): the client has been told nothing, it may ask again.
+                raise ApiError(503, LOST_CREATION) from None
     except BaseException:
         if follower is not None:
             svc.feed.unexpect_events(rid, follower)

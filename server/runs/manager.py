@@ -162,14 +162,19 @@ class RunManager:
             await conn.execute("SET LOCAL synchronous_commit = off")
         return inserted
 
-    async def confirm(self, run_id: str) -> None:
-        """Make a run's creation durable (see `create`): a no-op when a synchronous commit has followed it."""
+    async def confirm(self, run_id: str) -> bool:
+        """Make a run's creation durable (see `create`): a no-op when a synchronous commit has followed it.
+        False: the run is gone (a Postgres crash lost its creation, or it has ended on a temporary thread)."""
 
-        async def attempt(_: int) -> None:
+        async def attempt(_: int) -> bool:
             async with self.pool.connection() as conn:
-                await conn.execute(store.CONFIRM_PENDING, (run_id, store.RUNS_CHANNEL))
+                row = await store.fetchone(
+                    conn, store.CONFIRM_PENDING, {"run": run_id, "channel": store.RUNS_CHANNEL}
+                )
+            return bool(row and row["known"])
 
-        await retry_transient(attempt)
+        known: bool = await retry_transient(attempt)
+        return known
 
     @staticmethod
     async def _ask_thread(conn: AsyncConnection[Any], tid: str) -> _ThreadReads:

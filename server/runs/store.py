@@ -93,12 +93,15 @@ NOTIFY_WORK = "SELECT pg_notify(%s, '')"
 # durable=False) and nothing has flushed it since: a write to its row, committed synchronously, flushes the WAL up
 # to it (in order, so the creation too). A run no longer pending was claimed (or ended) by a synchronous commit
 # that did the same: nothing is written, and nothing waits for the disk. The row is locked only for this
-# statement, which a claim's SKIP LOCKED passes by: the workers are woken again.
+# statement, which a claim's SKIP LOCKED passes by: the workers are woken again. `known`: the run exists (none: a
+# Postgres crash lost its creation, or it ended and its temporary thread went with it).
 CONFIRM_PENDING = """
 WITH confirmed AS (
-    UPDATE keel_runs SET status = status WHERE run_id = %s AND status = 'pending' RETURNING 1
+    UPDATE keel_runs SET status = status WHERE run_id = %(run)s AND status = 'pending' RETURNING 1
+), woken AS (
+    SELECT pg_notify(%(channel)s, '') FROM confirmed
 )
-SELECT pg_notify(%s, '') FROM confirmed
+SELECT (SELECT count(*) FROM woken) AS woken, EXISTS (SELECT 1 FROM keel_runs WHERE run_id = %(run)s) AS known
 """
 
 # ------------------------------------------------------------------------------------------------ threads

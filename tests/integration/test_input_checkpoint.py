@@ -18,6 +18,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from server.db import is_transient_error
 from server.db.saver import CheckpointLost, confirm_checkpoint
+from server.routes.runs import LOST_CREATION
 from server.runs.events import EventWriter
 from server.settings import Settings
 from tests.integration.test_hardening_runs import Sql, assert_one_chain, body, new_thread, wait_terminal
@@ -77,6 +78,21 @@ DROP TRIGGER IF EXISTS keel_test_lose ON checkpoints;
 CREATE TRIGGER keel_test_lose AFTER INSERT ON checkpoints FOR EACH ROW EXECUTE FUNCTION keel_test_lose();
 """
 UNLOSE = "DROP TRIGGER IF EXISTS keel_test_lose ON checkpoints"
+# A Postgres crash that loses a run's creation (it did not wait for the WAL flush) before anything followed it:
+# the row of a run whose input is tagged so is gone when its transaction commits (a deferred trigger).
+LOSE_CREATION = """
+CREATE OR REPLACE FUNCTION keel_test_lose_creation() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.kwargs::text LIKE '%keel-test-lost-creation%' THEN
+        DELETE FROM keel_runs WHERE run_id = NEW.run_id;
+    END IF;
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS keel_test_lose_creation ON keel_runs;
+CREATE CONSTRAINT TRIGGER keel_test_lose_creation AFTER INSERT ON keel_runs
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION keel_test_lose_creation();
+"""
+UNLOSE_CREATION = "DROP TRIGGER IF EXISTS keel_test_lose_creation ON keel_runs"
 # The same crash losing only step 0's commit (the input checkpoint before it was flushed): its checkpoint row is
 # gone (the blobs it wrote may stay: later writes of the same versions overwrite them).
 LOSE_STEP0 = """
@@ -181,6 +197,22 @@ async def test_a_streamed_or_waited_for_run_is_created_without_waiting_for_the_f
     assert rows[busy] == "off", rows
     confirmations = pg.sql("SELECT thread_id FROM keel_test_run_probe WHERE updated")
     assert [r["thread_id"] for r in confirmations] == [busy], "a run that started in time was confirmed"
+
+
+async def test_a_lost_creation_is_refused_with_a_503_before_the_client_hears_of_the_run(client, pg):
+    """Nothing about the run is notified in time, and the confirmation finds no run: the request answers 503 (the
+    client may create it again), not a stream or a wait about a run that does not exist."""
+    await pg.run(LOSE_CREATION)
+    try:
+        for route in ("stream", "wait"):
+            tid = await new_thread(client)
+            r = await client.post(f"/threads/{tid}/runs/{route}", json=body(tag="keel-test-lost-creation"))
+            assert r.status_code == 503, (route, r.status_code, r.text)
+            assert r.json() == {"detail": LOST_CREATION}
+            assert "content-location" not in r.headers
+            assert pg.sql("SELECT 1 FROM keel_runs WHERE thread_id = %s", tid) == []
+    finally:
+        await pg.run(UNLOSE_CREATION)
 
 
 async def test_a_lost_input_checkpoint_sends_the_run_back_to_its_input(client, svc, pg):
