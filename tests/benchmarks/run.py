@@ -23,6 +23,7 @@ SECTIONS = {
     "stream-quick": "tests.benchmarks.bench_stream_quick",
     "start-quick": "tests.benchmarks.bench_startup",
     "recovery-quick": "tests.benchmarks.bench_recovery_quick",
+    "rss-quick": "tests.benchmarks.bench_rss_quick",
     "memory": "tests.benchmarks.bench_memory",
     "ingest": "tests.benchmarks.bench_ingest",
 }
@@ -33,7 +34,9 @@ def main(argv: list[str]) -> int:
 
     # The quick ones are subsets of engine and peers.
     names = argv or [
-        n for n in SECTIONS if n not in ("engine-quick", "stream-quick", "start-quick", "recovery-quick")
+        n
+        for n in SECTIONS
+        if n not in ("engine-quick", "stream-quick", "start-quick", "recovery-quick", "rss-quick")
     ]
     print(
         f"<!-- {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, "
