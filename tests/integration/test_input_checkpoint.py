@@ -25,93 +25,104 @@ from tests.integration.test_hardening_runs import Sql, assert_one_chain, body, n
 from tests.support.cluster import assert_event_log
 from tests.support.inprocess import api_client, running_service
 
-PROBE = """
-CREATE TABLE IF NOT EXISTS keel_test_commit_probe (thread_id text, source text, step int, sync text);
-CREATE OR REPLACE FUNCTION keel_test_commit_probe() RETURNS trigger LANGUAGE plpgsql AS $$
+
+def trigger(
+    name: str, table: str, body: str, *, events: str = "INSERT", at_commit: bool = False
+) -> tuple[str, str]:
+    """(install, remove): a row trigger `name` on `table` running the plpgsql `body`; `at_commit`: deferred to the
+    transaction's commit (a constraint trigger), where it sees what the transaction committed with."""
+    kind, when = ("CONSTRAINT TRIGGER", "DEFERRABLE INITIALLY DEFERRED ") if at_commit else ("TRIGGER", "")
+    install = f"""
+CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO keel_test_commit_probe VALUES (NEW.thread_id, NEW.metadata->>'source',
-        (NEW.metadata->>'step')::int, current_setting('synchronous_commit'));
-    RETURN NEW;
+{body}
 END $$;
-DROP TRIGGER IF EXISTS keel_test_commit_probe ON checkpoints;
-CREATE TRIGGER keel_test_commit_probe AFTER INSERT ON checkpoints
-    FOR EACH ROW EXECUTE FUNCTION keel_test_commit_probe();
+DROP TRIGGER IF EXISTS {name} ON {table};
+CREATE {kind} {name} AFTER {events} ON {table} {when}FOR EACH ROW EXECUTE FUNCTION {name}();
 """
-UNPROBE = "DROP TRIGGER IF EXISTS keel_test_commit_probe ON checkpoints"
-# The setting each run's creating transaction committed with (a deferred trigger: it runs at the commit).
-RUN_PROBE = """
-CREATE TABLE IF NOT EXISTS keel_test_run_probe (thread_id text, run_id text, updated bool, sync text);
-CREATE OR REPLACE FUNCTION keel_test_run_probe() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    -- Its creation, and a confirmation (an update that leaves a pending run pending).
-    IF TG_OP = 'INSERT' OR (OLD.status = 'pending' AND NEW.status = 'pending') THEN
+    return install, f"DROP TRIGGER IF EXISTS {name} ON {table}"
+
+
+LOST_TABLE = "CREATE TABLE IF NOT EXISTS keel_test_lost (thread_id text PRIMARY KEY);"
+
+# The setting each checkpoint's transaction committed with.
+PROBE, UNPROBE = trigger(
+    "keel_test_commit_probe",
+    "checkpoints",
+    """    INSERT INTO keel_test_commit_probe VALUES (NEW.thread_id, NEW.metadata->>'source',
+        (NEW.metadata->>'step')::int, current_setting('synchronous_commit'));
+    RETURN NEW;""",
+)
+PROBE = (
+    "CREATE TABLE IF NOT EXISTS keel_test_commit_probe (thread_id text, source text, step int, sync text);"
+    + PROBE
+)
+# The setting each run's creating transaction committed with (at the commit), and its confirmations (an update
+# that leaves a pending run pending).
+RUN_PROBE, RUN_UNPROBE = trigger(
+    "keel_test_run_probe",
+    "keel_runs",
+    """    IF TG_OP = 'INSERT' OR (OLD.status = 'pending' AND NEW.status = 'pending') THEN
         INSERT INTO keel_test_run_probe VALUES (NEW.thread_id::text, NEW.run_id::text, TG_OP = 'UPDATE',
             current_setting('synchronous_commit'));
     END IF;
-    RETURN NEW;
-END $$;
-DROP TRIGGER IF EXISTS keel_test_run_probe ON keel_runs;
-CREATE CONSTRAINT TRIGGER keel_test_run_probe AFTER INSERT OR UPDATE ON keel_runs
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION keel_test_run_probe();
-"""
-RUN_UNPROBE = "DROP TRIGGER IF EXISTS keel_test_run_probe ON keel_runs"
+    RETURN NEW;""",
+    events="INSERT OR UPDATE",
+    at_commit=True,
+)
+RUN_PROBE = (
+    "CREATE TABLE IF NOT EXISTS keel_test_run_probe (thread_id text, run_id text, updated bool, sync text);"
+    + RUN_PROBE
+)
+
+
 # A Postgres crash that loses the input checkpoint's commit (it did not wait for the WAL flush), played once per
 # thread: the commit goes through without what it wrote (the thread is new: its checkpoint rows, and the run's
 # events, are all that transaction's), while the worker goes on as if it had not happened (as its pool would,
 # reconnecting to the restarted Postgres).
-LOSE = """
-CREATE TABLE IF NOT EXISTS keel_test_lost (thread_id text PRIMARY KEY);
-CREATE OR REPLACE FUNCTION keel_test_lose() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.metadata->>'source' = 'input' AND NEW.checkpoint_ns = '' THEN
+def lose_once(name: str, condition: str, deletes: str) -> tuple[str, str]:
+    """(install, remove): a trigger on checkpoints that plays a lost commit once per thread: for the first
+    checkpoint row meeting `condition`, the `deletes` run as the commit goes through (keel_test_lost records it)."""
+    install, remove = trigger(
+        name,
+        "checkpoints",
+        f"""    IF ({condition}) AND NEW.checkpoint_ns = '' THEN
         INSERT INTO keel_test_lost VALUES (NEW.thread_id) ON CONFLICT DO NOTHING;
         IF FOUND THEN
-            DELETE FROM checkpoint_writes WHERE thread_id = NEW.thread_id;
+{deletes}
+        END IF;
+    END IF;
+    RETURN NULL;""",
+    )
+    return LOST_TABLE + install, remove
+
+
+LOSE, UNLOSE = lose_once(
+    "keel_test_lose",
+    "NEW.metadata->>'source' = 'input'",
+    """            DELETE FROM checkpoint_writes WHERE thread_id = NEW.thread_id;
             DELETE FROM checkpoint_blobs WHERE thread_id = NEW.thread_id;
             DELETE FROM checkpoints WHERE thread_id = NEW.thread_id;
-            DELETE FROM keel_run_events WHERE run_id = (NEW.metadata->>'run_id')::uuid;
-        END IF;
-    END IF;
-    RETURN NULL;
-END $$;
-DROP TRIGGER IF EXISTS keel_test_lose ON checkpoints;
-CREATE TRIGGER keel_test_lose AFTER INSERT ON checkpoints FOR EACH ROW EXECUTE FUNCTION keel_test_lose();
-"""
-UNLOSE = "DROP TRIGGER IF EXISTS keel_test_lose ON checkpoints"
-# A Postgres crash that loses a run's creation (it did not wait for the WAL flush) before anything followed it:
-# the row of a run whose input is tagged so is gone when its transaction commits (a deferred trigger).
-LOSE_CREATION = """
-CREATE OR REPLACE FUNCTION keel_test_lose_creation() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.kwargs::text LIKE '%keel-test-lost-creation%' THEN
-        DELETE FROM keel_runs WHERE run_id = NEW.run_id;
-    END IF;
-    RETURN NULL;
-END $$;
-DROP TRIGGER IF EXISTS keel_test_lose_creation ON keel_runs;
-CREATE CONSTRAINT TRIGGER keel_test_lose_creation AFTER INSERT ON keel_runs
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION keel_test_lose_creation();
-"""
-UNLOSE_CREATION = "DROP TRIGGER IF EXISTS keel_test_lose_creation ON keel_runs"
+            DELETE FROM keel_run_events WHERE run_id = (NEW.metadata->>'run_id')::uuid;""",
+)
 # The same crash losing only step 0's commit (the input checkpoint before it was flushed): its checkpoint row is
 # gone (the blobs it wrote may stay: later writes of the same versions overwrite them).
-LOSE_STEP0 = """
-CREATE TABLE IF NOT EXISTS keel_test_lost (thread_id text PRIMARY KEY);
-CREATE OR REPLACE FUNCTION keel_test_lose_step0() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.metadata->>'source' = 'loop' AND NEW.metadata->>'step' = '0' AND NEW.checkpoint_ns = '' THEN
-        INSERT INTO keel_test_lost VALUES (NEW.thread_id) ON CONFLICT DO NOTHING;
-        IF FOUND THEN
-            DELETE FROM checkpoints WHERE thread_id = NEW.thread_id AND checkpoint_id = NEW.checkpoint_id;
-        END IF;
+LOSE_STEP0, UNLOSE_STEP0 = lose_once(
+    "keel_test_lose_step0",
+    "NEW.metadata->>'source' = 'loop' AND NEW.metadata->>'step' = '0'",
+    "            DELETE FROM checkpoints WHERE thread_id = NEW.thread_id AND checkpoint_id = NEW.checkpoint_id;",
+)
+# A Postgres crash that loses a run's creation (it did not wait for the WAL flush) before anything followed it:
+# the row of a run whose input is tagged so is gone when its transaction commits.
+LOSE_CREATION, UNLOSE_CREATION = trigger(
+    "keel_test_lose_creation",
+    "keel_runs",
+    """    IF NEW.kwargs::text LIKE '%keel-test-lost-creation%' THEN
+        DELETE FROM keel_runs WHERE run_id = NEW.run_id;
     END IF;
-    RETURN NULL;
-END $$;
-DROP TRIGGER IF EXISTS keel_test_lose_step0 ON checkpoints;
-CREATE TRIGGER keel_test_lose_step0 AFTER INSERT ON checkpoints
-    FOR EACH ROW EXECUTE FUNCTION keel_test_lose_step0();
-"""
-UNLOSE_STEP0 = "DROP TRIGGER IF EXISTS keel_test_lose_step0 ON checkpoints"
+    RETURN NULL;""",
+    at_commit=True,
+)
 
 
 @pytest.fixture(scope="module")
@@ -215,11 +226,10 @@ async def test_a_lost_creation_is_refused_with_a_503_before_the_client_hears_of_
         await pg.run(UNLOSE_CREATION)
 
 
-async def test_a_lost_input_checkpoint_sends_the_run_back_to_its_input(client, svc, pg):
-    """Lost before the next checkpoint: that checkpoint finds it gone, the attempt ends (a database failure) and
-    the run starts over from its input, which lands once. Without the check the attempt would go on, on top of the
-    lost checkpoint (its history would start at a checkpoint whose parent is missing)."""
-    await pg.run(LOSE)
+async def _run_through_a_loss(client, pg, install: str, remove: str, what: str) -> tuple[str, str]:
+    """A background run with a lost commit played (`install`): it succeeds on its second attempt, with its input
+    applied once and every node's work in the thread. Returns (thread id, run id)."""
+    await pg.run(install)
     try:
         tid = await new_thread(client)
         r = await client.post(f"/threads/{tid}/runs", json=body(tag="once"))
@@ -227,14 +237,20 @@ async def test_a_lost_input_checkpoint_sends_the_run_back_to_its_input(client, s
         rid = r.json()["run_id"]
         run = await wait_terminal(client, tid, rid)
     finally:
-        await pg.run(UNLOSE)
-    assert pg.sql("SELECT 1 FROM keel_test_lost WHERE thread_id = %s", tid), (
-        "the input checkpoint was not lost"
-    )
+        await pg.run(remove)
+    assert pg.sql("SELECT 1 FROM keel_test_lost WHERE thread_id = %s", tid), f"{what} was not lost"
     assert run["status"] == "success" and run["attempt"] == 2, run
     state = (await client.get(f"/threads/{tid}/state")).json()
     assert state["values"]["inputs"] == ["once"], state["values"]
     assert state["values"]["log"] == ["a", "b", "c", "d"], state["values"]
+    return tid, rid
+
+
+async def test_a_lost_input_checkpoint_sends_the_run_back_to_its_input(client, svc, pg):
+    """Lost before the next checkpoint: that checkpoint finds it gone, the attempt ends (a database failure) and
+    the run starts over from its input, which lands once. Without the check the attempt would go on, on top of the
+    lost checkpoint (its history would start at a checkpoint whose parent is missing)."""
+    tid, rid = await _run_through_a_loss(client, pg, LOSE, UNLOSE, "the input checkpoint")
     sources = pg.sql(
         "SELECT metadata->>'source' AS s, metadata->>'run_id' AS run FROM checkpoints WHERE thread_id = %s "
         "AND checkpoint_ns = '' ORDER BY checkpoint_id",
@@ -249,20 +265,7 @@ async def test_a_lost_input_checkpoint_sends_the_run_back_to_its_input(client, s
 async def test_a_lost_step_0_sends_the_run_back_to_its_input_checkpoint(client, pg):
     """Step 0 lost (its input checkpoint not): the next checkpoint finds it gone, the attempt ends, and the next one
     resumes from the input checkpoint, derives step 0 again and applies the input once."""
-    await pg.run(LOSE_STEP0)
-    try:
-        tid = await new_thread(client)
-        r = await client.post(f"/threads/{tid}/runs", json=body(tag="once"))
-        assert r.status_code == 200, r.text
-        rid = r.json()["run_id"]
-        run = await wait_terminal(client, tid, rid)
-    finally:
-        await pg.run(UNLOSE_STEP0)
-    assert pg.sql("SELECT 1 FROM keel_test_lost WHERE thread_id = %s", tid), "step 0 was not lost"
-    assert run["status"] == "success" and run["attempt"] == 2, run
-    state = (await client.get(f"/threads/{tid}/state")).json()
-    assert state["values"]["inputs"] == ["once"], state["values"]
-    assert state["values"]["log"] == ["a", "b", "c", "d"], state["values"]
+    tid, rid = await _run_through_a_loss(client, pg, LOSE_STEP0, UNLOSE_STEP0, "step 0")
     steps = pg.sql(
         "SELECT (metadata->>'step')::int AS step FROM checkpoints WHERE thread_id = %s AND checkpoint_ns = '' "
         "ORDER BY checkpoint_id",
