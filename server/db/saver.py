@@ -18,7 +18,7 @@ within those milliseconds can lose them, and then the step's checkpoint is lost 
 redone from the previous checkpoint, exactly as after a worker crash mid-step. (After a Postgres crash the
 attempt's pool reconnects, so the step's checkpoint could still commit, on top of what the crash lost: every
 synchronous run transaction therefore checks that Postgres has not crashed since the attempt was claimed (its
-crash epoch), and ends the attempt with PostgresRestarted if it has; see server.runs.events.) Side effects of tools are
+crash epoch), and ends the attempt with PostgresRestarted if it has; see server.runs.fencing.) Side effects of tools are
 not among these writes: the tool ledger commits synchronously on its own, so they stay at most once per key.
 
 A run's input checkpoint (LangGraph's first, metadata source "input") commits without waiting for the flush too,
