@@ -266,7 +266,7 @@ MIGRATIONS: list[str] = [
         ADD COLUMN IF NOT EXISTS lease_lock integer,
         ADD COLUMN IF NOT EXISTS lease_renewed_at timestamptz;
     """,
-    # 13: Postgres's crash epoch (server/runs/events.py, PostgresRestarted): a token in an unlogged table, which
+    # 13: Postgres's crash epoch (server/runs/fencing.py, PostgresRestarted): a token in an unlogged table, which
     # crash recovery empties and a clean shutdown keeps; keel_crash_epoch() draws a new one when it is gone.
     """
     CREATE UNLOGGED TABLE IF NOT EXISTS keel_crash_epoch (

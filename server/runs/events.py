@@ -23,7 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from server.db.pool import pipelined_transaction
 from server.runs import store
-from server.runs.fencing import Fenced, PostgresRestarted, check_crash_epoch, run_to_end
+from server.runs.fencing import Fenced, check_crash_epoch, run_to_end
 from server.runs.store import EVENTS_CHANNEL, TERMINAL, append_unfenced
 
 __all__ = [
@@ -33,9 +33,6 @@ __all__ = [
     "Event",
     "EventFeed",
     "EventWriter",
-    "Fenced",
-    "PostgresRestarted",
-    "check_crash_epoch",
     "append_unfenced",
 ]
 

@@ -25,7 +25,7 @@ from server.logs import run_id_var, thread_id_var
 from server.runs.attempt import RunHandle, open_writer, prepare
 from server.runs.compensation import Compensator
 from server.runs.errors import is_fence_error, public_error
-from server.runs.events import Fenced
+from server.runs.fencing import Fenced
 from server.runs.finalize import finalize
 from server.runs.housekeeping import Housekeeping
 from server.runs.outcome import OutcomeRecorder

@@ -13,7 +13,7 @@ from server.db.saver import confirm_checkpoint
 from server.runs import store
 from server.runs.attempt import RunHandle, open_writer, prepare
 from server.runs.compensation import Compensator
-from server.runs.events import Fenced
+from server.runs.fencing import Fenced
 from server.runs.housekeeping import Housekeeping
 from server.runs.queue import finish, mark_compensating
 from server.runs.store import Outcome, RunStatus, ThreadStatus

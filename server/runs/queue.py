@@ -19,7 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from server.db.pool import pipelined_transaction
 from server.runs import store
-from server.runs.events import check_crash_epoch
+from server.runs.fencing import check_crash_epoch
 from server.runs.store import ACTIVE, RUN_COLUMNS, RUNS_CHANNEL, RunStatus, set_thread_after_run
 
 __all__ = [

@@ -94,7 +94,8 @@ NOTIFY_WORK = "SELECT pg_notify(%s, '')"
 # to it (in order, so the creation too). A run no longer pending was claimed (or ended) by a synchronous commit
 # that did the same: nothing is written, and nothing waits for the disk. The row is locked only for this
 # statement, which a claim's SKIP LOCKED passes by: the workers are woken again. `known`: the run exists (none: a
-# Postgres crash lost its creation, or it ended and its temporary thread went with it).
+# Postgres crash lost its creation, or it ended and its temporary thread went with it). (`woken` is selected so
+# that the NOTIFY runs: a CTE that is only a SELECT runs when something reads it.)
 CONFIRM_PENDING = """
 WITH confirmed AS (
     UPDATE keel_runs SET status = status WHERE run_id = %(run)s AND status = 'pending' RETURNING 1
@@ -410,7 +411,7 @@ FENCED_LAST_SEQ = (
     "FROM keel_runs WHERE run_id = %s AND lease_epoch = %s AND status = 'running' FOR KEY SHARE"
 )
 FENCE = "SELECT 1 FROM keel_runs WHERE run_id = %s AND lease_epoch = %s AND status = 'running' FOR KEY SHARE"
-# The fence of a checkpoint's transaction, with Postgres's crash epoch (see events.PostgresRestarted).
+# The fence of a checkpoint's transaction, with Postgres's crash epoch (see fencing.PostgresRestarted).
 FENCE_EPOCH = (
     "SELECT keel_crash_epoch() AS epoch FROM keel_runs "
     "WHERE run_id = %s AND lease_epoch = %s AND status = 'running' FOR KEY SHARE"

@@ -74,7 +74,7 @@ async def test_a_checkpoint_commits_the_events_before_it_in_its_own_transaction(
 
 async def test_a_fenced_checkpoint_writes_neither_itself_nor_the_events_before_it(db):
     from server.db.saver import current_event_writer
-    from server.runs.events import Fenced
+    from server.runs.fencing import Fenced
 
     tid, rid = await _running_run(db, epoch=5)  # another worker holds the run now
     writer = EventWriter(db.pool, rid, epoch=4, attempt=1, start_seq=0, flush_delay=60)

@@ -177,7 +177,7 @@ async def test_a_claim_records_the_crash_epoch_and_finish_refuses_another(quiet_
     """An attempt's outcome is not recorded once Postgres has crashed since the claim (the crash may have lost the
     attempt's commits that did not wait for the disk): PostgresRestarted, and nothing changes. The crash epoch is
     a token in an unlogged table, which crash recovery empties: emptying it here is what recovery does to it."""
-    from server.runs.events import PostgresRestarted
+    from server.runs.fencing import PostgresRestarted
 
     rid = await pending_run(quiet_db)
     c = await queue.claim(quiet_db.pool, "w1", LONG_LEASE)
